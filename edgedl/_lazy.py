@@ -1,0 +1,82 @@
+"""Lazy imports of the heavy toolchains, each failing with the extra that installs it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+from edgedl.errors import MissingDependencyError
+
+EXTRAS = {
+    "tensorflow": "keras", "keras": "keras", "sklearn": "keras", "matplotlib": "keras",
+    "tvm": "tvm", "tflite": "tvm", "ai_edge_litert": "runtime", "ethosu": "npu",
+    "tflite_micro": "micro", "onnx": "onnx", "onnxruntime": "onnx",
+}
+
+
+def require(module: str):
+    """Import ``module`` or raise MissingDependencyError naming the extra that installs it."""
+    top = module.split(".")[0]
+    if top in ("tensorflow", "keras"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if e.name and e.name.split(".")[0] == top:
+            raise MissingDependencyError(top, EXTRAS.get(top, "all")) from None
+        raise
+    if top == "tensorflow":
+        mod.get_logger().setLevel(logging.ERROR)
+    return mod
+
+
+def keras():
+    require("tensorflow")
+    return require("keras")
+
+
+def tf():
+    return require("tensorflow")
+
+
+class quiet:
+    """Silence what C++ toolchains print on file descriptors 1 and 2 (TF converter chatter).
+
+    Python-level logging still works; the captured text goes to the debug log.
+    """
+
+    def __enter__(self):
+        import sys
+        import tempfile
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self._saved = [os.dup(1), os.dup(2)]
+        self._capture = tempfile.TemporaryFile()
+        os.dup2(self._capture.fileno(), 1)
+        os.dup2(self._capture.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._capture.seek(0)
+        text = self._capture.read().decode("utf-8", "replace")
+        self._capture.close()
+        if text.strip():
+            logging.getLogger("edgedl.toolchain").debug("%s", text[-4000:])
+        return False

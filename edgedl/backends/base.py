@@ -1,0 +1,45 @@
+"""The backend interface: compile a ``.tflite`` for a target into files, and load them to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedl.runtime.engines import Engine, TensorSpec
+from edgedl.targets import Target
+
+
+@dataclass
+class CompiledModel:
+    """What a backend made: its files (relative to ``directory``) and how to run them."""
+
+    backend: str
+    target: str
+    directory: Path
+    files: list[str]
+    runtime: dict                      # engine name and its load arguments, JSON-able
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    options: dict = field(default_factory=dict)
+    toolchain: dict = field(default_factory=dict)
+    estimates: dict = field(default_factory=dict)
+    compile_time_s: float = 0.0
+
+
+class Backend:
+    """One toolchain. Subclasses set ``name`` and ``extra`` and implement the three methods."""
+
+    name = "backend"
+    extra = "all"
+
+    def supports(self, target: Target) -> tuple[bool, str]:
+        """(ok, reason): whether this backend can compile for ``target``."""
+        if self.name not in target.backends:
+            return False, f"target '{target.name}' lists backends {', '.join(target.backends)}, not {self.name}"
+        return True, ""
+
+    def compile(self, tflite_path: Path, target: Target, out_dir: Path, options: dict) -> CompiledModel:
+        raise NotImplementedError
+
+    def load(self, compiled: CompiledModel, num_threads: int = 1) -> Engine:
+        raise NotImplementedError

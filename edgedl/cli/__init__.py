@@ -1,0 +1,1 @@
+"""The ``edgedl`` command line: one thin module per command over the Python API."""

@@ -1,0 +1,80 @@
+"""Entry point of the ``edgedl`` command: the group, its commands and the one place errors are caught."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from edgedl import __version__
+from edgedl.errors import EdgeDLError
+
+# name -> "module:attribute"; modules are imported only when their command runs, so --help is fast.
+COMMANDS = {
+    "data": "edgedl.cli.data:data",
+    "models": "edgedl.cli.models:models",
+    "train": "edgedl.cli.train:train",
+    "quickstart": "edgedl.cli.quickstart:quickstart",
+    "targets": "edgedl.cli.targets:targets",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgedl")
+@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (for bug reports).")
+@click.pass_context
+def cli(ctx, verbose, debug):
+    """edgedl: train, optimize, compile and benchmark neural networks for edge devices.
+
+    \b
+    Start with:   edgedl quickstart
+    Data sets:    edgedl data list
+    Model zoo:    edgedl models
+    Train:        edgedl train lenet --epochs 3 --out lenet.keras
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"debug": debug}
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="edgedl", standalone_mode=False)
+    except EdgeDLError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""``edgedl quickstart``: the whole pipeline once, on this machine, with a comparison table."""
+
+import json
+
+import click
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Data directory with mnist/ (default: $EDGEDL_DATA; without either, scikit-learn's digits).")
+@click.option("--dataset", "-d", help="Data set to train on (default: mnist with a data directory, else digits).")
+@click.option("--model", "-m", default="lenet", show_default=True, help="Zoo model to train.")
+@click.option("--epochs", "-e", type=int, help="Training epochs (default: 8 on digits, 3 otherwise).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--runs", type=int, default=200, show_default=True, help="Timed inferences per variant and repeat.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="edgedl-quickstart",
+              show_default=True, help="Folder for the model, the .tflite files and results.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
+    """Train LeNet, quantize it to int8, compile it for this host with LiteRT and TVM, benchmark both.
+
+    Prints one table: accuracy on the test split, top-1 agreement with the float Keras model,
+    median latency (batch 1, one thread) and size of every variant.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgedl.quickstart import run
+
+    console = Console(stderr=True)
+    result = run(data_dir=data_dir, dataset=dataset, model=model, epochs=epochs, seed=seed, out_dir=out_dir,
+                 runs=runs, progress=not as_json, status=None if as_json else (lambda m: console.print(f"[bold]>[/] {m}")))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['model']} on {result['dataset']} ({result['num_test']} test samples), "
+                        f"target {result['target']}, batch 1, one thread")
+    for col in ("variant", "backend", "accuracy", "agreement", "p50 latency", "vs fastest", "size"):
+        table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
+    for r in result["rows"]:
+        table.add_row(r["variant"], r["backend"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['agreement']:.2f}%",
+                      "-" if r["p50_us"] is None else f"{r['p50_us']:.1f} us",
+                      "-" if r["vs_fastest"] is None else f"{r['vs_fastest']:.2f}x", f"{r['size_bytes'] / 1024:.1f} KiB")
+    Console().print(table)
+    click.echo(f"results: {result['out_dir']}/results.json")

@@ -1,0 +1,42 @@
+"""``edgedl train``: train a zoo model or a Keras model file, write the .keras model and its metrics."""
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("model")
+@click.option("--dataset", "-d", help="Data set (default: the model's recipe). See `edgedl data list`.")
+@click.option("--split", help="Data set split, e.g. official or speaker:theo (FSDD).")
+@click.option("--epochs", "-e", type=int, help="Epochs (default: the recipe's).")
+@click.option("--batch-size", type=int, help="Batch size (default: the recipe's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
+@click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the model here (.keras) and its metrics beside it (.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def train(model, dataset, split, epochs, batch_size, seed, limit, data_dir, out, as_json):
+    """Train MODEL (a zoo name or a .keras/.h5/SavedModel path) and report its test accuracy.
+
+    \b
+    Example:
+      edgedl train lenet --epochs 3 --out lenet.keras
+    """
+    from edgedl.train import train as run
+
+    if out is not None and not out.endswith(".keras"):
+        raise click.BadParameter(f"must end in .keras, got '{out}'", param_hint="--out")
+    result = run(model, dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit,
+                 batch_size=batch_size, split=split, progress=not as_json)
+    m = result.metrics
+    if out:
+        paths = result.save(out)
+        m = dict(m, model_path=str(paths[0]), metrics_path=str(paths[1]))
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
+        return
+    click.echo(f"{m['model']} on {m['dataset']} ({m['split']}): test accuracy {100 * m['accuracy']:.2f}% "
+               f"loss {m['loss']:.4f} after {m['epochs']} epochs in {m['train_wall_time_s']:.1f} s")
+    if out:
+        click.echo(f"wrote {m['model_path']} and {m['metrics_path']}")

@@ -1,0 +1,107 @@
+"""Conversion: a Keras model to ``.tflite`` (float or quantized) with a fixed batch size of 1.
+
+Keras 3 models keep a dynamic batch dimension, which the TFLite converter turns into dynamic
+reshapes that TVM's TFLite frontend rejects; tracing a concrete function with batch 1 avoids that.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edgedl import _lazy
+from edgedl.errors import OptionError, UnsupportedOperatorError
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
+IO_TYPES = ("float", "int8", "uint8")
+
+
+def to_tflite(model, quantize: str = "none", representative: np.ndarray | None = None,
+              io_type: str = "float", num_calibration: int = 200) -> bytes:
+    """Convert a Keras model to a ``.tflite`` flatbuffer with batch size 1.
+
+    Args:
+        model: a ``keras.Model`` with one input.
+        quantize: ``none``, ``dynamic`` (int8 weights), ``float16``, ``int8`` (full integer,
+            per-channel weights) or ``int16x8`` (int16 activations, int8 weights).
+        representative: calibration inputs (N, *input_shape) for ``int8`` and ``int16x8``.
+        io_type: ``float``, ``int8`` or ``uint8`` input/output for the integer modes.
+        num_calibration: how many representative samples to use.
+
+    Returns:
+        The ``.tflite`` bytes.
+
+    Raises:
+        OptionError: unknown mode, or representative data missing or of the wrong shape or dtype.
+        UnsupportedOperatorError: the converter cannot quantize an operator in this mode.
+
+    Example:
+        >>> tflite_bytes = to_tflite(model, "int8", x_train[:100])  # doctest: +SKIP
+    """
+    tf = _lazy.tf()
+    if quantize not in QUANTIZE_MODES:
+        raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
+    if io_type not in IO_TYPES:
+        raise OptionError(f"unknown I/O type '{io_type}'; choose one of {', '.join(IO_TYPES)}")
+    shape = (1,) + tuple(model.input_shape[1:])
+    dtype = getattr(model.inputs[0], "dtype", "float32") or "float32"
+    keras = _lazy.keras()
+    fixed_input = keras.Input(batch_shape=shape, dtype=dtype, name="input")
+    fixed = keras.Model(fixed_input, model(fixed_input, training=False), name=model.name)
+    converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize in ("int8", "int16x8"):
+        samples = _representative(representative, shape, num_calibration)
+        converter.representative_dataset = lambda: ([s[None]] for s in samples)
+        ops = tf.lite.OpsSet
+        converter.target_spec.supported_ops = [
+            ops.TFLITE_BUILTINS_INT8 if quantize == "int8"
+            else ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+        if io_type != "float":
+            if quantize == "int16x8":
+                raise OptionError("int16x8 models take float or int16 I/O; use --io float")
+            io = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+            converter.inference_input_type = io
+            converter.inference_output_type = io
+    elif io_type != "float":
+        raise OptionError(f"I/O type '{io_type}' needs full integer quantization (int8), not '{quantize}'")
+    try:
+        with _lazy.quiet():
+            return converter.convert()
+    except Exception as e:  # the converter raises ConverterError and friends
+        msg = " ".join(str(e).split())
+        ops = sorted(set(_blocking_ops(msg)))
+        if ops:
+            raise UnsupportedOperatorError(
+                f"'{quantize}' quantization cannot take operator(s) {', '.join(ops)} in model '{model.name}'"
+            ) from None
+        raise UnsupportedOperatorError(f"TFLite conversion ({quantize}) of '{model.name}' failed: {msg[:300]}") from None
+
+
+def _representative(data, shape, count):
+    if data is None:
+        raise OptionError("integer quantization needs representative data (samples of the training inputs)")
+    data = np.asarray(data)
+    if data.dtype.kind != "f":
+        raise OptionError(f"representative data must be floating point like the model input, got dtype {data.dtype}")
+    if tuple(data.shape[1:]) != tuple(shape[1:]):
+        raise OptionError(
+            f"representative data has samples of shape {tuple(data.shape[1:])}, the model takes {tuple(shape[1:])}"
+        )
+    if len(data) == 0:
+        raise OptionError("representative data is empty")
+    return data[:count].astype(np.float32)
+
+
+def _blocking_ops(message: str):
+    import re
+
+    for m in re.finditer(r"(?:op|operation)[: ]+'?([A-Za-z_.0-9]+)'?", message):
+        yield m.group(1)

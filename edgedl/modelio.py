@@ -1,0 +1,76 @@
+"""Loading models: a zoo name, or a user's ``.keras``, ``.h5`` or SavedModel, into one Keras model.
+
+Every later stage (train, optimize, compile) takes its model through :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgedl import _lazy
+from edgedl.errors import InputFileError, ModelError
+
+log = logging.getLogger(__name__)
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def is_model_path(spec: str) -> bool:
+    p = Path(spec)
+    return p.suffix in KERAS_SUFFIXES or p.exists() or "/" in spec
+
+
+def load_model(spec: str):
+    """Load a Keras model from a file or a SavedModel folder.
+
+    Args:
+        spec: path to a ``.keras`` or ``.h5`` file, or a SavedModel directory.
+
+    Returns:
+        A ``keras.Model``; a SavedModel comes back wrapped so that it takes one batch input.
+
+    Raises:
+        InputFileError: the path is missing, not a model, or unreadable.
+
+    Example:
+        >>> model = load_model("lenet.keras")  # doctest: +SKIP
+    """
+    path = Path(spec)
+    if not path.exists():
+        raise InputFileError(path, "no such file or folder; expected a .keras or .h5 file or a SavedModel folder")
+    keras = _lazy.keras()
+    if path.is_dir():
+        return _load_saved_model(path, keras)
+    if path.suffix not in KERAS_SUFFIXES:
+        raise InputFileError(path, f"unknown model format '{path.suffix}'; expected .keras, .h5 or a SavedModel folder")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a bad file
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "custom" in detail.lower() or "Unknown layer" in detail:
+            raise ModelError(f"{path}: the model uses a layer Keras cannot rebuild ({detail[:200]})") from None
+        raise InputFileError(path, f"not a readable Keras model ({detail[:200]})") from None
+
+
+def _load_saved_model(path: Path, keras):
+    if not (path / "saved_model.pb").is_file():
+        raise InputFileError(path, "folder is not a SavedModel (no saved_model.pb)")
+    tf = _lazy.tf()
+    try:
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures["serving_default"]
+    except Exception as e:
+        raise InputFileError(path, f"unreadable SavedModel ({str(e).splitlines()[0][:200]})") from None
+    specs = [s for s in fn.structured_input_signature[1].values()]
+    if len(specs) != 1:
+        raise ModelError(f"{path}: SavedModel has {len(specs)} inputs; edgedl takes models with one input")
+    spec = specs[0]
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name=spec.name or "input")
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ModelError(f"{path}: SavedModel has {len(outputs)} outputs; edgedl takes models with one output")
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs, name=path.name)

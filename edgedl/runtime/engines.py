@@ -1,0 +1,152 @@
+"""Engines: the one thing a device needs to run a compiled model, behind one small interface.
+
+An engine loads an artifact file and runs raw tensors (already quantized where the model's input is
+integer). This module imports numpy and, lazily, one runtime: never TensorFlow, Keras or click.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgedl.errors import BackendError, InputFileError, MissingDependencyError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape, dtype and affine quantization (scale 0 means not quantized) of one tensor."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], float(d.get("scale", 0.0)), int(d.get("zero_point", 0)))
+
+
+class Engine:
+    """Interface: ``inputs``/``outputs`` specs and ``invoke(x) -> y`` on one raw input tensor."""
+
+    name = "engine"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        spec = self.inputs[0]
+        if tuple(x.shape) != tuple(spec.shape):
+            raise BackendError(f"input has shape {tuple(x.shape)}, the model takes {tuple(spec.shape)}")
+        if x.dtype != np.dtype(spec.dtype):
+            raise BackendError(f"input has dtype {x.dtype}, the model takes {spec.dtype}")
+        return np.ascontiguousarray(x)
+
+
+def _import(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(module.split(".")[0], extra) from None
+
+
+def litert_interpreter_class():
+    """LiteRT's Interpreter, or the older tflite-runtime's where that is what the device has."""
+    try:
+        return importlib.import_module("ai_edge_litert.interpreter").Interpreter
+    except ImportError:
+        pass
+    try:
+        return importlib.import_module("tflite_runtime.interpreter").Interpreter
+    except ImportError:
+        raise MissingDependencyError("ai_edge_litert", "runtime") from None
+
+
+class LiteRTEngine(Engine):
+    """A ``.tflite`` model on LiteRT (XNNPACK delegate on CPU by default)."""
+
+    name = "litert"
+
+    def __init__(self, model_path: str, num_threads: int = 1, xnnpack: bool = True):
+        Interpreter = litert_interpreter_class()
+        kwargs = {"model_path": str(model_path), "num_threads": num_threads}
+        if not xnnpack:
+            kwargs["experimental_op_resolver_type"] = _no_delegate_resolver()
+        try:
+            self.interpreter = Interpreter(**kwargs)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise InputFileError(model_path, f"LiteRT cannot load it ({' '.join(str(e).split())[:200]})") from None
+        self.inputs = [_litert_spec(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [_litert_spec(d) for d in self.interpreter.get_output_details()]
+        self._in = self.interpreter.get_input_details()[0]["index"]
+        self._out = self.interpreter.get_output_details()[0]["index"]
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self._in, self.check_input(x))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out)
+
+    def invoke_fast(self, x: np.ndarray) -> None:
+        """Invoke without copying the output back (for latency loops)."""
+        self.interpreter.set_tensor(self._in, x)
+        self.interpreter.invoke()
+
+
+def _no_delegate_resolver():
+    mod = importlib.import_module("ai_edge_litert.interpreter")
+    return mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
+def _litert_spec(d: dict) -> TensorSpec:
+    scale, zp = d.get("quantization", (0.0, 0))
+    return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zp))
+
+
+class TVMEngine(Engine):
+    """A shared library built by TVM's Relax, run by TVM's runtime and virtual machine."""
+
+    name = "tvm"
+
+    def __init__(self, library_path: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 device: str = "cpu", num_threads: int = 1):
+        tvm = _import("tvm", "tvm")
+        import os
+
+        os.environ.setdefault("TVM_NUM_THREADS", str(num_threads))
+        try:
+            lib = tvm.runtime.load_module(str(library_path))
+        except Exception as e:
+            raise InputFileError(library_path, f"TVM cannot load it ({' '.join(str(e).split())[:200]})") from None
+        self.device = tvm.device(device, 0)
+        if not self.device.exist:
+            raise BackendError(f"TVM device '{device}' is not present on this machine")
+        self.vm = tvm.relax.VirtualMachine(lib, self.device)
+        self._tvm = tvm
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self._main = self.vm["main"]
+
+    def _tensor(self, x):
+        rt = self._tvm.runtime
+        return rt.tensor(x, self.device) if hasattr(rt, "tensor") else self._tvm.nd.array(x, self.device)
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        out = self._main(self._tensor(self.check_input(x)))
+        if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple"):
+            out = out[0]
+        return out.numpy()
+
+    def time_evaluator(self, x: np.ndarray, number: int, repeat: int):
+        """TVM's own timer: (per-repeat mean seconds list)."""
+        fn = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return list(fn(self._tensor(x)).results)
