@@ -22,7 +22,11 @@ def require(module: str):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
-        mod = importlib.import_module(module)
+        if top == "tensorflow" and "tensorflow" not in __import__("sys").modules:
+            with quiet():  # TensorFlow's C++ start-up chatter (oneDNN, absl) on stderr
+                mod = importlib.import_module(module)
+        else:
+            mod = importlib.import_module(module)
     except ImportError as e:
         if e.name and e.name.split(".")[0] == top:
             raise MissingDependencyError(top, EXTRAS.get(top, "all")) from None

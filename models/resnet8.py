@@ -29,14 +29,14 @@ def build(input_shape=(32, 32, 3), num_classes=10):
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = conv(inputs, 16, 1, "conv0")
-    x = layers.BatchNormalization(name="bn0")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="bn0")(x)
     x = layers.ReLU(name="relu0")(x)
     for stage, (filters, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
         y = conv(x, filters, stride, f"s{stage}_conv1")
-        y = layers.BatchNormalization(name=f"s{stage}_bn1")(y)
+        y = layers.BatchNormalization(momentum=0.9, name=f"s{stage}_bn1")(y)
         y = layers.ReLU(name=f"s{stage}_relu1")(y)
         y = conv(y, filters, 1, f"s{stage}_conv2")
-        y = layers.BatchNormalization(name=f"s{stage}_bn2")(y)
+        y = layers.BatchNormalization(momentum=0.9, name=f"s{stage}_bn2")(y)
         if stride != 1:
             x = conv(x, filters, stride, f"s{stage}_shortcut", kernel=1)
         x = layers.Add(name=f"s{stage}_add")([x, y])

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -14,7 +15,9 @@ from edgedl.errors import EdgeDLError
 
 # name -> "module:attribute"; modules are imported only when their command runs, so --help is fast.
 COMMANDS = {
+    "compile": "edgedl.cli.compile:compile_command",
     "data": "edgedl.cli.data:data",
+    "inspect": "edgedl.cli.inspect:inspect_command",
     "models": "edgedl.cli.models:models",
     "train": "edgedl.cli.train:train",
     "quickstart": "edgedl.cli.quickstart:quickstart",
@@ -54,6 +57,8 @@ def cli(ctx, verbose, debug):
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "--debug" not in (argv if argv is not None else sys.argv[1:]):
+        warnings.filterwarnings("ignore")  # library warnings are noise for users; --debug keeps them
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="edgedl", standalone_mode=False)

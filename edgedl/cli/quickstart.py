@@ -40,6 +40,9 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     for r in result["rows"]:
         table.add_row(r["variant"], r["backend"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['agreement']:.2f}%",
                       "-" if r["p50_us"] is None else f"{r['p50_us']:.1f} us",
-                      "-" if r["vs_fastest"] is None else f"{r['vs_fastest']:.2f}x", f"{r['size_bytes'] / 1024:.1f} KiB")
-    Console().print(table)
+                      "-" if r["vs_fastest"] is None else f"{r['vs_fastest']:.2f}x", f"{r['size_bytes'] / 1024:.0f} KiB")
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    out.print(table)
     click.echo(f"results: {result['out_dir']}/results.json")

@@ -81,9 +81,12 @@ class LiteRTEngine(Engine):
         kwargs = {"model_path": str(model_path), "num_threads": num_threads}
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = _no_delegate_resolver()
+        from edgedl._lazy import quiet
+
         try:
-            self.interpreter = Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            with quiet():  # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on stderr
+                self.interpreter = Interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise InputFileError(model_path, f"LiteRT cannot load it ({' '.join(str(e).split())[:200]})") from None
         self.inputs = [_litert_spec(d) for d in self.interpreter.get_input_details()]

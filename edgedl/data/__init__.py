@@ -1,0 +1,32 @@
+"""Real data sets, the first stage of the pipeline: MNIST, scikit-learn digits, FSDD speech, CIFAR-10.
+
+Each loader returns a :class:`Dataset` of float32 inputs and int64 labels, with a JSON-able record
+of the preprocessing applied, so a model trained on it can be fed the same way on a device.
+
+Data live in ``<data dir>/<name>/``; the data dir is the ``data_dir`` argument (``--data-dir``),
+else ``EDGEDL_DATA``, else the user cache (``~/.cache/edgedl/data``). ``digits`` needs none.
+
+Example:
+    >>> from edgedl.data import load_dataset, list_datasets
+    >>> [d["name"] for d in list_datasets()]
+    ['cifar10', 'digits', 'fsdd', 'mnist']
+    >>> ds = load_dataset("digits")
+    >>> ds.summary()["sizes"]
+    {'train': 1438, 'test': 359}
+"""
+
+from edgedl.data.base import Dataset, DatasetInfo, resolve_data_dir
+from edgedl.data.fetch import download
+from edgedl.data.registry import DATASETS, is_present, list_datasets, load_dataset, missing_files
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetInfo",
+    "download",
+    "is_present",
+    "list_datasets",
+    "load_dataset",
+    "missing_files",
+    "resolve_data_dir",
+]

@@ -1,0 +1,179 @@
+"""The TFLite Micro engine: a ``.tflite`` run by TFLM's reference interpreter in a fixed tensor arena.
+
+This is the interpreter a microcontroller runs (the Python package wraps the same C++ code with its
+reference kernels), so running it here checks what the device will compute. TFLM writes its
+diagnostics (a missing operator, an arena that is too small, the allocation breakdown) with
+``MicroPrintf`` on the process's stdout/stderr; :func:`build_interpreter` captures them.
+
+Like the rest of ``edgedl.runtime`` this imports numpy and, lazily, ``tflite_micro`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgedl.errors import BackendError, InputFileError, MissingDependencyError, UnsupportedOperatorError
+from edgedl.runtime.engines import Engine, TensorSpec
+
+MISSING_OP = re.compile(r"Didn't find op for (?:builtin opcode|custom opcode) '([^']+)'")
+ARENA_SHORT = re.compile(r"(Failed to (?:allocate|resize)[^\n]*|missing: \d+)")
+
+
+def _runtime():
+    try:
+        from tflite_micro import runtime
+    except ImportError:
+        raise MissingDependencyError("tflite_micro", "micro") from None
+    return runtime
+
+
+class captured_output:
+    """Capture what C/C++ code writes on file descriptors 1 and 2; the text is in ``.text`` afterwards."""
+
+    def __enter__(self):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self.text = ""
+        self._saved = [os.dup(1), os.dup(2)]
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        _flush_c_stdio()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        return False
+
+
+def _flush_c_stdio():
+    """fflush(NULL): C's stdout is block-buffered when redirected to a file."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:
+        pass
+
+
+def build_interpreter(model: bytes, arena_size: int):
+    """(interpreter or None, TFLM's log): one attempt to build TFLM's interpreter in ``arena_size`` bytes.
+
+    The interpreter allocates its tensors while it is built, so a success means the arena is large
+    enough for the whole model (TFLM plans every tensor and scratch buffer up front).
+    """
+    runtime = _runtime()
+    with captured_output() as out:
+        try:
+            interpreter = runtime.Interpreter.from_bytes(model, arena_size=int(arena_size))
+        except (RuntimeError, ValueError):
+            interpreter = None
+    return interpreter, out.text.replace("\r", "")
+
+
+def missing_operators(log: str) -> list[str]:
+    """The operators TFLM's op resolver lacks, as named in its log."""
+    return list(dict.fromkeys(MISSING_OP.findall(log)))
+
+
+def allocation_report(interpreter) -> tuple[list[dict], str]:
+    """TFLM's ``print_allocations`` breakdown as a list of {what, bytes, ...} and the raw text."""
+    with captured_output() as out:
+        interpreter.print_allocations()
+    entries = []
+    for line in out.text.splitlines():
+        m = re.search(r"Arena allocation (\w+) (\d+) bytes", line)
+        if m:
+            entries.append({"what": f"arena {m.group(1)}", "bytes": int(m.group(2))})
+            continue
+        m = re.search(r"'([^']+)' used (\d+) bytes with alignment overhead \(requested (\d+) bytes for (\d+) ", line)
+        if m:
+            entries.append({"what": m.group(1), "bytes": int(m.group(2)), "requested_bytes": int(m.group(3)),
+                            "count": int(m.group(4))})
+    return entries, out.text
+
+
+def io_specs(model: bytes, interpreter) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs: names from the flatbuffer, shapes/types/quantization from TFLM."""
+    schema_fb = _runtime().schema_fb
+
+    subgraph = schema_fb.Model.GetRootAsModel(model, 0).Subgraphs(0)
+
+    def spec(tensor_index, details):
+        q = details.get("quantization_parameters", {})
+        scales, zps = q.get("scales", []), q.get("zero_points", [])
+        name = subgraph.Tensors(tensor_index).Name().decode("utf-8", "replace")
+        return TensorSpec(name, tuple(int(s) for s in details["shape"]), np.dtype(details["dtype"]).name,
+                          float(scales[0]) if len(scales) else 0.0, int(zps[0]) if len(zps) else 0)
+
+    inputs = [spec(subgraph.Inputs(i), interpreter.get_input_details(i)) for i in range(subgraph.InputsLength())]
+    outputs = [spec(subgraph.Outputs(i), interpreter.get_output_details(i)) for i in range(subgraph.OutputsLength())]
+    return inputs, outputs
+
+
+class TFLMEngine(Engine):
+    """A ``.tflite`` on TFLite Micro's interpreter, in a tensor arena of ``arena_size`` bytes.
+
+    Args:
+        model_path: the ``.tflite`` file.
+        arena_size: the tensor arena in bytes (the size a bundle records); by default ten times the
+            model size, TFLM's own default.
+        num_threads: ignored: TFLM runs on one thread, like the microcontroller.
+
+    Raises:
+        InputFileError: the file is missing or not a TFLite flatbuffer.
+        UnsupportedOperatorError: TFLM's op resolver lacks an operator of the model (named).
+        BackendError: the arena is too small, or TFLM fails otherwise (its log says why).
+
+    Example:
+        >>> engine = TFLMEngine("model.tflite", arena_size=12 * 1024)  # doctest: +SKIP
+        >>> y = engine.invoke(x_int8)  # doctest: +SKIP
+    """
+
+    name = "tflm"
+
+    def __init__(self, model_path: str | os.PathLike, arena_size: int | None = None, num_threads: int = 1):
+        path = Path(model_path)
+        if not path.is_file():
+            raise InputFileError(path, "no such file")
+        model = path.read_bytes()
+        if len(model) < 8 or model[4:8] != b"TFL3":
+            raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+        self.arena_size = int(arena_size or 10 * len(model))
+        self.interpreter, log = build_interpreter(model, self.arena_size)
+        if self.interpreter is None:
+            missing = missing_operators(log)
+            if missing:
+                raise UnsupportedOperatorError(
+                    f"TFLite Micro has no kernel for operator(s) {', '.join(missing)} in {path.name}")
+            detail = "; ".join(ARENA_SHORT.findall(log)) or " ".join(log.split())[-200:] or "no log"
+            raise BackendError(f"TFLite Micro cannot set up {path.name} in a {self.arena_size}-byte arena ({detail})")
+        self.inputs, self.outputs = io_specs(model, self.interpreter)
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_input(self.check_input(x), 0)
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as e:
+            raise BackendError(f"TFLite Micro failed to invoke the model: {' '.join(str(e).split())[:200]}") from None
+        return np.array(self.interpreter.get_output(0))

@@ -1,0 +1,60 @@
+"""The command line: every command has help, lists read well, and user errors are one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgedl.cli.main import COMMANDS, cli
+
+
+def edgedl(*args, env=None):
+    """Run the real console entry point in a subprocess: exit code, stdout, stderr."""
+    proc = subprocess.run([sys.executable, "-m", "edgedl.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_models_lists_the_zoo_as_json():
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    names = [m["name"] for m in json.loads(result.output)]
+    assert "lenet" in names and "resnet8" in names
+
+
+def test_targets_lists_and_shows_one():
+    result = CliRunner().invoke(cli, ["targets", "--json"])
+    assert {"rpi4", "ethos_u55_128"} <= {t["name"] for t in json.loads(result.output)}
+    result = CliRunner().invoke(cli, ["targets", "rpi4"])
+    assert "cortex-a72" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "lenett"], "unknown model 'lenett'"),
+    (["targets", "rpi"], "unknown target 'rpi'"),
+    (["train", "lenet", "--dataset", "imagenet"], "unknown data set"),
+    (["train", "lenet", "--epochs", "0", "--dataset", "digits"], "--epochs must be a positive integer"),
+    (["train", "/nonexistent/model.keras", "--dataset", "digits"], "no such file"),
+])
+def test_user_errors_are_one_line_and_exit_nonzero(args, message):
+    code, out, err = edgedl(*args)
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message.lower() in lines[0].lower(), err
+
+
+def test_a_file_that_is_not_a_model_is_named(tmp_path):
+    bogus = tmp_path / "notes.keras"
+    bogus.write_bytes(b"this is not a zip archive")
+    code, out, err = edgedl("train", str(bogus), "--dataset", "digits")
+    assert code != 0 and "Traceback" not in err
+    assert "notes.keras" in err and "not a readable Keras model" in err

@@ -1,0 +1,92 @@
+"""Training: seeded and repeatable, real data, metrics written beside the model, user models load."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgedl.errors import ModelError
+from edgedl.modelio import load_model
+from edgedl.train import predict, train
+
+
+@pytest.fixture(scope="module")
+def lenet_on_digits():
+    return train("lenet", dataset="digits", epochs=4, seed=1, progress=False)
+
+
+def test_lenet_learns_digits(lenet_on_digits):
+    m = lenet_on_digits.metrics
+    assert m["dataset"] == "digits" and m["epochs"] == 4 and m["seed"] == 1
+    assert m["accuracy"] > 0.85, m
+    assert m["num_test"] + m["num_train"] == 1797 and m["train_wall_time_s"] > 0
+
+
+def test_the_same_seed_gives_the_same_model(lenet_on_digits):
+    again = train("lenet", dataset="digits", epochs=4, seed=1, progress=False)
+    for a, b in zip(lenet_on_digits.model.get_weights(), again.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert again.metrics["accuracy"] == lenet_on_digits.metrics["accuracy"]
+
+
+def test_save_writes_model_and_metrics_that_load_back(lenet_on_digits, tmp_path):
+    model_path, metrics_path = lenet_on_digits.save(tmp_path / "lenet.keras")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["accuracy"] == lenet_on_digits.metrics["accuracy"]
+    assert {"loss", "epochs", "train_wall_time_s", "dataset", "split"} <= set(metrics)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(predict(load_model(str(model_path)), x), predict(lenet_on_digits.model, x), atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.json", "lenet.keras"]  # no temp files left
+
+
+@pytest.mark.parametrize("fmt", ["h5", "savedmodel"])
+def test_user_models_in_other_formats_load_through_the_same_path(lenet_on_digits, tmp_path, fmt):
+    model = lenet_on_digits.model
+    if fmt == "h5":
+        path = tmp_path / "user.h5"
+        model.save(path)
+    else:
+        path = tmp_path / "user_savedmodel"
+        model.export(str(path), verbose=False)
+    loaded = load_model(str(path))
+    x = np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(predict(loaded, x), predict(model, x), atol=1e-5)
+
+
+def test_a_user_model_file_trains_on_a_named_data_set(lenet_on_digits, tmp_path):
+    path = tmp_path / "mine.keras"
+    lenet_on_digits.model.save(path)
+    result = train(str(path), dataset="digits", epochs=1, progress=False)
+    assert result.metrics["accuracy"] > 0.85
+
+
+def test_a_model_whose_input_does_not_fit_the_data_set_is_refused():
+    with pytest.raises(ModelError, match=r"takes inputs of shape \(61, 40, 1\).*'digits' gives \(28, 28, 1\)"):
+        import edgedl.zoo as zoo  # noqa: F401
+        from edgedl.train import _check_shapes
+
+        class Fake:
+            name, input_shape = "fake", (None, 61, 40, 1)
+        from edgedl.data import load_dataset
+
+        _check_shapes(Fake(), load_dataset("digits"))
+
+
+@pytest.mark.slow
+def test_lenet_on_real_mnist(data_dir):
+    result = train("lenet", dataset="mnist", data_dir=data_dir, epochs=1, limit=6000, progress=False)
+    assert result.metrics["num_train"] == 6000 and result.metrics["accuracy"] > 0.85
+
+
+@pytest.mark.slow
+def test_ds_cnn_on_real_spoken_digits(data_dir):
+    result = train("ds_cnn", data_dir=data_dir, epochs=3, progress=False)
+    assert result.metrics["dataset"] == "fsdd" and result.metrics["num_test"] == 300
+    assert result.metrics["accuracy"] > 0.3  # well above chance (0.1) after three short epochs
+
+
+@pytest.mark.slow
+def test_resnet8_trains_on_real_cifar10_with_augmentation(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEDL_CACHE", str(tmp_path))
+    result = train("resnet8", data_dir=data_dir, epochs=1, limit=500, progress=False)
+    assert result.metrics["num_train"] == 500 and np.isfinite(result.metrics["loss"])
