@@ -12,6 +12,9 @@ from edgedl.errors import OptionError
 REGISTRY = {
     "litert": "edgedl.backends.litert:LiteRTBackend",
     "tvm": "edgedl.backends.tvm:TVMBackend",
+    "vela": "edgedl.backends.vela:VelaBackend",
+    "tflm": "edgedl.backends.tflm:TFLMBackend",
+    "onnxruntime": "edgedl.backends.onnxruntime:ONNXRuntimeBackend",
 }
 
 

@@ -38,6 +38,17 @@ class Backend:
             return False, f"target '{target.name}' lists backends {', '.join(target.backends)}, not {self.name}"
         return True, ""
 
+    def unsupported_ops(self, graph, target: Target) -> dict:
+        """{operator name: reason} for the operators of ``graph`` (an ``edgedl.graph.Graph``) this
+        backend cannot take for ``target``; empty when it takes them all."""
+        return {}
+
+    def runs_here(self, target: Target) -> tuple[bool, str]:
+        """(ok, reason): whether this machine can run what this backend compiles for ``target``."""
+        from edgedl.compile import runs_here
+
+        return runs_here(target)
+
     def compile(self, tflite_path: Path, target: Target, out_dir: Path, options: dict) -> CompiledModel:
         raise NotImplementedError
 

@@ -1,61 +1,103 @@
-"""TVM backend: Relax from the ``.tflite``, built by LLVM (or CUDA) into a shared library."""
+"""TVM backend: Relax from the ``.tflite`` (or ``.onnx``), built by LLVM for x86 and, by cross
+compilation, for aarch64 and armv7; CUDA and OpenCL code generation for GPUs; MetaSchedule tuning
+with a persistent database reused across compiles.
+
+The export is a shared library that TVM's runtime loads (``tvm.runtime.load_module`` and the Relax
+virtual machine). For GPU targets the device code is also kept as source (``model.cu``,
+``model.cl``) and, for CUDA, checked by ``ptxas`` where the toolkit is installed, so a compile
+without a GPU still proves the device code assembles.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 from edgedl import _lazy
 from edgedl.backends.base import Backend, CompiledModel
-from edgedl.errors import BackendError, UnsupportedOperatorError
-from edgedl.runtime.engines import TVMEngine, TensorSpec
+from edgedl.errors import BackendError, OptionError, UnsupportedOperatorError
+from edgedl.runtime.engines import TensorSpec, TVMEngine
+
+log = logging.getLogger(__name__)
+
+
+def default_tuning_dir() -> Path:
+    base = os.environ.get("EDGEDL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgedl")
+    return Path(base) / "tuning"
 
 
 class TVMBackend(Backend):
     name = "tvm"
     extra = "tvm"
 
-    def compile(self, tflite_path, target, out_dir, options):
+    def unsupported_ops(self, graph, target):
+        known = supported_tflite_ops()
+        return {op: "TVM's TFLite frontend has no converter for it" for op in graph.op_counts if op not in known}
+
+    def compile(self, model_path, target, out_dir, options):
         tvm = _lazy.require("tvm")
-        tflite = _lazy.require("tflite")
         from tvm import relax
-        from tvm.relax.frontend.tflite import from_tflite
 
         start = time.perf_counter()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        buf = Path(tflite_path).read_bytes()
-        specs_in, specs_out = _tflite_io(tflite_path)
-        try:
-            mod = from_tflite(tflite.Model.GetRootAsModel(buf, 0))
-        except Exception as e:
-            msg = " ".join(str(e).split())
-            raise UnsupportedOperatorError(f"TVM's TFLite frontend cannot import the model: {msg[:300]}") from None
-        target_dict = dict(target.tvm["target"])
-        host = target.tvm.get("host")
-        tvm_target = tvm.target.Target(target_dict, host=host) if host else tvm.target.Target(target_dict)
+        model_path = Path(model_path)
+        mod, specs_in, specs_out = import_model(model_path, exact_int8=options.get("exact_int8", True))
+        tvm_target, kind = make_target(target)
         cross = target.tvm.get("cross_compiler")
         if cross and shutil.which(cross) is None:
             package = target.tvm.get("cross_package", cross)
-            raise BackendError(
-                f"target '{target.name}' needs the cross compiler {cross}, which is not installed; "
-                f"install it with: apt-get install {package}"
-            )
+            raise BackendError(f"target '{target.name}' needs the cross compiler {cross}, which is not installed; "
+                               f"install it with: apt-get install {package}")
+        tuning = {"tuned": False}
+        device_sources: dict[str, str] = {}
         try:
-            with _lazy.quiet():
-                ex = relax.build(mod, target=tvm_target)
+            with _lazy.quiet(), _capture_cuda_source(device_sources):
+                if options.get("tune"):
+                    ex, tuning = tune_and_build(mod, tvm_target, int(options.get("trials", 64)),
+                                                options.get("tuning_db"), target)
+                elif kind in ("cuda", "opencl", "vulkan"):
+                    ex = relax.build(gpu_schedule(mod, tvm_target), target=tvm_target)
+                else:
+                    ex = relax.build(mod, target=tvm_target)
+        except (BackendError, OptionError):
+            raise
         except Exception as e:
             raise BackendError(f"TVM build for '{target.name}' failed: {' '.join(str(e).split())[:300]}") from None
+        files = ["model.so"]
         lib = out_dir / "model.so"
-        ex.export_library(str(lib))
+        try:
+            if cross:
+                from tvm.support import cc
+
+                ex.export_library(str(lib), fcompile=cc.cross_compiler(cross))
+            else:
+                ex.export_library(str(lib))
+        except Exception as e:
+            lines = [ln for ln in str(e).splitlines() if "error" in ln.lower()] or str(e).splitlines()
+            raise BackendError(f"linking the TVM library for '{target.name}' failed: {lines[0].strip()[:300]}") from None
+        checks = {}
+        for source_kind, text in _device_sources(ex, device_sources).items():
+            name = {"cuda": "model.cu", "opencl": "model.cl"}.get(source_kind, f"model.{source_kind}")
+            (out_dir / name).write_text(text)
+            files.append(name)
+            if source_kind == "cuda":
+                checks["ptxas"] = ptxas_check(text, target.gpu.get("arch", "sm_80"), out_dir)
+        runtime = {"engine": "tvm", "library": "model.so", "device": {"llvm": "cpu"}.get(kind, kind)}
         return CompiledModel(
-            backend=self.name, target=target.name, directory=out_dir, files=["model.so"],
-            runtime={"engine": "tvm", "library": "model.so", "device": "cpu"},
+            backend=self.name, target=target.name, directory=out_dir, files=files, runtime=runtime,
             inputs=specs_in, outputs=specs_out,
-            options={"tvm_target": json.loads(json.dumps(target_dict)), "tuned": False},
-            toolchain={"apache-tvm": tvm.__version__},
+            options={"tvm_target": json.loads(json.dumps(dict(target.tvm["target"]))),
+                     "host": target.tvm.get("host"), "cross_compiler": cross, **tuning},
+            toolchain=_versions(tvm, cross),
+            estimates={"device_code_check": checks} if checks else {},
             compile_time_s=time.perf_counter() - start,
         )
 
@@ -64,8 +106,227 @@ class TVMBackend(Backend):
                          device=compiled.runtime.get("device", "cpu"), num_threads=num_threads)
 
 
+def supported_tflite_ops() -> set[str]:
+    """The TFLite operators TVM's Relax frontend converts (read from its converter table)."""
+    _lazy.require("tvm")
+    from tvm.relax.frontend.tflite import tflite_frontend
+
+    conv = tflite_frontend.OperatorConverter(None, None, None, None)
+    return set(conv.convert_map)
+
+
+def import_model(path: Path, exact_int8: bool = True):
+    """Relax module and I/O specs from a ``.tflite`` (exact int8 lowering on) or an ``.onnx``."""
+    if path.suffix == ".onnx":
+        from edgedl.backends.onnxruntime import onnx_io_specs
+
+        onnx = _lazy.require("onnx")
+        from tvm.relax.frontend.onnx import from_onnx
+
+        specs_in, specs_out = onnx_io_specs(path)
+        try:
+            mod = from_onnx(onnx.load(str(path)), shape_dict={s.name: list(s.shape) for s in specs_in})
+        except Exception as e:
+            raise UnsupportedOperatorError(f"TVM's ONNX frontend cannot import {path.name}: "
+                                           f"{' '.join(str(e).split())[:300]}") from None
+        return mod, specs_in, specs_out
+    tflite = _lazy.require("tflite")
+    from tvm.relax.frontend.tflite import from_tflite
+
+    from edgedl.runtime.engines import LiteRTEngine
+
+    engine = LiteRTEngine(path)
+    buf = path.read_bytes()
+    kwargs = {}
+    if exact_int8:
+        from edgedl.backends.tvm_int8 import ExactInt8Converter
+
+        kwargs["op_converter"] = ExactInt8Converter
+    try:
+        mod = from_tflite(tflite.Model.GetRootAsModel(buf, 0), **kwargs)
+    except Exception as e:
+        msg = " ".join(str(e).split())
+        raise UnsupportedOperatorError(f"TVM's TFLite frontend cannot import the model: {msg[:300]}") from None
+    return mod, engine.inputs, engine.outputs
+
+
+def make_target(target):
+    """A ``tvm.target.Target`` from the target file's dict (TVM 0.27 takes only dicts)."""
+    tvm = _lazy.require("tvm")
+    spec = dict(target.tvm["target"])
+    kind = spec.get("kind")
+    if kind == "vulkan" and not _has_codegen("vulkan"):
+        raise BackendError("this TVM build has no Vulkan (SPIR-V) code generator; use the opencl target "
+                           "or a TVM built with USE_VULKAN=ON")
+    host = target.tvm.get("host")
+    try:
+        return (tvm.target.Target(spec, host=host) if host else tvm.target.Target(spec)), kind
+    except Exception as e:
+        raise BackendError(f"target '{target.name}': TVM rejects its target dict {spec}: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+
+
+def _has_codegen(kind: str) -> bool:
+    import tvm_ffi
+
+    return tvm_ffi.get_global_func(f"target.build.{kind}", allow_missing=True) is not None
+
+
+def gpu_schedule(mod, target):
+    """Legalize and give every GPU kernel a thread binding with dlight's default rules."""
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+    return mod
+
+
+def tune_and_build(mod, tvm_target, trials: int, db_dir, target):
+    """MetaSchedule-tune the module's kernels, reusing (and growing) a tuning database on disk.
+
+    Tasks that already have records in the database are not tuned again; the summary says how many
+    came from the database and how many trials ran now.
+    """
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1:
+        raise OptionError(f"--trials must be a positive integer, got {trials}")
+    key = hashlib.sha256(json.dumps(target.tvm["target"], sort_keys=True).encode()).hexdigest()[:12]
+    work = Path(db_dir) if db_dir else default_tuning_dir() / f"{target.name}-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    with tvm_target:
+        mod = relax.get_pipeline("zero")(mod)
+    db = ms.database.JSONDatabase(work_dir=str(work))
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    ledger_path = work / "edgedl_tuned_tasks.json"
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    todo = [t for t in tasks if _task_key(t) not in ledger]
+    start = time.perf_counter()
+    ran = 0
+    if todo:
+        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work / "logs"))
+        ran = trials
+        db = ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(work / "logs"), max_trials_global=trials,
+                           num_trials_per_iter=min(64, trials), database=db, builder=_builder())
+        for t in todo:
+            ledger[_task_key(t)] = {"name": t.task_name, "trials_budget": trials}
+        from edgedl import _io
+
+        _io.write_json(ledger_path, ledger)
+    ex = ms.relax_integration.compile_relax(db, mod, tvm_target, params=None)
+    return ex, {"tuned": True, "tuning_db": str(work), "tasks": len(tasks), "tasks_from_db": len(tasks) - len(todo),
+                "trials_run": ran, "tuning_time_s": round(time.perf_counter() - start, 1)}
+
+
+def _task_key(task) -> str:
+    """A stable key for a tuning task: the structural hash of its workload."""
+    import tvm_ffi
+
+    return f"{task.task_name}:{tvm_ffi.structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _warm_builder_worker():
+    """Import TVM's tensor intrinsics once per builder process.
+
+    Registering them parses ~500 TVMScript functions with ``inspect.stack()`` (14-40 s here); done
+    lazily inside the first build, that cost lands in the build's 30 s timeout and every trial fails
+    with "LocalBuilder: Timeout". Paid in the worker's initializer, it is not counted.
+    """
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def _builder():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(timeout_sec=60, initializer=_warm_builder_worker)
+
+
+class _capture_cuda_source:
+    """Keep the CUDA C source TVM generates (it compiles it with nvcc and drops the text)."""
+
+    def __init__(self, sink: dict):
+        self.sink = sink
+
+    def __enter__(self):
+        import tvm_ffi
+
+        self.previous = tvm_ffi.get_global_func("tvm_callback_cuda_postproc", allow_missing=True)
+        sink, previous = self.sink, self.previous
+
+        def postproc(code, target):
+            sink["cuda"] = sink.get("cuda", "") + code
+            return previous(code, target) if previous is not None else code
+
+        tvm_ffi.register_global_func("tvm_callback_cuda_postproc", postproc, override=True)
+        return self
+
+    def __exit__(self, *exc):
+        import tvm_ffi
+
+        if self.previous is not None:
+            tvm_ffi.register_global_func("tvm_callback_cuda_postproc", self.previous, override=True)
+        else:
+            tvm_ffi.register_global_func("tvm_callback_cuda_postproc", lambda code, target: code, override=True)
+        return False
+
+
+def _device_sources(ex, captured: dict) -> dict:
+    sources = dict(captured)
+
+    def walk(m):
+        for sub in m.imports:
+            if sub.kind == "opencl":
+                try:
+                    sources["opencl"] = sub.inspect_source("cl")
+                except Exception:
+                    pass
+            walk(sub)
+
+    walk(ex.mod)
+    return {k: v for k, v in sources.items() if v}
+
+
+def ptxas_check(cuda_source: str, arch: str, work: Path) -> dict:
+    """Compile the CUDA source to PTX and assemble it for ``arch`` with nvcc/ptxas, without a GPU."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not Path(nvcc).exists():
+        return {"ok": None, "note": "nvcc not installed; device code not assembled"}
+    cu = work / ".check.cu"
+    cu.write_text(cuda_source)
+    try:
+        proc = subprocess.run([nvcc, "--cubin", f"-arch={arch}", "-o", str(work / ".check.cubin"), str(cu)],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        cu.unlink(missing_ok=True)
+    cubin = work / ".check.cubin"
+    size = cubin.stat().st_size if cubin.exists() else 0
+    cubin.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise BackendError(f"nvcc/ptxas rejects the generated CUDA code for {arch}: {proc.stderr.strip()[:300]}")
+    return {"ok": True, "tool": "nvcc --cubin", "arch": arch, "cubin_bytes": size}
+
+
+def _versions(tvm, cross) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"apache-tvm": tvm.__version__}
+    try:
+        out["apache-tvm-ffi"] = version("apache-tvm-ffi")
+    except PackageNotFoundError:
+        pass
+    if cross:
+        try:
+            out[cross] = subprocess.run([cross, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            pass
+    return out
+
+
 def _tflite_io(path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input/output specs of a .tflite, read with LiteRT (the reference for quantization parameters)."""
     from edgedl.runtime.engines import LiteRTEngine
 
     engine = LiteRTEngine(path)

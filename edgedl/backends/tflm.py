@@ -1,0 +1,292 @@
+"""TFLite Micro backend: the ``.tflite`` as a C array for a microcontroller, with its measured arena.
+
+Compiling here means: run TFLM's own interpreter on the model to find the smallest tensor arena it
+works in (a bisection over real allocations, not a formula), check arena and model against the
+target's RAM and flash budgets, and write ``model_data.cc``/``model_data.h`` for the firmware beside
+the ``.tflite``. The interpreter is TFLM's reference C++ code, so the fidelity check runs it here
+for every target.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from edgedl import _io
+from edgedl.backends.base import Backend, CompiledModel
+from edgedl.errors import BackendError, OptionError, UnsupportedOperatorError
+
+KIB = 1024
+
+# What the firmware needs besides the arena and the model, stated so the fit check can be read and
+# overridden (backend options runtime_ram_kb and code_flash_kb):
+RUNTIME_RAM_BYTES = 16 * KIB      # interpreter and op resolver objects, the call stack of the kernels, C runtime
+CODE_FLASH_BYTES = 40 * KIB       # TFLM's interpreter, allocator and flatbuffer code ...
+KERNEL_FLASH_BYTES = 4 * KIB      # ... plus about this much per distinct operator kernel linked in
+
+ARENA_ALIGNMENT = 16              # TFLM aligns the arena to 16 bytes; sizes are searched in these steps
+MAX_ARENA_BYTES = 1 << 30
+OPTIONS = ("array_name", "runtime_ram_kb", "code_flash_kb")
+
+
+class TFLMBackend(Backend):
+    name = "tflm"
+    extra = "micro"
+
+    def runs_here(self, target):
+        """TFLM's reference interpreter runs on this host for every target: the fidelity check is real."""
+        return True, ""
+
+    def unsupported_ops(self, graph, target):
+        """The operators TFLM's op resolver lacks, found by building its interpreter on the model."""
+        path = Path(graph.path)
+        if not path.is_file():
+            return {}
+        missing = find_missing_operators(path.read_bytes())
+        return {op: "TFLite Micro's op resolver has no kernel for it" for op in missing}
+
+    def compile(self, tflite_path, target, out_dir, options):
+        from edgedl.runtime.tflm import TFLMEngine
+
+        start = time.perf_counter()
+        opts = _check_options(options)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = Path(tflite_path).read_bytes()
+        missing = find_missing_operators(model)
+        if missing:
+            raise UnsupportedOperatorError(
+                f"TFLite Micro has no kernel for operator(s) {', '.join(missing)}; replace them in the model "
+                "or run it with another backend")
+        arena = find_arena_size(model)
+        fit = fit_check(target, arena["arena_bytes"], len(model), arena["num_kernels"],
+                        opts["runtime_ram_bytes"], opts["code_flash_bytes"])
+        if not fit["fits"]:
+            raise BackendError(f"the model does not fit {target.name}: {'; '.join(fit['problems'])}")
+        (out_dir / "model.tflite").write_bytes(model)
+        sha = _io.sha256_file(out_dir / "model.tflite")
+        source, header = c_array(model, opts["array_name"], sha, arena["arena_bytes"])
+        (out_dir / "model_data.cc").write_text(source)
+        (out_dir / "model_data.h").write_text(header)
+        engine = TFLMEngine(out_dir / "model.tflite", arena_size=arena["arena_bytes"])
+        import tflite_micro
+
+        estimates = {
+            "arena_bytes": arena["arena_bytes"],
+            "arena_search": arena["search"],
+            "arena_breakdown": arena["breakdown"],
+            "model_bytes": len(model),
+            "operator_kernels": arena["kernels"],
+            **{k: v for k, v in fit.items() if k != "problems"},
+            "note": (f"arena found by bisection in {ARENA_ALIGNMENT}-byte steps with TFLM's reference kernels on "
+                     "this 64-bit host: a 32-bit MCU needs the same or less for the same kernels (4-byte "
+                     "pointers); optimised kernels (CMSIS-NN) may ask for other scratch buffers, so keep a margin. "
+                     f"Runtime RAM ({fit['runtime_ram_bytes']} B) and code size ({fit['code_flash_bytes']} B) "
+                     "are stated allowances, not measurements"),
+        }
+        return CompiledModel(
+            backend=self.name, target=target.name, directory=out_dir,
+            files=["model.tflite", "model_data.cc", "model_data.h"],
+            runtime={"engine": "tflm", "model": "model.tflite", "arena_size": arena["arena_bytes"]},
+            inputs=engine.inputs, outputs=engine.outputs,
+            options={"array_name": opts["array_name"], "runtime_ram_bytes": opts["runtime_ram_bytes"],
+                     "code_flash_bytes": opts["code_flash_bytes"]},
+            toolchain={"tflite-micro": getattr(tflite_micro, "__version__", "unknown")},
+            estimates=estimates, compile_time_s=time.perf_counter() - start,
+        )
+
+    def load(self, compiled, num_threads=1):
+        from edgedl.runtime.tflm import TFLMEngine
+
+        return TFLMEngine(Path(compiled.directory) / compiled.runtime["model"],
+                          arena_size=compiled.runtime["arena_size"], num_threads=num_threads)
+
+
+def _check_options(options: dict) -> dict:
+    name = options.get("array_name", "g_model_data")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise OptionError(f"tflm option array_name must be a C identifier, got {name!r}")
+    out = {"array_name": name}
+    for key, default in (("runtime_ram_kb", RUNTIME_RAM_BYTES), ("code_flash_kb", CODE_FLASH_BYTES)):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise OptionError(f"tflm option {key} must be a non-negative number of KiB, got {value!r}")
+        out[key.replace("_kb", "_bytes")] = default if value is None else int(value * KIB)
+    return out
+
+
+def find_missing_operators(model: bytes) -> list[str]:
+    """Every operator of ``model`` that TFLM's op resolver lacks.
+
+    TFLM stops at the first operator it cannot resolve, so the search builds the interpreter, drops
+    the operators it named from a copy of the model, and tries again until nothing more is missing.
+    """
+    from edgedl.runtime.tflm import build_interpreter, missing_operators
+
+    arena = 10 * len(model) + 64 * KIB
+    found: list[str] = []
+    current = model
+    for _ in range(256):
+        interpreter, log = build_interpreter(current, arena)
+        new = [op for op in missing_operators(log) if op not in found]
+        if interpreter is not None or not new:
+            break
+        found += new
+        current = _without_operators(model, set(found))
+    return found
+
+
+def _without_operators(model: bytes, names: set[str]) -> bytes:
+    """A copy of ``model`` without the operators called ``names`` (for the missing-kernel search only)."""
+    import flatbuffers
+    from tflite_micro import runtime
+
+    fb = runtime.schema_fb
+    obj = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(model, 0))
+    codes = [_op_name(c) for c in obj.operatorCodes]
+    for subgraph in obj.subgraphs:
+        subgraph.operators = [op for op in (subgraph.operators or []) if codes[op.opcodeIndex] not in names]
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+_BUILTIN_NAMES: dict = {}
+
+
+def _op_name(code) -> str:
+    """The operator name TFLM prints for an operator code (builtin name, or the custom code)."""
+    from tflite_micro import runtime
+
+    fb = runtime.schema_fb
+    if not _BUILTIN_NAMES:
+        _BUILTIN_NAMES.update({v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")})
+    builtin = runtime.get_builtin_code_from_operator_code(code)
+    if builtin == fb.BuiltinOperator.CUSTOM:
+        custom = code.customCode
+        return custom.decode() if isinstance(custom, bytes) else str(custom)
+    return _BUILTIN_NAMES.get(builtin, str(builtin))
+
+
+def _kernels(model: bytes) -> list[str]:
+    from tflite_micro import runtime
+
+    fb = runtime.schema_fb
+    obj = fb.Model.GetRootAsModel(model, 0)
+    return sorted({_op_name(obj.OperatorCodes(i)) for i in range(obj.OperatorCodesLength())})
+
+
+def find_arena_size(model: bytes) -> dict:
+    """The smallest tensor arena (a multiple of 16 bytes) TFLM builds and runs ``model`` in.
+
+    Doubles from 4 KiB until the interpreter builds, then bisects between the last failure and the
+    first success. The found size is checked with one inference on zeros; the size 16 bytes
+    smaller is a recorded failure.
+
+    Returns:
+        {"arena_bytes", "search": {...}, "breakdown": [...], "kernels": [...], "num_kernels"}.
+
+    Raises:
+        BackendError: TFLM does not build the model even in a 1 GiB arena (its log says why).
+    """
+    import numpy as np
+
+    from edgedl.runtime.tflm import allocation_report, build_interpreter
+
+    attempts = 0
+
+    def works(size):
+        nonlocal attempts
+        attempts += 1
+        interpreter, log = build_interpreter(model, size)
+        return interpreter, log
+
+    low, high = 0, 4 * KIB                          # low fails (or is 0), high is being tried
+    interpreter, log = works(high)
+    while interpreter is None:
+        if high >= MAX_ARENA_BYTES:
+            raise BackendError(f"TFLite Micro cannot set up the model even in a {MAX_ARENA_BYTES >> 20} MiB arena "
+                               f"({' '.join(log.split())[-200:]})")
+        low, high = high, high * 2
+        interpreter, log = works(high)
+    best = interpreter
+    while high - low > ARENA_ALIGNMENT:
+        mid = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+        if mid <= low:
+            break
+        interpreter, _ = works(mid)
+        if interpreter is None:
+            low = mid
+        else:
+            high, best = mid, interpreter
+    # The found arena must also run an inference.
+    from edgedl.runtime.tflm import io_specs
+
+    inputs, _ = io_specs(model, best)
+    for i, spec in enumerate(inputs):
+        best.set_input(np.zeros(spec.shape, dtype=spec.dtype), i)
+    try:
+        best.invoke()
+    except RuntimeError as e:
+        raise BackendError(f"TFLite Micro failed to run the model in its {high}-byte arena: {e}") from None
+    breakdown, _ = allocation_report(best)
+    kernels = _kernels(model)
+    return {"arena_bytes": high, "breakdown": breakdown, "kernels": kernels, "num_kernels": len(kernels),
+            "search": {"step_bytes": ARENA_ALIGNMENT, "attempts": attempts, "largest_failing_bytes": low}}
+
+
+def fit_check(target, arena_bytes: int, model_bytes: int, num_kernels: int,
+              runtime_ram_bytes: int = RUNTIME_RAM_BYTES, code_flash_bytes: int = CODE_FLASH_BYTES) -> dict:
+    """RAM (arena + runtime) and flash (model + code) needed against the target's budgets.
+
+    Returns a dict with the needs, the budgets, ``fits`` and ``problems`` (one sentence per budget
+    exceeded, naming the budget and by how much). A target without a budget passes that check.
+    """
+    code = code_flash_bytes + KERNEL_FLASH_BYTES * num_kernels
+    ram_needed = arena_bytes + runtime_ram_bytes
+    flash_needed = model_bytes + code
+    problems = []
+    ram, flash = target.ram_bytes, target.flash_bytes
+    if ram is not None and ram_needed > ram:
+        problems.append(f"needs {_kib(ram_needed)} of RAM (arena {_kib(arena_bytes)} + {_kib(runtime_ram_bytes)} "
+                        f"runtime), {target.name} has {_kib(ram)}: {_kib(ram_needed - ram)} over")
+    if flash is not None and flash_needed > flash:
+        problems.append(f"needs {_kib(flash_needed)} of flash (model {_kib(model_bytes)} + {_kib(code)} code), "
+                        f"{target.name} has {_kib(flash)}: {_kib(flash_needed - flash)} over")
+    return {"ram_needed_bytes": ram_needed, "ram_budget_bytes": ram, "runtime_ram_bytes": runtime_ram_bytes,
+            "flash_needed_bytes": flash_needed, "flash_budget_bytes": flash, "code_flash_bytes": code,
+            "fits": not problems, "problems": problems}
+
+
+def _kib(n: int) -> str:
+    kib = n / KIB
+    return f"{kib:.0f} KiB" if kib == int(kib) else f"{kib:.1f} KiB"
+
+
+def c_array(model: bytes, name: str, sha256: str, arena_bytes: int) -> tuple[str, str]:
+    """(``model_data.cc``, ``model_data.h``): the model as an aligned ``const unsigned char`` array.
+
+    Example:
+        >>> source, header = c_array(b"\\x1c\\x00\\x00\\x00TFL3", "g_model_data", "ab" * 32, 1024)
+        >>> "alignas(16) const unsigned char g_model_data[]" in source
+        True
+    """
+    guard = f"EDGEDL_{name.upper()}_H_"
+    stamp = (f"// Generated by edgedl from model.tflite ({len(model)} bytes, sha256 {sha256}).\n"
+             "// Do not edit: recompile the model instead.\n")
+    rows = []
+    for i in range(0, len(model), 12):
+        rows.append("  " + ", ".join(f"0x{b:02x}" for b in model[i:i + 12]) + ",")
+    source = (stamp + f'\n#include "model_data.h"\n\n'
+              f"// TFLite Micro reads the flatbuffer in place: keep it 16-byte aligned.\n"
+              f"alignas(16) const unsigned char {name}[] = {{\n" + "\n".join(rows) + "\n};\n"
+              f"const unsigned int {name}_len = {len(model)};\n")
+    header = (stamp + f"\n#ifndef {guard}\n#define {guard}\n\n"
+              f"extern const unsigned char {name}[];\n"
+              f"extern const unsigned int {name}_len;\n\n"
+              f"// The smallest tensor arena TFLite Micro's reference kernels ran this model in (measured by\n"
+              f"// edgedl); add a margin for optimised kernels such as CMSIS-NN.\n"
+              f"constexpr unsigned int {name}_arena_size = {arena_bytes};\n\n"
+              f"#endif  // {guard}\n")
+    return source, header

@@ -1,0 +1,279 @@
+"""Vela backend: an int8 ``.tflite`` compiled by Arm's Vela for an Ethos-U NPU, with Vela's estimates.
+
+Vela replaces the operators the NPU runs with one ``ethos-u`` custom operator holding the command
+stream; what it cannot place on the NPU stays as ordinary TFLite operators for the Cortex-M beside
+it. The bundle holds that optimised ``.tflite``, Vela's summary CSV and its report. The estimates
+are Vela's static performance model (cycles, time at the configured clock, memory used), with the
+CPU fallback operators named one by one: they are never hidden. Nothing here can run the result
+(there is no NPU on this host), so there is no fidelity check.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgedl import _lazy
+from edgedl.backends.base import Backend, CompiledModel
+from edgedl.errors import BackendError, InputFileError, OptionError, UnsupportedOperatorError
+from edgedl.runtime.engines import TensorSpec
+
+KIB = 1024
+CONFIG_FILE = "Arm/vela.ini"          # Vela's bundled system configurations and memory modes
+OPTIMISE = ("Performance", "Size")
+NPU_OPERATOR = "ethos-u"
+FLOAT_TYPES = ("float16", "float32", "float64")
+PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE")   # float only at the edges: a full-integer model with float I/O
+
+
+class VelaBackend(Backend):
+    name = "vela"
+    extra = "npu"
+
+    def runs_here(self, target):
+        """Vela's output needs an Ethos-U NPU for its ``ethos-u`` operator: never on this host."""
+        return False, (f"{target.name} is an Ethos-U NPU ({target.npu.get('accelerator', '?')}); Vela's command "
+                       "stream runs only there, this host has no NPU")
+
+    def unsupported_ops(self, graph, target):
+        """Operators Vela leaves on the CPU for ``target``'s NPU, by type (from Vela's own constraint table).
+
+        Vela may still leave an operator of a supported type on the CPU when a parameter is out of
+        range (a stride, a shape); compiling names those too.
+        """
+        regor = _lazy.require("ethosu.regor")
+        family = _family(target)
+        supported = {op.replace("ARGMAX", "ARG_MAX") for op in regor.tflite_operator_constraints(family)}
+        out = {}
+        for op in graph.ops:
+            floats = [i for i in op.outputs if graph.tensors.get(i, {}).get("dtype") in FLOAT_TYPES]
+            if floats and op.name not in PASS_THROUGH:
+                out[op.name] = ("float tensors: Vela takes full-integer int8 or int16x8 models "
+                                "(convert with --quantize int8)")
+            elif op.name not in supported:
+                out[op.name] = f"not an {_family_name(family)} operator: Vela leaves it to the CPU"
+        return out
+
+    def compile(self, tflite_path, target, out_dir, options):
+        _lazy.require("ethosu.vela")
+        start = time.perf_counter()
+        optimise = options.get("optimise", "Performance")
+        if optimise not in OPTIMISE:
+            raise OptionError(f"vela option optimise must be one of {', '.join(OPTIMISE)}, got {optimise!r}")
+        tflite_path = Path(tflite_path)
+        model = read_flatbuffer(tflite_path)
+        floats = sorted({op["op"] for op in model["ops"]
+                         if op["op"] not in PASS_THROUGH and any(d in FLOAT_TYPES for d in op["output_dtypes"])})
+        if floats:
+            raise UnsupportedOperatorError(
+                f"Vela needs a full-integer int8 (or int16x8) model; {tflite_path.name} computes in float "
+                f"({', '.join(floats)}); quantize it with --quantize int8 (and a representative data set)")
+        npu = target.npu
+        accelerator = npu["accelerator"]
+        out_dir = Path(out_dir)
+        work = out_dir / "_vela"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "output").mkdir(parents=True)
+        shutil.copyfile(tflite_path, work / "model.tflite")
+        command = [sys.executable, "-m", "ethosu.vela", str(work / "model.tflite"),
+                   "--accelerator-config", accelerator,
+                   "--output-dir", str(work / "output"), "--optimise", optimise, "--show-cpu-operations"]
+        # Vela takes a configuration file only with a named system configuration and memory mode;
+        # with neither it uses its internal defaults for the accelerator.
+        config = npu.get("config", CONFIG_FILE) if npu.get("system_config") or npu.get("memory_mode") else None
+        if config:
+            command += ["--config", config]
+        if npu.get("system_config"):
+            command += ["--system-config", npu["system_config"]]
+        if npu.get("memory_mode"):
+            command += ["--memory-mode", npu["memory_mode"]]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, cwd=work)
+            report = done.stdout + ("\n" + done.stderr if done.stderr.strip() else "")
+            if done.returncode != 0:
+                lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+                tail = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip()).strip("'\"")
+                raise BackendError(f"Vela failed for {accelerator} on {tflite_path.name} (exit {done.returncode}): "
+                                   f"{tail[-400:]}")
+            summaries = sorted((work / "output").glob("*_summary_*.csv"))
+            optimised = work / "output" / "model_vela.tflite"
+            if not summaries or not optimised.is_file():
+                raise BackendError(f"Vela wrote no optimised model or summary in {work / 'output'}: {report[-300:]}")
+            row = _read_summary(summaries[0])
+            compiled_ops = read_flatbuffer(optimised)
+            estimates = _estimates(row, report, compiled_ops, target)
+            _fit_check(estimates, target)
+            shutil.copyfile(optimised, out_dir / "model_vela.tflite")
+            shutil.copyfile(summaries[0], out_dir / "vela_summary.csv")
+            (out_dir / "vela_report.txt").write_text(report)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        import ethosu.vela
+
+        return CompiledModel(
+            backend=self.name, target=target.name, directory=out_dir,
+            files=["model_vela.tflite", "vela_summary.csv", "vela_report.txt"],
+            runtime={"engine": "ethos-u", "model": "model_vela.tflite", "accelerator": accelerator},
+            inputs=compiled_ops["inputs"], outputs=compiled_ops["outputs"],
+            options={"accelerator": accelerator, "system_config": npu.get("system_config"),
+                     "memory_mode": npu.get("memory_mode"), "config": config,
+                     "optimise": optimise},
+            toolchain={"ethos-u-vela": getattr(ethosu.vela, "__version__", "unknown")},
+            estimates=estimates, compile_time_s=time.perf_counter() - start,
+        )
+
+    def load(self, compiled, num_threads=1):
+        raise BackendError(f"Vela's output for {compiled.target} runs only on an Ethos-U NPU (the ethos-u "
+                           "operator holds its command stream); this host has none. Deploy "
+                           f"{compiled.runtime['model']} with TFLite Micro and the Ethos-U driver on the device")
+
+
+def _family(target) -> str:
+    accelerator = target.npu.get("accelerator", "")
+    return "EthosU85" if accelerator.startswith("ethos-u85") else "EthosU55"
+
+
+def _family_name(family: str) -> str:
+    return {"EthosU55": "Ethos-U55/U65", "EthosU85": "Ethos-U85"}[family]
+
+
+def read_flatbuffer(path: Path) -> dict:
+    """The operators (name, output tensor names and dtypes) and I/O specs of a ``.tflite``, read with
+    Vela's own flatbuffer schema (so this backend needs no TFLite interpreter)."""
+    from ethosu.vela.tflite import BuiltinOperator, Model, TensorType
+
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+    names = {v: k for k, v in vars(BuiltinOperator.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k.lower() for k, v in vars(TensorType.TensorType).items() if not k.startswith("_")}
+    model = Model.Model.GetRootAsModel(data, 0)
+    subgraph = model.Subgraphs(0)
+
+    def tensor(i):
+        return subgraph.Tensors(i)
+
+    def op_name(code):
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == BuiltinOperator.BuiltinOperator.CUSTOM:
+            return code.CustomCode().decode("utf-8", "replace")
+        return names.get(builtin, str(builtin))
+
+    def spec(i):
+        t = tensor(i)
+        q = t.Quantization()
+        scale = float(q.Scale(0)) if q is not None and q.ScaleLength() else 0.0
+        zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
+        return TensorSpec(t.Name().decode("utf-8", "replace"), tuple(int(s) for s in t.ShapeAsNumpy()),
+                          types.get(t.Type(), "unknown"), scale, zero)
+
+    ops = []
+    for k in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(k)
+        outs = [op.Outputs(j) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
+        ops.append({"op": op_name(model.OperatorCodes(op.OpcodeIndex())),
+                    "outputs": [tensor(i).Name().decode("utf-8", "replace") for i in outs],
+                    "output_dtypes": [types.get(tensor(i).Type(), "unknown") for i in outs]})
+    return {"ops": ops, "inputs": [spec(subgraph.Inputs(i)) for i in range(subgraph.InputsLength())],
+            "outputs": [spec(subgraph.Outputs(i)) for i in range(subgraph.OutputsLength())]}
+
+
+def _read_summary(path: Path) -> dict:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise BackendError(f"Vela's summary {path.name} is empty")
+    return rows[0]
+
+
+def _reasons(report: str) -> dict:
+    """{output tensor name: reason} from Vela's "Warning (supported operators)" paragraphs."""
+    reasons = {}
+    for m in re.finditer(r"Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'\n((?:.+\n?)+)", report):
+        text = " ".join(line.strip() for line in m.group(3).strip().splitlines())
+        reasons[m.group(2)] = text.removeprefix("Reason: ")
+    return reasons
+
+
+def _estimates(row: dict, report: str, compiled: dict, target) -> dict:
+    def number(key, kind=float):
+        try:
+            return kind(float(row[key]))
+        except (KeyError, ValueError):
+            return None
+
+    def kib_to_bytes(key):
+        v = number(key)
+        return None if v is None else int(round(v * KIB))
+
+    counts = {}
+    for which in ("CPU", "NPU"):
+        m = re.search(rf"^{which} operators = (\d+)", report, re.MULTILINE)
+        counts[which] = int(m.group(1)) if m else None
+    reasons = _reasons(report)
+    fallback = []
+    for op in compiled["ops"]:
+        if op["op"] == NPU_OPERATOR:
+            continue
+        name = op["outputs"][0] if op["outputs"] else ""
+        fallback.append({"op": op["op"], "output": name,
+                         "reason": reasons.get(name, "not placed on the NPU by Vela")})
+    clock = number("core_clock")
+    seconds = number("inference_time")
+    estimates = {
+        "accelerator": row.get("accelerator_configuration"),
+        "system_config": row.get("system_config"),
+        "memory_mode": row.get("memory_mode"),
+        "clock_hz": clock,
+        "clock_mhz": None if clock is None else clock / 1e6,
+        "cycles": number("cycles_total", int),
+        "npu_cycles": number("cycles_npu", int),
+        "inference_time_ms": None if seconds is None else seconds * 1e3,
+        "inferences_per_second": number("inferences_per_second"),
+        "macs": number("nn_macs", int),
+        "sram_used_bytes": kib_to_bytes("sram_memory_used"),
+        "dram_used_bytes": kib_to_bytes("dram_memory_used"),
+        "on_chip_flash_used_bytes": kib_to_bytes("on_chip_flash_memory_used"),
+        "off_chip_flash_used_bytes": kib_to_bytes("off_chip_flash_memory_used"),
+        "weights_original_bytes": number("total_original_weights", int),
+        "weights_encoded_bytes": number("total_npu_encoded_weights", int),
+        "npu_operators": counts["NPU"],
+        "cpu_operators": counts["CPU"],
+        "cpu_fallback": fallback,
+        "cpu_fallback_ops": sorted({f["op"] for f in fallback}),
+        "ram_budget_bytes": target.ram_bytes,
+        "flash_budget_bytes": target.flash_bytes,
+        "note": ("Vela's static performance model of the NPU alone (operator counts are Vela's, after its own "
+                 "rewrites); the CPU fallback operators run on the Cortex-M and their time is not included"),
+    }
+    if fallback:
+        estimates["note"] += f"; CPU fallback: {', '.join(estimates['cpu_fallback_ops'])}"
+        if {"QUANTIZE", "DEQUANTIZE"} & set(estimates["cpu_fallback_ops"]) and any(
+                s.dtype in FLOAT_TYPES for s in compiled["inputs"] + compiled["outputs"]):
+            estimates["note"] += " (the float input/output conversions: convert with --io int8 to drop them)"
+    return estimates
+
+
+def _fit_check(estimates: dict, target) -> None:
+    """Vela's SRAM and off-chip flash use against the target's RAM and flash budgets."""
+    problems = []
+    for used_key, budget, memory, budget_name in (
+            ("sram_used_bytes", target.ram_bytes, "SRAM", "RAM"),
+            ("off_chip_flash_used_bytes", target.flash_bytes, "off-chip flash", "flash")):
+        used = estimates.get(used_key)
+        if budget is not None and used is not None and used > budget:
+            problems.append(f"Vela's plan needs {_kib(used)} of {memory}, {target.name} has {_kib(budget)} of "
+                            f"{budget_name}: {_kib(used - budget)} over")
+    estimates["fits"] = not problems
+    if problems:
+        raise BackendError(f"the model does not fit {target.name}: {'; '.join(problems)}")
+
+
+def _kib(n: int) -> str:
+    kib = n / KIB
+    return f"{kib:.0f} KiB" if kib == int(kib) else f"{kib:.1f} KiB"

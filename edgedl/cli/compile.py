@@ -1,0 +1,66 @@
+"""``edgedl compile``: a model for a target, checked against its reference, into one bundle."""
+
+import json
+
+import click
+
+
+@click.command("compile")
+@click.argument("model")
+@click.option("--target", "-t", required=True, help="Target name (`edgedl targets`) or a TOML file.")
+@click.option("--backend", "-b", default="auto", show_default=True,
+              help="litert, tvm, vela, tflm, onnxruntime, or auto (measure what runs here, pick the fastest that passes).")
+@click.option("--output", "-o", "out", help="Bundle path (default: MODEL's stem + .edgedl).")
+@click.option("--archive", is_flag=True, help="Write the bundle as one tar file instead of a folder.")
+@click.option("--quantize", "-q", type=click.Choice(["none", "dynamic", "float16", "int8", "int16x8"]), default="none",
+              show_default=True, help="Quantization of a Keras model on its way to .tflite.")
+@click.option("--io", "io_type", type=click.Choice(["float", "int8", "uint8"]), default="float", show_default=True,
+              help="Input/output type of an int8 model.")
+@click.option("--dataset", "-d", help="Data set for calibration and the fidelity check (default: the model's).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA).")
+@click.option("--samples", "num_samples", type=int, default=100, show_default=True, help="Samples for the fidelity check.")
+@click.option("--max-disagreement", type=float, default=0.02, show_default=True,
+              help="Fail when top-1 agreement with the reference falls below 1 minus this.")
+@click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (tuning database kept and reused).")
+@click.option("--trials", type=int, default=64, show_default=True, help="TVM: MetaSchedule trials in total.")
+@click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
+@click.option("--threads", "num_threads", type=int, default=1, show_default=True, help="Threads for the checks.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def compile_command(model, target, backend, out, archive, quantize, io_type, dataset, data_dir, num_samples,
+                    max_disagreement, tune, trials, tuning_db, num_threads, as_json):
+    """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
+
+    \b
+    Examples:
+      edgedl compile lenet.keras --target x86_64 --quantize int8
+      edgedl compile model.tflite --target rpi4 --backend tvm -o model-rpi4.edgedl
+      edgedl compile lenet.keras --target ethos_u55_128 --quantize int8
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from edgedl.compile import CompileOptions, compile_model
+
+    options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, data_dir=data_dir,
+                             num_samples=num_samples, max_disagreement=max_disagreement, tune=tune, trials=trials,
+                             tuning_db=tuning_db, num_threads=num_threads, archive=archive)
+    out = out or f"{Path(model.rstrip('/')).stem}.edgedl"
+    console = Console(stderr=True)
+    status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))
+    result = compile_model(model, target, out, options, status=status)
+    m = result.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    f = m["fidelity"]
+    if f.get("checked") is False:
+        check = f"not run here ({f['reason']})"
+    else:
+        check = (f"top-1 agreement {100 * f['top1_agreement']:.1f}% on {f['samples']} samples, "
+                 f"max abs error {f['max_abs_error']:.3g}")
+    click.echo(f"wrote {result.path} ({m['backend']} for {m['target']['name']})")
+    click.echo(f"  why {m['backend']}: {m['selection']['reason']}")
+    click.echo(f"  fidelity: {check}")
+    for k, v in (m.get("estimates") or {}).items():
+        click.echo(f"  estimate {k}: {v}")

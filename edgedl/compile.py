@@ -1,0 +1,347 @@
+"""Compilation: a model (Keras, ``.tflite`` or ``.onnx``) for a target, checked against its reference,
+written as one deployable bundle.
+
+The stages, in order: load the source and its reference -> convert to ``.tflite`` where needed ->
+pick the backend(s) -> compile -> run on real samples against the reference where this host can
+run the result -> write the bundle with its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgedl import __version__, _io
+from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
+
+log = logging.getLogger(__name__)
+
+SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
+
+
+@dataclass
+class CompileOptions:
+    """Everything that shapes a compile besides the model and the target."""
+
+    backend: str = "auto"
+    quantize: str = "none"            # for Keras sources: none, dynamic, float16, int8, int16x8
+    io_type: str = "float"
+    dataset: str | None = None        # samples for calibration and the fidelity check
+    data_dir: str | None = None
+    num_samples: int = 100
+    max_disagreement: float = 0.02    # fail when top-1 agreement with the reference is below 1 - this
+    tune: bool = False
+    trials: int = 64
+    tuning_db: str | None = None
+    num_threads: int = 1
+    archive: bool = False
+    backend_options: dict = field(default_factory=dict)
+
+    def manifest_view(self) -> dict:
+        d = asdict(self)
+        for k in ("data_dir", "archive"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class Source:
+    """The model as given, its ``.tflite`` form (if any) and how to compute the reference."""
+
+    path: Path
+    kind: str                           # keras, tflite, onnx
+    sha256: str
+    tflite: Path | None
+    reference: object                   # callable(float batch) -> float outputs
+    input_shape: tuple
+    metadata: dict
+
+
+def load_source(path: str, options: CompileOptions, workdir: Path) -> Source:
+    """Load MODEL, convert a Keras model to ``.tflite`` (quantized as asked), set up its reference."""
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(p, "no such file or folder; expected .keras, .h5, SavedModel, .tflite or .onnx")
+    sha = _io.sha256_file(p) if p.is_file() else _dir_sha(p)
+    meta = _metadata_beside(p)
+    if p.suffix == ".tflite":
+        from edgedl.graph import read_tflite
+        from edgedl.runtime.engines import LiteRTEngine
+        from edgedl.runtime.quant import predict
+
+        graph = read_tflite(p)
+        if options.quantize != "none":
+            raise OptionError(f"--quantize applies to Keras models; {p.name} is already a .tflite "
+                              f"({'quantized' if graph.is_quantized else 'float'})")
+        engine = LiteRTEngine(p)
+        return Source(p, "tflite", sha, p, lambda x: predict(engine, x), tuple(engine.inputs[0].shape[1:]), meta)
+    if p.suffix == ".onnx":
+        from edgedl.backends.onnxruntime import onnx_reference
+
+        ref, shape = onnx_reference(p)
+        return Source(p, "onnx", sha, None, ref, shape, meta)
+    from edgedl.modelio import load_model
+    from edgedl.train import predict as keras_predict
+
+    model = load_model(str(p))
+    shape = tuple(model.input_shape[1:])
+    source = Source(p, "keras", sha, None, lambda x: keras_predict(model, x), shape, meta)
+    source.keras_model = model
+    return source
+
+
+def _metadata_beside(p: Path) -> dict:
+    """The metrics JSON ``edgedl train`` writes beside a model (data set, preprocessing), if any."""
+    j = p.with_suffix(".json")
+    if p.is_file() and j.is_file():
+        try:
+            return json.loads(j.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("ignoring unreadable %s", j)
+    return {}
+
+
+def _dir_sha(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(str(f.relative_to(p)).encode())
+        h.update(_io.sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def samples_for(source: Source, options: CompileOptions) -> tuple[np.ndarray, np.ndarray | None, dict, np.ndarray | None]:
+    """Real samples for calibration and fidelity: (x_test, y_test, description, x_train).
+
+    The data set is ``--dataset``, else the one the model was trained on, else the first data set
+    whose input shape matches. Without any, the check runs on seeded uniform noise and says so.
+    """
+    from edgedl.data import DATASETS, load_dataset
+
+    name = options.dataset or source.metadata.get("dataset")
+    candidates = [name] if name else [n for n in DATASETS]
+    for n in candidates:
+        try:
+            data = load_dataset(n, data_dir=options.data_dir, limit=max(options.num_samples, 10),
+                                split=source.metadata.get("split") if n == source.metadata.get("dataset") else None)
+        except EdgeDLError as e:
+            if name:
+                raise
+            log.debug("data set %s not usable: %s", n, e)
+            continue
+        if tuple(data.input_shape) == tuple(source.input_shape):
+            desc = {"dataset": data.name, "split": data.split, "num_samples": int(len(data.x_test[:options.num_samples])),
+                    "preprocessing": data.preprocessing}
+            return data.x_test[:options.num_samples], data.y_test[:options.num_samples], desc, data.x_train
+        if name:
+            raise OptionError(f"data set '{n}' gives inputs of shape {tuple(data.input_shape)}, "
+                              f"the model takes {tuple(source.input_shape)}")
+    rng = np.random.default_rng(0)
+    x = rng.random((options.num_samples, *source.input_shape), dtype=np.float32)
+    return x, None, {"dataset": None, "num_samples": len(x), "note": "no data set matches; uniform noise in [0, 1)"}, x
+
+
+def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Top-1 agreement and max absolute error of outputs against the reference (and accuracy)."""
+    ref_top1, top1 = reference.argmax(-1), outputs.argmax(-1)
+    result = {"samples": int(len(reference)), "top1_agreement": float(np.mean(ref_top1 == top1)),
+              "max_abs_error": float(np.max(np.abs(outputs - reference))),
+              "mean_abs_error": float(np.mean(np.abs(outputs - reference)))}
+    if labels is not None:
+        result["accuracy"] = float(np.mean(top1 == labels))
+        result["reference_accuracy"] = float(np.mean(ref_top1 == labels))
+    return result
+
+
+def runs_here(target) -> tuple[bool, str]:
+    """Whether a compiled artifact for ``target`` can run on this machine (same CPU architecture)."""
+    machine = platform.machine()
+    arch = target.cpu.get("arch")
+    if target.kind in ("npu", "mcu"):
+        return False, f"{target.name} is a {target.kind}; this host cannot run its code"
+    if target.kind == "gpu":
+        api = target.gpu.get("api", "cuda")
+        if arch != machine:
+            return False, f"{target.name}'s host is {arch}, this machine is {machine}"
+        try:
+            import tvm
+
+            dev = tvm.device(api, 0)
+            if dev.exist:
+                return True, ""
+        except Exception:
+            pass
+        return False, f"no {api} device on this machine"
+    if arch != machine:
+        return False, f"{target.name} is {arch}, this machine is {machine}"
+    return True, ""
+
+
+@dataclass
+class CompileResult:
+    path: Path
+    manifest: dict
+
+
+def compile_model(model: str, target: str, out: str, options: CompileOptions | None = None,
+                  status=None) -> CompileResult:
+    """Compile MODEL for TARGET into the bundle OUT (written atomically).
+
+    Args:
+        model: ``.keras``/``.h5``/SavedModel (converted to ``.tflite``, quantized as ``options.quantize``
+            says), or a foreign ``.tflite``/``.onnx``.
+        target: a target name (``edgedl targets``) or a TOML file.
+        out: the bundle path (a folder, or one file with ``options.archive``).
+        options: backend, quantization, fidelity bound, tuning, ...
+        status: callable(str) told about each stage.
+
+    Returns:
+        CompileResult with the bundle path and its manifest.
+
+    Raises:
+        TargetError, InputFileError, UnsupportedOperatorError, BackendError, OptionError.
+
+    Example:
+        >>> compile_model("lenet.keras", "x86_64", "lenet.edgedl")  # doctest: +SKIP
+    """
+    from edgedl.backends import get_backend
+    from edgedl.targets import load_target
+
+    options = options or CompileOptions()
+    say = status or (lambda m: log.info(m))
+    if not 0.0 <= options.max_disagreement <= 1.0:
+        raise OptionError(f"--max-disagreement must be between 0 and 1, got {options.max_disagreement}")
+    if options.num_samples < 1:
+        raise OptionError(f"--samples must be a positive integer, got {options.num_samples}")
+    tgt = load_target(target)
+    with tempfile.TemporaryDirectory(prefix="edgedl-compile-") as tmp:
+        work = Path(tmp)
+        say(f"loading {model}")
+        source = load_source(model, options, work)
+        x, y, sample_info, x_train = samples_for(source, options)
+        if source.kind == "keras":
+            say(f"converting to .tflite ({options.quantize})")
+            from edgedl.convert import to_tflite
+
+            blob = to_tflite(source.keras_model, options.quantize, representative=x_train, io_type=options.io_type)
+            source.tflite = _io.write_bytes(work / "source.tflite", blob)
+        reference = source.reference(x)
+        names = _backend_candidates(tgt, source, options)
+        target_here, _ = runs_here(tgt)  # only then do measured latencies say anything about the target
+        results = []
+        for name in names:
+            backend = get_backend(name)
+            say(f"compiling with {name} for {tgt.name}")
+            try:
+                model_file = source.path if source.kind == "onnx" else source.tflite
+                compiled = backend.compile(model_file, tgt, work / name, _backend_options(options, name))
+            except (UnsupportedOperatorError, BackendError) as e:
+                if len(names) == 1:
+                    raise
+                results.append({"backend": name, "ok": False, "error": str(e)})
+                continue
+            entry = {"backend": name, "compiled": compiled, "ok": True}
+            here, why_not = backend.runs_here(tgt)
+            if not here:
+                entry["not_checked"] = why_not
+            else:
+                say(f"checking {name} against the reference on {len(x)} samples")
+                engine = backend.load(compiled, num_threads=options.num_threads)
+                from edgedl.runtime.quant import predict
+
+                entry["fidelity"] = fidelity(reference, predict(engine, x), y)
+                entry["ok"] = entry["fidelity"]["top1_agreement"] >= 1.0 - options.max_disagreement
+                if len(names) > 1 and target_here:
+                    from edgedl.bench import measure_latency
+                    from edgedl.runtime.quant import quantize
+
+                    entry["p50_us"] = measure_latency(engine, quantize(x[:1], engine.inputs[0]), 10, 100)["p50_us"]
+            results.append(entry)
+        chosen, reason = _choose(results, options)
+        compiled = chosen["compiled"]
+        manifest = {
+            "edgedl_version": __version__,
+            "source": {"path": source.path.name, "kind": source.kind, "sha256": source.sha256},
+            "target": tgt.to_dict(),
+            "backend": compiled.backend,
+            "selection": {"reason": reason, "candidates": [
+                {k: v for k, v in r.items() if k != "compiled"} for r in results]} if len(results) > 1 else {"reason": reason},
+            "options": options.manifest_view() | {"backend": compiled.backend} | {"backend_specific": compiled.options},
+            "toolchain": compiled.toolchain | {"edgedl": __version__},
+            "runtime": compiled.runtime,
+            "inputs": [s.to_dict() for s in compiled.inputs],
+            "outputs": [s.to_dict() for s in compiled.outputs],
+            "preprocessing": source.metadata.get("preprocessing") or sample_info.get("preprocessing"),
+            "samples": {k: v for k, v in sample_info.items() if k != "preprocessing"},
+            "estimates": compiled.estimates,
+            "fidelity": chosen.get("fidelity") or {"checked": False, "reason": chosen.get("not_checked", "")},
+            "files": compiled.files,
+        }
+        if "fidelity" in chosen and not chosen["ok"]:
+            f = chosen["fidelity"]
+            raise BackendError(
+                f"fidelity check failed for {compiled.backend} on {tgt.name}: top-1 agreement with the reference "
+                f"{100 * f['top1_agreement']:.1f}% is below {100 * (1 - options.max_disagreement):.1f}% "
+                f"(max abs error {f['max_abs_error']:.4g}); raise --max-disagreement to accept it"
+            )
+        say(f"writing {out}")
+        from edgedl.bundle import write_bundle
+
+        written = write_bundle(out, manifest, compiled.directory, archive=options.archive)
+        return CompileResult(Path(out), written)
+
+
+def _backend_options(options: CompileOptions, name: str) -> dict:
+    opts = dict(options.backend_options)
+    if name == "tvm":
+        opts.update(tune=options.tune, trials=options.trials, tuning_db=options.tuning_db)
+    return opts
+
+
+def _backend_candidates(tgt, source, options) -> list[str]:
+    from edgedl.backends import backend_names
+
+    if options.backend != "auto":
+        if options.backend not in backend_names():
+            raise OptionError(f"unknown backend '{options.backend}'; known: {', '.join(backend_names())}")
+        if options.backend not in tgt.backends:
+            raise OptionError(f"target '{tgt.name}' does not take backend '{options.backend}'; "
+                              f"it takes: {', '.join(tgt.backends)}")
+        names = [options.backend]
+    else:
+        names = [b for b in tgt.backends if b in backend_names()]
+    if source.kind == "onnx":
+        onnx_ok = [n for n in names if n in ("onnxruntime", "tvm")]
+        if not onnx_ok:
+            raise OptionError(f"an .onnx model compiles with onnxruntime or tvm; target '{tgt.name}' takes "
+                              f"{', '.join(tgt.backends)}")
+        names = onnx_ok
+    if not names:
+        raise OptionError(f"no installed backend serves target '{tgt.name}' (it lists {', '.join(tgt.backends)})")
+    return names
+
+
+def _choose(results, options):
+    ok = [r for r in results if r["ok"]]
+    if not ok:
+        errors = "; ".join(f"{r['backend']}: {r.get('error') or 'failed the fidelity check'}" for r in results)
+        if len(results) == 1 and "fidelity" in results[0]:
+            return results[0], "the only backend asked for"
+        raise UnsupportedOperatorError(f"no backend could compile the model: {errors}")
+    if len(results) == 1:
+        return ok[0], f"backend {ok[0]['backend']} {'chosen with --backend' if options.backend != 'auto' else 'is the only one for this target'}"
+    timed = [r for r in ok if "p50_us" in r]
+    if timed:
+        best = min(timed, key=lambda r: r["p50_us"])
+        others = ", ".join(f"{r['backend']} {r['p50_us']:.1f} us" for r in timed if r is not best)
+        return best, (f"fastest of the backends that pass the fidelity check, measured here: {best['backend']} "
+                      f"{best['p50_us']:.1f} us" + (f" (vs {others})" if others else ""))
+    return ok[0], (f"first of the target's backends that compiles the model ({ok[0]['backend']}); "
+                   f"not measured: {ok[0].get('not_checked') or 'cannot run here'}")

@@ -1,0 +1,119 @@
+"""The ONNX Runtime engine: an ``.onnx`` model in an InferenceSession on the CPU (or CUDA) provider.
+
+Like the rest of ``edgedl.runtime`` this imports numpy and, lazily, ``onnxruntime`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgedl.errors import BackendError, InputFileError, MissingDependencyError
+from edgedl.runtime.engines import Engine, TensorSpec
+
+ONNX_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
+}
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "onnx") from None
+    return onnxruntime
+
+
+def session(model_path: str | os.PathLike, num_threads: int = 1, device: str = "cpu"):
+    """An ``onnxruntime.InferenceSession`` with ``num_threads`` intra-op threads on ``device``.
+
+    Raises:
+        InputFileError: the file is missing or ONNX Runtime cannot load it.
+        BackendError: ``device`` is unknown or its execution provider is not installed.
+    """
+    ort = _ort()
+    path = Path(model_path)
+    if not path.is_file():
+        raise InputFileError(path, "no such file")
+    if device not in PROVIDERS:
+        raise BackendError(f"unknown ONNX Runtime device '{device}'; choose one of {', '.join(PROVIDERS)}")
+    providers = PROVIDERS[device]
+    available = ort.get_available_providers()
+    if providers[0] not in available:
+        raise BackendError(f"ONNX Runtime has no {providers[0]} here (it has {', '.join(available)}); "
+                           "install onnxruntime-gpu for CUDA")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(num_threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+        raise InputFileError(path, f"ONNX Runtime cannot load it ({' '.join(str(e).split())[:200]})") from None
+
+
+def session_specs(sess) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input/output specs of a session with batch 1 (a symbolic first dimension becomes 1)."""
+
+    def spec(node):
+        shape = []
+        for i, d in enumerate(node.shape):
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)
+            elif i == 0:
+                shape.append(1)
+            else:
+                raise BackendError(f"ONNX tensor '{node.name}' has the dynamic dimension {d!r} at axis {i}; "
+                                   "edgedl runs models with fixed shapes (only the batch may be dynamic)")
+        return TensorSpec(node.name, tuple(shape), ONNX_TYPES.get(node.type, node.type))
+
+    return [spec(n) for n in sess.get_inputs()], [spec(n) for n in sess.get_outputs()]
+
+
+class ONNXRuntimeEngine(Engine):
+    """An ``.onnx`` model run by ONNX Runtime, one sample (batch 1) per ``invoke``.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        num_threads: ONNX Runtime's intra-op threads.
+        device: ``cpu`` (CPU provider) or ``cuda`` (CUDA provider, CPU for what it lacks).
+        inputs, outputs: specs to report instead of the session's, e.g. with the quantization of
+            the ``.tflite`` the model came from (shapes and dtypes must agree with the session's).
+
+    Example:
+        >>> engine = ONNXRuntimeEngine("lenet.onnx", num_threads=2)  # doctest: +SKIP
+        >>> y = engine.invoke(x[None])  # doctest: +SKIP
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike, num_threads: int = 1, device: str = "cpu",
+                 inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None):
+        self.session = session(model_path, num_threads=num_threads, device=device)
+        found_in, found_out = session_specs(self.session)
+        self.inputs = _agree(found_in, inputs, "input")
+        self.outputs = _agree(found_out, outputs, "output")
+        self._in = found_in[0].name
+        self._out = [found_out[0].name]
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self._out, {self._in: self.check_input(x)})[0]
+
+
+def _agree(found: list[TensorSpec], given: list[TensorSpec] | None, what: str) -> list[TensorSpec]:
+    if not given:
+        return found
+    if len(given) != len(found):
+        raise BackendError(f"the ONNX model has {len(found)} {what}(s), the specs given name {len(given)}")
+    out = []
+    for f, g in zip(found, given):
+        if tuple(f.shape) != tuple(g.shape) or f.dtype != g.dtype:
+            raise BackendError(f"ONNX {what} '{f.name}' is {f.dtype}{list(f.shape)}, the specs given say "
+                               f"{g.dtype}{list(g.shape)}")
+        out.append(TensorSpec(f.name, f.shape, f.dtype, g.scale, g.zero_point))
+    return out
