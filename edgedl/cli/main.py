@@ -15,6 +15,7 @@ from edgedl.errors import EdgeDLError
 
 # name -> "module:attribute"; modules are imported only when their command runs, so --help is fast.
 COMMANDS = {
+    "bench": "edgedl.cli.bench:bench_command",
     "compile": "edgedl.cli.compile:compile_command",
     "data": "edgedl.cli.data:data",
     "inspect": "edgedl.cli.inspect:inspect_command",

@@ -1,4 +1,130 @@
-"""The embeddable runtime: numpy plus one engine (LiteRT, TVM's runtime, TFLite Micro, ONNX Runtime).
+"""The embeddable runtime: numpy plus one engine (LiteRT or tflite-runtime, TVM's runtime, TFLite
+Micro's interpreter, ONNX Runtime).
 
-Nothing here imports TensorFlow, Keras or click, so a device needs only this package and one engine.
+    >>> import edgedl.runtime as rt
+    >>> model = rt.load("lenet.edgedl")               # doctest: +SKIP
+    >>> probs = model.predict(images)                 # float in, float out  # doctest: +SKIP
+
+``load`` verifies every file's sha256 against the manifest before loading anything (a TVM bundle is
+native code). Nothing here imports TensorFlow, Keras or click.
 """
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from edgedl.bundle import open_bundle
+from edgedl.errors import BackendError, InputFileError, OptionError
+from edgedl.runtime.engines import Engine, TensorSpec
+from edgedl.runtime.quant import dequantize, quantize
+
+__all__ = ["load", "Model", "TensorSpec"]
+
+
+def _engine(directory: Path, runtime: dict, inputs, outputs, num_threads: int) -> Engine:
+    name = runtime.get("engine")
+    if name == "litert":
+        from edgedl.runtime.engines import LiteRTEngine
+
+        return LiteRTEngine(directory / runtime["model"], num_threads=num_threads, xnnpack=runtime.get("xnnpack", True))
+    if name == "tvm":
+        from edgedl.runtime.engines import TVMEngine
+
+        return TVMEngine(directory / runtime["library"], inputs, outputs, device=runtime.get("device", "cpu"),
+                         num_threads=num_threads)
+    if name == "tflm":
+        from edgedl.runtime.tflm import TFLMEngine
+
+        return TFLMEngine(directory / runtime["model"], arena_size=runtime.get("arena_size"), num_threads=num_threads)
+    if name == "onnxruntime":
+        from edgedl.runtime.onnx import ONNXRuntimeEngine
+
+        return ONNXRuntimeEngine(directory / runtime["model"], num_threads=num_threads,
+                                 device=runtime.get("device", "cpu"), inputs=inputs, outputs=outputs)
+    if name == "ethos-u":
+        raise BackendError(f"this bundle runs on an {runtime.get('accelerator', 'Ethos-U')} NPU; this host has none "
+                           "(its estimates are in the manifest)")
+    raise InputFileError(directory, f"unknown engine '{name}' in the manifest")
+
+
+def _check_target(manifest: dict, bundle) -> None:
+    target = manifest.get("target", {})
+    arch = target.get("cpu", {}).get("arch")
+    machine = platform.machine()
+    if arch and arch != machine and manifest.get("runtime", {}).get("engine") == "tvm":
+        raise OptionError(f"bundle {bundle} was compiled for target '{target.get('name')}' ({arch}); this machine "
+                          f"is {machine}: compile for a target of this machine or run it on the device")
+
+
+class Model:
+    """A loaded bundle: float ``predict``, raw ``invoke``, and the manifest's specs."""
+
+    def __init__(self, manifest: dict, directory: Path, engine: Engine, holder=None):
+        self.manifest = manifest
+        self.directory = directory
+        self.engine = engine
+        self._holder = holder  # keeps an unpacked archive alive
+        self.inputs = engine.inputs
+        self.outputs = engine.outputs
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.inputs[0].shape)
+
+    def check(self, x: np.ndarray) -> np.ndarray:
+        """Accept (N, *sample) or one sample (*sample); return (N, *sample). Wrong shapes are named."""
+        x = np.asarray(x)
+        sample = self.input_shape[1:]
+        if tuple(x.shape) == sample:
+            x = x[None]
+        if tuple(x.shape[1:]) != sample:
+            raise OptionError(f"input has shape {tuple(x.shape)}; the model takes (N, {', '.join(map(str, sample))}) "
+                              f"or one sample of shape {sample}")
+        return x
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float inputs (N, ...) to float outputs (N, ...): quantized and dequantized per the manifest."""
+        x = self.check(x)
+        if x.dtype.kind not in "fiu":
+            raise OptionError(f"input dtype {x.dtype} is not numeric; predict() takes float arrays")
+        x = x.astype(np.float32, copy=False)
+        spec_in, spec_out = self.inputs[0], self.outputs[0]
+        outs = [dequantize(self.engine.invoke(quantize(s[None], spec_in)), spec_out)[0] for s in x]
+        return np.stack(outs)
+
+    def predict_raw(self, x: np.ndarray) -> np.ndarray:
+        """Pre-quantized inputs in the model's own dtype (N, ...) to raw outputs (N, ...)."""
+        x = self.check(x)
+        want = np.dtype(self.inputs[0].dtype)
+        if x.dtype != want:
+            raise OptionError(f"raw input has dtype {x.dtype}; the model takes {want} (use predict() for float input)")
+        return np.stack([self.engine.invoke(s[None])[0] for s in x])
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """One raw batch-1 tensor through the engine (the lowest level; used by the benchmark loop)."""
+        return self.engine.invoke(x)
+
+
+def load(bundle: str | Path, num_threads: int = 1) -> Model:
+    """Load a bundle (folder or archive) after verifying every file against the manifest.
+
+    Args:
+        bundle: the path ``edgedl compile`` wrote.
+        num_threads: engine threads.
+
+    Raises:
+        InputFileError: not a bundle, a newer format, or a file whose sha256 does not match (named).
+        OptionError: the bundle is for another CPU architecture.
+        BackendError: the engine cannot run here (e.g. an NPU bundle).
+    """
+    if num_threads < 1:
+        raise OptionError(f"num_threads must be a positive integer, got {num_threads}")
+    manifest, directory, holder = open_bundle(bundle)
+    _check_target(manifest, bundle)
+    inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
+    outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
+    engine = _engine(Path(directory), manifest["runtime"], inputs, outputs, num_threads)
+    return Model(manifest, Path(directory), engine, holder)

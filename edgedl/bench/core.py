@@ -1,0 +1,111 @@
+"""The measurement itself, as run on the device: load a bundle, time it, score it.
+
+Only numpy and the runtime are imported, so the same function runs in a local child process and in
+a remote agent. It returns plain JSON-able data in the harness's schema.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+from edgedl.bench import latency_stats
+
+SCHEMA = "edgedl.bench/1"
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kb) * (1 if sys.platform == "darwin" else 1024)
+
+
+def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5, num_threads: int = 1,
+            x: np.ndarray | None = None, y: np.ndarray | None = None, progress=None) -> dict:
+    """Load ``bundle`` and measure it: init time, first inference, warm latency over ``repeats`` x
+    ``runs`` (after ``warmup``), throughput, memory, and accuracy on ``x``/``y`` when given.
+
+    ``progress`` is an optional callable(done, total) for a progress bar.
+    """
+    import edgedl.runtime as rt
+    from edgedl.runtime.quant import quantize
+
+    rss_before = rss_bytes()
+    t0 = time.perf_counter()
+    model = rt.load(bundle, num_threads=num_threads)
+    load_s = time.perf_counter() - t0
+    spec = model.inputs[0]
+    sample = x[:1] if x is not None and len(x) else np.zeros(model.input_shape, np.float32)
+    raw = quantize(sample.reshape(model.input_shape), spec)
+    t0 = time.perf_counter()
+    model.invoke(raw)
+    first_us = (time.perf_counter() - t0) * 1e6
+
+    invoke = getattr(model.engine, "invoke_fast", model.engine.invoke)
+    for _ in range(warmup):
+        invoke(raw)
+    all_times, per_repeat = [], []
+    total = repeats * runs + (len(x) if x is not None else 0)
+    done = 0
+    clock = time.perf_counter
+    for _ in range(repeats):
+        times = np.empty(runs)
+        for i in range(runs):
+            t = clock()
+            invoke(raw)
+            times[i] = clock() - t
+        all_times.append(times)
+        per_repeat.append(float(np.median(times) * 1e6))
+        done += runs
+        if progress:
+            progress(done, total)
+    stats = latency_stats(np.concatenate(all_times))
+    result = {
+        "schema": SCHEMA,
+        "bundle": {"path": str(bundle), "backend": model.manifest["backend"], "target": model.manifest["target"]["name"],
+                   "source": model.manifest["source"], "size_bytes": sum(f["bytes"] for f in model.manifest["files"]),
+                   "engine": model.manifest["runtime"]["engine"]},
+        "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+                 "node": platform.node(), "cpus": os.cpu_count()},
+        "settings": {"warmup": warmup, "runs": runs, "repeats": repeats, "threads": num_threads},
+        "timing": {
+            "load_s": load_s, "first_inference_us": first_us, "latency": stats,
+            "repeat_p50_us": per_repeat,
+            "spread": {"p50_min_us": min(per_repeat), "p50_max_us": max(per_repeat),
+                       "relative": (max(per_repeat) - min(per_repeat)) / float(np.median(per_repeat))},
+            "throughput_per_s": 1e6 / stats["mean_us"],
+        },
+        "memory": {"rss_before_load_bytes": rss_before, "rss_after_bytes": rss_bytes(),
+                   "peak_rss_bytes": peak_rss_bytes()},
+        "estimates": model.manifest.get("estimates") or {},
+        "compile_fidelity": model.manifest.get("fidelity") or {},
+    }
+    arena = model.manifest["runtime"].get("arena_size")
+    if arena:
+        result["memory"]["arena_bytes"] = int(arena)
+    if x is not None and len(x):
+        outputs = []
+        for i in range(len(x)):
+            outputs.append(model.predict(x[i:i + 1])[0])
+            done += 1
+            if progress and (i % 50 == 49 or i == len(x) - 1):
+                progress(done, total)
+        outputs = np.stack(outputs)
+        result["outputs_top1"] = outputs.argmax(-1).tolist()
+        result["accuracy"] = {"samples": int(len(x))}
+        if y is not None:
+            result["accuracy"]["accuracy"] = float(np.mean(outputs.argmax(-1) == y))
+    return result

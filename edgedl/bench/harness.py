@@ -1,0 +1,182 @@
+"""The benchmark harness: measure a bundle here (in a child process) and add what only the host
+knows: the data set, the float reference's agreement, and the estimates beside the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgedl import _io
+from edgedl.errors import DeviceError, EdgeDLError, OptionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchOptions:
+    dataset: str | None = None
+    data_dir: str | None = None
+    limit: int | None = 500
+    warmup: int = 20
+    runs: int = 200
+    repeats: int = 5
+    threads: int = 1
+    device: str | None = None          # None: this machine; HOST:PORT or tracker://HOST:PORT/KEY: a remote agent
+    timeout: float = 600.0
+    retries: int = 0
+    reference: str | None = None       # float model (.keras/.tflite) for the agreement figure
+
+    def validate(self):
+        for name in ("warmup", "repeats", "threads"):
+            if getattr(self, name) < (0 if name == "warmup" else 1):
+                raise OptionError(f"--{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, "
+                                  f"got {getattr(self, name)}")
+        if self.runs < 1:
+            raise OptionError(f"--runs must be a positive integer, got {self.runs}")
+        if self.timeout <= 0:
+            raise OptionError(f"--timeout must be positive, got {self.timeout}")
+
+
+def samples(manifest: dict, options: BenchOptions):
+    """(x, y, description) from the data set asked for, or the one the bundle was checked on."""
+    from edgedl.data import load_dataset
+
+    name = options.dataset or (manifest.get("samples") or {}).get("dataset")
+    if not name:
+        return None, None, None
+    split = (manifest.get("samples") or {}).get("split") if not options.dataset else None
+    data = load_dataset(name, data_dir=options.data_dir, limit=options.limit, split=split)
+    want = tuple(manifest["inputs"][0]["shape"][1:])
+    if tuple(data.input_shape) != want:
+        raise OptionError(f"data set '{name}' gives inputs of shape {tuple(data.input_shape)}; the bundle takes {want}")
+    return data.x_test, data.y_test, {"dataset": data.name, "split": data.split, "samples": int(len(data.y_test))}
+
+
+def run_local(bundle: str, request: dict, timeout: float, progress=None) -> dict:
+    """Run the worker in a child process; kill it past ``timeout`` seconds."""
+    with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
+        req_path, res_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        _io.write_json(req_path, request)
+        proc = subprocess.Popen([sys.executable, "-m", "edgedl.bench.worker", str(req_path), str(res_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        deadline = time.monotonic() + timeout
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                raise DeviceError(f"benchmark of {bundle} did not finish within {timeout:g} s (the run hung or is "
+                                  "too slow); raise --timeout or lower --runs")
+            if sel.select(timeout=min(left, 1.0)):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                    if progress:
+                        progress(msg["done"], msg["total"])
+                except (json.JSONDecodeError, KeyError):
+                    log.debug("worker: %s", line.rstrip())
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        stderr = proc.stderr.read()
+        if not res_path.exists():
+            tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
+            raise DeviceError(f"benchmark process for {bundle} died ({tail[:300]})")
+        result = json.loads(res_path.read_text())
+    if "error" in result:
+        raise _rebuild_error(result)
+    return result
+
+
+def _rebuild_error(result: dict) -> EdgeDLError:
+    import edgedl.errors as errors
+
+    cls = getattr(errors, result.get("error_type", ""), errors.EdgeDLError)
+    err = cls.__new__(cls)
+    Exception.__init__(err, result["error"])
+    return err
+
+
+def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> dict:
+    """Benchmark a bundle here or on a remote device; return the result in the stable JSON schema.
+
+    Raises:
+        InputFileError: not a bundle / tampered; DeviceError: hung, killed or unreachable device;
+        OptionError: bad settings or a data set that does not fit the bundle.
+    """
+    from edgedl.bundle import open_bundle
+
+    options = options or BenchOptions()
+    options.validate()
+    manifest, _, holder = open_bundle(bundle)  # verify before anything runs
+    x, y, desc = samples(manifest, options)
+    with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
+        request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
+                   "repeats": options.repeats, "threads": options.threads, "samples": None}
+        if x is not None:
+            request["samples"] = str(Path(tmp) / "samples.npz")
+            np.savez(request["samples"], x=x, y=y)
+        if options.device:
+            from edgedl.bench.remote import run_remote
+
+            result = run_remote(bundle, request, options, progress=progress)
+        else:
+            result = run_local(bundle, request, options.timeout, progress=progress)
+    result["device"] = options.device or "local"
+    if desc:
+        result.setdefault("accuracy", {}).update(desc)
+    top1 = np.asarray(result.pop("outputs_top1", []))
+    if options.reference and x is not None:
+        ref = reference_top1(options.reference, x)
+        result["accuracy"]["reference"] = str(options.reference)
+        result["accuracy"]["reference_agreement"] = float(np.mean(ref == top1))
+        if y is not None:
+            result["accuracy"]["reference_accuracy"] = float(np.mean(ref == y))
+    result["estimates_vs_measured"] = _estimates_vs_measured(result)
+    result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return result
+
+
+def reference_top1(path: str, x: np.ndarray) -> np.ndarray:
+    """Top-1 classes of the float reference model (Keras or .tflite) on ``x``."""
+    if str(path).endswith(".tflite"):
+        from edgedl.runtime.engines import LiteRTEngine
+        from edgedl.runtime.quant import predict
+
+        return predict(LiteRTEngine(path), x).argmax(-1)
+    from edgedl.modelio import load_model
+    from edgedl.train import predict
+
+    return predict(load_model(str(path)), x).argmax(-1)
+
+
+def _estimates_vs_measured(result: dict) -> dict:
+    """Put each estimate beside the measurement of the same quantity, where both exist."""
+    est = result.get("estimates") or {}
+    out = {}
+    ms = est.get("inference_time_ms")
+    if ms is not None:
+        out["latency_us"] = {"estimated": float(ms) * 1000.0, "measured_p50": result["timing"]["latency"]["p50_us"],
+                             "note": "estimate is for the NPU; the measurement is of this host's run" if
+                             result["bundle"]["engine"] != "ethos-u" else ""}
+    arena = est.get("arena_bytes") or (est.get("tflm") or {}).get("arena_bytes")
+    if arena and "arena_bytes" in result.get("memory", {}):
+        out["arena_bytes"] = {"estimated": arena, "measured": result["memory"]["arena_bytes"]}
+    return out

@@ -1,0 +1,43 @@
+"""The benchmark child process: ``python -m edgedl.bench.worker REQUEST.json RESULT.json``.
+
+Runs :func:`edgedl.bench.core.measure` in a process of its own, so its memory figures are the
+bundle's and not the harness's, and reports progress as JSON lines on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    from edgedl import _io
+    from edgedl.bench.core import measure
+    from edgedl.errors import EdgeDLError
+
+    request_path, result_path = (argv or sys.argv[1:])[:2]
+    with open(request_path) as f:
+        req = json.load(f)
+    x = y = None
+    if req.get("samples"):
+        data = np.load(req["samples"])
+        x = data["x"]
+        y = data["y"] if "y" in data.files else None
+
+    def progress(done, total):
+        print(json.dumps({"done": done, "total": total}), flush=True)
+
+    try:
+        result = measure(req["bundle"], warmup=req["warmup"], runs=req["runs"], repeats=req["repeats"],
+                         num_threads=req["threads"], x=x, y=y, progress=progress)
+    except EdgeDLError as e:
+        _io.write_json(result_path, {"error": str(e), "error_type": type(e).__name__})
+        return 1
+    _io.write_json(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

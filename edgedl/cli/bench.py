@@ -1,0 +1,79 @@
+"""``edgedl bench``: measure a bundle's latency, memory and accuracy, here or on a remote device."""
+
+import json
+
+import click
+
+
+@click.command("bench")
+@click.argument("bundle")
+@click.option("--dataset", "-d", help="Score accuracy on this data set (default: the one the bundle was checked on).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA).")
+@click.option("--limit", type=int, default=500, show_default=True, help="Test samples to score.")
+@click.option("--warmup", type=int, default=20, show_default=True, help="Untimed runs first.")
+@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per repeat.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Repeats (their spread is reported).")
+@click.option("--threads", type=int, default=1, show_default=True, help="Engine threads.")
+@click.option("--device", help="HOST:PORT of an `edgedl serve` agent, or tracker://HOST:PORT/KEY (default: here).")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds before a run counts as hung.")
+@click.option("--retries", type=int, default=0, show_default=True, help="Retries on a lost remote device.")
+@click.option("--reference", type=click.Path(exists=True), help="Float model for top-1 agreement (.keras or .tflite).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the result JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema edgedl.bench/1).")
+def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threads, device, timeout, retries,
+                  reference, output, as_json):
+    """Benchmark BUNDLE: load time, first and warm latency, throughput, memory, accuracy.
+
+    \b
+    Examples:
+      edgedl bench lenet.edgedl --dataset mnist
+      edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edgedl import _io
+    from edgedl.bench.harness import BenchOptions, bench
+
+    options = BenchOptions(dataset=dataset, data_dir=data_dir, limit=limit, warmup=warmup, runs=runs,
+                           repeats=repeats, threads=threads, device=device, timeout=timeout, retries=retries,
+                           reference=reference)
+    if as_json:
+        result = bench(bundle, options)
+    else:
+        with Progress(TextColumn("benchmarking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("bench", total=None)
+            result = bench(bundle, options, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if output:
+        _io.write_json(output, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(render(result))
+
+
+def render(r: dict) -> str:
+    t, lat = r["timing"], r["timing"]["latency"]
+    b = r["bundle"]
+    lines = [
+        f"{b['path']}: {b['backend']} for {b['target']} on {r['device']} ({r['host']['machine']})",
+        f"  load {t['load_s'] * 1000:.1f} ms   first inference {t['first_inference_us']:.1f} us",
+        f"  latency p50 {lat['p50_us']:.1f} us  p90 {lat['p90_us']:.1f}  p99 {lat['p99_us']:.1f}  "
+        f"mean {lat['mean_us']:.1f} ± {lat['std_us']:.1f}  min {lat['min_us']:.1f}  max {lat['max_us']:.1f}",
+        f"  repeat medians {', '.join(f'{v:.1f}' for v in t['repeat_p50_us'])} us "
+        f"(spread {100 * t['spread']['relative']:.1f}%)   throughput {t['throughput_per_s']:.0f}/s",
+        f"  memory: peak RSS {r['memory']['peak_rss_bytes'] / 2**20:.1f} MiB"
+        + (f", TFLM arena {r['memory']['arena_bytes'] / 1024:.1f} KiB" if "arena_bytes" in r["memory"] else "")
+        + f"   bundle {b['size_bytes'] / 1024:.1f} KiB",
+    ]
+    acc = r.get("accuracy") or {}
+    if "accuracy" in acc:
+        line = f"  accuracy {100 * acc['accuracy']:.2f}% on {acc['samples']} {acc.get('dataset', '')} samples"
+        if "reference_agreement" in acc:
+            line += f"; top-1 agreement with the float reference {100 * acc['reference_agreement']:.2f}%"
+        lines.append(line)
+    for k, v in (r.get("estimates_vs_measured") or {}).items():
+        lines.append(f"  {k}: estimated {v['estimated']:.1f} vs measured {v.get('measured_p50', v.get('measured')):.1f}"
+                     + (f" ({v['note']})" if v.get("note") else ""))
+    return "\n".join(lines)
