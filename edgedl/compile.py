@@ -242,7 +242,12 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
             try:
                 model_file = source.path if source.kind == "onnx" else source.tflite
                 compiled = backend.compile(model_file, tgt, work / name, _backend_options(options, name))
-            except (UnsupportedOperatorError, BackendError) as e:
+            except UnsupportedOperatorError as e:
+                if len(names) == 1:
+                    raise UnsupportedOperatorError(f"{e}{_who_takes(source, name)}") from None
+                results.append({"backend": name, "ok": False, "error": str(e)})
+                continue
+            except BackendError as e:
                 if len(names) == 1:
                     raise
                 results.append({"backend": name, "ok": False, "error": str(e)})
@@ -296,6 +301,32 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
 
         written = write_bundle(out, manifest, compiled.directory, archive=options.archive)
         return CompileResult(Path(out), written)
+
+
+def _who_takes(source: Source, failed: str) -> str:
+    """"; backends that take every operator: ..." for an error message (empty when none or unknown)."""
+    from edgedl.backends import backend_names, get_backend
+    from edgedl.graph import read_tflite
+    from edgedl.targets import list_targets
+
+    if source.tflite is None:
+        return ""
+    try:
+        graph = read_tflite(source.tflite)
+    except EdgeDLError:
+        return ""
+    takers = []
+    targets = list_targets()
+    for name in backend_names():
+        target = next((t for t in targets if name in t.backends), None)
+        if name == failed or target is None:
+            continue
+        try:
+            if not get_backend(name).unsupported_ops(graph, target):
+                takers.append(name)
+        except EdgeDLError:
+            continue
+    return f"; backends that take all its operators: {', '.join(takers)}" if takers else ""
 
 
 def _backend_options(options: CompileOptions, name: str) -> dict:
