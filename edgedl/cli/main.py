@@ -22,6 +22,7 @@ COMMANDS = {
     "models": "edgedl.cli.models:models",
     "train": "edgedl.cli.train:train",
     "quickstart": "edgedl.cli.quickstart:quickstart",
+    "report": "edgedl.cli.report:report",
     "targets": "edgedl.cli.targets:targets",
 }
 

@@ -1,0 +1,710 @@
+"""Reports, the last stage of the pipeline: benchmark results side by side, with a regression check.
+
+``edgedl bench -o run.json`` writes one result (schema ``edgedl.bench/1``); a report reads any
+number of them and shows
+
+* a table of the runs (bundle, backend, target, device, latency percentiles, throughput, accuracy,
+  bundle size, peak memory) and the details of each measurement;
+* accuracy against latency, marker area proportional to bundle size, with the Pareto front (no
+  other run is both faster and at least as accurate) marked and listed;
+* each run's latency distribution (min, p50, p90, p99, max and the median of every repeat);
+* against a baseline, per bundle, target and device: the baseline p50, the new p50, the change and
+  a verdict (a slowdown beyond the threshold is a regression).
+
+HTML reports are one self-contained file (plots inline as PNG, drawn by matplotlib's Agg renderer);
+Markdown reports hold the same tables without the plots.
+
+Example:
+    >>> report = build_report(["float.json", "int8.json"], baseline=["main.json"])  # doctest: +SKIP
+    >>> report.save("report.html")                                                # doctest: +SKIP
+    >>> [c.label for c in report.regressions]                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedl import __version__, _io
+from edgedl.errors import InputFileError, OptionError
+
+SCHEMA = "edgedl.bench/1"
+DEFAULT_THRESHOLD = 0.10
+SUFFIXES = {".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown"}
+
+# Fields a result must have to be reported; everything else is optional and shown where present.
+REQUIRED = (
+    ("bundle", "path"), ("bundle", "backend"), ("bundle", "target"),
+    ("timing", "latency", "p50_us"), ("timing", "latency", "p90_us"), ("timing", "latency", "p99_us"),
+    ("timing", "latency", "min_us"), ("timing", "latency", "max_us"),
+)
+HOW_TO_MAKE = "expected a result of `edgedl bench BUNDLE -o run.json` (schema edgedl.bench/1)"
+
+
+@dataclass
+class Run:
+    """One benchmark result and where it came from."""
+
+    result: dict
+    source: str
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        """The bundle's file or folder name without ``.edgedl``: what a run is matched on."""
+        name = Path(str(self.result["bundle"]["path"])).name
+        return name[: -len(".edgedl")] if name.endswith(".edgedl") and len(name) > len(".edgedl") else name
+
+    @property
+    def backend(self) -> str:
+        return str(self.result["bundle"]["backend"])
+
+    @property
+    def target(self) -> str:
+        return str(self.result["bundle"]["target"])
+
+    @property
+    def device(self) -> str:
+        return str(self.result.get("device") or "local")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(bundle name, target, device): runs with the same key are compared with each other."""
+        return self.name, self.target, self.device
+
+    @property
+    def latency(self) -> dict:
+        return self.result["timing"]["latency"]
+
+    @property
+    def p50(self) -> float:
+        return float(self.latency["p50_us"])
+
+    @property
+    def repeat_p50(self) -> list[float]:
+        return [float(v) for v in self.result["timing"].get("repeat_p50_us") or []]
+
+    @property
+    def spread(self) -> float | None:
+        spread = (self.result["timing"].get("spread") or {}).get("relative")
+        return None if spread is None else float(spread)
+
+    @property
+    def throughput(self) -> float | None:
+        value = self.result["timing"].get("throughput_per_s")
+        return None if value is None else float(value)
+
+    @property
+    def accuracy(self) -> float | None:
+        value = (self.result.get("accuracy") or {}).get("accuracy")
+        return None if value is None else float(value)
+
+    @property
+    def size_bytes(self) -> int | None:
+        value = self.result["bundle"].get("size_bytes")
+        return None if value is None else int(value)
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        value = (self.result.get("memory") or {}).get("peak_rss_bytes")
+        return None if value is None else int(value)
+
+    @property
+    def arena_bytes(self) -> int | None:
+        value = (self.result.get("memory") or {}).get("arena_bytes")
+        return None if value is None else int(value)
+
+
+@dataclass
+class Comparison:
+    """One bundle, target and device: its p50 in the baseline and now, and the verdict."""
+
+    name: str
+    target: str
+    device: str
+    baseline_p50: float | None
+    p50: float | None
+    baseline_runs: int
+    runs: int
+    threshold: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.target}, {self.device})"
+
+    @property
+    def change(self) -> float | None:
+        """Relative change of the p50: +0.25 is 25 % slower than the baseline."""
+        if self.baseline_p50 is None or self.p50 is None or self.baseline_p50 <= 0:
+            return None
+        return self.p50 / self.baseline_p50 - 1.0
+
+    @property
+    def verdict(self) -> str:
+        """``regression``, ``faster``, ``unchanged``, ``new`` (no baseline) or ``not run`` (baseline only)."""
+        if self.baseline_p50 is None:
+            return "new"
+        if self.p50 is None:
+            return "not run"
+        change = self.change
+        if change is None:
+            return "unchanged"
+        if change > self.threshold:
+            return "regression"
+        if change < -self.threshold:
+            return "faster"
+        return "unchanged"
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.name, "target": self.target, "device": self.device,
+                "baseline_p50_us": self.baseline_p50, "p50_us": self.p50, "change": self.change,
+                "verdict": self.verdict, "baseline_runs": self.baseline_runs, "runs": self.runs}
+
+
+def load_results(paths) -> list[Run]:
+    """Read benchmark results: each file holds one result or a JSON list of results.
+
+    Raises:
+        InputFileError: a file is missing, not JSON, or not a benchmark result (the file is named, and
+            the item where a list holds several).
+    """
+    runs = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise InputFileError(p, "no such file" if not p.exists() else f"is a folder; {HOW_TO_MAKE}")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputFileError(p, f"is not a text file; {HOW_TO_MAKE}") from None
+        except json.JSONDecodeError as e:
+            raise InputFileError(p, f"is not JSON (line {e.lineno}: {e.msg}); {HOW_TO_MAKE}") from None
+        items = data if isinstance(data, list) else [data]
+        if not items:
+            raise InputFileError(p, f"holds an empty list; {HOW_TO_MAKE}")
+        for i, item in enumerate(items):
+            where = f"item {i} " if isinstance(data, list) else ""
+            problem = _problem(item)
+            if problem:
+                raise InputFileError(p, f"{where}is not a benchmark result: {problem}; {HOW_TO_MAKE}")
+            runs.append(Run(item, str(p)))
+    return runs
+
+
+def _problem(item) -> str | None:
+    """Why ``item`` is not a benchmark result this module reads, or None."""
+    if not isinstance(item, dict):
+        return f"found a JSON {type(item).__name__}, not an object"
+    schema = item.get("schema")
+    if schema is None:
+        keys = ", ".join(sorted(map(str, item))[:6]) or "none"
+        return f"it has no \"schema\" field (its keys: {keys})"
+    if schema != SCHEMA:
+        if isinstance(schema, str) and schema.startswith("edgedl.bench/"):
+            return f"its schema {schema} is not {SCHEMA}, the one this edgedl ({__version__}) reads"
+        return f"its schema is {schema!r}"
+    for path in REQUIRED:
+        node = item
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                return f"it lacks {'.'.join(path)}"
+            node = node[part]
+        if path[0] == "timing" and (not isinstance(node, (int, float)) or isinstance(node, bool) or
+                                    not math.isfinite(node)):
+            return f"{'.'.join(path)} is {node!r}, not a number"
+    return None
+
+
+def _label(runs: list[Run]) -> None:
+    """Give every run a short, unique label: the bundle name, with target and device where needed."""
+    counts = Counter(r.name for r in runs)
+    labels = [r.name if counts[r.name] == 1 else f"{r.name} ({r.target}, {r.device})" for r in runs]
+    seen: Counter = Counter()
+    totals = Counter(labels)
+    for run, label in zip(runs, labels):
+        seen[label] += 1
+        run.label = label if totals[label] == 1 else f"{label} #{seen[label]}"
+
+
+def compare(runs: list[Run], baseline: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Comparison]:
+    """Match runs to baseline runs by bundle name, target and device; compare their p50 latency.
+
+    Several runs with the same key count as one, with the median of their p50s.
+    """
+    new, old = _group(runs), _group(baseline)
+    out = []
+    for key in list(new) + [k for k in old if k not in new]:
+        p50s, base = new.get(key, []), old.get(key, [])
+        out.append(Comparison(*key, baseline_p50=statistics.median(base) if base else None,
+                              p50=statistics.median(p50s) if p50s else None, baseline_runs=len(base),
+                              runs=len(p50s), threshold=threshold))
+    return out
+
+
+def _group(runs: list[Run]) -> dict:
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r.p50)
+    return groups
+
+
+def pareto_front(runs: list[Run]) -> list[Run]:
+    """The runs with an accuracy that no other run beats on both counts (at least as accurate and at
+    least as fast, better in one), fastest first."""
+    scored = [r for r in runs if r.accuracy is not None]
+    front = [r for r in scored
+             if not any(o.accuracy >= r.accuracy and o.p50 <= r.p50 and (o.accuracy > r.accuracy or o.p50 < r.p50)
+                        for o in scored)]
+    return sorted(front, key=lambda r: (r.p50, -r.accuracy))
+
+
+@dataclass
+class Report:
+    """Runs, an optional baseline, their comparison, and the renderings (HTML, Markdown)."""
+
+    runs: list[Run]
+    baseline: list[Run] = field(default_factory=list)
+    threshold: float = DEFAULT_THRESHOLD
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.verdict == "regression"]
+
+    @property
+    def pareto(self) -> list[Run]:
+        return pareto_front(self.runs)
+
+    def summary(self) -> dict:
+        """JSON-able: the runs' key figures, the Pareto front and the regression check."""
+        return {
+            "runs": [{"label": r.label, "bundle": r.name, "backend": r.backend, "target": r.target,
+                      "device": r.device, "p50_us": r.p50, "accuracy": r.accuracy, "size_bytes": r.size_bytes,
+                      "source": r.source} for r in self.runs],
+            "pareto": [r.label for r in self.pareto],
+            "threshold": self.threshold,
+            "comparisons": [c.to_dict() for c in self.comparisons] if self.baseline else [],
+            "regressions": [c.label for c in self.regressions],
+        }
+
+    def save(self, path) -> Path:
+        """Write the report atomically, as HTML or Markdown by the suffix (.html/.htm, .md/.markdown)."""
+        path = Path(path)
+        kind = SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise OptionError(f"cannot tell the report format from '{path.name}'; end the file name in "
+                              f"{', '.join(SUFFIXES)}")
+        return _io.write_text(path, self.to_html() if kind == "html" else self.to_markdown())
+
+    # ----- tables, shared by both renderings -----
+
+    def run_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["bundle", "backend", "target", "device", "p50 (µs)", "p90 (µs)", "p99 (µs)", "throughput (/s)",
+                "accuracy", "size (KiB)", "peak memory"]
+        rows = []
+        for r in self.runs:
+            lat = r.latency
+            machine = (r.result.get("host") or {}).get("machine")
+            memory = _mib(r.peak_memory_bytes) + " RSS" if r.peak_memory_bytes else "–"
+            if r.arena_bytes:
+                memory += f", arena {r.arena_bytes / 1024:.1f} KiB"
+            rows.append([r.label, r.backend, r.target, r.device + (f" ({machine})" if machine else ""),
+                         _num(lat["p50_us"]), _num(lat["p90_us"]), _num(lat["p99_us"]),
+                         _num(r.throughput, 0), _percent(r.accuracy),
+                         _num(r.size_bytes / 1024) if r.size_bytes is not None else "–", memory])
+        return head, rows
+
+    def detail_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["run", "runs × repeats", "repeat medians (µs)", "spread", "load (ms)", "first inference (µs)",
+                "mean ± std (µs)", "accuracy on", "agreement with reference", "created", "file"]
+        rows = []
+        for r in self.runs:
+            s, t, acc = r.result.get("settings") or {}, r.result["timing"], r.result.get("accuracy") or {}
+            lat = r.latency
+            on = f"{acc.get('samples', '?')} {acc.get('dataset', '')}".strip() if acc else "–"
+            rows.append([
+                r.label, f"{s.get('runs', '?')} × {s.get('repeats', '?')}",
+                ", ".join(_num(v) for v in r.repeat_p50) or "–",
+                _percent(r.spread), _num(t["load_s"] * 1000) if "load_s" in t else "–",
+                _num(t.get("first_inference_us")),
+                f"{_num(lat.get('mean_us'))} ± {_num(lat.get('std_us'))}" if "mean_us" in lat else "–",
+                on, _percent(acc.get("reference_agreement")), str(r.result.get("created", "–")),
+                Path(r.source).name])
+        return head, rows
+
+    def comparison_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["bundle", "target", "device", "baseline p50 (µs)", "new p50 (µs)", "change", "verdict"]
+        rows = [[c.name, c.target, c.device, _num(c.baseline_p50), _num(c.p50),
+                 f"{100 * c.change:+.1f}%" if c.change is not None else "–", c.verdict] for c in self.comparisons]
+        return head, rows
+
+    def estimate_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["run", "quantity", "estimated", "measured", "note"]
+        rows = []
+        for r in self.runs:
+            for quantity, v in (r.result.get("estimates_vs_measured") or {}).items():
+                rows.append([r.label, quantity, _num(v.get("estimated")),
+                             _num(v.get("measured_p50", v.get("measured"))), str(v.get("note") or "")])
+        return head, rows
+
+    def _sources(self) -> str:
+        files = sorted({Path(r.source).name for r in self.runs})
+        text = f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''} from {', '.join(files)}"
+        if self.baseline:
+            base = sorted({Path(r.source).name for r in self.baseline})
+            plural = "s" if len(self.baseline) != 1 else ""
+            text += f"; baseline: {len(self.baseline)} run{plural} from {', '.join(base)}"
+        return text
+
+    def _pareto_items(self) -> list[str]:
+        return [f"{r.label}: {_percent(r.accuracy)} at p50 {_num(r.p50)} µs, {_num((r.size_bytes or 0) / 1024)} KiB "
+                f"({r.backend}, {r.target}, {r.device})" for r in self.pareto]
+
+    def regression_summary(self) -> str:
+        if not self.baseline:
+            return "No baseline given (use --baseline BASE.json)."
+        regs = self.regressions
+        matched = sum(1 for c in self.comparisons if c.change is not None)
+        if regs:
+            return (f"{len(regs)} regression{'s' if len(regs) != 1 else ''} of {matched} matched: p50 slower than the "
+                    f"baseline by more than {100 * self.threshold:g}% ({', '.join(c.label for c in regs)}).")
+        return (f"No regression: {matched} matched, none slower than the baseline by more than "
+                f"{100 * self.threshold:g}%.")
+
+    # ----- Markdown -----
+
+    def to_markdown(self) -> str:
+        """The report as Markdown: the tables and the Pareto front (the plots are in the HTML report)."""
+        out = ["# Benchmark report", "", self._sources() + f". Written by edgedl {__version__}.", "", "## Runs", ""]
+        out += _md_table(*self.run_rows())
+        out += ["", "## Pareto front: accuracy vs p50 latency", ""]
+        items = self._pareto_items()
+        out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or ["No run has an accuracy."]
+        out += ["", "## Regression check", "", self.regression_summary()]
+        if self.baseline:
+            out += ["", f"Threshold: a p50 more than {100 * self.threshold:g}% above the baseline's is a regression.",
+                    ""] + _md_table(*self.comparison_rows())
+        out += ["", "## Measurement details", ""] + _md_table(*self.detail_rows())
+        head, rows = self.estimate_rows()
+        if rows:
+            out += ["", "## Estimates vs measurements", ""] + _md_table(head, rows)
+        out += ["", "Plots (accuracy vs latency vs size, latency distributions) are in the HTML report: "
+                "`edgedl report ... -o report.html`.", ""]
+        return "\n".join(out)
+
+    # ----- HTML -----
+
+    def to_html(self) -> str:
+        """The report as one self-contained HTML page; plots are inline PNGs drawn with matplotlib (Agg)."""
+        from edgedl import _lazy
+
+        _lazy.require("matplotlib")
+        e = html.escape
+        parts = [_HTML_HEAD, "<h1>Benchmark report</h1>",
+                 f'<p class="meta">{e(self._sources())}. Written by edgedl {e(__version__)}.</p>']
+
+        head, rows = self.run_rows()
+        parts += ['<section id="runs"><h2>Runs</h2>',
+                  _html_table(head, rows, "runs-table", "run", [r.label for r in self.runs],
+                              numeric=range(4, 10)), "</section>"]
+
+        parts.append('<section id="tradeoff"><h2>Accuracy, latency and size</h2>')
+        scored = [r for r in self.runs if r.accuracy is not None]
+        if scored:
+            parts.append(_figure(plot_tradeoff(self.runs, self.pareto), "plot-tradeoff",
+                                 "Accuracy against p50 latency; marker area is proportional to bundle size, colour is "
+                                 "the target, shape the backend. The dashed line joins the Pareto front (ringed).",
+                                 "accuracy against p50 latency, marker size by bundle size"))
+        unscored = [r.label for r in self.runs if r.accuracy is None]
+        if unscored:
+            parts.append(f"<p>Not plotted (no accuracy measured): {e(', '.join(unscored))}.</p>")
+        parts.append("<h3>Pareto front: no other run is both faster and at least as accurate</h3>")
+        items = self._pareto_items()
+        parts.append('<ol id="pareto">' + "".join(f'<li class="pareto" data-run="{e(r.label)}">{e(item)}</li>'
+                                                   for r, item in zip(self.pareto, items)) + "</ol>"
+                     if items else "<p>No run has an accuracy.</p>")
+        parts.append("</section>")
+
+        parts += ['<section id="latency"><h2>Latency distributions</h2>',
+                  _figure(plot_latency(self.runs), "plot-latency",
+                          "Per run: whiskers from min to max, box from p50 to p90, a bar at p99, dots at the median of "
+                          "each repeat. Log scale.", "latency distribution of each run"), "</section>"]
+
+        parts.append('<section id="regression"><h2>Regression check</h2>')
+        parts.append(f'<p class="verdict{" bad" if self.regressions else ""}">{e(self.regression_summary())}</p>')
+        if self.baseline:
+            head, rows = self.comparison_rows()
+            parts.append(_html_table(head, rows, "regression-table", "comparison", [c.label for c in self.comparisons],
+                                     numeric=range(3, 6),
+                                     row_class=[c.verdict.replace(" ", "-") for c in self.comparisons]))
+            if any(c.change is not None for c in self.comparisons):
+                parts.append(_figure(plot_changes(self.comparisons, self.threshold), "plot-regression",
+                                     f"Change of the p50 latency against the baseline; dashed lines at "
+                                     f"±{100 * self.threshold:g}%.", "p50 change against the baseline"))
+        parts.append("</section>")
+
+        head, rows = self.detail_rows()
+        parts += ['<section id="details"><h2>Measurement details</h2>',
+                  _html_table(head, rows, "details-table", "detail", [r.label for r in self.runs], numeric=range(4, 7)),
+                  "</section>"]
+        head, rows = self.estimate_rows()
+        if rows:
+            parts += ['<section id="estimates"><h2>Estimates vs measurements</h2>',
+                      _html_table(head, rows, "estimates-table", "estimate", [r[0] for r in rows], numeric=range(2, 4)),
+                      "</section>"]
+        parts.append("</body>\n</html>\n")
+        return "\n".join(parts)
+
+
+def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Report:
+    """Read benchmark results (and a baseline) into a :class:`Report`.
+
+    Args:
+        paths: result files of ``edgedl bench -o`` (one result each, or a JSON list of results).
+        baseline: result files to compare against, matched by bundle name, target and device.
+        threshold: relative p50 slowdown that counts as a regression (0.10: 10 % slower).
+
+    Returns:
+        The report; ``save()`` writes it, ``regressions`` lists the slowdowns.
+
+    Raises:
+        InputFileError: a file is not a benchmark result (named). OptionError: a bad threshold, no results.
+
+    Example:
+        >>> build_report(["run.json"]).save("report.html")  # doctest: +SKIP
+    """
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold <= 0:
+        raise OptionError(f"--threshold must be a positive fraction (0.10 for 10%), got {threshold}")
+    paths, baseline = list(paths), list(baseline or ())
+    if not paths:
+        raise OptionError("no benchmark results given; pass one or more files written by `edgedl bench -o run.json`")
+    runs = load_results(paths)
+    base = load_results(baseline)
+    _label(runs)
+    _label(base)
+    return Report(runs, base, float(threshold), compare(runs, base, threshold) if base else [])
+
+
+# ----- plots -----
+
+_MARKERS = "osD^vPX<>*hp"
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
+    """Accuracy (%) against p50 latency (µs); area ∝ bundle size, colour = target, marker = backend. PNG."""
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+
+    scored = [r for r in runs if r.accuracy is not None]
+    fig, ax = _new_figure(8.0, 5.0)
+    targets = sorted({r.target for r in scored})
+    backends = sorted({r.backend for r in scored})
+    colours = colormaps["tab10"]
+    largest = max((r.size_bytes or 0) for r in scored) or 1
+
+    def area(r):  # points^2: from 40 for an empty bundle to 940 for the largest
+        return 40 + 900 * (r.size_bytes or 0) / largest
+
+    for r in scored:
+        ax.scatter(r.p50, 100 * r.accuracy, s=area(r), color=colours(targets.index(r.target) % 10),
+                   marker=_MARKERS[backends.index(r.backend) % len(_MARKERS)], alpha=0.7, edgecolors="black",
+                   linewidths=0.5, zorder=3)
+    if pareto:
+        xs, ys = [r.p50 for r in pareto], [100 * r.accuracy for r in pareto]
+        ax.plot(xs, ys, "--", color="black", linewidth=1, zorder=2, drawstyle="steps-post")
+        ax.scatter(xs, ys, s=[area(r) + 250 for r in pareto], facecolors="none", edgecolors="crimson",
+                   linewidths=1.5, zorder=4)
+    p50s = [r.p50 for r in scored]
+    if max(p50s) / max(min(p50s), 1e-9) > 3:
+        ax.set_xscale("log")
+    _pad(ax, p50s, [100 * r.accuracy for r in scored])
+    # Labels of points that (nearly) coincide are stacked downwards instead of drawn over each other.
+    placed: list[tuple[float, float]] = []
+    for r in sorted(scored, key=lambda r: (r.p50, -r.accuracy)):
+        fx, fy = _axes_fraction(ax, r.p50, 100 * r.accuracy)
+        stack = sum(1 for px, py in placed if abs(px - fx) < 0.12 and abs(py - fy) < 0.05)
+        placed.append((fx, fy))
+        ax.annotate(r.label, (r.p50, 100 * r.accuracy), xytext=(math.sqrt(area(r)) / 2 + 3, 4 - 11 * stack),
+                    textcoords="offset points", fontsize=8, zorder=5)
+    ax.set_xlabel("p50 latency (µs)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], linestyle="", marker="o", color=colours(i % 10), label=t) for i, t in enumerate(targets)]
+    handles += [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)], color="grey", label=b)
+                for i, b in enumerate(backends)]
+    handles.append(Line2D([], [], linestyle="--", color="black", marker="o", markerfacecolor="none",
+                          markeredgecolor="crimson", label="Pareto front"))
+    ax.legend(handles=handles, fontsize=8, loc="best", title="target / backend", title_fontsize=8)
+    ax.set_title("accuracy vs latency (marker area ∝ bundle size)", fontsize=10)
+    return _png(fig)
+
+
+def _pad(ax, xs, ys):
+    """Leave room around the points for labels and large markers."""
+    if ax.get_xscale() == "linear":
+        lo, hi = min(xs), max(xs)
+        span = (hi - lo) or max(hi, 1.0) * 0.2
+        ax.set_xlim(max(0.0, lo - 0.25 * span), hi + 0.35 * span)
+    else:
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 2.0)
+    lo, hi = min(ys), max(ys)
+    margin = max(0.3 * (hi - lo), 1.0)
+    ax.set_ylim(lo - margin, hi + margin)
+
+
+def _axes_fraction(ax, x, y) -> tuple[float, float]:
+    """Where (x, y) falls in the axes, 0..1 each way, on the axes' scales."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    if ax.get_xscale() == "log":
+        x, x0, x1 = math.log(x), math.log(x0), math.log(x1)
+    return (x - x0) / ((x1 - x0) or 1.0), (y - y0) / ((y1 - y0) or 1.0)
+
+
+def plot_latency(runs: list[Run]) -> bytes:
+    """One row per run: min–max whiskers, p50–p90 box, p99 bar, repeat medians as dots (log x). PNG."""
+    from matplotlib.patches import Rectangle
+
+    fig, ax = _new_figure(8.0, 1.2 + 0.55 * len(runs))
+    for i, r in enumerate(runs):
+        lat, y = r.latency, len(runs) - 1 - i
+        ax.hlines(y, lat["min_us"], lat["max_us"], color="grey", linewidth=1, zorder=1)
+        ax.vlines([lat["min_us"], lat["max_us"]], y - 0.15, y + 0.15, color="grey", linewidth=1)
+        ax.add_patch(Rectangle((lat["p50_us"], y - 0.25), max(lat["p90_us"] - lat["p50_us"], 1e-9), 0.5,
+                               facecolor="#9ecae1", edgecolor="#08519c", zorder=2))
+        ax.vlines(lat["p50_us"], y - 0.25, y + 0.25, color="#08519c", linewidth=2.5, zorder=3)
+        ax.vlines(lat["p99_us"], y - 0.2, y + 0.2, color="#d62728", linewidth=2, zorder=3)
+        reps = r.repeat_p50
+        if reps:
+            offsets = [(-0.12 + 0.24 * k / max(len(reps) - 1, 1)) if len(reps) > 1 else 0.0 for k in range(len(reps))]
+            ax.scatter(reps, [y + o for o in offsets], s=14, color="black", zorder=4)
+    ax.set_yticks(range(len(runs)), [r.label for r in reversed(runs)], fontsize=8)
+    ax.set_ylim(-0.7, len(runs) - 0.3)
+    ax.set_xscale("log")
+    lows = [r.latency["min_us"] for r in runs]
+    highs = [r.latency["max_us"] for r in runs]
+    ax.set_xlim(min(lows) / 1.3, max(highs) * 1.3)
+    ax.set_xlabel("latency per inference (µs, log scale)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[
+        Line2D([], [], color="grey", label="min – max"),
+        Rectangle((0, 0), 1, 1, facecolor="#9ecae1", edgecolor="#08519c", label="p50 – p90"),
+        Line2D([], [], color="#d62728", marker="|", linestyle="", markersize=10, label="p99"),
+        Line2D([], [], color="black", marker="o", linestyle="", markersize=4, label="repeat medians"),
+    ], fontsize=8, loc="upper right", ncols=4, bbox_to_anchor=(1.0, 1.0 + 0.6 / (1.2 + 0.55 * len(runs))))
+    return _png(fig)
+
+
+def plot_changes(comparisons: list[Comparison], threshold: float) -> bytes:
+    """Horizontal bars of the p50 change against the baseline, red beyond +threshold, green below -threshold. PNG."""
+    matched = [c for c in comparisons if c.change is not None]
+    fig, ax = _new_figure(8.0, 1.0 + 0.45 * len(matched))
+    colours = {"regression": "#d62728", "faster": "#2ca02c"}
+    for i, c in enumerate(matched):
+        y = len(matched) - 1 - i
+        ax.barh(y, 100 * c.change, color=colours.get(c.verdict, "#7f7f7f"), height=0.6)
+    ax.set_yticks(range(len(matched)), [c.label for c in reversed(matched)], fontsize=8)
+    for x in (-100 * threshold, 100 * threshold):
+        ax.axvline(x, linestyle="--", color="black", linewidth=0.8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    widest = max([abs(100 * c.change) for c in matched] + [100 * threshold]) * 1.2
+    ax.set_xlim(-widest, widest)
+    ax.set_xlabel("p50 change against the baseline (%)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+# ----- rendering helpers -----
+
+def _num(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{float(value):,.{digits}f}"
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+    return lines
+
+
+def _html_table(head, rows, table_id, row_kind, keys, numeric=(), row_class=None) -> str:
+    e = html.escape
+    numeric = set(numeric)
+    out = [f'<table id="{table_id}"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for i, (row, key) in enumerate(zip(rows, keys)):
+        cls = row_kind + (f" {row_class[i]}" if row_class else "")
+        cells = "".join(f'<td{" class=num" if j in numeric else ""}>{e(c)}</td>' for j, c in enumerate(row))
+        out.append(f'<tr class="{e(cls)}" data-run="{e(key)}">{cells}</tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _figure(png: bytes, fig_id: str, caption: str, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img id="{fig_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+_HTML_HEAD = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="edgedl report">
+<title>edgedl benchmark report</title>
+<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; }
+.meta { color: #666; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.regression td { background: #fde0e0; }
+tr.faster td { background: #e2f5e2; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+.verdict { font-weight: bold; }
+.verdict.bad { color: #b00; }
+</style>
+</head>
+<body>"""
