@@ -45,6 +45,12 @@ class BenchOptions:
             raise OptionError(f"--runs must be a positive integer, got {self.runs}")
         if self.timeout <= 0:
             raise OptionError(f"--timeout must be positive, got {self.timeout}")
+        if self.retries < 0:
+            raise OptionError(f"--retries must be a non-negative integer, got {self.retries}")
+        if self.device:
+            from edgedl.bench.remote import parse_device
+
+            parse_device(self.device)  # a malformed --device fails before any data is loaded
 
 
 def samples(manifest: dict, options: BenchOptions):

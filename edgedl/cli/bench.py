@@ -29,28 +29,38 @@ def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threa
       edgedl bench lenet.edgedl --dataset mnist
       edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from edgedl import _io
     from edgedl.bench.harness import BenchOptions, bench
+    from edgedl.errors import DeviceError
 
     options = BenchOptions(dataset=dataset, data_dir=data_dir, limit=limit, warmup=warmup, runs=runs,
                            repeats=repeats, threads=threads, device=device, timeout=timeout, retries=retries,
                            reference=reference)
-    if as_json:
-        result = bench(bundle, options)
-    else:
-        with Progress(TextColumn("benchmarking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("bench", total=None)
-            result = bench(bundle, options, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    try:
+        result = _run(bundle, options, as_json, bench)
+    except DeviceError as e:
+        partial = getattr(e, "partial", None)
+        if output and partial:
+            _io.write_json(output, dict(partial, incomplete=True, error=str(e)))
+        raise
     if output:
         _io.write_json(output, result)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(render(result))
+
+
+def _run(bundle, options, as_json, bench):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if as_json:
+        return bench(bundle, options)
+    with Progress(TextColumn("benchmarking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("bench", total=None)
+        return bench(bundle, options, progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def render(r: dict) -> str:

@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "edgedl.cli.train:train",
     "quickstart": "edgedl.cli.quickstart:quickstart",
     "report": "edgedl.cli.report:report",
+    "serve": "edgedl.cli.serve:serve",
     "targets": "edgedl.cli.targets:targets",
 }
 

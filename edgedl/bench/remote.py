@@ -1,0 +1,415 @@
+"""Benchmarks on a remote device: the client side of ``edgedl bench --device``.
+
+Where it sits: :func:`edgedl.bench.harness.bench` calls :func:`run_remote` when a device is named.
+The device runs ``edgedl serve`` (:mod:`edgedl.serve`), a TVM RPC server with edgedl's measurement
+registered as remote functions. The connection is TVM's RPC (``tvm.rpc.connect``); a fleet is
+reached through TVM's tracker (``tracker://HOST:PORT/KEY``), which hands out a free device under the
+key and queues requests while all are busy.
+
+One run is a few remote calls on one session, each with a deadline:
+
+1. upload the bundle (each file and ``manifest.json``, or the one archive) and the samples;
+2. ``edgedl.bench.measure``: load (verifying every sha256 on the device), first inference, memory,
+   accuracy on the samples;
+3. ``edgedl.bench.repeat`` once per repeat: warm-up on the first, then the raw times of ``runs``
+   inferences, from which the same statistics as a local run are computed here.
+
+Finished repeats are kept: a device lost mid-run is reconnected and the failed repeat run again
+(``retries`` times); when it cannot be, the :class:`~edgedl.errors.DeviceError` says how many
+repeats finished and where their result was written (also on the error as ``partial`` and
+``partial_path``). Every call has a deadline (``timeout``) watched from another thread, so a hung
+device cannot block the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgedl import _io
+from edgedl.errors import DeviceError, EdgeDLError, InputFileError, MissingDependencyError, OptionError
+
+log = logging.getLogger(__name__)
+
+FORMS = ("HOST:PORT (an `edgedl serve` agent, e.g. 127.0.0.1:9090) or tracker://HOST:PORT/KEY (a TVM tracker "
+         "and the device key to ask it for, e.g. tracker://127.0.0.1:9190/edgedl)")
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$")
+_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where to run: an agent's address, or a tracker's address and a device key."""
+
+    host: str
+    port: int
+    key: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"tracker://{self.address}/{self.key}" if self.key else self.address
+
+
+def parse_device(text: str) -> Device:
+    """Parse ``HOST:PORT`` or ``tracker://HOST:PORT/KEY``.
+
+    Raises:
+        OptionError: anything else, showing the two accepted forms.
+
+    Example:
+        >>> parse_device("tracker://127.0.0.1:9190/rpi4")
+        Device(host='127.0.0.1', port=9190, key='rpi4')
+    """
+    text = str(text or "").strip()
+    address, key = text, None
+    if text.startswith("tracker://"):
+        address, _, key = text[len("tracker://"):].partition("/")
+    m = _ADDRESS.match(address) if "://" not in address else None
+    if m is None or not 0 < int(m["port"]) < 65536 or (key is not None and not _KEY.match(key)):
+        raise OptionError(f"--device got '{text}'; expected {FORMS}")
+    return Device(m["v6"] or m["host"], int(m["port"]), key)
+
+
+def run_remote(bundle, request: dict, options, progress=None) -> dict:
+    """Measure ``bundle`` on ``options.device``; return the result in the schema of a local run.
+
+    Args:
+        bundle: the bundle (folder or archive) to upload.
+        request: what to measure: ``warmup``, ``runs``, ``repeats``, ``threads`` and ``samples``
+            (a local .npz with ``x`` and ``y``, or None).
+        options: ``device`` (``HOST:PORT`` or ``tracker://HOST:PORT/KEY``), ``timeout`` (seconds
+            for the whole run, queueing at a tracker included) and ``retries`` (reconnects on a
+            lost device).
+        progress: optional callable(done, total).
+
+    Raises:
+        OptionError: a malformed device. DeviceError: unreachable, lost, hung, or no device free
+            under the key. InputFileError: the device refused the bundle (a file named).
+
+    Example:
+        >>> from edgedl.bench.harness import BenchOptions
+        >>> run_remote("lenet.edgedl", {"warmup": 5, "runs": 50, "repeats": 3, "threads": 1, "samples": None},
+        ...            BenchOptions(device="127.0.0.1:9090", timeout=60))  # doctest: +SKIP
+    """
+    device = parse_device(options.device)
+    _require_tvm()
+    return _Run(Path(bundle), request, device, float(options.timeout), int(options.retries or 0), progress).run()
+
+
+def _require_tvm():
+    try:
+        import tvm.rpc  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("apache-tvm", "tvm") from None
+
+
+def _lost(message: str) -> DeviceError:
+    """A DeviceError for a failed connection: the run reconnects and goes on while retries are left."""
+    err = DeviceError(message)
+    err.retryable = True
+    return err
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("File ", "  "))]
+    text = next((ln for ln in reversed(lines) if ":" in ln), lines[-1] if lines else type(e).__name__)
+    return text[:300]
+
+
+class _Run:
+    def __init__(self, bundle: Path, request: dict, device: Device, timeout: float, retries: int, progress):
+        self.bundle, self.request, self.device = bundle, request, device
+        self.timeout, self.retries, self.progress = timeout, retries, progress
+        self.deadline = time.monotonic() + timeout
+        self.session = None
+        self.frame: dict | None = None
+        self.times: list[np.ndarray] = []
+        self.memory: dict = {}
+        self.agent: dict = {}
+        self.sessions = 0
+        self.upload = {"bytes": 0, "seconds": 0.0}
+        self.remote_bundle = self.remote_samples = None
+        self.num_samples = 0
+        if request.get("samples"):
+            with np.load(request["samples"]) as data:
+                self.num_samples = int(len(data["x"]))
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        repeats, runs = int(self.request["repeats"]), int(self.request["runs"])
+        retries_left = self.retries
+        while True:
+            try:
+                if self.session is None:
+                    self._open()
+                if self.frame is None:
+                    self.frame = self._remote("edgedl.bench.measure", "loading and scoring the bundle", dict(
+                        self._remote_request(), warmup=0, runs=1, repeats=1))
+                    self._report()
+                while len(self.times) < repeats:
+                    what = f"repeat {len(self.times) + 1} of {repeats}"
+                    out = self._remote("edgedl.bench.repeat", what, dict(
+                        self._remote_request(), warmup=int(self.request["warmup"]), runs=runs))
+                    self.times.append(np.asarray(out["times_s"], dtype=np.float64))
+                    self.memory = {"rss_after_bytes": out["rss_bytes"], "peak_rss_bytes": out["peak_rss_bytes"]}
+                    self._report()
+                break
+            except DeviceError as e:
+                self.session = None
+                if not getattr(e, "retryable", False) or retries_left <= 0 or time.monotonic() >= self.deadline:
+                    raise self._failed(str(e)) from None
+                retries_left -= 1
+                log.warning("%s; reconnecting (%d retr%s left)", e, retries_left, "y" if retries_left == 1 else "ies")
+                time.sleep(min(1.0, max(0.0, self.deadline - time.monotonic())))
+        self.session = None  # closes the RPC session
+        return self._result()
+
+    def _report(self):
+        if self.progress:
+            total = int(self.request["repeats"]) * int(self.request["runs"]) + self.num_samples
+            self.progress(self.num_samples + sum(len(t) for t in self.times), total)
+
+    def _remote_request(self) -> dict:
+        return {"bundle": self.remote_bundle, "samples": self.remote_samples, "threads": int(self.request["threads"])}
+
+    # -- connecting and uploading -------------------------------------------------------------------
+
+    def _open(self):
+        """Connect (directly or through the tracker), check it is an edgedl agent, upload."""
+        from tvm import rpc
+
+        session_timeout = int(self.timeout) + 10  # the agent ends a session we gave up on by itself
+        if self.device.key:
+            host, port, matchkey = self._ask_tracker()
+            what = f"connecting to the device {host}:{port} the tracker gave"
+        else:
+            host, port, matchkey = self.device.host, self.device.port, ""
+            what = "connecting"
+        self.session = self._call(what, lambda: rpc.connect(host, port, key=matchkey, session_timeout=session_timeout))
+        self.sessions += 1
+        self.agent = self._remote("edgedl.agent.hello", "checking the agent", {})
+        self.agent["address"] = f"{host}:{port}"
+        t0 = time.monotonic()
+        self._call("uploading the bundle", self._upload)
+        self.upload["seconds"] += time.monotonic() - t0
+
+    def _upload(self):
+        from edgedl.bundle import MANIFEST, read_manifest
+
+        session = self.session
+        sent = 0
+        if self.bundle.is_dir():
+            manifest = read_manifest(self.bundle)
+            names = [MANIFEST] + [e["path"] for e in manifest.get("files", [])]
+            files = {}
+            for i, name in enumerate(names):
+                path = self.bundle / name
+                if not path.is_file():
+                    raise InputFileError(self.bundle, f"bundle file '{name}' is missing")
+                data = path.read_bytes()
+                files[name] = f"upload-{i}"  # uploads are flat; the agent puts them in place
+                session.upload(bytearray(data), target=files[name])
+                sent += len(data)
+            self._check(self._remote_now("edgedl.agent.assemble", {"dir": "bundle", "files": files}))
+            self.remote_bundle = "bundle"
+        else:
+            data = self.bundle.read_bytes()
+            session.upload(bytearray(data), target="bundle.edgedl")
+            sent += len(data)
+            self.remote_bundle = "bundle.edgedl"
+        self.remote_samples = None
+        if self.request.get("samples"):
+            data = Path(self.request["samples"]).read_bytes()
+            session.upload(bytearray(data), target="samples.npz")
+            sent += len(data)
+            self.remote_samples = "samples.npz"
+        self.upload["bytes"] += sent
+
+    def _ask_tracker(self) -> tuple[str, int, str]:
+        """Ask TVM's tracker for a free device under the key (it queues us while all are busy)."""
+        from tvm.rpc import base
+
+        d = self.device
+        left = self.deadline - time.monotonic()
+        try:
+            sock = socket.create_connection((d.host, d.port), timeout=min(10.0, max(0.1, left)))
+        except OSError as e:
+            raise _lost(f"cannot reach the TVM tracker at {d.address} ({e.strerror or e}); start one with: "
+                        f"python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {d.port}") from None
+        try:
+            sock.settimeout(max(0.1, self.deadline - time.monotonic()))
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            try:
+                magic = struct.unpack("<i", base.recvall(sock, 4))[0]
+            except (ConnectionError, OSError) as e:
+                if isinstance(e, TimeoutError):
+                    raise
+                magic = None
+            if magic != base.RPC_TRACKER_MAGIC:
+                raise DeviceError(f"{d.address} did not answer as a TVM tracker (is it an agent? then use --device "
+                                  f"{d.address}); --device takes {FORMS}")
+            base.sendjson(sock, [base.TrackerCode.SUMMARY])
+            summary = base.recvjson(sock)[1]
+            keys = sorted({s["key"].split(":", 1)[1] for s in summary.get("server_info", [])
+                           if s.get("key", "").startswith("server:")})
+            if d.key not in keys:
+                known = ", ".join(keys) if keys else "none"
+                raise DeviceError(f"the tracker at {d.address} has no device under the key '{d.key}' (its keys: "
+                                  f"{known}); start an agent with: edgedl serve --tracker {d.address} --key {d.key}")
+            base.sendjson(sock, [base.TrackerCode.REQUEST, d.key, "", 1])
+            try:
+                value = base.recvjson(sock)
+            except TimeoutError:
+                busy = sum(1 for s in summary["server_info"] if s.get("key") == f"server:{d.key}")
+                raise DeviceError(f"no device under the key '{d.key}' at the tracker {d.address} became free within "
+                                  f"{self.timeout:g} s ({busy} registered, all busy; the tracker's keys: "
+                                  f"{', '.join(keys)}); raise --timeout or start more agents") from None
+            if value[0] != base.TrackerCode.SUCCESS:
+                raise DeviceError(f"the tracker at {d.address} refused the request for '{d.key}': {value}")
+            host, port, matchkey = value[1]
+            return host, int(port), matchkey
+        except (ConnectionError, OSError) as e:
+            if isinstance(e, TimeoutError):
+                raise self._timed_out("asking the tracker") from None
+            raise _lost(f"lost the connection to the tracker at {d.address} ({e})") from None
+        finally:
+            sock.close()
+
+    # -- calls with a deadline ----------------------------------------------------------------------
+
+    def _call(self, what: str, fn):
+        """Run ``fn`` in a daemon thread; give up at the deadline (the thread is abandoned)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out(what)
+        box = {}
+
+        def target(session):
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = e
+
+        # The thread holds its own reference to the session (its argument, released when the thread
+        # ends): dropping the last one here while a call blocks in it would deadlock, as TVM frees
+        # remote handles under the session's lock while holding the GIL.
+        thread = threading.Thread(target=target, args=(self.session,), daemon=True,
+                                  name=f"edgedl-remote-{self.device}")
+        thread.start()
+        thread.join(left)
+        if thread.is_alive():
+            self.session = None  # the blocked call holds it until the device answers or goes away
+            raise self._timed_out(what)
+        error = box.get("error")
+        if error is None:
+            return box.get("value")
+        if isinstance(error, EdgeDLError):
+            raise error
+        raise self._classify(error, what)
+
+    def _remote_now(self, name: str, request: dict) -> dict:
+        """Call a remote edgedl function on this thread (inside a ``_call``)."""
+        func = self.session.get_function(name)
+        return json.loads(func(json.dumps(request)))
+
+    def _remote(self, name: str, what: str, request: dict) -> dict:
+        return self._check(self._call(what, lambda: self._remote_now(name, request)))
+
+    def _check(self, out: dict) -> dict:
+        """Raise the error a remote function returned, typed as on a local run."""
+        if "error" not in out:
+            return out
+        import edgedl.errors as errors
+
+        if out.get("error_type") == "InputFileError":
+            detail = out["error"]
+            if out.get("path") and detail.startswith(out["path"] + ": "):
+                detail = detail[len(out["path"]) + 2:]
+            raise InputFileError(self.bundle, f"{detail} (checked on the device {self.device})")
+        cls = getattr(errors, out.get("error_type", ""), None)
+        if not (isinstance(cls, type) and issubclass(cls, EdgeDLError)) or cls is InputFileError:
+            cls = DeviceError
+        err = cls.__new__(cls)
+        Exception.__init__(err, f"on the device {self.device}: {out['error']}")
+        raise err
+
+    def _classify(self, error: BaseException, what: str) -> Exception:
+        text = str(error)
+        line = _first_line(error)
+        d = self.device
+        if "RPCSessionTimeoutError" in text:
+            return self._timed_out(what)
+        if "Connect to" in text and "failed" in text:
+            if d.key:
+                return _lost(f"cannot reach the device {self.agent.get('address', '')} that the tracker {d.address} "
+                             f"gave for '{d.key}'")
+            return _lost(f"cannot reach an edgedl agent at {d.address} (connection refused); start one on the "
+                         f"device with: edgedl serve --host 0.0.0.0 --port {d.port} (or check the address)")
+        if "mismatch" in text.lower() or "matches key" in text:
+            return DeviceError(f"the agent at {d.address} is registered with a TVM tracker and takes no direct "
+                               "connections; use --device tracker://TRACKER_HOST:PORT/KEY")
+        if "edgedl." in text and any(w in text.lower() for w in ("not found", "cannot find", "has no function")):
+            return DeviceError(f"{d} is a TVM RPC server without edgedl's functions; run `edgedl serve` on the "
+                               "device instead of tvm.exec.rpc_server")
+        return _lost(f"lost the connection to the device {d} while {what} ({line}): the agent stopped or the "
+                     "device went away")
+
+    def _timed_out(self, what: str) -> DeviceError:
+        why = ("it hung, or the agent is busy: it runs one benchmark at a time" if what.startswith("connecting")
+               else "it hung or the run is too slow")
+        return DeviceError(f"the device {self.device} did not answer within {self.timeout:g} s ({what}): {why}; "
+                           "raise --timeout or lower --runs")
+
+    # -- results ------------------------------------------------------------------------------------
+
+    def _result(self) -> dict:
+        from edgedl.bench import latency_stats
+
+        r = json.loads(json.dumps(self.frame))
+        req = self.request
+        r["bundle"]["path"] = str(self.bundle)
+        r["settings"] = {"warmup": int(req["warmup"]), "runs": int(req["runs"]), "repeats": int(req["repeats"]),
+                         "threads": int(req["threads"])}
+        stats = latency_stats(np.concatenate(self.times))
+        per_repeat = [float(np.median(t) * 1e6) for t in self.times]
+        r["timing"].update(latency=stats, repeat_p50_us=per_repeat, throughput_per_s=1e6 / stats["mean_us"],
+                           spread={"p50_min_us": min(per_repeat), "p50_max_us": max(per_repeat),
+                                   "relative": (max(per_repeat) - min(per_repeat)) / float(np.median(per_repeat))})
+        if self.memory:
+            r["memory"]["rss_after_bytes"] = self.memory["rss_after_bytes"]
+            r["memory"]["peak_rss_bytes"] = max(self.memory["peak_rss_bytes"], r["memory"]["peak_rss_bytes"])
+        r["remote"] = {"device": str(self.device), "agent": self.agent, "sessions": self.sessions,
+                       "upload_bytes": self.upload["bytes"], "upload_s": self.upload["seconds"],
+                       "memory_note": "RSS of the agent's session process (TVM's RPC server included)"}
+        return r
+
+    def _failed(self, message: str) -> DeviceError:
+        """The final error; finished repeats are written to a JSON file it names."""
+        repeats = int(self.request["repeats"])
+        if self.frame is None or not self.times:
+            return DeviceError(message)
+        partial = self._result()
+        partial.pop("outputs_top1", None)
+        partial["device"] = str(self.device)
+        partial["partial"] = {"repeats_done": len(self.times), "repeats": repeats, "error": message}
+        fd, path = tempfile.mkstemp(prefix="edgedl-bench-partial-", suffix=".json")
+        os.close(fd)
+        _io.write_json(path, partial)
+        err = DeviceError(f"{message}; {len(self.times)} of {repeats} repeats finished, their results are in {path}")
+        err.partial, err.partial_path = partial, path
+        return err
