@@ -21,6 +21,7 @@ COMMANDS = {
     "inspect": "edgedl.cli.inspect:inspect_command",
     "models": "edgedl.cli.models:models",
     "train": "edgedl.cli.train:train",
+    "optimize": "edgedl.cli.optimize:optimize",
     "quickstart": "edgedl.cli.quickstart:quickstart",
     "report": "edgedl.cli.report:report",
     "serve": "edgedl.cli.serve:serve",

@@ -1,0 +1,271 @@
+"""Measure what pruning and quantization do to the zoo models on real data; write JSON.
+
+For each model: train it with its recipe (or fewer epochs, said in the JSON), then run the
+measurements of the optimization issue through ``edgedl.optimize.optimize``:
+
+- ``ptq``: int8 post-training quantization: accuracy drop (goal <= 0.5 points) and the int8
+  .tflite size against float32 (goal <= 0.3x).
+- ``qat``: quantization-aware training then int8: accuracy drop (goal <= 0.2 points) and whether it
+  is at least as accurate as PTQ of the same model.
+- ``prune80``: 80% unstructured sparsity in every layer, then int8: float accuracy drop (goal <= 1
+  point) and the gzip'd int8 .tflite against the dense int8 .tflite (goal <= 1/3).
+  ``prune80_global``: the same with one magnitude threshold over all layers (80% overall).
+- ``structured50``: 50% of channels removed: accuracy drop (goal <= 1.5 points) and LiteRT latency
+  against the unpruned model (goal <= 0.6x), one thread, batch 1, median of repeats, both models
+  measured in the same run, float32 and int8.
+
+Each entry records the command that produced it. Results merge into the JSON file by
+(model, measurement), so models can be run one at a time.
+
+    EDGEDL_DATA=/work/shared/data python benchmarks/optimize.py --models lenet,ds_cnn,cnn
+    EDGEDL_DATA=/work/shared/data python benchmarks/optimize.py --models resnet8 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "results" / "optimize.json"
+
+MEASUREMENTS = {
+    "lenet": ["ptq", "qat", "prune80", "prune80_global", "structured50"],
+    "ds_cnn": ["ptq", "qat", "prune80", "prune80_global", "structured50"],
+    "cnn": ["ptq", "structured50"],
+    "resnet8": ["ptq", "structured50"],
+}
+GOALS = {
+    "ptq_drop_points": 0.5, "qat_drop_points": 0.2, "int8_size_ratio": 0.3, "prune80_drop_points": 1.0,
+    "prune80_gzip_ratio": 1 / 3, "structured50_latency_ratio": 0.6, "structured50_drop_points": 1.5,
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="lenet,ds_cnn,cnn", help="comma-separated zoo names (%(default)s)")
+    p.add_argument("--measurements", help="comma-separated subset of ptq,qat,prune80,prune80_global,structured50")
+    p.add_argument("--epochs", type=int, help="training epochs (default: each recipe's)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per stage (default: a quarter of the recipe's)")
+    p.add_argument("--limit", type=int, help="at most this many samples per split")
+    p.add_argument("--data-dir", help="data directory (default: $EDGEDL_DATA)")
+    p.add_argument("--repeats", type=int, default=5, help="latency repeats (median taken) (%(default)s)")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "edgedl-bench-optimize"),
+                   help="where trained models are kept between runs (%(default)s)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON to write (%(default)s)")
+    args = p.parse_args(argv)
+
+    from edgedl import _io
+
+    command = "python benchmarks/optimize.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {"entries": []}
+    for name in args.models.split(","):
+        wanted = args.measurements.split(",") if args.measurements else MEASUREMENTS.get(name, ["ptq"])
+        model_path, trained = trained_model(name, args)
+        for what in wanted:
+            start = time.perf_counter()
+            entry = MEASURE[what](name, model_path, args)
+            entry.update(model=name, measurement=what, command=command, training=trained,
+                         wall_time_s=round(time.perf_counter() - start, 1))
+            print(json.dumps(entry), flush=True)
+            results["entries"] = [e for e in results["entries"] if (e["model"], e["measurement"]) != (name, what)]
+            results["entries"].append(entry)
+            results["goals"] = GOALS
+            results["host"] = host()
+            _io.write_json(out, results)
+    print(f"wrote {out}")
+
+
+def trained_model(name, args):
+    """Train ``name`` with its recipe (cached in --work by epochs and limit); path and training facts."""
+    from edgedl.train import train
+
+    work = Path(args.work)
+    tag = f"{name}-e{args.epochs or 'recipe'}-l{args.limit or 'all'}"
+    path = work / f"{tag}.keras"
+    if not path.is_file():
+        result = train(name, epochs=args.epochs, data_dir=args.data_dir, limit=args.limit, progress=False)
+        result.save(path)
+    metrics = json.loads(path.with_suffix(".json").read_text())
+    from edgedl import zoo
+
+    recipe_epochs = zoo.get_model(name).recipe["epochs"]
+    return str(path), {"dataset": metrics["dataset"], "epochs": metrics["epochs"], "recipe_epochs": recipe_epochs,
+                       "full_recipe": metrics["epochs"] >= recipe_epochs and not args.limit,
+                       "num_train": metrics["num_train"], "num_test": metrics["num_test"],
+                       "accuracy": metrics["accuracy"], "train_wall_time_s": metrics["train_wall_time_s"]}
+
+
+def run(model_path, args, **options):
+    from edgedl.optimize import optimize
+
+    return optimize(model_path, epochs=args.finetune_epochs, data_dir=args.data_dir, limit=args.limit,
+                    progress=False, **options)
+
+
+def cli(model_path, args, *flags):
+    parts = ["edgedl", "optimize", model_path, *flags, "--out", "OUT"]
+    if args.finetune_epochs:
+        parts += ["--epochs", str(args.finetune_epochs)]
+    if args.limit:
+        parts += ["--limit", str(args.limit)]
+    return " ".join(parts)
+
+
+def points(a, b):
+    return round(100 * (a - b), 3)
+
+
+def buffer_bytes(tflite: bytes) -> int | None:
+    """Bytes of a .tflite's data buffers (the weights); the rest is graph, names, quantization parameters."""
+    try:
+        import tflite as schema  # the flatbuffer schema, from the tvm extra
+    except ImportError:
+        return None
+    model = schema.Model.GetRootAsModel(tflite, 0)
+    return sum(model.Buffers(i).DataLength() for i in range(model.BuffersLength()))
+
+
+def measure_ptq(name, model_path, args):
+    from edgedl.convert import to_tflite
+    from edgedl.modelio import load_model
+
+    r = run(model_path, args, quantize="int8")
+    base, q = r.stage("baseline"), r.stage("int8")
+    drop, ratio = points(base["accuracy"], q["accuracy"]), round(q["size_bytes"] / base["size_bytes"], 4)
+    float_buffers, int8_buffers = buffer_bytes(to_tflite(load_model(model_path), "none")), buffer_bytes(r.tflite)
+    return {"equivalent_cli": cli(model_path, args, "--quantize", "int8"),
+            "baseline_accuracy": base["accuracy"], "int8_accuracy": q["accuracy"], "drop_points": drop,
+            "float32_tflite_bytes": base["size_bytes"], "int8_tflite_bytes": q["size_bytes"], "int8_size_ratio": ratio,
+            "weight_buffers_bytes": {"float32": float_buffers, "int8": int8_buffers,
+                                     "ratio": round(int8_buffers / float_buffers, 4) if float_buffers else None,
+                                     "int8_non_weight_bytes": q["size_bytes"] - int8_buffers if int8_buffers else None},
+            "goals": {"drop_points <= 0.5": drop <= GOALS["ptq_drop_points"],
+                      "int8_size_ratio <= 0.3": ratio <= GOALS["int8_size_ratio"]}}
+
+
+def measure_qat(name, model_path, args):
+    r = run(model_path, args, qat=True)
+    base, ptq, qat = r.stage("baseline"), r.stage("ptq"), r.stage("qat")
+    drop = points(base["accuracy"], qat["accuracy"])
+    return {"equivalent_cli": cli(model_path, args, "--qat"),
+            "baseline_accuracy": base["accuracy"], "ptq_int8_accuracy": ptq["accuracy"],
+            "qat_int8_accuracy": qat["accuracy"], "qat_fake_quant_accuracy": qat.get("fake_quant_accuracy"),
+            "drop_points": drop, "ptq_drop_points": points(base["accuracy"], ptq["accuracy"]),
+            "finetune_epochs": r.finetuning["epochs"], "folded_batchnorm": len(r.qat["folded"]),
+            "goals": {"drop_points <= 0.2": drop <= GOALS["qat_drop_points"],
+                      "qat >= ptq": qat["accuracy"] >= ptq["accuracy"]}}
+
+
+def measure_prune80_global(name, model_path, args):
+    return measure_prune80(name, model_path, args, scope="global")
+
+
+def measure_prune80(name, model_path, args, scope="layer"):
+    from edgedl.convert import to_tflite
+    from edgedl.modelio import load_model
+    from edgedl.optimize import metrics
+    from edgedl.optimize.pipeline import _calibration_samples
+    from edgedl.data import load_dataset
+
+    r = run(model_path, args, prune=0.8, quantize="int8", prune_scope=scope)
+    base, pruned, q = r.stage("baseline"), r.stage("pruned"), r.stage("int8")
+    # The dense int8 model, calibrated on the same samples the pipeline uses.
+    data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
+    dense = metrics.sizes(to_tflite(load_model(model_path), "int8", _calibration_samples(data.x_train, 200, 0)))
+    drop = points(base["accuracy"], pruned["accuracy"])
+    ratio = round(q["gzip_bytes"] / dense["size_bytes"], 4)
+    flags = ["--prune", "0.8", "--quantize", "int8"] + (["--prune-scope", scope] if scope != "layer" else [])
+    return {"equivalent_cli": cli(model_path, args, *flags), "scope": scope,
+            "baseline_accuracy": base["accuracy"], "pruned_float_accuracy": pruned["accuracy"],
+            "pruned_int8_accuracy": q["accuracy"], "drop_points": drop,
+            "int8_drop_points": points(base["accuracy"], q["accuracy"]), "sparsity": pruned["sparsity"],
+            "per_layer_sparsity": {row["layer"]: row["sparsity"] for row in r.pruned_layers},
+            "not_pruned": r.skipped_layers,
+            "dense_int8_bytes": dense["size_bytes"], "dense_int8_gzip_bytes": dense["gzip_bytes"],
+            "pruned_int8_bytes": q["size_bytes"], "pruned_int8_gzip_bytes": q["gzip_bytes"],
+            "gzip_ratio_vs_dense_int8": ratio,
+            "gzip_ratio_vs_dense_int8_gzip": round(q["gzip_bytes"] / dense["gzip_bytes"], 4),
+            "finetune_epochs": r.finetuning["epochs"],
+            "goals": {"drop_points <= 1": drop <= GOALS["prune80_drop_points"],
+                      "gzip'd pruned int8 <= 1/3 dense int8": ratio <= GOALS["prune80_gzip_ratio"]}}
+
+
+def measure_structured50(name, model_path, args):
+    from edgedl.convert import to_tflite
+    from edgedl.modelio import load_model
+    from edgedl.optimize.pipeline import _calibration_samples
+    from edgedl.data import load_dataset
+
+    r = run(model_path, args, structured=0.5, quantize="int8")
+    base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
+    data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
+    calibration = _calibration_samples(data.x_train, 200, 0)
+    original = load_model(model_path)
+    models = {
+        "float32": (to_tflite(original, "none"), to_tflite(r.model, "none")),
+        "int8": (to_tflite(original, "int8", calibration), r.tflite),
+    }
+    latency = {fmt: paired_latency(a, b, args.repeats) for fmt, (a, b) in models.items()}
+    drop = points(base["accuracy"], small["accuracy"])
+    ratio = latency["float32"]["ratio"]
+    return {"equivalent_cli": cli(model_path, args, "--structured", "0.5", "--quantize", "int8"),
+            "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
+            "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
+            "int8_drop_points": points(base["accuracy"], q["accuracy"]),
+            "macs": {"before": base["macs"], "after": small["macs"], "ratio": round(small["macs"] / base["macs"], 4)},
+            "params": {"before": base["params_total"], "after": small["params_total"],
+                       "ratio": round(small["params_total"] / base["params_total"], 4)},
+            "latency_us": latency, "groups": r.structured, "finetune_epochs": r.finetuning["epochs"],
+            "goals": {"float32 latency ratio <= 0.6": ratio <= GOALS["structured50_latency_ratio"],
+                      "int8 latency ratio <= 0.6": latency["int8"]["ratio"] <= GOALS["structured50_latency_ratio"],
+                      "drop_points <= 1.5": drop <= GOALS["structured50_drop_points"]}}
+
+
+def paired_latency(before: bytes, after: bytes, repeats: int) -> dict:
+    """LiteRT p50 latency of two .tflite models, one thread, batch 1, alternating, median over repeats."""
+    from edgedl.bench import measure_latency
+    from edgedl.runtime.engines import LiteRTEngine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = []
+        for label, data in (("before", before), ("after", after)):
+            path = Path(tmp) / f"{label}.tflite"
+            path.write_bytes(data)
+            engine = LiteRTEngine(path, num_threads=1)
+            spec = engine.inputs[0]
+            x = np.zeros(spec.shape, dtype=spec.dtype)
+            engines.append((engine, x))
+        p50 = {"before": [], "after": []}
+        for _ in range(repeats):
+            for label, (engine, x) in zip(("before", "after"), engines):
+                p50[label].append(measure_latency(engine, x, warmup=20, runs=200)["p50_us"])
+    before_us, after_us = float(np.median(p50["before"])), float(np.median(p50["after"]))
+    return {"before_p50_us": round(before_us, 2), "after_p50_us": round(after_us, 2),
+            "ratio": round(after_us / before_us, 4), "repeats": repeats, "runs_per_repeat": 200,
+            "threads": 1, "batch": 1}
+
+
+def host() -> dict:
+    import os
+    import platform
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "EDGEDL_DATA": os.environ.get("EDGEDL_DATA")}
+
+
+MEASURE = {"ptq": measure_ptq, "qat": measure_qat, "prune80": measure_prune80,
+           "prune80_global": measure_prune80_global, "structured50": measure_structured50}
+
+
+if __name__ == "__main__":
+    main()

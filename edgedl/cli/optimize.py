@@ -1,0 +1,116 @@
+"""``edgedl optimize``: prune and quantize a trained model, write the results and a measured report."""
+
+import json
+
+import click
+
+
+def _fraction(value):
+    """Leave range checks to the API (one message for both); only make it a number here."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+@click.command()
+@click.argument("model")
+@click.option("--prune", "prune", metavar="FRACTION", help="Unstructured pruning: fraction of kernel weights to zero, in (0, 1), e.g. 0.8.")
+@click.option("--prune-scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
+              help="layer: every layer reaches the sparsity; global: one magnitude threshold over all layers.")
+@click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), default="polynomial",
+              show_default=True, help="Sparsity grows over fine-tuning (polynomial) or starts at the target.")
+@click.option("--structured", metavar="FRACTION", help="Structured pruning: fraction of Conv filters / Dense units to remove, in (0, 1).")
+@click.option("--quantize", "-q", metavar="MODE", help="Quantization: int8, int16x8, float16 or dynamic (default: keep float32).")
+@click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion (implies --quantize int8).")
+@click.option("--io", "io_type", default="float", metavar="TYPE", show_default=True,
+              help="Input/output type of an int8 model: float, int8 or uint8.")
+@click.option("--num-calibration", type=int, default=200, show_default=True,
+              help="Representative samples from the training split for int8/int16x8.")
+@click.option("--representative", type=click.Path(dir_okay=False),
+              help="Calibration inputs as a .npy array (N, *input_shape) instead of training samples.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+              help="Folder for model.keras, model.tflite, report.json and report.md.")
+@click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
+@click.option("--epochs", "-e", type=int,
+              help="Fine-tuning epochs per stage (default: a quarter of the recipe's); for a zoo name, also the training epochs.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
+@click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def optimize(model, prune, prune_scope, prune_schedule, structured, quantize, qat, io_type, num_calibration,
+             representative, out_dir, dataset, epochs, data_dir, limit, seed, as_json):
+    """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
+
+    Every stage is measured on the test split: accuracy, size, gzip'd size, parameters, MACs and
+    sparsity. A model file written by `edgedl train` brings its recipe and data set from the metrics
+    JSON beside it; other files need --dataset.
+
+    \b
+    Examples:
+      edgedl train lenet --out lenet.keras
+      edgedl optimize lenet.keras --prune 0.8 --quantize int8 --out lenet-opt
+      edgedl optimize lenet.keras --structured 0.5 --qat --out lenet-small
+    """
+    from edgedl import zoo
+    from edgedl.optimize import optimize as run
+    from edgedl.optimize.pipeline import check_options
+
+    prune, structured = _fraction(prune), _fraction(structured)
+    check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
+                  prune_scope, prune_schedule)
+    if model in zoo.model_names():
+        recipe = zoo.get_model(model).recipe
+        click.echo(f"note: '{model}' is a zoo name, not a trained model: it will first be trained on "
+                   f"{dataset or recipe['dataset']} for {epochs or recipe['epochs']} epoch(s) "
+                   f"({'--epochs' if epochs else 'the recipe; set --epochs to change'}). "
+                   f"To optimize a trained model, give its file: edgedl train {model} --out {model}.keras",
+                   err=True)
+    report = run(model, prune=prune, structured=structured, quantize=quantize, qat=qat,
+                 dataset=dataset, epochs=epochs, data_dir=data_dir, limit=limit, num_calibration=num_calibration,
+                 io_type=io_type, representative=representative, out_dir=out_dir, prune_scope=prune_scope,
+                 prune_schedule=prune_schedule, seed=seed, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=_plain))
+        return
+    _print_table(report)
+
+
+def _plain(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def _print_table(report):
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    d = report.data
+    table = Table(title=f"{report.source['name']} on {d['dataset']} ({d['split']}, {d['num_test']} test samples)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("stage", "accuracy", "Δ pts", "size", "gzip", "params", "nonzero", "MACs", "zeros"):
+        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
+    base = report.stages[0]["accuracy"]
+    for r in report.stages:
+        table.add_row(r["stage"], f"{100 * r['accuracy']:.2f}%", f"{100 * (r['accuracy'] - base):+.2f}",
+                      _si(r["size_bytes"], "B"), _si(r["gzip_bytes"], "B"), _si(r["params_total"]),
+                      _si(r["params_nonzero"]), _si(r["macs"]), f"{100 * r['sparsity']:.0f}%")
+    console = Console()
+    console.print(table)
+    console.print("size: of the float32 .tflite for Keras stages, of the converted one for the last; "
+                  "Δ pts: accuracy change in points; zeros: kernel sparsity", highlight=False)
+    for r in report.skipped_layers:
+        console.print(f"not pruned: {r['layer']} ({r['kind']}): {r['reason']}", highlight=False)
+    for path in report.files.values():
+        console.print(f"wrote {path}", highlight=False)
+
+
+def _si(n, unit=""):
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.0f}{prefix}{unit}" if n >= 100 * scale else f"{n / scale:.1f}{prefix}{unit}"
+    return f"{n}{unit}"

@@ -1,0 +1,67 @@
+"""Fine-tuning after an optimization step, with the model's own training recipe.
+
+Every stage that changes weights (pruning, structured pruning, quantization-aware training) ends
+with a short fine-tuning run. It uses the recipe the model was trained with (optimizer, batch size,
+augmentation, cosine schedule) at a fraction of its learning rate, since the model is already
+trained and only has to recover.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgedl import _lazy
+from edgedl.errors import OptionError
+
+# Fine-tuning starts at this fraction of the recipe's learning rate and decays it with a cosine.
+LR_SCALE = 0.5
+# Fine-tuning lasts this fraction of the recipe's training epochs (at least one) unless told otherwise.
+EPOCHS_FRACTION = 0.25
+
+
+def default_epochs(recipe: dict) -> int:
+    """Fine-tuning epochs when none are given: a quarter of the recipe's training epochs, at least one."""
+    return max(1, math.ceil(recipe.get("epochs", 4) * EPOCHS_FRACTION))
+
+
+def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, callbacks=(),
+             title: str = "fine-tuning", progress: bool = True, seed: int = 0, lr_scale: float = LR_SCALE):
+    """Train ``model`` in place for ``epochs`` on (x, y) with the recipe, at ``lr_scale`` times its rate.
+
+    Args:
+        model: a Keras model (compiled here; any earlier compilation is replaced).
+        x, y: training inputs and integer labels.
+        recipe: the training recipe (``learning_rate``, ``batch_size``, ``optimizer``, ``schedule``,
+            ``augment``), as in a zoo model's ``RECIPE``.
+        epochs: how many passes over (x, y).
+        callbacks: Keras callbacks to add (e.g. the pruning callback).
+        title: what the progress bar says.
+        progress: show a rich progress bar.
+        seed: seeds shuffling and augmentation.
+        lr_scale: the fraction of the recipe's learning rate to start from.
+
+    Returns:
+        The Keras ``History``.
+    """
+    from edgedl.train import ProgressBar, compile_for_training, make_dataset
+
+    if epochs < 1:
+        raise OptionError(f"--epochs must be a positive integer, got {epochs}")
+    keras = _lazy.keras()
+    keras.utils.set_random_seed(seed)
+    _lazy.tf().config.experimental.enable_op_determinism()  # as edgedl.train does: same seed, same model
+    batch_size = int(recipe.get("batch_size", 64))
+    steps = math.ceil(len(x) / batch_size)
+    tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale)
+    compile_for_training(model, tuned, steps * epochs)
+    data = make_dataset(x, y, batch_size, recipe.get("augment"), seed)
+    callbacks = list(callbacks)
+    if progress:
+        callbacks.append(ProgressBar(epochs, steps, title=title))
+    return model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)
+
+
+def steps_per_epoch(num_samples: int, recipe: dict) -> int:
+    return math.ceil(num_samples / int(recipe.get("batch_size", 64)))

@@ -1,0 +1,634 @@
+"""The optimization pipeline: a trained Keras model -> pruned -> quantized ``.tflite``, each step measured.
+
+:func:`optimize` reads top-down as its stages: check the options, find the model and its recipe,
+load the data, measure the float baseline, then structured pruning, unstructured pruning,
+quantization-aware training and conversion, each measured the same way (test accuracy, size,
+gzip'd size, parameters, MACs, sparsity). It returns an :class:`OptimizeReport` that holds the
+final Keras model and ``.tflite`` and knows how to save and format itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgedl import _io, _lazy
+from edgedl.errors import InputFileError, ModelError, OptionError, UnsupportedOperatorError
+from edgedl.optimize import metrics
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("dynamic", "float16", "int8", "int16x8")
+IO_TYPES = ("float", "int8", "uint8")
+RECURRENT_KINDS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
+FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.json", "markdown": "report.md"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report: plain data that saves and formats itself.
+
+
+@dataclass
+class OptimizeReport:
+    """What :func:`optimize` made and measured.
+
+    ``stages`` has one row per step (``baseline`` first), each with ``accuracy`` on the test split,
+    ``size_bytes`` and ``gzip_bytes`` (of the float32 ``.tflite`` for Keras stages, of the
+    ``.tflite`` itself for the converted one), ``params_total``, ``params_nonzero``, ``macs`` and
+    ``sparsity`` (the fraction of zero kernel weights).
+    """
+
+    model: object = field(repr=False)  # the final Keras model
+    tflite: bytes = field(repr=False)  # the final .tflite
+    source: dict
+    data: dict
+    options: dict
+    finetuning: dict
+    stages: list[dict]
+    pruned_layers: list[dict] = field(default_factory=list)
+    skipped_layers: list[dict] = field(default_factory=list)
+    structured: dict | None = None
+    qat: dict | None = None
+    versions: dict = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    files: dict = field(default_factory=dict)
+
+    def stage(self, name: str) -> dict:
+        """The row of stage ``name`` (``baseline``, ``structured``, ``pruned``, ``qat``, ``ptq`` ...)."""
+        for row in self.stages:
+            if row["stage"] == name:
+                return row
+        raise KeyError(f"no stage '{name}'; stages: {', '.join(r['stage'] for r in self.stages)}")
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "data": self.data, "options": self.options, "finetuning": self.finetuning,
+            "stages": self.stages, "pruned_layers": self.pruned_layers, "skipped_layers": self.skipped_layers,
+            "structured": self.structured, "qat": self.qat, "versions": self.versions,
+            "wall_time_s": self.wall_time_s, "files": self.files,
+        }
+
+    def to_markdown(self) -> str:
+        """A readable report: the stage table, then per-layer detail."""
+        d = self.data
+        lines = [f"# Optimization report: {self.source['name']} on {d['dataset']} ({d['split']})", ""]
+        lines += [f"Options: {_options_text(self.options)}. Fine-tuning: {_finetune_text(self.finetuning)}.", ""]
+        lines += ["| stage | what | accuracy | change | size | gzip'd | params (non-zero / total) | MACs | sparsity |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        base = self.stages[0]["accuracy"]
+        for r in self.stages:
+            lines.append(
+                f"| {r['stage']} | {r['description']} | {100 * r['accuracy']:.2f}% | "
+                f"{100 * (r['accuracy'] - base):+.2f} | {_kb(r['size_bytes'])} | {_kb(r['gzip_bytes'])} | "
+                f"{r['params_nonzero']:,} / {r['params_total']:,} | {r['macs']:,} | {100 * r['sparsity']:.1f}% |"
+            )
+        lines += ["", "Sizes are of the .tflite: float32 for the Keras stages, the converted model for the last one.",
+                  "Change is in percentage points of test accuracy against the baseline.", ""]
+        if self.pruned_layers:
+            lines += ["## Pruned layers", ""]
+            if self.options.get("prune_scope") == "global":
+                lines += ["Global scope: one magnitude threshold over all these kernels reaches the target overall, "
+                          "so each layer ends up as sparse as its weights are small.", ""]
+            lines += ["| layer | kind | target | sparsity | non-zero / total |", "|---|---|---|---|---|"]
+            lines += [f"| {r['layer']} | {r['kind']} | {100 * r['target']:.0f}% | {100 * r['sparsity']:.1f}% | "
+                      f"{r['nonzero']:,} / {r['total']:,} |" for r in self.pruned_layers]
+            lines.append("")
+        if self.skipped_layers:
+            lines += ["## Layers not pruned", "", "| layer | kind | why |", "|---|---|---|"]
+            lines += [f"| {r['layer']} | {r['kind']} | {r['reason']} |" for r in self.skipped_layers]
+            lines.append("")
+        if self.structured:
+            lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
+                      "of every group not frozen (lowest L1 norm first).", "",
+                      "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
+            for g in self.structured["pruned_groups"] + self.structured["frozen_groups"]:
+                lines.append(f"| {', '.join(g['layers'])} | {g['channels']} | {g['kept']} | {g['frozen'] or ''} |")
+            lines.append("")
+        if self.qat:
+            lines += ["## Quantization-aware training", "", self.qat["method"], ""]
+            if self.qat.get("folded"):
+                lines += ["Batch norm folded: " + ", ".join(f"{b} into {p}" for p, b in self.qat["folded"]), ""]
+        if self.files:
+            lines += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in self.files.items()] + [""]
+        return "\n".join(lines)
+
+    def save(self, out_dir: str | Path) -> dict:
+        """Write the Keras model, the .tflite, report.md and report.json into ``out_dir``, each atomically.
+
+        Returns:
+            ``{"model": path, "tflite": path, "markdown": path, "report": path}`` (also kept in ``files``).
+        """
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"--out must be a folder, but '{out}' is a file")
+        out.mkdir(parents=True, exist_ok=True)
+        files = {k: str(out / name) for k, name in FILES.items()}
+        with _io.atomic_path(files["model"], suffix=".keras") as tmp:
+            self.model.save(tmp)
+        _io.write_bytes(files["tflite"], self.tflite)
+        self.files = files
+        _io.write_text(files["markdown"], self.to_markdown())
+        _io.write_json(files["report"], self.to_dict())
+        return files
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def _options_text(o: dict) -> str:
+    parts = []
+    if o.get("structured"):
+        parts.append(f"structured {o['structured']:g}")
+    if o.get("prune"):
+        parts.append(f"prune {o['prune']:g} ({o['prune_scope']}, {o['prune_schedule']})")
+    if o.get("qat"):
+        parts.append("QAT")
+    parts.append(f"quantize {o['quantize'] or 'none (float32)'}")
+    if o.get("io_type", "float") != "float":
+        parts.append(f"I/O {o['io_type']}")
+    return ", ".join(parts)
+
+
+def _finetune_text(f: dict) -> str:
+    return (f"{f['epochs']} epoch(s) per stage, {f['optimizer']} at {f['learning_rate']:g} "
+            f"(x{f['lr_scale']:g} of the recipe's; x{f['qat_lr_scale']:g} for QAT), batch {f['batch_size']}, "
+            f"recipe from {f['recipe_from']}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks, each run before anything slow.
+
+
+def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
+                  prune_scope="layer", prune_schedule="polynomial") -> str | None:
+    """Validate the options; return the quantization mode to use (``None``: float32 ``.tflite``)."""
+    from edgedl.optimize.prune import SCHEDULES, SCOPES, check_fraction
+
+    if prune_scope not in SCOPES:
+        raise OptionError(f"unknown pruning scope '{prune_scope}'; choose one of {', '.join(SCOPES)}")
+    if prune_schedule not in SCHEDULES:
+        raise OptionError(f"unknown pruning schedule '{prune_schedule}'; choose one of {', '.join(SCHEDULES)}")
+    if prune_scope == "global" and isinstance(prune, dict):
+        raise OptionError("global pruning takes one sparsity for all layers, not one per layer")
+
+    if prune is not None and not isinstance(prune, dict):
+        check_fraction(prune, "--prune")
+    if structured is not None:
+        check_fraction(structured, "--structured")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
+    if qat:
+        if quantize not in (None, "int8"):
+            raise OptionError(f"--qat trains for int8 and exports an int8 model; use it with --quantize int8, not '{quantize}'")
+        quantize = "int8"
+    if io_type not in IO_TYPES:
+        raise OptionError(f"unknown I/O type '{io_type}'; choose one of {', '.join(IO_TYPES)}")
+    if io_type != "float" and quantize != "int8":
+        raise OptionError(f"--io {io_type} needs full integer quantization (--quantize int8), not '{quantize or 'none'}'")
+    for name, value in (("--epochs", epochs), ("--limit", limit), ("--num-calibration", num_calibration)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise OptionError(f"{name} must be a positive integer, got {value}")
+    if prune is None and structured is None and quantize is None:
+        raise OptionError("nothing to do: give --prune, --structured, --quantize or --qat")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise OptionError(f"--out must be a folder, but '{out_dir}' is a file")
+    return quantize
+
+
+def check_quantizable(model, quantize: str | None) -> None:
+    """Integer calibration (int8, int16x8) cannot take recurrent layers: TensorFlow's calibrator
+    crashes the process on them. Use --quantize dynamic or float16 for LSTM/GRU models."""
+    if quantize not in ("int8", "int16x8"):
+        return
+    from edgedl.optimize.graph import trace
+
+    blocking = [(s.name, s.kind) for s in trace(model) if s.kind in RECURRENT_KINDS]
+    if blocking:
+        ops = ", ".join(sorted({k for _, k in blocking}))
+        names = ", ".join(f"'{n}'" for n, _ in blocking)
+        raise UnsupportedOperatorError(
+            f"'{quantize}' quantization cannot take operator(s) {ops} (layer {names}) in model '{model.name}': "
+            "TensorFlow's integer calibrator does not support recurrent layers; use --quantize dynamic or float16"
+        )
+
+
+def load_representative(spec) -> np.ndarray | None:
+    """Representative data given as an array or a ``.npy`` path (None: take it from the training split)."""
+    if spec is None or isinstance(spec, np.ndarray):
+        return spec
+    path = Path(spec)
+    if not path.is_file():
+        raise InputFileError(path, "no such file; representative data must be a .npy array of model inputs")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError/OSError/UnpicklingError
+        raise InputFileError(path, f"not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+
+
+def check_representative(data: np.ndarray, model) -> None:
+    """Representative data must be floating point samples of the model's input shape.
+
+    The converter's own check, run before any training rather than after it.
+    """
+    from edgedl.convert import _representative
+
+    _representative(data, (1,) + tuple(model.input_shape[1:]), max(1, len(data)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding the model and its recipe.
+
+
+@dataclass
+class Source:
+    model: object = field(repr=False)  # a Keras model, or None for a zoo name still to train
+    name: str
+    zoo_name: str | None
+    recipe: dict
+    recipe_from: str
+    dataset: str | None
+    split: str | None
+    path: str | None = None
+
+
+def find_source(model, dataset: str | None) -> Source:
+    """The Keras model (or zoo name) and the training recipe that fits it.
+
+    A zoo name brings its recipe. A model file brings the recipe of the zoo model named in the
+    metrics JSON that ``edgedl train`` writes beside it (``lenet.keras`` -> ``lenet.json``), and that
+    file's data set and split; otherwise the default recipe, and ``dataset`` must be given.
+    """
+    from edgedl import zoo
+    from edgedl.modelio import is_model_path, load_model
+    from edgedl.train import DEFAULT_RECIPE
+
+    if not isinstance(model, (str, Path)):
+        name = getattr(model, "name", "model")
+        if name in zoo.model_names():
+            recipe = zoo.get_model(name).recipe
+            return Source(model, name, name, recipe, f"zoo model '{name}' (by the model's name)",
+                          recipe["dataset"], recipe.get("split"))
+        return Source(model, name, None, dict(DEFAULT_RECIPE), "defaults", None, None)
+    spec = str(model)
+    if spec in zoo.model_names():
+        recipe = zoo.get_model(spec).recipe
+        return Source(None, spec, spec, recipe, f"zoo model '{spec}'", recipe["dataset"], recipe.get("split"))
+    if not is_model_path(spec):
+        zoo.get_model(spec)  # raises with the known names and a close match
+        raise ModelError(f"unknown model '{spec}'")
+    try:
+        keras_model = load_model(spec)
+    except InputFileError:
+        custom = custom_layers_in_file(Path(spec))
+        if custom:
+            raise ModelError(
+                f"{spec}: cannot rebuild layer(s) {', '.join(custom)}: custom classes this process does not know; "
+                "edgedl optimizes models made of built-in Keras layers"
+            ) from None
+        raise
+    sidecar = _metrics_beside(Path(spec))
+    zoo_name = sidecar.get("model") if sidecar.get("model") in zoo.model_names() else None
+    if zoo_name:
+        recipe = zoo.get_model(zoo_name).recipe
+        return Source(keras_model, Path(spec).stem, zoo_name, recipe, f"zoo model '{zoo_name}' (from {Path(spec).with_suffix('.json').name})",
+                      sidecar.get("dataset") or recipe["dataset"], sidecar.get("split") or recipe.get("split"), spec)
+    return Source(keras_model, Path(spec).stem, None, dict(DEFAULT_RECIPE), "defaults", sidecar.get("dataset"),
+                  sidecar.get("split"), spec)
+
+
+def custom_layers_in_file(path: Path) -> list[str]:
+    """``'name' (Class)`` of each layer in a ``.keras`` file that is not a built-in Keras layer."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found = []
+
+    def walk(layers):
+        for layer in layers or []:
+            if not isinstance(layer, dict):
+                continue
+            inner = layer.get("config") or {}
+            if not str(layer.get("module") or "").startswith("keras"):
+                found.append(f"'{inner.get('name', '?')}' ({layer.get('registered_name') or layer.get('class_name')})")
+            walk(inner.get("layers"))
+
+    walk((config.get("config") or {}).get("layers"))
+    return found
+
+
+def _metrics_beside(path: Path) -> dict:
+    import json
+
+    meta = path.with_suffix(".json") if path.suffix else path.parent / f"{path.name}.json"
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        log.warning("ignoring %s: not readable JSON", meta)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring a stage.
+
+
+def keras_stage(stage: str, description: str, model, x, y, **extra) -> dict:
+    """Accuracy of a Keras model, and the size of its float32 .tflite, its parameters, MACs and sparsity."""
+    from edgedl.convert import to_tflite
+    from edgedl.train import evaluate
+
+    _, accuracy = evaluate(model, x, y)
+    row = {"stage": stage, "description": description, "format": "float32 tflite", "accuracy": accuracy}
+    row.update(metrics.sizes(to_tflite(model, "none")))
+    row.update(metrics.model_stats(model))
+    row.update(extra)
+    return row
+
+
+def tflite_stage(stage: str, description: str, tflite: bytes, keras_model, x, y, fmt: str, **extra) -> dict:
+    """Accuracy of a .tflite on LiteRT, its size, and the parameters/MACs/sparsity of its Keras source."""
+    row = {"stage": stage, "description": description, "format": fmt, "accuracy": tflite_accuracy(tflite, x, y)}
+    row.update(metrics.sizes(tflite))
+    row.update(metrics.model_stats(keras_model))
+    row.update(extra)
+    return row
+
+
+def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of a .tflite on (x, y), run one sample at a time on LiteRT."""
+    from edgedl.runtime.engines import LiteRTEngine
+    from edgedl.runtime.quant import predict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(tflite)
+        engine = LiteRTEngine(path, num_threads=1)
+        probs = predict(engine, x)
+    return round(float(np.mean(np.argmax(probs, axis=1) == y)), 6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pipeline.
+
+
+def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
+             data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
+             out_dir=None, prune_scope="layer", prune_schedule="polynomial", seed=0,
+             progress=True) -> OptimizeReport:
+    """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
+
+    Stages, in order, each optional: structured pruning, unstructured magnitude pruning,
+    quantization-aware training, conversion to ``.tflite``. Each pruning/QAT stage fine-tunes with
+    the model's training recipe.
+
+    Args:
+        model: a ``.keras``/``.h5``/SavedModel path, a ``keras.Model``, or a zoo name (which is
+            first trained with its recipe for ``epochs``, or the recipe's epochs).
+        prune: target sparsity in (0, 1) for every prunable layer, or ``{layer: sparsity}``.
+        structured: fraction of Conv filters / Dense units to remove from each group, in (0, 1).
+        quantize: ``dynamic``, ``float16``, ``int8`` or ``int16x8``; None keeps float32.
+        qat: quantization-aware training before int8 conversion (implies ``quantize="int8"``).
+        dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's or the one
+            in the metrics JSON beside a model file).
+        epochs: epochs of each fine-tuning stage (default: a quarter of the recipe's).
+        data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
+        limit: use at most this many samples per split (quick runs).
+        num_calibration: representative samples for int8/int16x8, drawn from the training split.
+        io_type: ``float``, ``int8`` or ``uint8`` model inputs/outputs (``int8`` quantization only).
+        representative: calibration inputs (array or ``.npy`` path) instead of training samples.
+        out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
+        prune_scope: ``layer`` (every layer reaches the sparsity) or ``global`` (one magnitude
+            threshold over all layers).
+        prune_schedule: ``polynomial`` (sparsity grows over fine-tuning) or ``constant``.
+        seed: seeds fine-tuning and the choice of calibration samples.
+        progress: show progress bars while training.
+
+    Returns:
+        OptimizeReport with the final Keras model, the ``.tflite`` and one measured row per stage.
+
+    Raises:
+        OptionError: an option out of range, or representative data of the wrong shape or dtype.
+        InputFileError: the model file is missing or not a model.
+        ModelError: structured pruning meets a layer it cannot rebuild.
+        UnsupportedOperatorError: the model holds operators the quantization mode cannot take.
+
+    Example:
+        >>> report = optimize("lenet.keras", prune=0.8, quantize="int8", out_dir="out")  # doctest: +SKIP
+        >>> report.stage("int8")["accuracy"] > 0.98  # doctest: +SKIP
+        True
+    """
+    from edgedl.data import load_dataset
+    from edgedl.train import _check_shapes
+
+    start = time.perf_counter()
+    mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
+                         prune_scope, prune_schedule)
+    rep = load_representative(representative)
+    src = find_source(model, dataset)
+    dataset = dataset or src.dataset
+    if dataset is None:
+        raise OptionError(f"optimizing '{src.name}' needs --dataset: it has no zoo recipe and no metrics JSON beside it")
+    split = src.split if dataset == src.dataset else None
+    probe = src.model if src.model is not None else _zoo_build(src.zoo_name, dataset)
+    retraining = [flag for flag, on in (("--prune", prune), ("--structured", structured), ("--qat", qat)) if on]
+    check_architecture(probe, mode, structured, rep, retraining)  # before anything slow
+    data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
+    _check_shapes(probe, data)
+
+    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress)
+    current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
+    calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
+    stages = [run.keras_stage("baseline", "float32 Keras model" + (
+        f", trained here for {trained_here} epochs" if trained_here else ""), current)]
+    parts = {}
+    if structured is not None:
+        current, row, parts["structured"] = _structured_stage(run, current, structured)
+        stages.append(row)
+    if prune is not None:
+        current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(
+            run, current, prune, prune_scope, prune_schedule)
+        stages.append(row)
+    current, tflite, rows, parts["qat"] = _convert_stage(run, current, mode, qat, calibration, io_type,
+                                                         num_calibration, keep_sparsity=prune is not None)
+    stages += rows
+
+    report = OptimizeReport(
+        model=current, tflite=tflite, stages=stages, versions=_versions(), **parts,
+        source={"name": src.name, "path": src.path, "zoo_model": src.zoo_name, "trained_here_epochs": trained_here},
+        data={"dataset": data.name, "split": data.split, "num_train": int(len(data.x_train)),
+              "num_test": int(len(data.x_test)), "limit": limit,
+              "num_calibration": int(min(len(calibration), num_calibration)) if mode in ("int8", "int16x8") else 0,
+              "calibration_from": "--representative" if rep is not None else "training split"},
+        options={"prune": prune, "prune_scope": prune_scope, "prune_schedule": prune_schedule,
+                 "structured": structured, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "epochs": epochs, "seed": seed},
+        finetuning=run.describe(src.recipe_from),
+    )
+    report.wall_time_s = round(time.perf_counter() - start, 2)
+    if out_dir is not None:
+        report.save(out_dir)
+    return report
+
+
+def check_architecture(model, mode, structured, representative, retraining: list[str]) -> None:
+    """The checks that need only the architecture: quantizable ops, rebuildable layers, calibration data.
+
+    ``retraining`` names the options that rewrite weights (``--prune``, ``--structured``, ``--qat``).
+    """
+    from edgedl.optimize.graph import require_keras_layers
+    from edgedl.optimize.structured import plan
+
+    if retraining:
+        require_keras_layers(model, " and ".join(retraining))
+    check_quantizable(model, mode)
+    if structured is not None:
+        plan(model, structured)
+    if representative is not None:
+        check_representative(representative, model)
+
+
+@dataclass
+class _Run:
+    """What every stage of one pipeline run shares: the data, the recipe, fine-tuning epochs, seed."""
+
+    data: object = field(repr=False)
+    recipe: dict
+    epochs: int | None
+    seed: int
+    progress: bool
+
+    @property
+    def tune_epochs(self) -> int:
+        from edgedl.optimize.finetune import default_epochs
+
+        return self.epochs or default_epochs(self.recipe)
+
+    def keras_stage(self, stage, description, model, **extra):
+        return keras_stage(stage, description, model, self.data.x_test, self.data.y_test, **extra)
+
+    def tflite_stage(self, stage, description, tflite, model, fmt, **extra):
+        return tflite_stage(stage, description, tflite, model, self.data.x_test, self.data.y_test, fmt, **extra)
+
+    def describe(self, recipe_from: str) -> dict:
+        from edgedl.optimize import finetune as ft
+        from edgedl.optimize import qat
+
+        r = self.recipe
+        return {"epochs": self.tune_epochs, "optimizer": r.get("optimizer", "adam"),
+                "learning_rate": float(r.get("learning_rate", 1e-3)) * ft.LR_SCALE, "lr_scale": ft.LR_SCALE,
+                "qat_lr_scale": qat.LR_SCALE, "batch_size": r.get("batch_size"), "schedule": r.get("schedule"),
+                "augment": r.get("augment"), "recipe_from": recipe_from}
+
+
+def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
+    """The model to optimize, and the epochs it was trained for here (None: it came trained)."""
+    if src.model is not None:
+        return src.model, None
+    from edgedl.train import train
+
+    result = train(src.zoo_name, dataset=dataset, epochs=run.epochs, seed=run.seed, data_dir=data_dir,
+                   limit=limit, split=split, progress=run.progress)
+    return result.model, result.metrics["epochs"]
+
+
+def _structured_stage(run: _Run, model, ratio: float):
+    from edgedl.optimize.structured import prune_structured
+
+    t = time.perf_counter()
+    result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
+                              epochs=run.tune_epochs, progress=run.progress, seed=run.seed)
+    row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed, fine-tuned", result.model,
+                          wall_s=round(time.perf_counter() - t, 2))
+    return result.model, row, result.summary
+
+
+def _prune_stage(run: _Run, model, sparsity, scope: str, schedule: str):
+    from edgedl.optimize.prune import prune
+
+    t = time.perf_counter()
+    result = prune(model, sparsity, run.data.x_train, run.data.y_train, recipe=run.recipe, epochs=run.tune_epochs,
+                   scope=scope, schedule=schedule, progress=run.progress, seed=run.seed)
+    what = "kernels pruned per layer" if isinstance(sparsity, dict) else f"{100 * sparsity:.0f}% of kernel weights zeroed"
+    row = run.keras_stage("pruned", f"{what} ({scope}, {schedule}), fine-tuned", result.model,
+                          wall_s=round(time.perf_counter() - t, 2))
+    return result.model, row, result.layers, result.skipped
+
+
+def _convert_stage(run: _Run, model, mode, qat, calibration, io_type, num_calibration, keep_sparsity):
+    """Convert (after QAT if asked); returns (final Keras model, .tflite, stage rows, QAT summary)."""
+    from edgedl.convert import to_tflite
+
+    if mode is None:
+        return model, to_tflite(model, "none"), [], None
+    if not qat:
+        tflite = to_tflite(model, mode, calibration, io_type=io_type, num_calibration=num_calibration)
+        return model, tflite, [run.tflite_stage(mode, f"{mode} post-training quantization", tflite, model,
+                                                f"{mode} tflite")], None
+
+    from edgedl.optimize import qat as qat_module
+    from edgedl.train import evaluate
+
+    t = time.perf_counter()
+    ptq = to_tflite(model, "int8", calibration, io_type=io_type, num_calibration=num_calibration)
+    rows = [run.tflite_stage("ptq", "int8 post-training quantization without QAT (for comparison)", ptq, model,
+                             "int8 tflite")]
+    result = qat_module.quantization_aware_training(model, run.data.x_train, run.data.y_train, recipe=run.recipe,
+                                                    epochs=run.tune_epochs, keep_sparsity=keep_sparsity,
+                                                    progress=run.progress, seed=run.seed)
+    _, fq_accuracy = evaluate(result.fake_quant_model, run.data.x_test, run.data.y_test)
+    tflite = to_tflite(result.model, "int8", calibration, io_type=io_type, num_calibration=num_calibration)
+    rows.append(run.tflite_stage("qat", "int8 after quantization-aware training", tflite, result.model, "int8 tflite",
+                                 fake_quant_accuracy=fq_accuracy, wall_s=round(time.perf_counter() - t, 2)))
+    summary = {"method": QAT_METHOD, "folded": result.folded, "fake_quant_accuracy": fq_accuracy,
+               "lr_scale": qat_module.LR_SCALE}
+    return result.model, tflite, rows, summary
+
+
+QAT_METHOD = (
+    "Batch norm folded into the layer before it; kernels fake-quantized per channel (symmetric int8, "
+    "scale max|w|/127) and activations fake-quantized over moving-average ranges, with straight-through "
+    "gradients, during fine-tuning; the fine-tuned float weights were then converted with full-int8 "
+    "post-training quantization (activation ranges re-calibrated on representative data)."
+)
+
+
+def _zoo_build(name: str, dataset: str):
+    """An untrained zoo model shaped for ``dataset`` (to check its architecture before training)."""
+    from edgedl import zoo
+    from edgedl.data import DATASETS
+
+    info = DATASETS.get(dataset)
+    if info is None:
+        return zoo.get_model(name).build()
+    return zoo.get_model(name).build(input_shape=info.input_shape, num_classes=info.num_classes)
+
+
+def _calibration_samples(x: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(x), size=min(count, len(x)), replace=False)
+    return x[np.sort(idx)]
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "ai-edge-litert", "edgedl"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,334 @@
+"""Unstructured magnitude pruning for Keras 3 models (TFMOT does not support Keras 3).
+
+The smallest-magnitude weights of each kernel are set to zero, a little more at a time over a
+fine-tuning run (a polynomial-decay schedule, or all at once with a constant one). A :class:`Masker`
+keeps the masks and reapplies them after every training batch, so weights the optimizer moves stay
+zero; at the end the masks are applied one last time and the model is copied into a plain Keras
+model, with no wrappers and no optimizer state: the zeros are simply part of its weights.
+
+What is pruned: the kernels of Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the
+input and recurrent kernels of LSTM, GRU and SimpleRNN. Biases are never pruned. Every other layer
+with weights is listed, with the reason, in :attr:`PruneResult.skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgedl import _lazy
+from edgedl.errors import ModelError, OptionError
+from edgedl.optimize import graph
+from edgedl.optimize.metrics import KERNEL_NAMES
+
+log = logging.getLogger(__name__)
+
+PRUNABLE_KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
+                  "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU", "SimpleRNN")
+SCHEDULES = ("polynomial", "constant")
+SCOPES = ("layer", "global")
+
+# The polynomial schedule reaches the target this far into fine-tuning; the rest recovers at it.
+END_FRACTION = 0.7
+# ... updating the masks this many times on the way.
+NUM_UPDATES = 10
+
+_NOT_PRUNED = {
+    "BatchNormalization": "normalization scale, offset and statistics are one number per channel, not a "
+                          "weight matrix (folded into the layer before it on export)",
+    "LayerNormalization": "normalization scale and offset are one number per feature, not a weight matrix",
+    "GroupNormalization": "normalization scale and offset are one number per feature, not a weight matrix",
+    "Embedding": "embedding tables are looked up, not multiplied; pruning them saves no compute",
+    "PReLU": "PReLU slopes are one number per feature, not a weight matrix",
+}
+
+
+def check_fraction(value, option: str) -> float:
+    """``value`` as a float strictly between 0 and 1, else an OptionError naming ``option``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{option} must be a number between 0 and 1 (exclusive), got {value!r}") from None
+    if not 0.0 < v < 1.0:
+        raise OptionError(f"{option} must be between 0 and 1 (exclusive), got {value:g}")
+    return v
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How sparsity grows over fine-tuning steps.
+
+    ``polynomial``: from 0 at ``begin_step`` to the target at ``end_step`` as
+    ``target * (1 - (1 - progress) ** power)`` (fast at first, gentle near the end), with the masks
+    recomputed every ``frequency`` steps. ``constant``: the target from the first step on.
+    """
+
+    kind: str = "polynomial"
+    begin_step: int = 0
+    end_step: int = 1000
+    frequency: int = 100
+    power: float = 3.0
+
+    def fraction(self, step: int) -> float:
+        """The fraction of the target sparsity to hold at ``step``."""
+        if self.kind == "constant" or step >= self.end_step:
+            return 1.0
+        if step < self.begin_step:
+            return 0.0
+        progress = (step - self.begin_step) / max(1, self.end_step - self.begin_step)
+        return 1.0 - (1.0 - progress) ** self.power
+
+    def updates_at(self, step: int) -> bool:
+        """Whether the masks are recomputed after ``step`` steps."""
+        if self.kind == "constant":
+            return False
+        if step == self.end_step:
+            return True
+        return self.begin_step <= step < self.end_step and (step - self.begin_step) % self.frequency == 0
+
+
+def make_schedule(kind: str, total_steps: int) -> Schedule:
+    """A schedule for ``total_steps`` fine-tuning steps: ``polynomial`` or ``constant``."""
+    if kind not in SCHEDULES:
+        raise OptionError(f"unknown pruning schedule '{kind}'; choose one of {', '.join(SCHEDULES)}")
+    end = max(1, round(total_steps * END_FRACTION))
+    return Schedule(kind=kind, begin_step=0, end_step=end, frequency=max(1, end // NUM_UPDATES))
+
+
+def prunable_kind(layer) -> str | None:
+    """The Keras layer type (Dense, Conv2D ...) whose kernels ``layer`` has, if edgedl prunes that type."""
+    for cls in type(layer).__mro__:
+        if cls.__name__ in PRUNABLE_KINDS and (cls.__module__ or "").startswith("keras."):
+            return cls.__name__
+    return None
+
+
+def _layers(model):
+    """(step, layer) of every layer call, nested models excluded."""
+    return [(s, s.layer) for s in graph.trace(model)]
+
+
+def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
+    """The kernels that can be pruned, by layer name, and the layers with weights that cannot be.
+
+    Returns:
+        ``(kernels, skipped)``: ``kernels`` maps a layer name to its prunable variables;
+        ``skipped`` lists ``{"layer", "kind", "reason"}`` for every other layer that holds weights.
+    """
+    kernels: dict[str, list] = {}
+    skipped: list[dict] = []
+    for step, layer in _layers(model):
+        if not layer.weights:
+            continue
+        found = [w for w in layer.weights if w.name in KERNEL_NAMES] if prunable_kind(layer) else []
+        if found:
+            kernels[step.name] = found
+            continue
+        reason = _NOT_PRUNED.get(step.kind) or (
+            f"'{step.kind}' is not a layer type edgedl prunes (it prunes the kernels of "
+            f"{', '.join(PRUNABLE_KINDS)})"
+        )
+        skipped.append({"layer": step.name, "kind": step.kind, "reason": reason})
+    return kernels, skipped
+
+
+def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune") -> dict[str, float]:
+    """Per-layer target sparsity from one number (every prunable layer) or a {layer: sparsity} dict."""
+    if isinstance(sparsity, dict):
+        unknown = sorted(set(sparsity) - set(kernels))
+        if unknown:
+            raise OptionError(
+                f"cannot prune layer(s) {', '.join(unknown)}: the prunable layers are {', '.join(kernels) or 'none'}"
+            )
+        return {name: check_fraction(v, f"{option} for layer '{name}'") for name, v in sparsity.items()}
+    value = check_fraction(sparsity, option)
+    return {name: value for name in kernels}
+
+
+class Masker:
+    """Holds a 0/1 mask per pruned kernel; recomputes masks by magnitude and applies them.
+
+    ``targets`` maps a layer name to its final sparsity. With ``scope="layer"`` each kernel reaches its
+    layer's target; with ``scope="global"`` one magnitude threshold over all the kernels reaches the
+    (single) target overall, so layers with many small weights give up more of them.
+    """
+
+    def __init__(self, kernels: dict[str, list], targets: dict[str, float], schedule: Schedule | None,
+                 scope: str = "layer"):
+        if scope not in SCOPES:
+            raise OptionError(f"unknown pruning scope '{scope}'; choose one of {', '.join(SCOPES)}")
+        if scope == "global" and len(set(targets.values())) > 1:
+            raise OptionError("global pruning takes one sparsity for all layers, not one per layer")
+        self.kernels = {name: kernels[name] for name in targets}
+        self.targets = dict(targets)
+        self.schedule = schedule
+        self.scope = scope
+        self.step = 0
+        self.masks: dict[str, list[np.ndarray]] = {}
+
+    @classmethod
+    def keep_zeros(cls, model, layer_names=None) -> "Masker":
+        """A masker that holds today's zeros at zero (so fine-tuning keeps a pruned model sparse)."""
+        kernels, _ = find_prunable(model)
+        names = [n for n in kernels if layer_names is None or n in layer_names]
+        masks = {n: [(np.asarray(v) != 0).astype(np.float32) for v in kernels[n]] for n in names}
+        sparsity = {n: 1.0 - sum(m.sum() for m in ms) / sum(m.size for m in ms) for n, ms in masks.items()}
+        masker = cls(kernels, sparsity, schedule=None)
+        masker.masks = masks
+        return masker
+
+    def update(self, fraction: float = 1.0) -> None:
+        """Recompute the masks to hold ``fraction`` of each target sparsity, by weight magnitude."""
+        if self.scope == "global" and self.targets:
+            target = next(iter(self.targets.values())) * fraction
+            flat = [(n, i, np.abs(np.asarray(v))) for n, vs in self.kernels.items() for i, v in enumerate(vs)]
+            everything = np.concatenate([a.ravel() for _, _, a in flat])
+            k = int(round(target * everything.size))
+            threshold_masks = _smallest_mask(everything, k)
+            offset = 0
+            self.masks = {n: [None] * len(vs) for n, vs in self.kernels.items()}
+            for n, i, a in flat:
+                self.masks[n][i] = threshold_masks[offset:offset + a.size].reshape(a.shape)
+                offset += a.size
+            return
+        self.masks = {}
+        for name, variables in self.kernels.items():
+            target = self.targets[name] * fraction
+            self.masks[name] = [
+                _smallest_mask(np.abs(np.asarray(v)).ravel(), int(round(target * int(np.prod(v.shape))))).reshape(v.shape)
+                for v in variables
+            ]
+
+    def apply(self) -> None:
+        """Zero the masked weights."""
+        for name, variables in self.kernels.items():
+            for v, mask in zip(variables, self.masks.get(name, [])):
+                v.assign(np.asarray(v) * mask)
+
+    def on_batch_end(self) -> None:
+        self.step += 1
+        if self.schedule is not None and self.schedule.updates_at(self.step):
+            self.update(self.schedule.fraction(self.step))
+        self.apply()
+
+    def start(self) -> None:
+        if self.schedule is not None:
+            self.update(self.schedule.fraction(0))
+        self.apply()
+
+    def finish(self) -> None:
+        """Reach the final targets (also when fine-tuning stopped early) and apply them."""
+        if self.schedule is not None:
+            self.update(1.0)
+        self.apply()
+
+
+def _smallest_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """A float32 mask over 1-D ``values`` with 0 at the ``k`` smallest, 1 elsewhere."""
+    mask = np.ones(values.size, dtype=np.float32)
+    if k > 0:
+        idx = np.argpartition(values, min(k, values.size) - 1)[:k]
+        mask[idx] = 0.0
+    return mask
+
+
+def masking_callback(masker: Masker):
+    """A Keras callback that drives ``masker``: masks at the start, after every batch, and at the end."""
+    base = _lazy.keras().callbacks.Callback
+
+    class _Masking(base):
+        def on_train_begin(self, logs=None):
+            masker.start()
+
+        def on_train_batch_end(self, batch, logs=None):
+            masker.on_batch_end()
+
+        def on_train_end(self, logs=None):
+            masker.finish()
+
+    return _Masking()
+
+
+def strip(model):
+    """A plain copy of a pruned model: same layers and weights (zeros included), no optimizer state."""
+    return graph.copy_model(model)
+
+
+def sparsity_report(model, targets: dict[str, float]) -> list[dict]:
+    """Per pruned layer: kind, target and achieved sparsity of its kernels, non-zero and total weights."""
+    kernels, _ = find_prunable(model)
+    kinds = {s.name: s.kind for s in graph.trace(model)}
+    rows = []
+    for name, target in targets.items():
+        arrays = [np.asarray(v) for v in kernels.get(name, [])]
+        total = sum(a.size for a in arrays)
+        nonzero = sum(int(np.count_nonzero(a)) for a in arrays)
+        rows.append({"layer": name, "kind": kinds.get(name, "?"), "weights": [v.name for v in kernels.get(name, [])],
+                     "target": round(target, 4), "sparsity": round(1 - nonzero / total, 4) if total else 0.0,
+                     "nonzero": nonzero, "total": total})
+    return rows
+
+
+@dataclass
+class PruneResult:
+    """A pruned, stripped Keras model, what each layer reached, and the layers left alone (with why)."""
+
+    model: object = field(repr=False)
+    layers: list[dict]
+    skipped: list[dict]
+    scope: str = "layer"
+    schedule: str = "polynomial"
+
+
+def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int, scope: str = "layer",
+          schedule: str = "polynomial", progress: bool = True, seed: int = 0) -> PruneResult:
+    """Prune ``model``'s kernels by magnitude while fine-tuning it, and return the stripped result.
+
+    Args:
+        model: a trained Keras model (left unchanged; a copy is pruned).
+        sparsity: the fraction of kernel weights to zero, in (0, 1): one number for every prunable
+            layer, or ``{layer_name: sparsity}`` for some of them.
+        x, y: fine-tuning data (training inputs and integer labels).
+        recipe: the training recipe (see :func:`edgedl.optimize.finetune.finetune`).
+        epochs: fine-tuning epochs.
+        scope: ``layer`` (each layer reaches its target) or ``global`` (one threshold over all layers).
+        schedule: ``polynomial`` (sparsity grows over the first 70% of the steps) or ``constant``.
+        progress: show a progress bar.
+        seed: seeds shuffling.
+
+    Returns:
+        PruneResult: the plain Keras model, a per-layer sparsity report and the skipped layers.
+
+    Raises:
+        OptionError: a sparsity outside (0, 1), an unknown layer, scope or schedule.
+
+    Example:
+        >>> result = prune(model, 0.8, data.x_train, data.y_train, recipe=recipe, epochs=2)  # doctest: +SKIP
+        >>> [row["sparsity"] for row in result.layers]  # doctest: +SKIP
+        [0.8, 0.8, 0.8, 0.8, 0.8]
+    """
+    from edgedl.optimize.finetune import finetune, steps_per_epoch
+
+    graph.require_keras_layers(model, "pruning")
+    work = graph.copy_model(model)
+    kernels, skipped = find_prunable(work)
+    targets = resolve_targets(kernels, sparsity)
+    if not targets:
+        raise ModelError(f"model '{model.name}' has no layer edgedl can prune (it prunes {', '.join(PRUNABLE_KINDS)})")
+    kinds = {s.name: s.kind for s in graph.trace(work)}
+    skipped += [{"layer": n, "kind": kinds[n], "reason": "not among the requested layers"}
+                for n in kernels if n not in targets]
+    plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
+    masker = Masker(kernels, targets, plan, scope)
+    finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
+             title=f"pruning to {_describe(targets)}", progress=progress, seed=seed)
+    stripped = strip(work)
+    return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
+                       scope=scope, schedule=schedule)
+
+
+def _describe(targets: dict[str, float]) -> str:
+    values = sorted(set(targets.values()))
+    return f"{100 * values[0]:.0f}% sparsity" if len(values) == 1 else "the requested sparsities"

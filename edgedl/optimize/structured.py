@@ -1,0 +1,357 @@
+"""Structured pruning: remove whole Conv filters and Dense units, and rebuild a smaller Keras model.
+
+Three small stages:
+
+1. :func:`plan` reads the layer graph and sorts the channels into *groups* that must be pruned
+   together. A Conv/Dense layer starts a group with its output channels; layers that keep the
+   channel axis (BatchNormalization, DepthwiseConv2D, activations, pooling, dropout, padding) pass it
+   on; a residual Add (and the other element-wise merges) joins the groups of its inputs, since the
+   same channels must survive on every branch; Flatten passes it on spread over the spatial
+   positions, for the Dense after it. A group is *frozen* (kept whole) when it reaches the model's
+   output (the classifier is never pruned) or a layer edgedl does not restructure (Reshape,
+   Concatenate, recurrent layers, channels-first layers ...); the plan says why.
+2. Each free group keeps the ``1 - ratio`` fraction of its channels with the largest L1 norm of
+   the filters that produce them (summed over the group's producers, each normalised by its mean).
+3. :func:`rebuild` clones the graph with fewer filters/units and copies the kept slices of every
+   weight: kernels (input and output axes), biases, batch-norm gamma/beta/mean/variance, depthwise
+   kernels, and the rows of a Dense after Flatten (one block of rows per spatial position).
+
+:func:`prune_structured` runs the three and fine-tunes the result. Custom layers cannot be rebuilt
+(their channel semantics are unknown): they raise a ModelError naming the layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgedl import _lazy
+from edgedl.errors import ModelError
+from edgedl.optimize import graph
+from edgedl.optimize.prune import check_fraction
+
+log = logging.getLogger(__name__)
+
+# Layers whose output channels are their own weights' (filters, units): they start a group.
+PRODUCERS = ("Conv1D", "Conv2D", "Dense")
+# Layers whose output channel c is made from input channel c alone: the group passes through.
+CHANNELWISE = (
+    "BatchNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "ReLU", "Activation", "LeakyReLU", "ELU",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D",
+    "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Identity", "ActivityRegularization",
+)
+# Layers that combine inputs channel by channel: their inputs' groups are one group.
+MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average")
+# Activations that mix channels (normalise over the last axis): their group is kept whole.
+MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+
+
+@dataclass
+class Group:
+    """Channels pruned together: the layers that produce them and what happens to them."""
+
+    name: str
+    producers: list[str]
+    channels: int
+    keep: list[int] | None = None  # kept channel indices; None: all (frozen)
+    reason: str | None = None  # why the group is frozen
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.producers), "channels": self.channels,
+                "kept": len(self.keep) if self.keep is not None else self.channels,
+                "frozen": self.reason}
+
+
+@dataclass
+class Plan:
+    """Which channels of which group survive, and how each layer's tensors map onto the groups."""
+
+    ratio: float
+    groups: dict[str, Group]
+    tensors: dict[str, tuple | None] = field(repr=False)  # layer -> (group name, spatial) of its output
+    steps: list = field(repr=False, default_factory=list)
+
+    def kept_indices(self, info) -> np.ndarray | None:
+        """Kept positions along the last axis of a tensor with this (group, spatial) info; None: all."""
+        if info is None:
+            return None
+        group = self.groups[info[0]]
+        if group.keep is None:
+            return None
+        keep = np.asarray(group.keep)
+        return np.concatenate([s * group.channels + keep for s in range(info[1])])
+
+    def summary(self) -> dict:
+        pruned = [g.to_dict() for g in self.groups.values() if g.reason is None]
+        frozen = [g.to_dict() for g in self.groups.values() if g.reason is not None]
+        return {"ratio": self.ratio, "pruned_groups": pruned, "frozen_groups": frozen}
+
+
+class _Groups:
+    """Union-find over group names, with the reasons a group is frozen."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+        self.reasons: dict[str, list[str]] = {}
+
+    def add(self, name):
+        self.parent[name] = name
+
+    def find(self, name):
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def union(self, names):
+        roots = [self.find(n) for n in names]
+        for r in roots[1:]:
+            self.parent[r] = roots[0]
+        return roots[0]
+
+    def freeze(self, name, reason, first=False):
+        reasons = self.reasons.setdefault(name, [])
+        reasons.insert(0, reason) if first else reasons.append(reason)
+
+
+def _channels_last(layer) -> bool:
+    return getattr(layer, "data_format", "channels_last") in ("channels_last", None)
+
+
+def _check_rebuildable(step, keras) -> None:
+    layer = step.layer
+    if isinstance(layer, keras.Model):
+        raise ModelError(
+            f"structured pruning cannot rebuild layer '{step.name}': it is a nested model ({step.kind}); "
+            "build the model as one flat Functional model"
+        )
+    if not isinstance(layer, keras.layers.Layer):
+        raise ModelError(
+            f"structured pruning cannot rebuild operation '{step.name}' ({step.kind}): use a Keras layer "
+            f"(e.g. keras.layers.Add) instead of a keras.ops call in the model"
+        )
+    if not graph.is_builtin(layer):
+        raise ModelError(
+            f"structured pruning cannot rebuild layer '{step.name}' ({step.kind} from {type(layer).__module__}): "
+            "it is not a built-in Keras layer, so how its channels map is unknown; use --prune instead"
+        )
+
+
+def plan(model, ratio: float) -> Plan:
+    """Group the channels of ``model`` and choose which to keep at ``ratio`` (the fraction removed).
+
+    Raises:
+        OptionError: ``ratio`` outside (0, 1).
+        ModelError: a layer that cannot be rebuilt (custom, nested model, keras.ops call, shared).
+    """
+    ratio = check_fraction(ratio, "--structured")
+    graph.require_keras_layers(model, "structured pruning")
+    keras = _lazy.keras()
+    steps = graph.trace(model)
+    uf = _Groups()
+    channels: dict[str, int] = {}
+    producers: dict[str, list[str]] = {}
+    tensors: dict[str, tuple | None] = {}
+
+    def freeze_all(infos, reason):
+        for info in infos:
+            if info is not None:
+                uf.freeze(info[0], reason)
+
+    for step in steps:
+        layer, kind = step.layer, step.kind
+        if kind == "InputLayer":
+            tensors[step.name] = None
+            continue
+        _check_rebuildable(step, keras)
+        ins = [tensors[n] for n in step.inputs]
+        if kind in PRODUCERS and _channels_last(layer) and getattr(layer, "groups", 1) == 1:
+            uf.add(step.name)
+            channels[step.name] = int(step.output_shape[-1])
+            producers[step.name] = [step.name]
+            tensors[step.name] = (step.name, 1)
+            activation = getattr(getattr(layer, "activation", None), "__name__", "")
+            if activation in MIXING_ACTIVATIONS:
+                uf.freeze(step.name, f"'{step.name}' applies {activation} over its channels")
+        elif kind in CHANNELWISE and _channels_last(layer) and _channelwise_ok(step):
+            tensors[step.name] = ins[0]
+            if ins[0] is not None and kind in ("DepthwiseConv1D", "DepthwiseConv2D") and ins[0][1] != 1:
+                uf.freeze(ins[0][0], f"feeds '{step.name}' after a Flatten")
+                tensors[step.name] = None
+        elif kind == "Flatten" and _channels_last(layer):
+            info = ins[0]
+            if info is None:
+                tensors[step.name] = None
+            elif len(step.input_shapes[0]) <= 2:
+                tensors[step.name] = info
+            elif info[1] == 1:
+                tensors[step.name] = (info[0], math.prod(int(d) for d in step.input_shapes[0][1:-1]))
+            else:
+                uf.freeze(info[0], f"is flattened twice (at '{step.name}')")
+                tensors[step.name] = None
+        elif kind in MERGES:
+            if any(i is None for i in ins) or len({i[1] for i in ins}) != 1:
+                freeze_all(ins, f"meets an unprunable tensor in '{step.name}' ({kind})")
+                tensors[step.name] = None
+            else:
+                tensors[step.name] = (uf.union([i[0] for i in ins]), ins[0][1])
+        else:
+            freeze_all(ins, f"feeds '{step.name}' ({kind}), which structured pruning leaves whole")
+            tensors[step.name] = None
+
+    for name in graph.output_layers(model):
+        info = tensors.get(name)
+        if info is not None:
+            uf.freeze(info[0], "reaches the model's output (the classifier is never pruned)", first=True)
+
+    groups: dict[str, Group] = {}
+    for name in producers:
+        root = uf.find(name)
+        group = groups.setdefault(root, Group(name=root, producers=[], channels=channels[name]))
+        group.producers.append(name)
+    for name, reasons in uf.reasons.items():
+        group = groups[uf.find(name)]
+        if group.reason is None or reasons[0].startswith("reaches the model's output"):
+            group.reason = reasons[0]
+    if all(g.reason is not None for g in groups.values()):
+        why = "; ".join(f"{', '.join(g.producers)} {g.reason}" for g in groups.values()) or "it has no Conv or Dense layer"
+        raise ModelError(f"structured pruning finds no channels it can remove in model '{model.name}': {why}")
+    by_name = {s.name: s.layer for s in steps}
+    for group in groups.values():
+        if group.reason is None:
+            keep = max(1, int(round(group.channels * (1.0 - ratio))))
+            group.keep = _rank(group, by_name)[:keep]
+    # Tensor infos point at group roots from here on.
+    tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
+    return Plan(ratio=ratio, groups=groups, tensors=tensors, steps=steps)
+
+
+def _channelwise_ok(step) -> bool:
+    layer = step.layer
+    if step.kind == "BatchNormalization":
+        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+        return axis in (-1, len(step.input_shapes[0]) - 1)
+    if step.kind.startswith("DepthwiseConv"):
+        return layer.depth_multiplier == 1
+    if step.kind == "Activation":
+        return getattr(layer.activation, "__name__", "") not in MIXING_ACTIVATIONS
+    return True
+
+
+def _rank(group: Group, layers: dict) -> list[int]:
+    """Channel indices of ``group``, most important first: the L1 norm of each producer's filters,
+    normalised by that producer's mean, summed over the producers."""
+    score = np.zeros(group.channels)
+    for name in group.producers:
+        kernel = np.asarray(layers[name].kernel)
+        l1 = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+        score += l1 / max(float(l1.mean()), 1e-12)
+    order = np.argsort(-score, kind="stable")
+    return [int(i) for i in order]
+
+
+def rebuild(model, the_plan: Plan):
+    """A new, smaller model: ``model`` with only the planned channels, weights copied over."""
+    keras = _lazy.keras()
+    functional = graph.as_functional(model)
+    new_width = {}
+    for group in the_plan.groups.values():
+        if group.keep is not None:
+            for name in group.producers:
+                new_width[name] = len(group.keep)
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name in new_width:
+            config["filters" if "filters" in config else "units"] = new_width[layer.name]
+        return layer.__class__.from_config(config)
+
+    try:
+        smaller = keras.models.clone_model(functional, clone_function=clone_layer)
+    except Exception as e:  # Keras raises ValueError/TypeError for configs it cannot take
+        raise ModelError(f"structured pruning could not rebuild model '{model.name}' ({graph._first_line(e)})") from None
+
+    for step in the_plan.steps:
+        old = step.layer
+        if not old.weights:
+            continue
+        new = smaller.get_layer(step.name)
+        in_idx = the_plan.kept_indices(the_plan.tensors[step.inputs[0]]) if step.inputs else None
+        if step.kind in PRODUCERS and the_plan.tensors.get(step.name) is not None:
+            out_idx = the_plan.kept_indices(the_plan.tensors[step.name])
+            weights = [_slice_producer(w, in_idx, out_idx) for w in old.get_weights()]
+        elif step.kind in CHANNELWISE:
+            weights = [_slice_channelwise(w, in_idx, step.kind) for w in old.get_weights()]
+        else:
+            weights = old.get_weights()
+        new.set_weights(weights)
+
+    if tuple(smaller.output_shape) != tuple(functional.output_shape):
+        raise ModelError(f"structured pruning changed the output of '{model.name}' from "
+                         f"{functional.output_shape} to {smaller.output_shape}; this is a bug")
+    return smaller
+
+
+def _slice_producer(w: np.ndarray, in_idx, out_idx) -> np.ndarray:
+    if w.ndim == 1:  # bias
+        return w if out_idx is None else w[out_idx]
+    if in_idx is not None:
+        w = np.take(w, in_idx, axis=-2)
+    if out_idx is not None:
+        w = np.take(w, out_idx, axis=-1)
+    return w
+
+
+def _slice_channelwise(w: np.ndarray, idx, kind: str) -> np.ndarray:
+    if idx is None:
+        return w
+    if kind.startswith("DepthwiseConv") and w.ndim > 1:  # (..., channels, multiplier)
+        return np.take(w, idx, axis=-2)
+    return np.take(w, idx, axis=0)
+
+
+@dataclass
+class StructuredResult:
+    """A smaller, fine-tuned Keras model and the plan that made it."""
+
+    model: object = field(repr=False)
+    summary: dict
+
+
+def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
+                     progress: bool = True, seed: int = 0) -> StructuredResult:
+    """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
+
+    Args:
+        model: a trained Functional or Sequential Keras model (left unchanged).
+        ratio: the fraction of channels to remove from each group, in (0, 1).
+        x, y: fine-tuning data (training inputs and integer labels).
+        recipe: the training recipe (see :func:`edgedl.optimize.finetune.finetune`).
+        epochs: fine-tuning epochs.
+        progress: show a progress bar.
+        seed: seeds shuffling.
+
+    Returns:
+        StructuredResult with the new model and a summary of the pruned and frozen groups.
+
+    Raises:
+        OptionError: ``ratio`` outside (0, 1).
+        ModelError: a layer that cannot be rebuilt (named in the message).
+
+    Example:
+        >>> result = prune_structured(model, 0.5, x, y, recipe=recipe, epochs=2)  # doctest: +SKIP
+        >>> result.model.count_params() < model.count_params()  # doctest: +SKIP
+        True
+    """
+    from edgedl.optimize.finetune import finetune
+
+    the_plan = plan(model, ratio)
+    smaller = rebuild(model, the_plan)
+    finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
+             progress=progress, seed=seed)
+    return StructuredResult(model=graph.copy_model(smaller), summary=the_plan.summary())

@@ -1,0 +1,453 @@
+"""Optimization: pruning (unstructured and structured), post-training quantization, QAT, the CLI.
+
+Every test runs the real thing on a tiny real case: LeNet trained for a few epochs on the
+scikit-learn digits (no download), or zoo models built but not trained where only shapes matter.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from edgedl.errors import ModelError, OptionError, UnsupportedOperatorError
+
+keras = pytest.importorskip("keras")
+
+from edgedl import zoo  # noqa: E402
+from edgedl.convert import to_tflite  # noqa: E402
+from edgedl.data import load_dataset  # noqa: E402
+from edgedl.optimize import metrics, optimize, prune, prune_structured  # noqa: E402
+from edgedl.optimize import qat as qat_module  # noqa: E402
+from edgedl.optimize import structured  # noqa: E402
+from edgedl.optimize.prune import Masker, Schedule, find_prunable, masking_callback  # noqa: E402
+from edgedl.runtime.engines import LiteRTEngine  # noqa: E402
+from edgedl.train import evaluate, train  # noqa: E402
+
+LENET_RECIPE = zoo.get_model("lenet").recipe
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def lenet(digits):
+    """LeNet trained for 4 epochs on digits (about 90% test accuracy)."""
+    return train("lenet", dataset="digits", epochs=4, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def lenet_file(lenet, tmp_path_factory):
+    """The trained LeNet as `edgedl train` writes it: lenet.keras and lenet.json (recipe, data set) beside."""
+    path, _ = lenet.save(tmp_path_factory.mktemp("trained") / "lenet.keras")
+    return path
+
+
+def kernel_sparsity(layer):
+    kernel = np.asarray(layer.kernel)
+    return 1.0 - np.count_nonzero(kernel) / kernel.size
+
+
+def small_bn_cnn(input_shape=(28, 28, 1)):
+    """Conv-BN-ReLU, a depthwise-separable block in a residual Add, pooling, Flatten, classifier."""
+    layers = keras.layers
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    y = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    y = layers.BatchNormalization(name="dw_bn")(y)
+    y = layers.ReLU(name="dw_relu")(y)
+    y = layers.Conv2D(16, 1, name="pw")(y)
+    x = layers.Add(name="add")([x, y])
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    outputs = layers.Dense(10, activation="softmax", name="probs")(layers.Flatten(name="flatten")(x))
+    return keras.Model(inputs, outputs, name="bn_cnn")
+
+
+# --- unstructured pruning -------------------------------------------------------------------------
+
+
+def test_pruning_reaches_the_requested_sparsity_in_every_layer_and_it_survives_stripping(lenet, digits, tmp_path):
+    result = prune(lenet.model, 0.75, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2, progress=False)
+    assert [row["layer"] for row in result.layers] == ["conv1", "conv2", "fc1", "fc2", "probs"]
+    for row in result.layers:
+        assert row["target"] == 0.75 and abs(row["sparsity"] - 0.75) < 0.005, row
+    # Stripped: a plain Keras model of built-in layers, uncompiled, zeros in its weights.
+    assert not result.model.compiled
+    assert all(type(layer).__module__.startswith("keras.") for layer in result.model.layers)
+    path = tmp_path / "pruned.keras"
+    result.model.save(path)
+    loaded = keras.saving.load_model(path)
+    for name in ("conv1", "conv2", "fc1", "fc2", "probs"):
+        assert abs(kernel_sparsity(loaded.get_layer(name)) - 0.75) < 0.005
+    # The original is untouched, and the pruned model still classifies.
+    assert kernel_sparsity(lenet.model.get_layer("fc1")) < 0.01
+    assert evaluate(loaded, digits.x_test, digits.y_test)[1] > 0.6
+
+
+def test_pruning_targets_can_be_per_layer_or_global(lenet, digits):
+    x, y = digits.x_train[:512], digits.y_train[:512]
+    per_layer = prune(lenet.model, {"fc1": 0.9, "conv2": 0.5}, x, y, recipe=LENET_RECIPE, epochs=1, progress=False)
+    reached = {row["layer"]: row["sparsity"] for row in per_layer.layers}
+    assert reached == pytest.approx({"fc1": 0.9, "conv2": 0.5}, abs=0.005)
+    assert {r["layer"] for r in per_layer.skipped if r["reason"] == "not among the requested layers"} == \
+        {"conv1", "fc2", "probs"}
+    assert kernel_sparsity(per_layer.model.get_layer("fc2")) < 0.01
+
+    overall = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, scope="global", progress=False)
+    zeros = sum(r["total"] - r["nonzero"] for r in overall.layers)
+    assert zeros / sum(r["total"] for r in overall.layers) == pytest.approx(0.8, abs=0.002)
+    assert len({r["sparsity"] for r in overall.layers}) > 1  # one threshold: layers end up differently sparse
+
+
+def test_the_polynomial_schedule_grows_sparsity_and_the_constant_one_starts_at_the_target():
+    poly = Schedule("polynomial", begin_step=0, end_step=100, frequency=10)
+    fractions = [poly.fraction(s) for s in range(0, 101, 10)]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(a < b for a, b in zip(fractions, fractions[1:]))
+    assert fractions[1] > 0.2  # cubic: fast at first
+    assert poly.updates_at(10) and not poly.updates_at(11) and poly.updates_at(100) and not poly.updates_at(120)
+    assert Schedule("constant", end_step=100).fraction(0) == 1.0
+
+
+def test_masks_hold_pruned_weights_at_zero_while_fine_tuning(lenet, digits):
+    from edgedl.optimize.finetune import finetune
+
+    pruned = prune(lenet.model, 0.6, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
+                   progress=False).model
+    zeros_before = np.asarray(pruned.get_layer("fc1").kernel) == 0
+    masker = Masker.keep_zeros(pruned)
+    finetune(pruned, digits.x_train[:512], digits.y_train[:512], LENET_RECIPE, 1,
+             callbacks=[masking_callback(masker)], progress=False)
+    zeros_after = np.asarray(pruned.get_layer("fc1").kernel) == 0
+    assert np.array_equal(zeros_before, zeros_after)
+
+
+def test_layers_that_cannot_be_pruned_are_listed_with_the_reason():
+    kernels, skipped = find_prunable(small_bn_cnn())
+    assert set(kernels) == {"conv1", "dw", "pw", "probs"}
+    reasons = {r["layer"]: r["reason"] for r in skipped}
+    assert set(reasons) == {"bn1", "dw_bn"}
+    assert "normalization" in reasons["bn1"]
+
+    lstm = zoo.get_model("lstm").build()
+    kernels, _ = find_prunable(lstm)
+    assert [v.name for v in kernels["lstm"]] == ["kernel", "recurrent_kernel"]
+
+
+def test_a_sparsity_outside_zero_to_one_is_refused(lenet, digits):
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(OptionError, match=r"--prune must be between 0 and 1 \(exclusive\)"):
+            prune(lenet.model, bad, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, progress=False)
+    with pytest.raises(OptionError, match="cannot prune layer.*nope.*prunable layers are conv1"):
+        prune(lenet.model, {"nope": 0.5}, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, progress=False)
+
+
+# --- structured pruning ---------------------------------------------------------------------------
+
+
+def test_structured_pruning_of_a_small_cnn_halves_its_channels_and_computes_the_same_on_the_rest():
+    model = zoo.get_model("cnn").build()
+    plan = structured.plan(model, 0.5)
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("conv1").filters == 16 and smaller.get_layer("conv2").filters == 32
+    assert smaller.get_layer("fc1").units == 64 and smaller.get_layer("probs").units == 10
+    assert smaller.get_layer("fc1").kernel.shape == (12 * 12 * 32, 64)  # Flatten rows sliced per channel
+    before, after = metrics.model_stats(model), metrics.model_stats(smaller)
+    assert 0.2 < after["macs"] / before["macs"] <= 0.5
+    assert after["params_total"] < 0.5 * before["params_total"]
+
+    # The rebuilt model equals the original with the removed filters zeroed (no batch norm here).
+    zeroed = keras.models.clone_model(model)
+    zeroed.set_weights(model.get_weights())
+    for group in plan.groups.values():
+        if group.keep is not None:
+            drop = sorted(set(range(group.channels)) - set(group.keep))
+            for name in group.producers:
+                kernel, bias = zeroed.get_layer(name).get_weights()
+                kernel[..., drop] = 0
+                bias[drop] = 0
+                zeroed.get_layer(name).set_weights([kernel, bias])
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(smaller(x)), np.asarray(zeroed(x)), atol=1e-5)
+
+
+def test_structured_pruning_of_resnet8_keeps_residual_adds_consistent_and_converts(tmp_path):
+    model = zoo.get_model("resnet8").build()
+    plan = structured.plan(model, 0.5)
+    together = {tuple(sorted(g.producers)) for g in plan.groups.values() if g.keep is not None}
+    assert ("conv0", "s1_conv2") in together and ("s2_conv2", "s2_shortcut") in together
+    assert ("s3_conv2", "s3_shortcut") in together
+    smaller = structured.rebuild(model, plan)
+    for name in ("s1_add", "s2_add", "s3_add"):
+        shapes = {tuple(t.shape) for t in smaller.get_layer(name).input}
+        assert len(shapes) == 1, (name, shapes)
+    assert smaller.get_layer("s3_add").output.shape[-1] == 32
+    assert smaller.get_layer("s2_bn2").gamma.shape == (16,)
+    ratio = metrics.count_macs(smaller) / metrics.count_macs(model)
+    assert 0.2 < ratio <= 0.5
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    assert np.asarray(smaller(x)).shape == (2, 10)
+    engine = _engine(to_tflite(smaller, "none"), tmp_path)
+    assert engine.outputs[0].shape == (1, 10)
+
+
+def test_depthwise_and_batch_norm_follow_their_input_and_the_classifier_is_never_pruned():
+    model = zoo.get_model("ds_cnn").build()
+    plan = structured.plan(model, 0.5)
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("conv0").filters == 32
+    assert smaller.get_layer("dw1").kernel.shape == (3, 3, 32, 1)
+    assert smaller.get_layer("bn0").moving_variance.shape == (32,)
+    assert smaller.get_layer("pw4").filters == 32 and smaller.get_layer("probs").units == 10
+    frozen = plan.summary()["frozen_groups"]
+    assert frozen == [{"layers": ["probs"], "channels": 10, "kept": 10,
+                       "frozen": "reaches the model's output (the classifier is never pruned)"}]
+
+
+def test_a_residual_add_prunes_its_branches_together_through_batch_norm_depthwise_and_flatten():
+    model = small_bn_cnn()
+    plan = structured.plan(model, 0.5)
+    assert {tuple(sorted(g.producers)) for g in plan.groups.values() if g.keep is not None} == {("conv1", "pw")}
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("conv1").filters == 8 and smaller.get_layer("pw").filters == 8
+    assert smaller.get_layer("bn1").gamma.shape == (8,) and smaller.get_layer("dw").kernel.shape == (3, 3, 8, 1)
+    assert smaller.get_layer("probs").kernel.shape == (7 * 7 * 8, 10)
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    assert np.asarray(smaller(x)).shape == (2, 10)
+
+
+def test_structured_pruning_fine_tunes_a_trained_model(lenet, digits):
+    result = prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2,
+                              progress=False)
+    assert result.model.count_params() < 0.35 * lenet.model.count_params()
+    assert evaluate(result.model, digits.x_test, digits.y_test)[1] > 0.5
+
+
+def test_a_custom_layer_stops_structured_pruning_and_is_named():
+    class Scale(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = Scale(name="my_scale")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    with pytest.raises(ModelError, match=r"cannot rebuild layer 'my_scale' \(Scale"):
+        structured.plan(keras.Model(inputs, outputs), 0.5)
+
+
+# --- quantization ---------------------------------------------------------------------------------
+
+
+def _engine(tflite: bytes, folder):
+    path = folder / "model.tflite"
+    path.write_bytes(tflite)
+    return LiteRTEngine(path)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "float16", "int8", "int16x8"])
+def test_each_post_training_quantization_gives_a_loadable_model_that_still_classifies(lenet, mode, tmp_path):
+    report = optimize(lenet.model, quantize=mode, dataset="digits", num_calibration=100, progress=False)
+    base, quantized = report.stage("baseline"), report.stage(mode)
+    engine = _engine(report.tflite, tmp_path)
+    assert engine.inputs[0].shape == (1, 28, 28, 1)
+    assert quantized["accuracy"] >= base["accuracy"] - 0.02, report.stages
+    limit = {"dynamic": 0.3, "float16": 0.55, "int8": 0.3, "int16x8": 0.32}[mode]  # int16x8: 64-bit biases
+    assert quantized["size_bytes"] <= limit * base["size_bytes"], report.stages
+
+
+def test_int8_with_integer_io_takes_int8_inputs(lenet, tmp_path):
+    report = optimize(lenet.model, quantize="int8", io_type="int8", dataset="digits", progress=False)
+    engine = _engine(report.tflite, tmp_path)
+    assert engine.inputs[0].dtype == "int8" and engine.outputs[0].dtype == "int8"
+    assert report.stage("int8")["accuracy"] >= report.stage("baseline")["accuracy"] - 0.02
+
+
+def test_representative_data_of_the_wrong_shape_or_dtype_is_refused_before_any_work(lenet):
+    wrong_shape = np.zeros((10, 8, 8, 1), np.float32)
+    with pytest.raises(OptionError, match=r"samples of shape \(8, 8, 1\), the model takes \(28, 28, 1\)"):
+        optimize(lenet.model, quantize="int8", dataset="digits", representative=wrong_shape, progress=False)
+    with pytest.raises(OptionError, match="must be floating point.*uint8"):
+        optimize(lenet.model, quantize="int8", dataset="digits", representative=np.zeros((10, 28, 28, 1), np.uint8))
+
+
+def test_recurrent_models_are_refused_for_integer_quantization_naming_the_operator():
+    from edgedl.optimize.pipeline import check_quantizable
+
+    with pytest.raises(UnsupportedOperatorError, match=r"'int8' quantization cannot take operator\(s\) GRU"):
+        check_quantizable(zoo.get_model("gru").build(), "int8")
+    check_quantizable(zoo.get_model("gru").build(), "dynamic")  # fine
+
+
+def test_batch_norm_folding_is_exact():
+    model = small_bn_cnn()
+    rng = np.random.default_rng(0)
+    for name in ("bn1", "dw_bn"):
+        layer = model.get_layer(name)
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                           rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    folded, pairs = qat_module.fold_batchnorm(model)
+    assert pairs == [("conv1", "bn1"), ("dw", "dw_bn")]
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in folded.layers)
+    x = rng.random((4, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x)), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bn_cnn(digits):
+    """The small batch-norm CNN, trained for 4 epochs on digits."""
+    from edgedl.optimize.finetune import finetune
+
+    model = small_bn_cnn()
+    finetune(model, digits.x_train, digits.y_train, dict(LENET_RECIPE, batch_size=32), 4, progress=False,
+             lr_scale=1.0)
+    return model
+
+
+def test_qat_folds_batch_norm_keeps_sparsity_and_exports_an_int8_model_at_least_as_good_as_ptq(bn_cnn, tmp_path):
+    report = optimize(bn_cnn, prune=0.5, qat=True, dataset="digits", epochs=2, io_type="int8", progress=False)
+    assert [s["stage"] for s in report.stages] == ["baseline", "pruned", "ptq", "qat"]
+    assert [tuple(pair) for pair in report.qat["folded"]] == [("conv1", "bn1"), ("dw", "dw_bn")]
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in report.model.layers)
+    engine = _engine(report.tflite, tmp_path)
+    assert engine.inputs[0].dtype == "int8" and engine.outputs[0].dtype == "int8"
+    # Pruned zeros survive QAT (folding scales a kernel per channel, which keeps zeros zero).
+    assert report.stage("qat")["sparsity"] >= 0.5 and abs(kernel_sparsity(report.model.get_layer("pw")) - 0.5) < 0.01
+    # The report names the layers it did not prune, and why.
+    assert {r["layer"] for r in report.skipped_layers} == {"bn1", "dw_bn"}
+    assert "## Layers not pruned" in report.to_markdown()
+    # A few steps on digits are noisy; the benchmark measures QAT against PTQ on real data.
+    assert report.stage("qat")["accuracy"] >= report.stage("ptq")["accuracy"] - 0.03, report.stages
+    assert report.stage("qat")["accuracy"] > 0.5, report.stages
+
+
+def test_recurrent_kernels_are_pruned_too(digits):
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Reshape((28, 28))(inputs)
+    x = keras.layers.GRU(8, name="gru")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = prune(model, 0.5, digits.x_train[:128], digits.y_train[:128], recipe=LENET_RECIPE, epochs=1,
+                   progress=False)
+    row = next(r for r in result.layers if r["layer"] == "gru")
+    assert row["weights"] == ["kernel", "recurrent_kernel"] and abs(row["sparsity"] - 0.5) < 0.01
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def edgedl(*args):
+    proc = subprocess.run([sys.executable, "-m", "edgedl.cli.main", *args], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.slow
+def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = edgedl("optimize", str(lenet_file), "--prune", "0.5", "--quantize", "int8",
+                                  "--epochs", "1", "--out", str(out), "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["data"]["dataset"] == "digits"  # from lenet.json beside the model
+    assert report["finetuning"]["recipe_from"].startswith("zoo model 'lenet'")
+    assert [s["stage"] for s in report["stages"]] == ["baseline", "pruned", "int8"]
+    for row in report["stages"]:
+        assert {"accuracy", "size_bytes", "gzip_bytes", "params_total", "params_nonzero", "macs", "sparsity"} <= set(row)
+    assert report["stages"][1]["params_nonzero"] < 0.6 * report["stages"][1]["params_total"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "model.tflite", "report.json", "report.md"]
+    assert keras.saving.load_model(out / "model.keras").count_params() == report["stages"][0]["params_total"]
+    LiteRTEngine(out / "model.tflite")
+    assert "| pruned |" in (out / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "notes.keras").write_bytes(b"this is not a zip archive")
+    np.save(folder / "small.npy", np.zeros((8, 8, 8, 1), np.float32))
+    np.save(folder / "bytes.npy", np.zeros((8, 28, 28, 1), np.uint8))
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Reshape((28, 28))(inputs)
+    x = keras.layers.LSTM(8, name="lstm")(x)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x), name="rnn").save(folder / "rnn.keras")
+    _write_custom_layer_model(folder / "custom.keras")
+    return folder
+
+
+def _write_custom_layer_model(path):
+    """A .keras file whose config names a custom layer class the CLI process cannot import."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    outputs = keras.layers.Dense(10, name="probs")(keras.layers.Flatten()(x))
+    keras.Model(inputs, outputs).save(path)
+    with zipfile.ZipFile(path) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(files["config.json"])
+    conv = config["config"]["layers"][1]
+    conv.update(module=None, class_name="Scale", registered_name="mine>Scale")
+    conv["config"]["name"] = "my_scale"
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("not a model", ["{bad}/notes.keras", "--quantize", "int8"], "notes.keras: not a readable keras model"),
+    ("custom layer", ["{bad}/custom.keras", "--structured", "0.5"], "cannot rebuild layer(s) 'my_scale' (mine>Scale)"),
+    ("representative shape", ["{lenet}", "--quantize", "int8", "--representative", "{bad}/small.npy"],
+     "samples of shape (8, 8, 1), the model takes (28, 28, 1)"),
+    ("representative dtype", ["{lenet}", "--quantize", "int8", "--representative", "{bad}/bytes.npy"],
+     "must be floating point like the model input, got dtype uint8"),
+    ("sparsity", ["{lenet}", "--prune", "1.5"], "--prune must be between 0 and 1 (exclusive), got 1.5"),
+    ("structured ratio", ["{lenet}", "--structured", "0"], "--structured must be between 0 and 1 (exclusive), got 0"),
+    ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
+     "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),
+    ("unknown mode", ["{lenet}", "--quantize", "int4"], "unknown quantization 'int4'"),
+    ("qat with float16", ["{lenet}", "--qat", "--quantize", "float16"], "use it with --quantize int8"),
+])
+def test_bad_input_is_one_error_line_with_nothing_written(case, args, message, bad_inputs, lenet_file, tmp_path):
+    out = tmp_path / "out"
+    args = [a.format(bad=bad_inputs, lenet=lenet_file) for a in args]
+    code, stdout, stderr = edgedl("optimize", *args, "--dataset", "digits", "--out", str(out))
+    assert code != 0
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message.lower() in errors[0].lower(), stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- on real data ---------------------------------------------------------------------------------
+
+
+def _have(name):
+    from edgedl.data import is_present
+
+    try:
+        return is_present(name)
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have("mnist"), reason="MNIST is not in the data dir (set EDGEDL_DATA)")
+def test_lenet_on_mnist_keeps_its_accuracy_through_80_percent_sparsity_and_int8():
+    trained = train("lenet", dataset="mnist", epochs=3, limit=30000, progress=False)
+    report = optimize(trained.model, prune=0.8, quantize="int8", dataset="mnist", limit=30000, epochs=3,
+                      progress=False)
+    base, pruned, q = report.stage("baseline"), report.stage("pruned"), report.stage("int8")
+    assert pruned["sparsity"] >= 0.79
+    assert pruned["accuracy"] >= base["accuracy"] - 0.015, report.stages
+    assert q["accuracy"] >= pruned["accuracy"] - 0.005, report.stages
+    assert q["gzip_bytes"] <= q["size_bytes"] / 2.5
