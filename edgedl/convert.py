@@ -57,6 +57,12 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize in ("int8", "int16x8"):
+        recurrent = [layer.name for layer in _all_layers(model) if type(layer).__name__ in ("LSTM", "GRU", "SimpleRNN")]
+        if recurrent:
+            # TF 2.21's calibrator segfaults on Keras 3 recurrent layers; refuse before it can.
+            raise UnsupportedOperatorError(
+                f"'{quantize}' quantization cannot take the recurrent layer(s) {', '.join(recurrent)} of "
+                f"'{model.name}' (TensorFlow's calibrator crashes on them); use dynamic or float16")
         samples = _representative(representative, shape, num_calibration)
         converter.representative_dataset = lambda: ([s[None]] for s in samples)
         ops = tf.lite.OpsSet
@@ -83,6 +89,13 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
                 f"'{quantize}' quantization cannot take operator(s) {', '.join(ops)} in model '{model.name}'"
             ) from None
         raise UnsupportedOperatorError(f"TFLite conversion ({quantize}) of '{model.name}' failed: {msg[:300]}") from None
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def _representative(data, shape, count):

@@ -208,3 +208,14 @@ def test_corrupt_and_fuzzed_models_give_one_line_errors(lenet, tmp_path):
         assert proc.returncode in (0, 1, 2), (i, proc.returncode, proc.stderr[-500:])  # no crash by signal
         if proc.returncode:
             assert proc.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_int8_of_a_recurrent_model_is_refused_not_crashed(tmp_path):
+    from edgedl.zoo import get_model
+
+    get_model("gru").build().save(tmp_path / "gru.keras")
+    proc = subprocess.run([sys.executable, "-m", "edgedl.cli.main", "compile", str(tmp_path / "gru.keras"), "-t",
+                           "x86_64", "--backend", "litert", "--quantize", "int8", "-o", str(tmp_path / "g.edgedl")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-500:]
+    assert "recurrent layer(s) gru" in proc.stderr and "use dynamic or float16" in proc.stderr
