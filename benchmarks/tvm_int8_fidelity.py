@@ -58,8 +58,10 @@ def main(argv=None):
     from edgedl import _io
 
     os.environ.setdefault("TVM_NUM_THREADS", "1")
-    command = "python benchmarks/tvm_int8_fidelity.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = " ".join(["python", "benchmarks/tvm_int8_fidelity.py",
+                        *(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))])
+    if args.data_dir and os.environ.get("EDGEDL_DATA") == args.data_dir:
+        command = f"EDGEDL_DATA={shlex.quote(args.data_dir)} {command}"
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"entries": []}
     for name in args.models.split(","):
@@ -85,13 +87,15 @@ def measure(name, args):
     labels = data.y_test[:args.samples]
     litert_out = {config: run_litert(it, xs) for config, it in interpreters.items()}
 
-    tvm_out, build = {}, {}
+    tvm_out, build, latency = {}, {}, {}
     for lowering, converter in lowerings().items():
         t = time.perf_counter()
         mod = import_tflite(buf, converter)
         vm = compile_vm(mod)
         build[lowering] = round(time.perf_counter() - t, 1)
         tvm_out[lowering] = np.stack([run_vm(vm, x) for x in xs]).reshape(litert_out["reference"].shape)
+        timer = vm.time_evaluator("main", device(), number=20, repeat=5)
+        latency[lowering] = round(1000 * float(np.median(timer(tensor(xs[:1])).results)), 3)
 
     def compare(a, b):
         largest, fraction = steps(a, b)
@@ -119,6 +123,8 @@ def measure(name, args):
                             for k, o in tvm_out.items()}},
         "per_operator": per_operator(buf, xs[: min(len(xs), 50)]),
         "tvm_build_s": build,
+        "tvm_latency_ms": {"median": latency, "threads": 1, "batch": 1,
+                           "note": "time_evaluator, 20 runs x 5 repeats; a shared host, indicative only"},
         "toolchain": versions(),
     }
 
@@ -251,13 +257,19 @@ def compile_vm(mod):
     import tvm
     from tvm import relax
 
-    return relax.VirtualMachine(relax.build(mod, target=tvm.target.Target(TARGET)), tvm.cpu())
+    return relax.VirtualMachine(relax.build(mod, target=tvm.target.Target(TARGET)), device())
 
 
 def tensor(x):
     import tvm
 
     return tvm.runtime.tensor(x)
+
+
+def device():
+    import tvm
+
+    return tvm.cpu()
 
 
 def run_vm(vm, x):

@@ -200,17 +200,17 @@ def test_each_int8_operator_is_bit_exact_with_its_litert_configuration(single_op
     assert steps(actual, expected) == (0.0, 0.0)
 
 
-def test_add_rounds_ties_as_each_configuration_does(single_op_models):
+def test_add_rounds_ties_as_each_configuration_does():
     """XNNPACK's ADD rounds ties up, the builtin and reference kernels away from zero. With the
     output scale equal to one input's and the other input's half of it, a fifth of the sums are
     ties: each converter still matches its configuration on every output."""
     import keras
 
+    from edgedl.convert import to_tflite
+
     keras.utils.set_random_seed(0)
     i = keras.Input((6, 6, 8))
     model = keras.Model(i, keras.ops.add(i, np.linspace(-2, 3, 288).reshape(1, 6, 6, 8).astype("float32")))
-    from edgedl.convert import to_tflite
-
     rng = np.random.default_rng(0)
     buf = to_tflite(model, "int8", rng.normal(size=(64, 6, 6, 8)).astype(np.float32), io_type="int8")
     interpreter = litert(buf, "reference")
@@ -225,7 +225,7 @@ def test_add_rounds_ties_as_each_configuration_does(single_op_models):
         assert steps(run_tvm(import_tflite(buf, converter), xs, out[config].shape[1:]), out[config]) == (0.0, 0.0)
 
 
-def test_xnnpack_mean_rounds_after_a_float_zero_point_bias(single_op_models):
+def test_xnnpack_mean_rounds_after_a_float_zero_point_bias():
     """XNNPACK's MEAN computes float(sum * scale) + (output_zp - input_zp * n * scale) in float32;
     on a value 1e-5 below a tie that rounds to -28 where the exact -28.50001 would give -29. The
     output scale is set so that 437 above the zero point, averaged over 16, lands there."""

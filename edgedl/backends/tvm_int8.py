@@ -8,8 +8,9 @@ differ from LiteRT's.
 
 :class:`ExactInt8Converter` is the frontend's converter with the int8 operators in
 :data:`EXACT_OPS` lowered to the arithmetic LiteRT itself runs, as Relax operators on
-int16/int32/int64 tensors (float32/float64 where LiteRT computes in float), so the module still
-compiles for any target. Every other operator, and every float model, keeps the stock lowering.
+int16/int32/int64 tensors (float32 where LiteRT computes in float; float64 only where LiteRT does, in
+the reference FULLY_CONNECTED), so the module still compiles for any target. Every other operator,
+and every float model, keeps the stock lowering.
 
 LiteRT does not have one int8 arithmetic but three, which disagree with each other by a step on a
 few percent of outputs (on the same x86-64 host, for the same model). Each is reproduced bit for bit
@@ -17,8 +18,8 @@ by one converter (:data:`KERNEL_SETS` says which rounding each operator uses):
 
 - :class:`ExactInt8Converter` (``kernels = "xnnpack"``): LiteRT's default interpreter, the XNNPACK
   delegate on, which is what ``LiteRTEngine`` runs and edgedl's fidelity checks compare against.
-  Convolutions, fully connected and mean rescale in float32 (``nearbyint(float(acc) * scale)``);
-  average pool, add and softmax run on the builtin kernels as below.
+  Convolutions, fully connected and mean rescale in float32 (``nearbyint(float(acc) * scale)``),
+  add uses XNNPACK's fixed-point form; average pool and softmax run on the builtin kernels.
 - :class:`BuiltinInt8Converter` (``"builtin"``): LiteRT without delegates (the builtin optimized
   kernels, ``LiteRTEngine(xnnpack=False)``).
 - :class:`ReferenceInt8Converter` (``"reference"``): LiteRT's reference kernels
@@ -35,13 +36,18 @@ Per operator:
   half away from zero, as ``reference_integer_ops::AveragePool``.
 - ``MEAN``: ``reference_ops::QuantizedMeanOrSum`` (1/N folded into the multiplier), the builtin
   ``Mean4D`` (``keep_dims`` over H and W), or XNNPACK's float32 scale and float32 zero-point bias.
-- ``ADD``: ``reference_integer_ops::AddFunc`` (left shift 20, two input multipliers, one output).
+- ``ADD``: ``reference_integer_ops::AddFunc`` (left shift 20, two input multipliers, one output),
+  or XNNPACK's 21-bit multipliers with one rounding shift (ties up).
 - ``SOFTMAX``: the builtin kernel's 256-entry ``expf`` table with float32 sums summed left to right,
   or the reference kernel's gemmlowp fixed-point exp and Newton-Raphson reciprocal.
 - ``DEQUANTIZE`` (float outputs): a 256-entry table with the kernel set's float rounding.
 
-TFLite is assumed built as LiteRT ships it (``TFLITE_SINGLE_ROUNDING`` off). What stays inexact is
-listed in tests/test_tvm_int8.py and benchmarks/tvm_int8_fidelity.py.
+Not covered, so possibly a step off: QUANTIZE of float inputs (stock: ties to even; only exact
+ties differ); nodes XNNPACK refuses beyond the scale ranges modelled here (those run on the builtin
+kernels); other hosts' LiteRT builds (the sets were measured with ai-edge-litert 2.3 on x86-64; on
+aarch64 LiteRT's softmax uses another table); softmax rows longer than 64 on GPUs (summed by a
+parallel scan there); the softmax table uses this host's ``expf``. TFLite is assumed built as LiteRT
+ships it (``TFLITE_SINGLE_ROUNDING`` off).
 
 Example:
     >>> import tflite
@@ -63,6 +69,7 @@ EXACT_OPS = ("ADD", "AVERAGE_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTI
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
 _UNROLLED_SUM_LIMIT = 64  # softmax rows up to this long are summed as an explicit chain of adds
+_MEAN_TABLE_LIMIT = 1 << 20  # XNNPACK's MEAN is a table over the possible sums below this many
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,11 +567,17 @@ class ExactInt8Converter(OperatorConverter):
         spatial_4d = keep_dims and rank == 4 and axes == [1, 2]
         rounding = self.scheme["mean4d" if spatial_4d else "mean"]
         if rounding == "fp32":
-            # XNNPACK: float32(sum * scale) + float32 bias (zero points folded in), nearest even. The
-            # product is formed in float64 (exact) and rounded to float32 on its own, so that no
-            # fused multiply-add can merge it with the bias: XNNPACK rounds it first.
+            # XNNPACK: float32(sum * scale) + float32 bias (zero points folded in), nearest even.
+            # The output depends on the sum alone, so it is a table over every possible sum where
+            # that is small (no float at run time, no fused multiply-add merging the two roundings).
             scale = np.float32(in_scale / np.float32(out_scale * np.float32(count)))
             bias = np.float32(np.float32(out_zp) - np.float32(np.float32(in_zp * count) * scale))
+            if 255 * count < _MEAN_TABLE_LIMIT:
+                sums = np.arange(-128 * count, 127 * count + 1, dtype=np.int64)
+                table = np.clip(np.rint((sums.astype(np.float32) * scale).astype(np.float32) + bias), -128, 127)
+                index = relax.op.add(total, _const(128 * count, "int32"))
+                return relax.op.take(_const(table.astype(np.int8), "int8"), index, axis=0, mode="clip")
+            # Otherwise the product in float64 (exact), rounded to float32 on its own.
             product = relax.op.multiply(relax.op.astype(total, "float64"), _const(scale, "float64"))
             biased = relax.op.add(relax.op.astype(product, "float32"), _const(bias, "float32"))
             return self._to_int8(self._round_half_even(self._emit(biased)), -128, 127)
@@ -585,8 +598,8 @@ class ExactInt8Converter(OperatorConverter):
     # -- ADD ----------------------------------------------------------------------------------
 
     def _exact_add(self, op):
-        """reference_integer_ops::AddFunc (XNNPACK's and the builtin kernels' ADD agree with it on
-        every sample measured)."""
+        """reference_integer_ops::AddFunc (builtin and reference kernels) or XNNPACK's qs8 add,
+        which round ties differently (away from zero, and up)."""
         from tflite.AddOptions import AddOptions
 
         lhs, rhs = self.get_input_tensors(op)
@@ -680,10 +693,11 @@ class ExactInt8Converter(OperatorConverter):
                                                       begin=[depth - 1], end=[depth]))
         denominator = self._emit(relax.op.multiply(total, _const(out_scale, "float32")))
         inverse = self._emit(relax.op.divide(_const(1.0, "float32"), denominator))
-        # The float32 product, widened so no fused multiply-add can skip its rounding.
-        prob = self._emit(relax.op.astype(relax.op.multiply(e, inverse), "float64"))
-        whole = self._emit(relax.op.floor(prob))  # std::round, ties away from zero (prob >= 0)
-        up = relax.op.greater_equal(prob, relax.op.add(whole, _const(0.5, "float64")))
+        # std::round (ties away from zero, prob >= 0) by comparisons: prob - floor(prob) could be
+        # fused into a multiply-add that skips the rounding of the product.
+        prob = self._emit(relax.op.multiply(e, inverse))
+        whole = self._emit(relax.op.floor(prob))
+        up = relax.op.greater_equal(prob, relax.op.add(whole, _const(0.5, "float32")))
         rounded = self._emit(relax.op.add(relax.op.astype(whole, "int64"), relax.op.astype(up, "int64")))
         return self._to_int8(rounded, -128, 127, zero_point=out_zp)
 
