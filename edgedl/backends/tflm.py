@@ -9,6 +9,8 @@ for every target.
 
 from __future__ import annotations
 
+import os
+
 import re
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ class TFLMBackend(Backend):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model = Path(tflite_path).read_bytes()
+        _crash_guard(Path(tflite_path))
         missing = find_missing_operators(model)
         if missing:
             raise UnsupportedOperatorError(
@@ -177,6 +180,20 @@ def _kernels(model: bytes) -> list[str]:
     return sorted({_op_name(obj.OperatorCodes(i)) for i in range(obj.OperatorCodesLength())})
 
 
+def _crash_guard(path: Path) -> None:
+    """Set the model up once in a child process: TFLM's Python interpreter aborts or segfaults on
+    some models (seen on DS-CNN) instead of raising, which must not take edgedl down with it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from edgedl.runtime.tflm import build_interpreter; "
+             "build_interpreter(open(sys.argv[1], 'rb').read(), 64 << 20)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300)
+    if proc.returncode < 0:
+        raise BackendError(f"TFLite Micro's interpreter crashes (signal {-proc.returncode}) while setting up this "
+                           "model; compile it with another backend (vela, litert, tvm)")
+
+
 def find_arena_size(model: bytes) -> dict:
     """The smallest tensor arena (a multiple of 16 bytes) TFLM builds and runs ``model`` in.
 
@@ -195,31 +212,49 @@ def find_arena_size(model: bytes) -> dict:
     from edgedl.runtime.tflm import allocation_report, build_interpreter
 
     attempts = 0
+    import subprocess
+    import sys
+    import tempfile
+
+    # Each size is tried in a child process: TFLM's Python interpreter can crash the process (SIGSEGV)
+    # on an arena that is too small instead of raising, seen on DS-CNN; a crash there counts as "no".
+    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
+    tmp.write(model)
+    tmp.close()
+    probe = ("import sys; from edgedl.runtime.tflm import build_interpreter; "
+             "i, log = build_interpreter(open(sys.argv[1], 'rb').read(), int(sys.argv[2])); "
+             "sys.stdout.write(log[-300:]); sys.exit(0 if i is not None else 3)")
 
     def works(size):
         nonlocal attempts
         attempts += 1
-        interpreter, log = build_interpreter(model, size)
-        return interpreter, log
+        proc = subprocess.run([sys.executable, "-c", probe, tmp.name, str(size)], capture_output=True, text=True,
+                              timeout=300)
+        return (True if proc.returncode == 0 else None), proc.stdout
 
     low, high = 0, 4 * KIB                          # low fails (or is 0), high is being tried
-    interpreter, log = works(high)
-    while interpreter is None:
-        if high >= MAX_ARENA_BYTES:
-            raise BackendError(f"TFLite Micro cannot set up the model even in a {MAX_ARENA_BYTES >> 20} MiB arena "
-                               f"({' '.join(log.split())[-200:]})")
-        low, high = high, high * 2
+    try:
         interpreter, log = works(high)
-    best = interpreter
-    while high - low > ARENA_ALIGNMENT:
-        mid = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-        if mid <= low:
-            break
-        interpreter, _ = works(mid)
-        if interpreter is None:
-            low = mid
-        else:
-            high, best = mid, interpreter
+        while interpreter is None:
+            if high >= MAX_ARENA_BYTES:
+                raise BackendError(f"TFLite Micro cannot set up the model even in a {MAX_ARENA_BYTES >> 20} MiB "
+                                   f"arena ({' '.join(log.split())[-200:]})")
+            low, high = high, high * 2
+            interpreter, log = works(high)
+        while high - low > ARENA_ALIGNMENT:
+            mid = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+            if mid <= low:
+                break
+            interpreter, _ = works(mid)
+            if interpreter is None:
+                low = mid
+            else:
+                high = mid
+    finally:
+        os.unlink(tmp.name)
+    best, log = build_interpreter(model, high)
+    if best is None:
+        raise BackendError(f"TFLite Micro did not rebuild the model in its {high}-byte arena: {' '.join(log.split())[-200:]}")
     # The found arena must also run an inference.
     from edgedl.runtime.tflm import io_specs
 
