@@ -22,7 +22,7 @@ from pathlib import Path
 from edgedl import _lazy
 from edgedl.backends.base import Backend, CompiledModel
 from edgedl.errors import BackendError, OptionError, UnsupportedOperatorError
-from edgedl.runtime.engines import TensorSpec, TVMEngine
+from edgedl.runtime.engines import TVMEngine
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +324,3 @@ def _versions(tvm, cross) -> dict:
         except (OSError, IndexError):
             pass
     return out
-
-
-def _tflite_io(path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from edgedl.runtime.engines import LiteRTEngine
-
-    engine = LiteRTEngine(path)
-    return engine.inputs, engine.outputs
