@@ -34,13 +34,20 @@ def main(argv=None):
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-dir", help="also keep the trained .keras models here (not in the repository)")
+    p.add_argument("--log-dir", help="write a per-epoch CSV log (NAME.csv) here, to follow long runs")
     args = p.parse_args(argv)
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in args.models:
         recipe = get_model(name).recipe
         start = time.perf_counter()
-        r = train(name, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir, progress=sys.stderr.isatty())
+        callbacks = []
+        if args.log_dir:
+            import keras
+
+            Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+            callbacks.append(keras.callbacks.CSVLogger(str(Path(args.log_dir) / f"{name}.csv")))
+        r = train(name, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                  progress=sys.stderr.isatty(), callbacks=callbacks)
         entry = {k: v for k, v in r.metrics.items() if k not in ("history", "preprocessing")}
         entry.update(
             target_reached=None if recipe["target_accuracy"] is None else r.metrics["accuracy"] >= recipe["target_accuracy"],
@@ -53,6 +60,7 @@ def main(argv=None):
         )
         if args.save_dir:
             r.save(Path(args.save_dir) / f"{name}.keras")
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # re-read: runs may overlap
         results[name] = entry
         _io.write_json(RESULTS, results)
         print(f"{name}: {100 * entry['accuracy']:.2f}% (target {100 * recipe['target_accuracy']:.1f}%, "

@@ -64,7 +64,7 @@ def resolve(model: str, dataset: str | None = None):
 
 def train(model: str, *, dataset: str | None = None, epochs: int | None = None, seed: int = 0,
           data_dir=None, limit: int | None = None, batch_size: int | None = None,
-          split: str | None = None, progress: bool = True) -> TrainResult:
+          split: str | None = None, progress: bool = True, callbacks: list | None = None) -> TrainResult:
     """Train a zoo model (by name) or a Keras model file on a data set.
 
     Args:
@@ -77,6 +77,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         batch_size: defaults to the recipe's.
         split: data set split, e.g. ``official`` or ``speaker:theo`` for FSDD.
         progress: show a progress bar.
+        callbacks: extra Keras callbacks for ``fit`` (e.g. ``keras.callbacks.CSVLogger`` for long runs).
 
     Returns:
         TrainResult with the model and metrics (test accuracy and loss, wall time, data set, split).
@@ -110,7 +111,9 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
     compile_for_training(keras_model, recipe, steps * epochs)
     train_ds = make_dataset(data.x_train, data.y_train, batch_size, recipe.get("augment"), seed)
 
-    callbacks = [ProgressBar(epochs, steps, title=f"training {zoo_name or keras_model.name}")] if progress else []
+    callbacks = list(callbacks or [])
+    if progress:
+        callbacks.append(ProgressBar(epochs, steps, title=f"training {zoo_name or keras_model.name}"))
     start = time.perf_counter()
     history = keras_model.fit(train_ds, epochs=epochs, verbose=0, callbacks=callbacks)
     wall = time.perf_counter() - start

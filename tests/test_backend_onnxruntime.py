@@ -47,18 +47,9 @@ def dense_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory):
-    """LeNet trained briefly on digits: the Keras model, its .keras file and its int8 .tflite."""
-    from edgedl.convert import to_tflite
-    from edgedl.data import load_dataset
-    from edgedl.train import train
-
-    d = tmp_path_factory.mktemp("lenet")
-    result = train("lenet", dataset="digits", epochs=3, progress=False)
-    keras_path, _ = result.save(d / "lenet.keras")
-    int8 = d / "lenet_int8.tflite"
-    int8.write_bytes(to_tflite(result.model, "int8", load_dataset("digits").x_train, io_type="int8"))
-    return {"model": result.model, "keras": keras_path, "int8": int8, "dir": d}
+def lenet(trained_lenet, tmp_path_factory):
+    """The shared trained LeNet (model, .keras, int8 .tflite), and a folder of this module's own."""
+    return dict(trained_lenet, dir=tmp_path_factory.mktemp("lenet"))
 
 
 @pytest.fixture(scope="module")

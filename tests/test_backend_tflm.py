@@ -18,18 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory):
-    """LeNet trained briefly on digits: .keras (with its metrics JSON) and int8 .tflite with int8 I/O."""
-    from edgedl.convert import to_tflite
-    from edgedl.data import load_dataset
-    from edgedl.train import train
-
-    d = tmp_path_factory.mktemp("lenet")
-    result = train("lenet", dataset="digits", epochs=3, progress=False)
-    keras_path, _ = result.save(d / "lenet.keras")
-    int8 = d / "lenet_int8.tflite"
-    int8.write_bytes(to_tflite(result.model, "int8", load_dataset("digits").x_train, io_type="int8"))
-    return {"keras": keras_path, "int8": int8}
+def lenet(trained_lenet):
+    """The shared trained LeNet: .keras (with its metrics JSON) and int8 .tflite with int8 I/O."""
+    return trained_lenet
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory):
-    """LeNet trained briefly on digits: .keras (with its metrics JSON), int8 .tflite (int8 and float I/O), float."""
+def lenet(trained_lenet, tmp_path_factory):
+    """The shared trained LeNet: .keras (with its metrics JSON), int8 .tflite (int8 and float I/O), float."""
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
-    from edgedl.train import train
 
     d = tmp_path_factory.mktemp("lenet")
-    result = train("lenet", dataset="digits", epochs=3, progress=False)
-    keras_path, _ = result.save(d / "lenet.keras")
     x = load_dataset("digits").x_train
-    paths = {"keras": keras_path}
-    for name, mode, io in (("int8", "int8", "int8"), ("int8_float_io", "int8", "float"), ("float", "none", "float")):
+    paths = {"keras": trained_lenet["keras"], "int8": trained_lenet["int8"]}
+    for name, mode, io in (("int8_float_io", "int8", "float"), ("float", "none", "float")):
         paths[name] = d / f"lenet_{name}.tflite"
-        paths[name].write_bytes(to_tflite(result.model, mode, representative=x, io_type=io))
+        paths[name].write_bytes(to_tflite(trained_lenet["model"], mode, representative=x, io_type=io))
     return paths
 
 

@@ -8,13 +8,11 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(trained_lenet, tmp_path_factory):
     from edgedl.compile import CompileOptions, compile_model
-    from edgedl.train import train
 
     d = tmp_path_factory.mktemp("bench")
-    result = train("lenet", dataset="digits", epochs=3, progress=False)
-    keras_path, _ = result.save(d / "lenet.keras")
+    keras_path = trained_lenet["keras"]
     out = d / "lenet.edgedl"
     compile_model(str(keras_path), "x86_64", str(out),
                   CompileOptions(backend="litert", quantize="int8", io_type="int8", num_samples=50))

@@ -14,18 +14,9 @@ from edgedl.errors import BackendError, InputFileError, OptionError, TargetError
 
 
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory):
-    """A LeNet trained briefly on digits, saved as .keras (with its metrics JSON) and as int8 .tflite."""
-    from edgedl.convert import to_tflite
-    from edgedl.data import load_dataset
-    from edgedl.train import train
-
-    d = tmp_path_factory.mktemp("lenet")
-    result = train("lenet", dataset="digits", epochs=3, progress=False)
-    keras_path, _ = result.save(d / "lenet.keras")
-    int8 = d / "lenet_int8.tflite"
-    int8.write_bytes(to_tflite(result.model, "int8", load_dataset("digits").x_train, io_type="int8"))
-    return {"keras": keras_path, "int8": int8, "dir": d}
+def lenet(trained_lenet, tmp_path_factory):
+    """The shared trained LeNet (.keras with its metrics JSON, int8 .tflite), and a folder of this module's own."""
+    return dict(trained_lenet, dir=tmp_path_factory.mktemp("lenet"))
 
 
 def opts(**kw):

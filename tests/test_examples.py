@@ -28,13 +28,9 @@ def edgedl(*args):
 
 
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory):
-    """LeNet trained 2 epochs on digits, saved with its metrics (the data set and preprocessing)."""
-    from edgedl.train import train
-
-    d = tmp_path_factory.mktemp("lenet")
-    keras_path, _ = train("lenet", dataset="digits", epochs=2, progress=False).save(d / "lenet.keras")
-    return keras_path
+def lenet(trained_lenet):
+    """The shared trained LeNet's .keras, with its metrics (the data set and preprocessing) beside it."""
+    return trained_lenet["keras"]
 
 
 # ----- examples/kws_app.py: keyword spotting with only the runtime -----

@@ -106,6 +106,62 @@ def test_pruning_targets_can_be_per_layer_or_global(lenet, digits):
     assert len({r["sparsity"] for r in overall.layers}) > 1  # one threshold: layers end up differently sparse
 
 
+def _runs_are_whole(kernel: np.ndarray, block: int) -> bool:
+    """Whether every run of ``block`` weights along the input-channel axis is all zero or all non-zero."""
+    moved = np.moveaxis(kernel, kernel.ndim - 2, -1)
+    length = moved.shape[-1] - moved.shape[-1] % block
+    runs = (moved[..., :length] == 0).reshape(*moved.shape[:-1], -1, block)
+    return bool(np.all(runs.all(axis=-1) | ~runs.any(axis=-1)))
+
+
+def test_block_pruning_zeroes_whole_runs_along_the_input_channels_and_they_gzip_better(lenet, digits):
+    import gzip
+
+    x, y = digits.x_train[:512], digits.y_train[:512]
+    single = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, progress=False)
+    blocks = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, block=4, progress=False)
+    assert blocks.block == 4
+    for row in blocks.layers:
+        assert abs(row["sparsity"] - 0.8) < 0.02, row
+    for name in ("conv2", "fc1", "fc2"):  # input channels 6, 400 (flattened), 120: runs of 4
+        kernel = np.asarray(blocks.model.get_layer(name).kernel)
+        assert _runs_are_whole(kernel, 4), name
+        assert not _runs_are_whole(np.asarray(single.model.get_layer(name).kernel), 4), name
+    # The runs are contiguous in the .tflite, so the same sparsity compresses smaller.
+    sizes = {k: len(gzip.compress(to_tflite(r.model, "int8", x[:100]), 9)) for k, r in
+             (("single", single), ("blocks", blocks))}
+    assert sizes["blocks"] < 0.93 * sizes["single"], sizes
+
+
+def test_block_pruning_also_works_with_one_global_threshold(lenet, digits):
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    result = prune(lenet.model, 0.7, x, y, recipe=LENET_RECIPE, epochs=1, scope="global", block=8, progress=False)
+    zeros = sum(r["total"] - r["nonzero"] for r in result.layers)
+    assert zeros / sum(r["total"] for r in result.layers) == pytest.approx(0.7, abs=0.01)
+    assert _runs_are_whole(np.asarray(result.model.get_layer("fc1").kernel), 8)
+
+
+def test_erk_spreads_the_sparsity_by_layer_shape_and_averages_to_the_target(lenet, digits):
+    from edgedl.optimize.prune import erk_targets
+
+    kernels, _ = find_prunable(zoo.get_model("ds_cnn").build(input_shape=(61, 40, 1), num_classes=10))
+    targets = erk_targets(kernels, 0.8)
+    sizes = {n: sum(int(np.prod(v.shape)) for v in vs) for n, vs in kernels.items()}
+    assert sum(targets[n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(0.8)
+    assert targets["dw1"] < 0.6 < 0.8 < targets["pw1"]  # 3x3 depthwise kernels keep far more of their taps
+    # At a low target the small layers would need a density above 1: they stay dense, the rest pays.
+    low = erk_targets(kernels, 0.3)
+    assert low["dw1"] == 0.0 and low["pw1"] > 0.3
+    assert sum(low[n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(0.3)
+
+    result = prune(lenet.model, 0.8, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
+                   scope="erk", progress=False)
+    zeros = sum(r["total"] - r["nonzero"] for r in result.layers)
+    assert zeros / sum(r["total"] for r in result.layers) == pytest.approx(0.8, abs=0.003)
+    reached = {r["layer"]: r["sparsity"] for r in result.layers}
+    assert reached["conv1"] < reached["fc1"]  # 150 weights against 48,000
+
+
 def test_the_polynomial_schedule_grows_sparsity_and_the_constant_one_starts_at_the_target():
     poly = Schedule("polynomial", begin_step=0, end_step=100, frequency=10)
     fractions = [poly.fraction(s) for s in range(0, 101, 10)]
@@ -114,6 +170,17 @@ def test_the_polynomial_schedule_grows_sparsity_and_the_constant_one_starts_at_t
     assert fractions[1] > 0.2  # cubic: fast at first
     assert poly.updates_at(10) and not poly.updates_at(11) and poly.updates_at(100) and not poly.updates_at(120)
     assert Schedule("constant", end_step=100).fraction(0) == 1.0
+
+
+def test_default_fine_tuning_is_a_quarter_of_the_recipe_but_at_least_two_thousand_steps():
+    from edgedl.optimize.finetune import default_epochs, steps_per_epoch
+
+    lenet, ds_cnn = zoo.get_model("lenet").recipe, zoo.get_model("ds_cnn").recipe
+    assert default_epochs(lenet, 60000) == 5  # MNIST: a quarter of 12 epochs would be 1,407 steps
+    epochs = default_epochs(ds_cnn, 2700)  # FSDD: a quarter of 30 epochs would be 680 steps
+    assert epochs * steps_per_epoch(2700, ds_cnn) >= 2000 and epochs <= ds_cnn["epochs"]
+    assert default_epochs(zoo.get_model("resnet8").recipe, 50000) == 15  # CIFAR-10: the quarter is plenty
+    assert default_epochs(lenet, 100) == lenet["epochs"]  # never longer than the recipe's own training
 
 
 def test_masks_hold_pruned_weights_at_zero_while_fine_tuning(lenet, digits):
@@ -147,6 +214,10 @@ def test_a_sparsity_outside_zero_to_one_is_refused(lenet, digits):
             prune(lenet.model, bad, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, progress=False)
     with pytest.raises(OptionError, match="cannot prune layer.*nope.*prunable layers are conv1"):
         prune(lenet.model, {"nope": 0.5}, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, progress=False)
+    for bad in (0, 65, 2.5):
+        with pytest.raises(OptionError, match="--prune-block must be a whole number from 1 to 64"):
+            prune(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, block=bad,
+                  progress=False)
 
 
 # --- structured pruning ---------------------------------------------------------------------------
@@ -355,11 +426,12 @@ def edgedl(*args):
 @pytest.mark.slow
 def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = edgedl("optimize", str(lenet_file), "--prune", "0.5", "--quantize", "int8",
-                                  "--epochs", "1", "--out", str(out), "--json")
+    code, stdout, stderr = edgedl("optimize", str(lenet_file), "--prune", "0.5", "--prune-block", "2",
+                                  "--quantize", "int8", "--epochs", "1", "--out", str(out), "--json")
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["data"]["dataset"] == "digits"  # from lenet.json beside the model
+    assert report["options"]["prune_block"] == 2 and report["options"]["prune_scope"] == "layer"
     assert report["finetuning"]["recipe_from"].startswith("zoo model 'lenet'")
     assert [s["stage"] for s in report["stages"]] == ["baseline", "pruned", "int8"]
     for row in report["stages"]:
@@ -412,6 +484,7 @@ def _write_custom_layer_model(path):
      "must be floating point like the model input, got dtype uint8"),
     ("sparsity", ["{lenet}", "--prune", "1.5"], "--prune must be between 0 and 1 (exclusive), got 1.5"),
     ("structured ratio", ["{lenet}", "--structured", "0"], "--structured must be between 0 and 1 (exclusive), got 0"),
+    ("prune block", ["{lenet}", "--prune", "0.5", "--prune-block", "0"], "--prune-block must be a whole number from 1 to 64"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),
     ("unknown mode", ["{lenet}", "--quantize", "int4"], "unknown quantization 'int4'"),

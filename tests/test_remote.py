@@ -95,12 +95,11 @@ class Agent:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(trained_lenet, tmp_path_factory):
     from edgedl.compile import CompileOptions, compile_model
-    from edgedl.train import train
 
     d = tmp_path_factory.mktemp("remote")
-    keras_path, _ = train("lenet", dataset="digits", epochs=2, progress=False).save(d / "lenet.keras")
+    keras_path = trained_lenet["keras"]
     out = {"litert": d / "litert.edgedl", "tvm": d / "tvm.edgedl"}
     compile_model(str(keras_path), "x86_64", str(out["litert"]),
                   CompileOptions(backend="litert", quantize="int8", io_type="int8", num_samples=30))

@@ -27,16 +27,14 @@ VARIANTS = [  # (bundle name, backend, quantize, io)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Three real benchmark results: LeNet trained 2 epochs on digits, compiled three ways, benchmarked here."""
+def runs(trained_lenet, tmp_path_factory):
+    """Three real benchmark results: the shared trained LeNet, compiled three ways, benchmarked here."""
     pytest.importorskip("tvm")
     from edgedl import _io
     from edgedl.bench.harness import BenchOptions, bench
     from edgedl.compile import CompileOptions, compile_model
-    from edgedl.train import train
-
     d = tmp_path_factory.mktemp("report")
-    keras_path, _ = train("lenet", dataset="digits", epochs=2, progress=False).save(d / "lenet.keras")
+    keras_path = trained_lenet["keras"]
     files = []
     for name, backend, quantize, io_type in VARIANTS:
         bundle = d / f"{name}.edgedl"

@@ -11,13 +11,11 @@ from edgedl.errors import InputFileError, OptionError
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(trained_lenet, tmp_path_factory):
     from edgedl.compile import CompileOptions, compile_model
-    from edgedl.train import train
 
     d = tmp_path_factory.mktemp("rt")
-    result = train("lenet", dataset="digits", epochs=3, progress=False)
-    keras_path, _ = result.save(d / "lenet.keras")
+    keras_path = trained_lenet["keras"]
     out = {}
     for backend in ("litert", "tvm"):
         out[backend] = d / f"{backend}.edgedl"

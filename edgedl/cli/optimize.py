@@ -18,10 +18,14 @@ def _fraction(value):
 @click.command()
 @click.argument("model")
 @click.option("--prune", "prune", metavar="FRACTION", help="Unstructured pruning: fraction of kernel weights to zero, in (0, 1), e.g. 0.8.")
-@click.option("--prune-scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
-              help="layer: every layer reaches the sparsity; global: one magnitude threshold over all layers.")
+@click.option("--prune-scope", type=click.Choice(["layer", "global", "erk"]), default="layer", show_default=True,
+              help="layer: every layer reaches the sparsity; global: one magnitude threshold over all layers; "
+                   "erk: the sparsity on average, small layers (depthwise, classifier) kept denser.")
 @click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), default="polynomial",
               show_default=True, help="Sparsity grows over fine-tuning (polynomial) or starts at the target.")
+@click.option("--prune-block", type=int, default=1, show_default=True, metavar="N",
+              help="Prune runs of N weights along the input channels together (contiguous in the .tflite: "
+                   "the zeros gzip far better); 1 prunes single weights.")
 @click.option("--structured", metavar="FRACTION", help="Structured pruning: fraction of Conv filters / Dense units to remove, in (0, 1).")
 @click.option("--quantize", "-q", metavar="MODE", help="Quantization: int8, int16x8, float16 or dynamic (default: keep float32).")
 @click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion (implies --quantize int8).")
@@ -35,12 +39,12 @@ def _fraction(value):
               help="Folder for model.keras, model.tflite, report.json and report.md.")
 @click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
 @click.option("--epochs", "-e", type=int,
-              help="Fine-tuning epochs per stage (default: a quarter of the recipe's); for a zoo name, also the training epochs.")
+              help="Fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps); for a zoo name, also the training epochs.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def optimize(model, prune, prune_scope, prune_schedule, structured, quantize, qat, io_type, num_calibration,
+def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, quantize, qat, io_type, num_calibration,
              representative, out_dir, dataset, epochs, data_dir, limit, seed, as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
 
@@ -57,10 +61,12 @@ def optimize(model, prune, prune_scope, prune_schedule, structured, quantize, qa
     from edgedl import zoo
     from edgedl.optimize import optimize as run
     from edgedl.optimize.pipeline import check_options
+    from edgedl.optimize.prune import PruneSpec
 
     prune, structured = _fraction(prune), _fraction(structured)
-    check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
-                  prune_scope, prune_schedule)
+    if prune is not None:
+        prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block)
+    check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
     if model in zoo.model_names():
         recipe = zoo.get_model(model).recipe
         click.echo(f"note: '{model}' is a zoo name, not a trained model: it will first be trained on "
@@ -70,8 +76,8 @@ def optimize(model, prune, prune_scope, prune_schedule, structured, quantize, qa
                    err=True)
     report = run(model, prune=prune, structured=structured, quantize=quantize, qat=qat,
                  dataset=dataset, epochs=epochs, data_dir=data_dir, limit=limit, num_calibration=num_calibration,
-                 io_type=io_type, representative=representative, out_dir=out_dir, prune_scope=prune_scope,
-                 prune_schedule=prune_schedule, seed=seed, progress=not as_json)
+                 io_type=io_type, representative=representative, out_dir=out_dir, seed=seed,
+                 progress=not as_json)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=_plain))
         return

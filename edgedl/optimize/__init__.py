@@ -16,11 +16,11 @@ Example:
 """
 
 from edgedl.optimize.pipeline import OptimizeReport, optimize
-from edgedl.optimize.prune import PruneResult, prune
+from edgedl.optimize.prune import PruneResult, PruneSpec, prune
 from edgedl.optimize.qat import QATResult, quantization_aware_training
 from edgedl.optimize.structured import StructuredResult, prune_structured
 
 __all__ = [
-    "OptimizeReport", "PruneResult", "QATResult", "StructuredResult",
+    "OptimizeReport", "PruneResult", "PruneSpec", "QATResult", "StructuredResult",
     "optimize", "prune", "prune_structured", "quantization_aware_training",
 ]

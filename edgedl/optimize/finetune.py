@@ -17,13 +17,27 @@ from edgedl.errors import OptionError
 
 # Fine-tuning starts at this fraction of the recipe's learning rate and decays it with a cosine.
 LR_SCALE = 0.5
-# Fine-tuning lasts this fraction of the recipe's training epochs (at least one) unless told otherwise.
+# Fine-tuning lasts this fraction of the recipe's training epochs unless told otherwise ...
 EPOCHS_FRACTION = 0.25
+# ... but at least this many optimizer steps (small data sets have few steps per epoch), and never
+# more epochs than the recipe trains for.
+MIN_STEPS = 2000
 
 
-def default_epochs(recipe: dict) -> int:
-    """Fine-tuning epochs when none are given: a quarter of the recipe's training epochs, at least one."""
-    return max(1, math.ceil(recipe.get("epochs", 4) * EPOCHS_FRACTION))
+def default_epochs(recipe: dict, num_samples: int | None = None) -> int:
+    """Fine-tuning epochs when none are given.
+
+    A quarter of the recipe's training epochs, raised until fine-tuning takes at least
+    :data:`MIN_STEPS` optimizer steps on ``num_samples`` training samples, capped at the recipe's
+    epochs; at least one. On FSDD (2,700 samples, 85 steps an epoch) DS-CNN's quarter of its 30
+    epochs is 8 epochs and 680 steps, too few to recover from 80% sparsity (ERK at 80%, measured:
+    1.3 points lost after 12 epochs, none after 24); this gives it 24.
+    """
+    recipe_epochs = int(recipe.get("epochs", 4))
+    epochs = math.ceil(recipe_epochs * EPOCHS_FRACTION)
+    if num_samples:
+        epochs = max(epochs, min(recipe_epochs, math.ceil(MIN_STEPS / steps_per_epoch(num_samples, recipe))))
+    return max(1, epochs)
 
 
 def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, callbacks=(),

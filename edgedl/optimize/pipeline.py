@@ -91,6 +91,12 @@ class OptimizeReport:
                   "Change is in percentage points of test accuracy against the baseline.", ""]
         if self.pruned_layers:
             lines += ["## Pruned layers", ""]
+            if self.options.get("prune_block", 1) > 1:
+                lines += [f"Pruned in runs of {self.options['prune_block']} weights along the input channels "
+                          "(contiguous in the .tflite), ranked by mean magnitude.", ""]
+            if self.options.get("prune_scope") == "erk":
+                lines += ["ERK scope: the target is reached on average over all these kernels; each layer's "
+                          "share follows the Erdos-Renyi-Kernel rule, so small layers keep more of their weights.", ""]
             if self.options.get("prune_scope") == "global":
                 lines += ["Global scope: one magnitude threshold over all these kernels reaches the target overall, "
                           "so each layer ends up as sparse as its weights are small.", ""]
@@ -146,7 +152,9 @@ def _options_text(o: dict) -> str:
     if o.get("structured"):
         parts.append(f"structured {o['structured']:g}")
     if o.get("prune"):
-        parts.append(f"prune {o['prune']:g} ({o['prune_scope']}, {o['prune_schedule']})")
+        block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
+        what = f"{o['prune']:g}" if not isinstance(o["prune"], dict) else "per layer"
+        parts.append(f"prune {what} ({o['prune_scope']}, {o['prune_schedule']}{block})")
     if o.get("qat"):
         parts.append("QAT")
     parts.append(f"quantize {o['quantize'] or 'none (float32)'}")
@@ -165,20 +173,21 @@ def _finetune_text(f: dict) -> str:
 # Checks, each run before anything slow.
 
 
-def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
-                  prune_scope="layer", prune_schedule="polynomial") -> str | None:
+def prune_spec(prune) -> "PruneSpec | None":
+    """``prune`` (a fraction, ``{layer: fraction}`` or a PruneSpec) as a checked PruneSpec."""
+    from edgedl.optimize.prune import PruneSpec
+
+    if prune is None:
+        return None
+    spec = prune if isinstance(prune, PruneSpec) else PruneSpec(prune)
+    return spec.check()
+
+
+def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir) -> str | None:
     """Validate the options; return the quantization mode to use (``None``: float32 ``.tflite``)."""
-    from edgedl.optimize.prune import SCHEDULES, SCOPES, check_fraction
+    from edgedl.optimize.prune import check_fraction
 
-    if prune_scope not in SCOPES:
-        raise OptionError(f"unknown pruning scope '{prune_scope}'; choose one of {', '.join(SCOPES)}")
-    if prune_schedule not in SCHEDULES:
-        raise OptionError(f"unknown pruning schedule '{prune_schedule}'; choose one of {', '.join(SCHEDULES)}")
-    if prune_scope == "global" and isinstance(prune, dict):
-        raise OptionError("global pruning takes one sparsity for all layers, not one per layer")
-
-    if prune is not None and not isinstance(prune, dict):
-        check_fraction(prune, "--prune")
+    prune_spec(prune)
     if structured is not None:
         check_fraction(structured, "--structured")
     if quantize is not None and quantize not in QUANTIZE_MODES:
@@ -386,8 +395,7 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
              data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
-             out_dir=None, prune_scope="layer", prune_schedule="polynomial", seed=0,
-             progress=True) -> OptimizeReport:
+             out_dir=None, seed=0, progress=True) -> OptimizeReport:
     """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
 
     Stages, in order, each optional: structured pruning, unstructured magnitude pruning,
@@ -397,22 +405,24 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     Args:
         model: a ``.keras``/``.h5``/SavedModel path, a ``keras.Model``, or a zoo name (which is
             first trained with its recipe for ``epochs``, or the recipe's epochs).
-        prune: target sparsity in (0, 1) for every prunable layer, or ``{layer: sparsity}``.
+        prune: target sparsity in (0, 1) for every prunable layer, ``{layer: sparsity}``, or a
+            :class:`~edgedl.optimize.prune.PruneSpec` that also sets the scope (``layer``: every
+            layer reaches the sparsity; ``global``: one magnitude threshold over all layers), the
+            schedule (``polynomial``: sparsity grows over fine-tuning; ``constant``) and the block
+            (prune runs of N weights along the input channels, which gzip far better).
         structured: fraction of Conv filters / Dense units to remove from each group, in (0, 1).
         quantize: ``dynamic``, ``float16``, ``int8`` or ``int16x8``; None keeps float32.
         qat: quantization-aware training before int8 conversion (implies ``quantize="int8"``).
         dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's or the one
             in the metrics JSON beside a model file).
-        epochs: epochs of each fine-tuning stage (default: a quarter of the recipe's).
+        epochs: epochs of each fine-tuning stage (default: a quarter of the recipe's, at least
+            2000 optimizer steps, at most the recipe's epochs).
         data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
         limit: use at most this many samples per split (quick runs).
         num_calibration: representative samples for int8/int16x8, drawn from the training split.
         io_type: ``float``, ``int8`` or ``uint8`` model inputs/outputs (``int8`` quantization only).
         representative: calibration inputs (array or ``.npy`` path) instead of training samples.
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
-        prune_scope: ``layer`` (every layer reaches the sparsity) or ``global`` (one magnitude
-            threshold over all layers).
-        prune_schedule: ``polynomial`` (sparsity grows over fine-tuning) or ``constant``.
         seed: seeds fine-tuning and the choice of calibration samples.
         progress: show progress bars while training.
 
@@ -434,8 +444,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     from edgedl.train import _check_shapes
 
     start = time.perf_counter()
-    mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
-                         prune_scope, prune_schedule)
+    mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
+    spec = prune_spec(prune)
     rep = load_representative(representative)
     src = find_source(model, dataset)
     dataset = dataset or src.dataset
@@ -457,9 +467,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     if structured is not None:
         current, row, parts["structured"] = _structured_stage(run, current, structured)
         stages.append(row)
-    if prune is not None:
-        current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(
-            run, current, prune, prune_scope, prune_schedule)
+    if spec is not None:
+        current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(run, current, spec)
         stages.append(row)
     current, tflite, rows, parts["qat"] = _convert_stage(run, current, mode, qat, calibration, io_type,
                                                          num_calibration, keep_sparsity=prune is not None)
@@ -472,7 +481,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
               "num_test": int(len(data.x_test)), "limit": limit,
               "num_calibration": int(min(len(calibration), num_calibration)) if mode in ("int8", "int16x8") else 0,
               "calibration_from": "--representative" if rep is not None else "training split"},
-        options={"prune": prune, "prune_scope": prune_scope, "prune_schedule": prune_schedule,
+        options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
+                 "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": structured, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "epochs": epochs, "seed": seed},
         finetuning=run.describe(src.recipe_from),
@@ -514,7 +524,7 @@ class _Run:
     def tune_epochs(self) -> int:
         from edgedl.optimize.finetune import default_epochs
 
-        return self.epochs or default_epochs(self.recipe)
+        return self.epochs or default_epochs(self.recipe, len(self.data.x_train))
 
     def keras_stage(self, stage, description, model, **extra):
         return keras_stage(stage, description, model, self.data.x_test, self.data.y_test, **extra)
@@ -555,14 +565,17 @@ def _structured_stage(run: _Run, model, ratio: float):
     return result.model, row, result.summary
 
 
-def _prune_stage(run: _Run, model, sparsity, scope: str, schedule: str):
+def _prune_stage(run: _Run, model, spec):
     from edgedl.optimize.prune import prune
 
     t = time.perf_counter()
-    result = prune(model, sparsity, run.data.x_train, run.data.y_train, recipe=run.recipe, epochs=run.tune_epochs,
-                   scope=scope, schedule=schedule, progress=run.progress, seed=run.seed)
-    what = "kernels pruned per layer" if isinstance(sparsity, dict) else f"{100 * sparsity:.0f}% of kernel weights zeroed"
-    row = run.keras_stage("pruned", f"{what} ({scope}, {schedule}), fine-tuned", result.model,
+    result = prune(model, spec.sparsity, run.data.x_train, run.data.y_train, recipe=run.recipe,
+                   epochs=run.tune_epochs, scope=spec.scope, schedule=spec.schedule, block=spec.block,
+                   progress=run.progress, seed=run.seed)
+    what = ("kernels pruned per layer" if isinstance(spec.sparsity, dict)
+            else f"{100 * spec.sparsity:.0f}% of kernel weights zeroed")
+    how = f"{spec.scope}, {spec.schedule}" + (f", blocks of {spec.block}" if spec.block > 1 else "")
+    row = run.keras_stage("pruned", f"{what} ({how}), fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))
     return result.model, row, result.layers, result.skipped
 

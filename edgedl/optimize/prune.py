@@ -6,6 +6,12 @@ keeps the masks and reapplies them after every training batch, so weights the op
 zero; at the end the masks are applied one last time and the model is copied into a plain Keras
 model, with no wrappers and no optimizer state: the zeros are simply part of its weights.
 
+With ``block=N`` (> 1) weights are pruned N at a time: runs of N neighbours along the input
+channels, which is the axis .tflite files store contiguously (``[out, in]`` for fully connected,
+``[out, h, w, in]`` for convolutions), so the zeros of a block sit side by side in the file and
+compress far better than scattered ones (and suit block-sparse kernels). Blocks are ranked by the
+mean magnitude of their weights.
+
 What is pruned: the kernels of Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the
 input and recurrent kernels of LSTM, GRU and SimpleRNN. Biases are never pruned. Every other layer
 with weights is listed, with the reason, in :attr:`PruneResult.skipped`.
@@ -28,7 +34,8 @@ log = logging.getLogger(__name__)
 PRUNABLE_KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
                   "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU", "SimpleRNN")
 SCHEDULES = ("polynomial", "constant")
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "global", "erk")
+MAX_BLOCK = 64
 
 # The polynomial schedule reaches the target this far into fine-tuning; the rest recovers at it.
 END_FRACTION = 0.7
@@ -97,6 +104,61 @@ def make_schedule(kind: str, total_steps: int) -> Schedule:
     return Schedule(kind=kind, begin_step=0, end_step=end, frequency=max(1, end // NUM_UPDATES))
 
 
+@dataclass(frozen=True)
+class PruneSpec:
+    """What unstructured pruning should reach, and how.
+
+    ``sparsity``: the fraction of kernel weights to zero, in (0, 1), for every prunable layer, or
+    ``{layer_name: sparsity}``; ``scope``: ``layer``, ``global`` or ``erk``; ``schedule``: ``polynomial`` or
+    ``constant``; ``block``: prune runs of this many weights along the input channels (1: single weights).
+    """
+
+    sparsity: float | dict
+    scope: str = "layer"
+    schedule: str = "polynomial"
+    block: int = 1
+
+    def check(self, option: str = "--prune") -> "PruneSpec":
+        """Raise OptionError for anything out of range; return self."""
+        if isinstance(self.sparsity, dict):
+            if self.scope in ("global", "erk"):
+                raise OptionError(f"{self.scope} pruning takes one sparsity for all layers, not one per layer")
+            for name, v in self.sparsity.items():
+                check_fraction(v, f"{option} for layer '{name}'")
+        else:
+            check_fraction(self.sparsity, option)
+        if self.scope not in SCOPES:
+            raise OptionError(f"unknown pruning scope '{self.scope}'; choose one of {', '.join(SCOPES)}")
+        if self.schedule not in SCHEDULES:
+            raise OptionError(f"unknown pruning schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or not 1 <= self.block <= MAX_BLOCK:
+            raise OptionError(f"--prune-block must be a whole number from 1 to {MAX_BLOCK}, got {self.block!r}")
+        return self
+
+
+def erk_targets(kernels: dict[str, list], sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities that average to ``sparsity`` over all weights, small layers kept denser.
+
+    The Erdos-Renyi-Kernel allocation (Evci et al., "Rigging the Lottery", 2020): a layer's density
+    is proportional to (sum of its kernel's dimensions) / (their product), so a 3x3 depthwise kernel
+    or a classifier keeps far more of its few weights than a wide pointwise or dense layer; layers
+    that would need a density above 1 stay dense and the rest share what is left.
+    """
+    shapes = {name: [tuple(int(d) for d in v.shape) for v in vs] for name, vs in kernels.items()}
+    sizes = {name: sum(int(np.prod(s)) for s in ss) for name, ss in shapes.items()}
+    raw = {name: sum(sum(s) for s in ss) / sizes[name] for name, ss in shapes.items()}
+    budget = (1.0 - sparsity) * sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        rest = [n for n in sizes if n not in dense]
+        eps = (budget - sum(sizes[n] for n in dense)) / sum(raw[n] * sizes[n] for n in rest)
+        over = {n for n in rest if eps * raw[n] > 1.0}
+        if not over:
+            break
+        dense |= over
+    return {n: 0.0 if n in dense else float(1.0 - eps * raw[n]) for n in sizes}
+
+
 def prunable_kind(layer) -> str | None:
     """The Keras layer type (Dense, Conv2D ...) whose kernels ``layer`` has, if edgedl prunes that type."""
     for cls in type(layer).__mro__:
@@ -156,7 +218,7 @@ class Masker:
     """
 
     def __init__(self, kernels: dict[str, list], targets: dict[str, float], schedule: Schedule | None,
-                 scope: str = "layer"):
+                 scope: str = "layer", block: int = 1):
         if scope not in SCOPES:
             raise OptionError(f"unknown pruning scope '{scope}'; choose one of {', '.join(SCOPES)}")
         if scope == "global" and len(set(targets.values())) > 1:
@@ -165,6 +227,7 @@ class Masker:
         self.targets = dict(targets)
         self.schedule = schedule
         self.scope = scope
+        self.block = block
         self.step = 0
         self.masks: dict[str, list[np.ndarray]] = {}
 
@@ -180,26 +243,26 @@ class Masker:
         return masker
 
     def update(self, fraction: float = 1.0) -> None:
-        """Recompute the masks to hold ``fraction`` of each target sparsity, by weight magnitude."""
+        """Recompute the masks to hold ``fraction`` of each target sparsity, by weight (or block) magnitude."""
         if self.scope == "global" and self.targets:
             target = next(iter(self.targets.values())) * fraction
-            flat = [(n, i, np.abs(np.asarray(v))) for n, vs in self.kernels.items() for i, v in enumerate(vs)]
-            everything = np.concatenate([a.ravel() for _, _, a in flat])
-            k = int(round(target * everything.size))
-            threshold_masks = _smallest_mask(everything, k)
-            offset = 0
+            flat = [(n, i, _Blocks(np.asarray(v), self.block)) for n, vs in self.kernels.items() for i, v in enumerate(vs)]
+            scores = np.concatenate([b.scores for _, _, b in flat])
+            sizes = np.concatenate([b.sizes for _, _, b in flat])
+            keep = _keep_blocks(scores, sizes, target)
             self.masks = {n: [None] * len(vs) for n, vs in self.kernels.items()}
-            for n, i, a in flat:
-                self.masks[n][i] = threshold_masks[offset:offset + a.size].reshape(a.shape)
-                offset += a.size
+            offset = 0
+            for n, i, b in flat:
+                self.masks[n][i] = b.mask(keep[offset:offset + b.scores.size])
+                offset += b.scores.size
             return
         self.masks = {}
         for name, variables in self.kernels.items():
             target = self.targets[name] * fraction
-            self.masks[name] = [
-                _smallest_mask(np.abs(np.asarray(v)).ravel(), int(round(target * int(np.prod(v.shape))))).reshape(v.shape)
-                for v in variables
-            ]
+            self.masks[name] = []
+            for v in variables:
+                b = _Blocks(np.asarray(v), self.block)
+                self.masks[name].append(b.mask(_keep_blocks(b.scores, b.sizes, target)))
 
     def apply(self) -> None:
         """Zero the masked weights."""
@@ -225,13 +288,59 @@ class Masker:
         self.apply()
 
 
-def _smallest_mask(values: np.ndarray, k: int) -> np.ndarray:
-    """A float32 mask over 1-D ``values`` with 0 at the ``k`` smallest, 1 elsewhere."""
-    mask = np.ones(values.size, dtype=np.float32)
-    if k > 0:
-        idx = np.argpartition(values, min(k, values.size) - 1)[:k]
-        mask[idx] = 0.0
-    return mask
+class _Blocks:
+    """A kernel cut into runs of ``block`` weights along its input-channel axis (the second to last).
+
+    ``scores`` is the mean magnitude of each run, ``sizes`` how many weights it holds (the last run
+    of an axis whose length ``block`` does not divide is shorter); :meth:`mask` spreads a keep/drop
+    decision per run back over the kernel. With ``block=1`` every weight is its own run.
+    """
+
+    def __init__(self, kernel: np.ndarray, block: int):
+        self.shape = kernel.shape
+        a = np.abs(kernel.astype(np.float32))
+        if block <= 1 or a.ndim < 2:
+            self.block, self.axis, self.length = 1, None, None
+            self.scores, self.sizes = a.ravel(), np.ones(a.size, dtype=np.int64)
+            return
+        self.block, self.axis = block, a.ndim - 2
+        moved = np.moveaxis(a, self.axis, -1)
+        self.length = moved.shape[-1]
+        pad = (-self.length) % block
+        padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)])
+        runs = padded.reshape(*moved.shape[:-1], -1, block)
+        counts = np.full(runs.shape[-2], block, dtype=np.int64)
+        counts[-1] = block - pad
+        self.scores = (runs.sum(axis=-1) / counts).ravel()
+        self.sizes = np.broadcast_to(counts, runs.shape[:-1]).ravel().copy()
+        self._runs_shape = runs.shape[:-1]
+        self._moved_shape = moved.shape
+
+    def mask(self, keep: np.ndarray) -> np.ndarray:
+        """A float32 0/1 mask of the kernel's shape from a keep flag per run."""
+        if self.axis is None:
+            return keep.astype(np.float32).reshape(self.shape)
+        spread = np.repeat(keep.reshape(self._runs_shape), self.block, axis=-1)[..., :self.length]
+        return np.moveaxis(spread.astype(np.float32), -1, self.axis)
+
+
+def _keep_blocks(scores: np.ndarray, sizes: np.ndarray, target: float) -> np.ndarray:
+    """Keep flags: drop the lowest-scoring runs until ``target`` of all weights are dropped."""
+    total = int(sizes.sum())
+    k = int(round(target * total))
+    keep = np.ones(scores.size, dtype=bool)
+    if k <= 0:
+        return keep
+    if np.all(sizes == 1):  # single weights: a partition is enough
+        keep[np.argpartition(scores, min(k, scores.size) - 1)[:k]] = False
+        return keep
+    order = np.argsort(scores, kind="stable")
+    dropped = np.cumsum(sizes[order])
+    n = int(np.searchsorted(dropped, k, side="left")) + 1  # the fewest runs that drop at least k weights
+    if n > 1 and dropped[n - 1] - k > k - dropped[n - 2]:
+        n -= 1  # the closer of the two counts around k
+    keep[order[:n]] = False
+    return keep
 
 
 def masking_callback(masker: Masker):
@@ -280,10 +389,11 @@ class PruneResult:
     skipped: list[dict]
     scope: str = "layer"
     schedule: str = "polynomial"
+    block: int = 1
 
 
 def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int, scope: str = "layer",
-          schedule: str = "polynomial", progress: bool = True, seed: int = 0) -> PruneResult:
+          schedule: str = "polynomial", block: int = 1, progress: bool = True, seed: int = 0) -> PruneResult:
     """Prune ``model``'s kernels by magnitude while fine-tuning it, and return the stripped result.
 
     Args:
@@ -293,8 +403,11 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
         x, y: fine-tuning data (training inputs and integer labels).
         recipe: the training recipe (see :func:`edgedl.optimize.finetune.finetune`).
         epochs: fine-tuning epochs.
-        scope: ``layer`` (each layer reaches its target) or ``global`` (one threshold over all layers).
+        scope: ``layer`` (each layer reaches its target), ``global`` (one threshold over all layers) or
+            ``erk`` (per-layer sparsities that average to the target, small layers denser: see
+            :func:`erk_targets`).
         schedule: ``polynomial`` (sparsity grows over the first 70% of the steps) or ``constant``.
+        block: prune runs of this many weights along the input channels together (1: single weights).
         progress: show a progress bar.
         seed: seeds shuffling.
 
@@ -311,6 +424,7 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     """
     from edgedl.optimize.finetune import finetune, steps_per_epoch
 
+    PruneSpec(sparsity, scope, schedule, block).check()
     graph.require_keras_layers(model, "pruning")
     work = graph.copy_model(model)
     kernels, skipped = find_prunable(work)
@@ -321,12 +435,14 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     skipped += [{"layer": n, "kind": kinds[n], "reason": "not among the requested layers"}
                 for n in kernels if n not in targets]
     plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
-    masker = Masker(kernels, targets, plan, scope)
+    if scope == "erk":
+        targets = erk_targets({n: kernels[n] for n in targets}, next(iter(targets.values())))
+    masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)
     finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
              title=f"pruning to {_describe(targets)}", progress=progress, seed=seed)
     stripped = strip(work)
     return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
-                       scope=scope, schedule=schedule)
+                       scope=scope, schedule=schedule, block=block)
 
 
 def _describe(targets: dict[str, float]) -> str:
