@@ -57,6 +57,7 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
       edgedl train lenet --out lenet.keras
       edgedl optimize lenet.keras --prune 0.8 --quantize int8 --out lenet-opt
       edgedl optimize lenet.keras --structured 0.5 --qat --out lenet-small
+      edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 --out kws-tiny
     """
     from edgedl import zoo
     from edgedl.optimize import optimize as run
