@@ -7,7 +7,7 @@ RECIPE = {
     "input_shape": [32, 32, 3],
     "num_classes": 10,
     "preprocessing": "RGB pixels scaled to [0, 1]",
-    "epochs": 60,
+    "epochs": 20,  # measured: 81.99% test accuracy at 20 epochs (benchmarks/results/train_zoo.json)
     "batch_size": 64,
     "optimizer": "adam",
     "learning_rate": 0.002,
