@@ -35,6 +35,7 @@ PRUNABLE_KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "Dep
                   "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU", "SimpleRNN")
 SCHEDULES = ("polynomial", "constant")
 SCOPES = ("layer", "global", "erk")
+MASK_SCOPES = ("layer", "global")
 MAX_BLOCK = 64
 
 # The polynomial schedule reaches the target this far into fine-tuning; the rest recovers at it.
@@ -196,8 +197,12 @@ def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
     return kernels, skipped
 
 
-def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune") -> dict[str, float]:
-    """Per-layer target sparsity from one number (every prunable layer) or a {layer: sparsity} dict."""
+def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune", scope: str = "layer") -> dict[str, float]:
+    """Per-layer target sparsity from one number or a {layer: sparsity} dict.
+
+    One number applies to every prunable layer, except with ``scope="erk"``, where it is the
+    average and :func:`erk_targets` shares it out by layer shape.
+    """
     if isinstance(sparsity, dict):
         unknown = sorted(set(sparsity) - set(kernels))
         if unknown:
@@ -206,6 +211,8 @@ def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune")
             )
         return {name: check_fraction(v, f"{option} for layer '{name}'") for name, v in sparsity.items()}
     value = check_fraction(sparsity, option)
+    if scope == "erk":
+        return erk_targets(kernels, value)
     return {name: value for name in kernels}
 
 
@@ -219,8 +226,8 @@ class Masker:
 
     def __init__(self, kernels: dict[str, list], targets: dict[str, float], schedule: Schedule | None,
                  scope: str = "layer", block: int = 1):
-        if scope not in SCOPES:
-            raise OptionError(f"unknown pruning scope '{scope}'; choose one of {', '.join(SCOPES)}")
+        if scope not in MASK_SCOPES:  # erk is a way to set per-layer targets: its masks are per layer
+            raise OptionError(f"unknown masking scope '{scope}'; choose one of {', '.join(MASK_SCOPES)}")
         if scope == "global" and len(set(targets.values())) > 1:
             raise OptionError("global pruning takes one sparsity for all layers, not one per layer")
         self.kernels = {name: kernels[name] for name in targets}
@@ -428,15 +435,13 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     graph.require_keras_layers(model, "pruning")
     work = graph.copy_model(model)
     kernels, skipped = find_prunable(work)
-    targets = resolve_targets(kernels, sparsity)
+    targets = resolve_targets(kernels, sparsity, scope=scope)
     if not targets:
         raise ModelError(f"model '{model.name}' has no layer edgedl can prune (it prunes {', '.join(PRUNABLE_KINDS)})")
     kinds = {s.name: s.kind for s in graph.trace(work)}
     skipped += [{"layer": n, "kind": kinds[n], "reason": "not among the requested layers"}
                 for n in kernels if n not in targets]
     plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
-    if scope == "erk":
-        targets = erk_targets({n: kernels[n] for n in targets}, next(iter(targets.values())))
     masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)
     finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
              title=f"pruning to {_describe(targets)}", progress=progress, seed=seed)
