@@ -35,7 +35,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-dir", help="also keep the trained .keras models here (not in the repository)")
     p.add_argument("--log-dir", help="write a per-epoch CSV log (NAME.csv) here, to follow long runs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key for this run (VALUE is JSON or a bare word, e.g. optimizer=sgd or "
+                        "learning_rate=0.05); the entry records the recipe it ran")
     args = p.parse_args(argv)
+    overrides = dict(_parse_set(item) for item in args.set)
 
     for name in args.models:
         recipe = get_model(name).recipe
@@ -47,11 +51,12 @@ def main(argv=None):
             Path(args.log_dir).mkdir(parents=True, exist_ok=True)
             callbacks.append(keras.callbacks.CSVLogger(str(Path(args.log_dir) / f"{name}.csv")))
         r = train(name, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-                  progress=sys.stderr.isatty(), callbacks=callbacks)
+                  progress=sys.stderr.isatty(), callbacks=callbacks, recipe=overrides)
         entry = {k: v for k, v in r.metrics.items() if k not in ("history", "preprocessing")}
         entry.update(
             target_reached=None if recipe["target_accuracy"] is None else r.metrics["accuracy"] >= recipe["target_accuracy"],
             recipe_epochs=recipe["epochs"], epochs_overridden=args.epochs is not None,
+            recipe_overrides=overrides,
             total_wall_time_s=round(time.perf_counter() - start, 1),
             final_train_accuracy=r.metrics["history"]["accuracy"][-1],
             command="python benchmarks/train_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -61,11 +66,21 @@ def main(argv=None):
         if args.save_dir:
             r.save(Path(args.save_dir) / f"{name}.keras")
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # re-read: runs may overlap
-        results[name] = entry
+        results[name + ("" if not overrides else "+" + ",".join(f"{k}={v}" for k, v in overrides.items()))] = entry
         _io.write_json(RESULTS, results)
         print(f"{name}: {100 * entry['accuracy']:.2f}% (target {100 * recipe['target_accuracy']:.1f}%, "
               f"{'reached' if entry['target_reached'] else 'NOT reached'}) in {entry['train_wall_time_s']:.0f} s",
               flush=True)
+
+
+def _parse_set(item: str):
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set takes KEY=VALUE, got '{item}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare word such as sgd
 
 
 if __name__ == "__main__":

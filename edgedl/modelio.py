@@ -74,3 +74,40 @@ def _load_saved_model(path: Path, keras):
             raise ModelError(f"{path}: SavedModel has {len(outputs)} outputs; edgedl takes models with one output")
         outputs = next(iter(outputs.values()))
     return keras.Model(inputs, outputs, name=path.name)
+
+
+def metrics_beside(path: Path) -> dict:
+    """The metrics JSON ``edgedl train`` wrote beside a model file (``model.keras`` -> ``model.json``); {} if none."""
+    import json
+
+    path = Path(path)
+    meta = path.with_suffix(".json") if path.suffix else path.parent / f"{path.name}.json"
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        log.warning("ignoring %s: not readable JSON", meta)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recipe_beside(path: Path, default: dict) -> tuple[dict, str | None, dict]:
+    """(recipe, zoo name or None, metrics) for a model file, from the metrics JSON beside it.
+
+    A model trained by ``edgedl train`` keeps training the way it was trained: its zoo recipe, with
+    the training keys the metrics recorded (optimizer, learning rate, schedule, ...) on top. A file
+    without metrics gets ``default``.
+    """
+    from edgedl import zoo
+
+    sidecar = metrics_beside(path)
+    zoo_name = sidecar.get("model") if sidecar.get("model") in zoo.model_names() else None
+    recipe = dict(zoo.get_model(zoo_name).recipe) if zoo_name else dict(default)
+    recorded = sidecar.get("recipe")
+    if isinstance(recorded, dict):
+        recipe.update(recorded)
+    for key in ("dataset", "split", "batch_size"):
+        if sidecar.get(key):
+            recipe[key] = sidecar[key]
+    return recipe, zoo_name, sidecar

@@ -25,6 +25,11 @@ DEFAULT_RECIPE = {
 }
 
 
+#: recipe keys that say how a model was trained (recorded in the metrics JSON)
+TRAINING_KEYS = ("optimizer", "learning_rate", "schedule", "warmup_epochs",
+                 "momentum", "nesterov", "weight_decay", "augment")
+
+
 @dataclass
 class TrainResult:
     """A trained Keras model and what it measured."""
@@ -45,26 +50,34 @@ class TrainResult:
 
 
 def resolve(model: str, dataset: str | None = None):
-    """Return (keras_model, recipe, zoo_name) for a zoo name or a model file."""
+    """Return (keras_model, recipe, zoo_name) for a zoo name or a model file.
+
+    A model file trained by ``edgedl train`` carries its recipe in the metrics JSON beside it, so
+    training it again (a warm restart) uses the same data set, split, optimizer and schedule.
+    """
     from edgedl import zoo
-    from edgedl.modelio import is_model_path, load_model
+    from edgedl.modelio import is_model_path, load_model, recipe_beside
 
     if model in zoo.model_names():
         entry = zoo.get_model(model)
         return None, dict(entry.recipe), entry.name
     if is_model_path(model):
         keras_model = load_model(model)
-        if dataset is None:
-            raise OptionError(f"training the model file '{model}' needs --dataset (it has no zoo recipe)")
-        recipe = dict(DEFAULT_RECIPE, dataset=dataset, split=None, target_accuracy=None)
-        return keras_model, recipe, None
+        recipe, zoo_name, _ = recipe_beside(Path(model), dict(DEFAULT_RECIPE, split=None, target_accuracy=None))
+        if dataset is None and not recipe.get("dataset"):
+            raise OptionError(f"training the model file '{model}' needs --dataset (it has no zoo recipe and no "
+                              f"metrics JSON from 'edgedl train' beside it)")
+        if dataset is not None and dataset != recipe.get("dataset"):
+            recipe["split"] = None  # the recorded split belongs to the recorded data set
+        return keras_model, recipe, zoo_name
     zoo.get_model(model)  # raises with the list of known names
     raise ModelError(f"unknown model '{model}'")
 
 
 def train(model: str, *, dataset: str | None = None, epochs: int | None = None, seed: int = 0,
           data_dir=None, limit: int | None = None, batch_size: int | None = None,
-          split: str | None = None, progress: bool = True, callbacks: list | None = None) -> TrainResult:
+          split: str | None = None, progress: bool = True, callbacks: list | None = None,
+          recipe: dict | None = None) -> TrainResult:
     """Train a zoo model (by name) or a Keras model file on a data set.
 
     Args:
@@ -78,6 +91,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         split: data set split, e.g. ``official`` or ``speaker:theo`` for FSDD.
         progress: show a progress bar.
         callbacks: extra Keras callbacks for ``fit`` (e.g. ``keras.callbacks.CSVLogger`` for long runs).
+        recipe: recipe keys that replace the model's own (e.g. ``{"optimizer": "sgd"}``).
 
     Returns:
         TrainResult with the model and metrics (test accuracy and loss, wall time, data set, split).
@@ -90,7 +104,9 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
 
     if epochs is not None and epochs < 1:
         raise OptionError(f"--epochs must be a positive integer, got {epochs}")
+    overrides = recipe or {}
     keras_model, recipe, zoo_name = resolve(model, dataset)
+    recipe.update(overrides)
     dataset = dataset or recipe["dataset"]
     split = split or recipe.get("split") or None
     epochs = epochs or recipe["epochs"]
@@ -108,7 +124,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
     _check_shapes(keras_model, data)
 
     steps = math.ceil(len(data.x_train) / batch_size)
-    compile_for_training(keras_model, recipe, steps * epochs)
+    compile_for_training(keras_model, recipe, steps * epochs, steps)
     train_ds = make_dataset(data.x_train, data.y_train, batch_size, recipe.get("augment"), seed)
 
     callbacks = list(callbacks or [])
@@ -134,6 +150,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         "num_params": int(keras_model.count_params()),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "preprocessing": data.preprocessing,
+        "recipe": {k: recipe[k] for k in TRAINING_KEYS if k in recipe},
     }
     return TrainResult(model=keras_model, metrics=metrics)
 
@@ -146,18 +163,38 @@ def _check_shapes(model, data):
         )
 
 
-def compile_for_training(model, recipe: dict, total_steps: int):
-    """Compile ``model`` with the recipe's optimizer, learning rate and schedule."""
+def compile_for_training(model, recipe: dict, total_steps: int, steps_per_epoch: int = 1):
+    """Compile ``model`` with the recipe's optimizer, learning rate and schedule.
+
+    Recipe keys: ``optimizer`` (adam or sgd), ``learning_rate``, ``schedule`` (cosine or constant),
+    ``warmup_epochs`` (linear warm-up before the cosine), ``momentum`` and ``nesterov`` (sgd),
+    ``weight_decay`` (decoupled, applied by the optimizer to kernels, not to biases or batch norm).
+    """
     keras = _lazy.keras()
     lr = recipe.get("learning_rate", 1e-3)
+    warmup = min(int(recipe.get("warmup_epochs", 0) * steps_per_epoch), max(total_steps - 1, 0))
+    if recipe.get("schedule", "cosine") not in ("cosine", "constant"):
+        raise OptionError(f"unknown schedule '{recipe['schedule']}'; known: cosine, constant")
     if recipe.get("schedule") == "cosine" and total_steps > 1:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.01)
+        if warmup:
+            lr = keras.optimizers.schedules.CosineDecay(lr / 100, decay_steps=total_steps - warmup, alpha=0.01,
+                                                        warmup_target=lr, warmup_steps=warmup)
+        else:
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.01)
     name = recipe.get("optimizer", "adam")
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+    kwargs = {"learning_rate": lr}
+    if recipe.get("weight_decay"):
+        kwargs["weight_decay"] = recipe["weight_decay"]
+    if name == "sgd":
+        kwargs.update(momentum=recipe.get("momentum", 0.9), nesterov=bool(recipe.get("nesterov", False)))
+    optimizers = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
     if name not in optimizers:
         raise OptionError(f"unknown optimizer '{name}'; known: {', '.join(optimizers)}")
-    model.compile(optimizer=optimizers[name](learning_rate=lr),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    optimizer = optimizers[name](**kwargs)
+    if recipe.get("weight_decay"):
+        # decay kernels only: biases, batch norm scales and shifts stay free
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
 def make_dataset(x, y, batch_size: int, augment: str | None, seed: int):

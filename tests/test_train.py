@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edgedl.errors import ModelError
+from edgedl.errors import ModelError, OptionError
 from edgedl.modelio import load_model
 from edgedl.train import predict, train
 
@@ -58,6 +58,33 @@ def test_a_user_model_file_trains_on_a_named_data_set(lenet_on_digits, tmp_path)
     lenet_on_digits.model.save(path)
     result = train(str(path), dataset="digits", epochs=1, progress=False)
     assert result.metrics["accuracy"] > 0.85
+
+
+def test_a_model_file_from_edgedl_train_keeps_training_with_its_recorded_recipe(tmp_path):
+    first = train("lenet", dataset="digits", epochs=1, seed=2, progress=False,
+                  recipe={"optimizer": "sgd", "learning_rate": 0.05, "nesterov": True, "weight_decay": 5e-4,
+                          "warmup_epochs": 1, "batch_size": 32})
+    assert first.metrics["recipe"]["optimizer"] == "sgd" and first.metrics["batch_size"] == 32
+    path, _ = first.save(tmp_path / "lenet.keras")
+    again = train(str(path), epochs=2, seed=2, progress=False)  # no --dataset: read from lenet.json
+    m = again.metrics
+    assert m["model"] == "lenet" and m["dataset"] == "digits" and m["batch_size"] == 32
+    assert m["recipe"] == first.metrics["recipe"]
+    assert m["accuracy"] >= first.metrics["accuracy"] - 0.02 and m["accuracy"] > 0.85
+
+
+def test_a_model_file_without_metrics_or_dataset_is_refused_by_name(lenet_on_digits, tmp_path):
+    path = tmp_path / "bare.keras"
+    lenet_on_digits.model.save(path)
+    with pytest.raises(OptionError, match=r"'.*bare.keras' needs --dataset .*no metrics JSON"):
+        train(str(path), epochs=1, progress=False)
+
+
+def test_unknown_recipe_settings_are_refused_by_name():
+    with pytest.raises(OptionError, match=r"unknown optimizer 'rmsprop'; known: adam, adamw, sgd"):
+        train("lenet", dataset="digits", epochs=1, progress=False, recipe={"optimizer": "rmsprop"})
+    with pytest.raises(OptionError, match=r"unknown schedule 'step'; known: cosine, constant"):
+        train("lenet", dataset="digits", epochs=1, progress=False, recipe={"schedule": "step"})
 
 
 def test_a_model_whose_input_does_not_fit_the_data_set_is_refused():

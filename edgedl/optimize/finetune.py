@@ -68,7 +68,8 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
     _lazy.tf().config.experimental.enable_op_determinism()  # as edgedl.train does: same seed, same model
     batch_size = int(recipe.get("batch_size", 64))
     steps = math.ceil(len(x) / batch_size)
-    tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale)
+    # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate
+    tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale, warmup_epochs=0)
     compile_for_training(model, tuned, steps * epochs)
     data = make_dataset(x, y, batch_size, recipe.get("augment"), seed)
     callbacks = list(callbacks)
