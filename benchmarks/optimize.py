@@ -5,6 +5,9 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
 
 - ``ptq``: int8 post-training quantization: accuracy drop (goal <= 0.5 points) and the int8
   .tflite size against float32 (goal <= 0.3x).
+  ``ptq_stripped``: the same with intermediate tensor names stripped from both files (--strip-names).
+  ``ptq_per_tensor_stripped``: stripped, and one weight scale per tensor instead of per channel
+  (--per-tensor): on small models the per-channel scales and zero points are a third of the file.
 - ``qat``: quantization-aware training then int8: accuracy drop (goal <= 0.2 points) and whether it
   is at least as accurate as PTQ of the same model.
 - ``prune80``: 80% unstructured sparsity in every layer, then int8: float accuracy drop (goal <= 1
@@ -40,10 +43,10 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "optimize.json"
 
 MEASUREMENTS = {
-    "lenet": ["ptq", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
-    "ds_cnn": ["ptq", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
-    "cnn": ["ptq", "structured50"],
-    "resnet8": ["ptq", "structured50"],
+    "lenet": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
+    "ds_cnn": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
+    "cnn": ["ptq", "ptq_stripped", "structured50"],
+    "resnet8": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "structured50"],
 }
 GOALS = {
     "ptq_drop_points": 0.5, "qat_drop_points": 0.2, "int8_size_ratio": 0.3, "prune80_drop_points": 1.0,
@@ -55,8 +58,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="lenet,ds_cnn,cnn", help="comma-separated zoo names (%(default)s)")
     p.add_argument("--measurements",
-                   help="comma-separated subset of ptq,qat,prune80,prune80_global,prune80_erk,prune80_erk_block4,"
-                        "structured50")
+                   help="comma-separated subset of " + ",".join(MEASURE))
     p.add_argument("--epochs", type=int, help="training epochs (default: each recipe's)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps)")
     p.add_argument("--limit", type=int, help="at most this many samples per split")
@@ -160,15 +162,25 @@ def buffer_bytes(tflite: bytes) -> int | None:
     return parts and parts["weights"]
 
 
-def measure_ptq(name, model_path, args):
+def measure_ptq_stripped(name, model_path, args):
+    return measure_ptq(name, model_path, args, strip_names=True)
+
+
+def measure_ptq_per_tensor_stripped(name, model_path, args):
+    return measure_ptq(name, model_path, args, per_channel=False, strip_names=True)
+
+
+def measure_ptq(name, model_path, args, per_channel=True, strip_names=False):
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
 
-    r = run(model_path, args, quantize="int8")
+    r = run(model_path, args, quantize="int8", per_channel=per_channel, strip_names=strip_names)
     base, q = r.stage("baseline"), r.stage("int8")
     drop, ratio = points(base["accuracy"], q["accuracy"]), round(q["size_bytes"] / base["size_bytes"], 4)
     float_buffers, int8_buffers = buffer_bytes(to_tflite(load_model(model_path), "none")), buffer_bytes(r.tflite)
-    return {"equivalent_cli": cli(model_path, args, "--quantize", "int8"),
+    flags = ["--quantize", "int8"] + (["--per-tensor"] if not per_channel else []) + (
+        ["--strip-names"] if strip_names else [])
+    return {"equivalent_cli": cli(model_path, args, *flags), "per_channel": per_channel, "strip_names": strip_names,
             "baseline_accuracy": base["accuracy"], "int8_accuracy": q["accuracy"], "drop_points": drop,
             "float32_tflite_bytes": base["size_bytes"], "int8_tflite_bytes": q["size_bytes"], "int8_size_ratio": ratio,
             "weight_buffers_bytes": {"float32": float_buffers, "int8": int8_buffers,
@@ -301,7 +313,8 @@ def host() -> dict:
             "EDGEDL_DATA": os.environ.get("EDGEDL_DATA")}
 
 
-MEASURE = {"ptq": measure_ptq, "qat": measure_qat, "prune80": measure_prune80,
+MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
+           "ptq_per_tensor_stripped": measure_ptq_per_tensor_stripped, "qat": measure_qat, "prune80": measure_prune80,
            "prune80_global": measure_prune80_global, "prune80_erk": measure_prune80_erk,
            "prune80_erk_block4": measure_prune80_erk_block4,
            "structured50": measure_structured50}

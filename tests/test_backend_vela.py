@@ -71,6 +71,19 @@ def test_lenet_int8_compiles_with_vela_estimates(lenet, tmp_path, target, clock_
     assert compiled.toolchain["ethos-u-vela"].startswith("5.2")
 
 
+def test_a_model_with_stripped_tensor_names_compiles_and_still_names_its_cpu_fallbacks(lenet, depth_to_space, tmp_path):
+    from edgedl.convert import strip_names
+
+    stripped = tmp_path / "stripped.tflite"
+    stripped.write_bytes(strip_names(lenet["int8"].read_bytes()))
+    compiled = get_backend("vela").compile(stripped, load_target("ethos_u55_128"), tmp_path / "lenet", {})
+    assert compiled.estimates["cpu_operators"] == 0 and compiled.inputs[0].name  # I/O names survive
+    stripped_d2s = tmp_path / "d2s.tflite"
+    stripped_d2s.write_bytes(strip_names(depth_to_space.read_bytes()))
+    compiled = get_backend("vela").compile(stripped_d2s, load_target("ethos_u55_128"), tmp_path / "d2s", {})
+    assert [f["op"] for f in compiled.estimates["cpu_fallback"]] == ["DEPTH_TO_SPACE"]
+
+
 def test_an_operator_vela_cannot_place_is_named_as_cpu_fallback(depth_to_space, tmp_path):
     compiled = get_backend("vela").compile(depth_to_space, load_target("ethos_u55_128"), tmp_path, {})
     e = compiled.estimates

@@ -344,6 +344,79 @@ def test_int8_with_integer_io_takes_int8_inputs(lenet, tmp_path):
     assert report.stage("int8")["accuracy"] >= report.stage("baseline")["accuracy"] - 0.02
 
 
+def _tensor_facts(tflite: bytes):
+    """(names of all tensors, {weight tensor name or index: number of scales}, data offsets of the buffers)."""
+    import tflite as schema
+
+    model = schema.Model.GetRootAsModel(tflite, 0)
+    graph = model.Subgraphs(0)
+    names, scales = [], {}
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        names.append((t.Name() or b"").decode())
+        q = t.Quantization()
+        if t.Buffer() and model.Buffers(t.Buffer()).DataLength() and q is not None and q.ScaleLength():
+            scales[i] = q.ScaleLength()
+    base = np.frombuffer(tflite, np.uint8).ctypes.data
+    offsets = [model.Buffers(i).DataAsNumpy().ctypes.data - base
+               for i in range(model.BuffersLength()) if model.Buffers(i).DataLength()]
+    return names, scales, offsets
+
+
+def test_stripped_names_leave_the_model_computing_the_same_with_its_io_names_and_aligned_weights(lenet, digits,
+                                                                                                 tmp_path):
+    from edgedl.convert import strip_names
+
+    full = to_tflite(lenet.model, "int8", digits.x_train[:100], io_type="int8")
+    stripped = strip_names(full)
+    assert len(stripped) < len(full)
+    names, _, offsets = _tensor_facts(stripped)
+    full_names, _, _ = _tensor_facts(full)
+    (tmp_path / "full").mkdir(), (tmp_path / "stripped").mkdir()
+    a, b = _engine(full, tmp_path / "full"), _engine(stripped, tmp_path / "stripped")
+    assert [t.name for t in b.inputs] == [t.name for t in a.inputs] and b.outputs[0].name == a.outputs[0].name
+    assert sum(1 for n in names if n) == 2 and sum(1 for n in full_names if n) == len(full_names)
+    assert all(offset % 16 == 0 for offset in offsets)  # TFLM and NPUs read weights in place
+    x = (digits.x_test[:20] * 255 - 128).astype(np.int8)
+    from ai_edge_litert.interpreter import Interpreter
+
+    outs = []
+    for blob in (full, stripped):
+        it = Interpreter(model_content=blob)
+        it.allocate_tensors()
+        rows = []
+        for sample in x:
+            it.set_tensor(it.get_input_details()[0]["index"], sample[None])
+            it.invoke()
+            rows.append(it.get_tensor(it.get_output_details()[0]["index"]).copy())
+        outs.append(np.concatenate(rows))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with pytest.raises(OptionError, match="not a .tflite flatbuffer"):
+        strip_names(b"PK\x03\x04 a zip file")
+
+
+def test_per_tensor_int8_has_one_scale_per_weight_tensor_and_a_smaller_stripped_file(lenet, digits):
+    report = optimize(lenet.model, quantize="int8", per_channel=False, strip_names=True, dataset="digits",
+                      progress=False)
+    base, q = report.stage("baseline"), report.stage("int8")
+    assert report.options["per_channel"] is False and report.options["strip_names"] is True
+    assert "per-tensor" in q["description"]
+    names, scales, _ = _tensor_facts(report.tflite)
+    assert scales and set(scales.values()) == {1}
+    per_channel = to_tflite(lenet.model, "int8", digits.x_train[:200])
+    assert set(_tensor_facts(per_channel)[1].values()) != {1}
+    assert q["size_bytes"] < len(per_channel)
+    assert base["size_bytes"] < len(to_tflite(lenet.model, "none"))  # the baseline is measured stripped too
+    assert q["accuracy"] >= base["accuracy"] - 0.02, report.stages
+
+
+def test_per_tensor_scales_need_post_training_integer_quantization(lenet):
+    with pytest.raises(OptionError, match="--per-tensor needs --quantize int8 or int16x8, not 'float16'"):
+        optimize(lenet.model, quantize="float16", per_channel=False, dataset="digits", progress=False)
+    with pytest.raises(OptionError, match="--per-tensor cannot go with --qat"):
+        optimize(lenet.model, qat=True, per_channel=False, dataset="digits", progress=False)
+
+
 def test_representative_data_of_the_wrong_shape_or_dtype_is_refused_before_any_work(lenet):
     wrong_shape = np.zeros((10, 8, 8, 1), np.float32)
     with pytest.raises(OptionError, match=r"samples of shape \(8, 8, 1\), the model takes \(28, 28, 1\)"):
@@ -489,6 +562,7 @@ def _write_custom_layer_model(path):
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),
     ("unknown mode", ["{lenet}", "--quantize", "int4"], "unknown quantization 'int4'"),
     ("qat with float16", ["{lenet}", "--qat", "--quantize", "float16"], "use it with --quantize int8"),
+    ("per-tensor without int8", ["{lenet}", "--prune", "0.5", "--per-tensor"], "--per-tensor needs --quantize int8"),
 ])
 def test_bad_input_is_one_error_line_with_nothing_written(case, args, message, bad_inputs, lenet_file, tmp_path):
     out = tmp_path / "out"

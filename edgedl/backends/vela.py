@@ -169,7 +169,7 @@ def read_flatbuffer(path: Path) -> dict:
         q = t.Quantization()
         scale = float(q.Scale(0)) if q is not None and q.ScaleLength() else 0.0
         zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
-        return TensorSpec(t.Name().decode("utf-8", "replace"), tuple(int(s) for s in t.ShapeAsNumpy()),
+        return TensorSpec(tensor_name(t, i), tuple(int(s) for s in t.ShapeAsNumpy()),
                           types.get(t.Type(), "unknown"), scale, zero)
 
     ops = []
@@ -177,10 +177,16 @@ def read_flatbuffer(path: Path) -> dict:
         op = subgraph.Operators(k)
         outs = [op.Outputs(j) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
         ops.append({"op": op_name(model.OperatorCodes(op.OpcodeIndex())),
-                    "outputs": [tensor(i).Name().decode("utf-8", "replace") for i in outs],
+                    "outputs": [tensor_name(tensor(i), i) for i in outs],
                     "output_dtypes": [types.get(tensor(i).Type(), "unknown") for i in outs]})
     return {"ops": ops, "inputs": [spec(subgraph.Inputs(i)) for i in range(subgraph.InputsLength())],
             "outputs": [spec(subgraph.Outputs(i)) for i in range(subgraph.OutputsLength())]}
+
+
+def tensor_name(tensor, index: int) -> str:
+    """A tensor's name, or ``tensor<index>`` for one without (``--strip-names`` drops them)."""
+    name = tensor.Name()
+    return name.decode("utf-8", "replace") if name else f"tensor{index}"
 
 
 def _read_summary(path: Path) -> dict:

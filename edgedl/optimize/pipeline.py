@@ -274,7 +274,7 @@ def find_source(model, dataset: str | None) -> Source:
     file's data set and split; otherwise the default recipe, and ``dataset`` must be given.
     """
     from edgedl import zoo
-    from edgedl.modelio import is_model_path, load_model
+    from edgedl.modelio import is_model_path, load_model, recipe_beside
     from edgedl.train import DEFAULT_RECIPE
 
     if not isinstance(model, (str, Path)):
@@ -301,14 +301,12 @@ def find_source(model, dataset: str | None) -> Source:
                 "edgedl optimizes models made of built-in Keras layers"
             ) from None
         raise
-    sidecar = _metrics_beside(Path(spec))
-    zoo_name = sidecar.get("model") if sidecar.get("model") in zoo.model_names() else None
+    recipe, zoo_name, _ = recipe_beside(Path(spec), DEFAULT_RECIPE)
     if zoo_name:
-        recipe = zoo.get_model(zoo_name).recipe
         return Source(keras_model, Path(spec).stem, zoo_name, recipe, f"zoo model '{zoo_name}' (from {Path(spec).with_suffix('.json').name})",
-                      sidecar.get("dataset") or recipe["dataset"], sidecar.get("split") or recipe.get("split"), spec)
-    return Source(keras_model, Path(spec).stem, None, dict(DEFAULT_RECIPE), "defaults", sidecar.get("dataset"),
-                  sidecar.get("split"), spec)
+                      recipe["dataset"], recipe.get("split"), spec)
+    return Source(keras_model, Path(spec).stem, None, recipe, "defaults", recipe.get("dataset"),
+                  recipe.get("split"), spec)
 
 
 def custom_layers_in_file(path: Path) -> list[str]:
@@ -336,32 +334,20 @@ def custom_layers_in_file(path: Path) -> list[str]:
     return found
 
 
-def _metrics_beside(path: Path) -> dict:
-    import json
-
-    meta = path.with_suffix(".json") if path.suffix else path.parent / f"{path.name}.json"
-    if not meta.is_file():
-        return {}
-    try:
-        data = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        log.warning("ignoring %s: not readable JSON", meta)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 # ---------------------------------------------------------------------------------------------------
 # Measuring a stage.
 
 
-def keras_stage(stage: str, description: str, model, x, y, **extra) -> dict:
-    """Accuracy of a Keras model, and the size of its float32 .tflite, its parameters, MACs and sparsity."""
-    from edgedl.convert import to_tflite
+def keras_stage(stage: str, description: str, model, x, y, *, strip: bool = False, **extra) -> dict:
+    """Accuracy of a Keras model, and the size of its float32 .tflite (its intermediate tensor names
+    stripped if ``strip``), its parameters, MACs and sparsity."""
+    from edgedl.convert import strip_names, to_tflite
     from edgedl.train import evaluate
 
     _, accuracy = evaluate(model, x, y)
     row = {"stage": stage, "description": description, "format": "float32 tflite", "accuracy": accuracy}
-    row.update(metrics.sizes(to_tflite(model, "none")))
+    tflite = to_tflite(model, "none")
+    row.update(metrics.sizes(strip_names(tflite) if strip else tflite))
     row.update(metrics.model_stats(model))
     row.update(extra)
     return row
@@ -395,7 +381,7 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
              data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
-             out_dir=None, seed=0, progress=True) -> OptimizeReport:
+             per_channel=True, strip_names=False, out_dir=None, seed=0, progress=True) -> OptimizeReport:
     """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
 
     Stages, in order, each optional: structured pruning, unstructured magnitude pruning,
@@ -422,6 +408,10 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         num_calibration: representative samples for int8/int16x8, drawn from the training split.
         io_type: ``float``, ``int8`` or ``uint8`` model inputs/outputs (``int8`` quantization only).
         representative: calibration inputs (array or ``.npy`` path) instead of training samples.
+        per_channel: int8/int16x8 weights with a scale per output channel (``False``: per tensor,
+            a smaller file on small models, at some risk to accuracy).
+        strip_names: drop the names of intermediate tensors from every ``.tflite`` (the float32
+            baseline's too, so sizes compare like with like); inputs, outputs and signatures keep theirs.
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
         seed: seeds fine-tuning and the choice of calibration samples.
         progress: show progress bars while training.
@@ -445,6 +435,11 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
 
     start = time.perf_counter()
     mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
+    if not per_channel and mode not in ("int8", "int16x8"):
+        raise OptionError(f"--per-tensor needs --quantize int8 or int16x8, not '{mode or 'none'}'")
+    if not per_channel and qat:
+        raise OptionError("--per-tensor cannot go with --qat: quantization-aware training fake-quantizes "
+                          "kernels per channel; use --per-tensor with post-training --quantize int8")
     spec = prune_spec(prune)
     rep = load_representative(representative)
     src = find_source(model, dataset)
@@ -458,7 +453,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
     _check_shapes(probe, data)
 
-    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress)
+    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, strip_names=strip_names)
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
@@ -470,8 +465,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     if spec is not None:
         current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(run, current, spec)
         stages.append(row)
-    current, tflite, rows, parts["qat"] = _convert_stage(run, current, mode, qat, calibration, io_type,
-                                                         num_calibration, keep_sparsity=prune is not None)
+    export = _Export(calibration, io_type, num_calibration, per_channel, strip_names)
+    current, tflite, rows, parts["qat"] = _convert_stage(run, current, mode, qat, export, keep_sparsity=prune is not None)
     stages += rows
 
     report = OptimizeReport(
@@ -484,6 +479,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": structured, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "per_channel": per_channel, "strip_names": strip_names,
                  "epochs": epochs, "seed": seed},
         finetuning=run.describe(src.recipe_from),
     )
@@ -519,6 +515,7 @@ class _Run:
     epochs: int | None
     seed: int
     progress: bool
+    strip_names: bool = False
 
     @property
     def tune_epochs(self) -> int:
@@ -527,7 +524,8 @@ class _Run:
         return self.epochs or default_epochs(self.recipe, len(self.data.x_train))
 
     def keras_stage(self, stage, description, model, **extra):
-        return keras_stage(stage, description, model, self.data.x_test, self.data.y_test, **extra)
+        return keras_stage(stage, description, model, self.data.x_test, self.data.y_test, strip=self.strip_names,
+                           **extra)
 
     def tflite_stage(self, stage, description, tflite, model, fmt, **extra):
         return tflite_stage(stage, description, tflite, model, self.data.x_test, self.data.y_test, fmt, **extra)
@@ -580,31 +578,51 @@ def _prune_stage(run: _Run, model, spec):
     return result.model, row, result.layers, result.skipped
 
 
-def _convert_stage(run: _Run, model, mode, qat, calibration, io_type, num_calibration, keep_sparsity):
-    """Convert (after QAT if asked); returns (final Keras model, .tflite, stage rows, QAT summary)."""
-    from edgedl.convert import to_tflite
+@dataclass
+class _Export:
+    """How a Keras model becomes the ``.tflite`` file: calibration, I/O type, weight scales, names."""
 
+    calibration: np.ndarray = field(repr=False)
+    io_type: str = "float"
+    num_calibration: int = 200
+    per_channel: bool = True
+    strip_names: bool = False
+
+    def __call__(self, model, mode: str) -> bytes:
+        from edgedl.convert import strip_names, to_tflite
+
+        if mode == "none":
+            tflite = to_tflite(model, "none")
+        else:
+            tflite = to_tflite(model, mode, self.calibration, io_type=self.io_type,
+                               num_calibration=self.num_calibration, per_channel=self.per_channel)
+        return strip_names(tflite) if self.strip_names else tflite
+
+
+def _convert_stage(run: _Run, model, mode, qat, export: _Export, keep_sparsity):
+    """Convert (after QAT if asked); returns (final Keras model, .tflite, stage rows, QAT summary)."""
     if mode is None:
-        return model, to_tflite(model, "none"), [], None
+        return model, export(model, "none"), [], None
+    scales = "" if export.per_channel else ", per-tensor weight scales"
     if not qat:
-        tflite = to_tflite(model, mode, calibration, io_type=io_type, num_calibration=num_calibration)
-        return model, tflite, [run.tflite_stage(mode, f"{mode} post-training quantization", tflite, model,
+        tflite = export(model, mode)
+        return model, tflite, [run.tflite_stage(mode, f"{mode} post-training quantization{scales}", tflite, model,
                                                 f"{mode} tflite")], None
 
     from edgedl.optimize import qat as qat_module
     from edgedl.train import evaluate
 
     t = time.perf_counter()
-    ptq = to_tflite(model, "int8", calibration, io_type=io_type, num_calibration=num_calibration)
-    rows = [run.tflite_stage("ptq", "int8 post-training quantization without QAT (for comparison)", ptq, model,
-                             "int8 tflite")]
+    ptq = export(model, "int8")
+    rows = [run.tflite_stage("ptq", f"int8 post-training quantization without QAT (for comparison){scales}", ptq,
+                             model, "int8 tflite")]
     result = qat_module.quantization_aware_training(model, run.data.x_train, run.data.y_train, recipe=run.recipe,
                                                     epochs=run.tune_epochs, keep_sparsity=keep_sparsity,
                                                     progress=run.progress, seed=run.seed)
     _, fq_accuracy = evaluate(result.fake_quant_model, run.data.x_test, run.data.y_test)
-    tflite = to_tflite(result.model, "int8", calibration, io_type=io_type, num_calibration=num_calibration)
-    rows.append(run.tflite_stage("qat", "int8 after quantization-aware training", tflite, result.model, "int8 tflite",
-                                 fake_quant_accuracy=fq_accuracy, wall_s=round(time.perf_counter() - t, 2)))
+    tflite = export(result.model, "int8")
+    rows.append(run.tflite_stage("qat", f"int8 after quantization-aware training{scales}", tflite, result.model,
+                                 "int8 tflite", fake_quant_accuracy=fq_accuracy, wall_s=round(time.perf_counter() - t, 2)))
     summary = {"method": QAT_METHOD, "folded": result.folded, "fake_quant_accuracy": fq_accuracy,
                "lr_scale": qat_module.LR_SCALE}
     return result.model, tflite, rows, summary

@@ -122,7 +122,7 @@ def io_specs(model: bytes, interpreter) -> tuple[list[TensorSpec], list[TensorSp
     def spec(tensor_index, details):
         q = details.get("quantization_parameters", {})
         scales, zps = q.get("scales", []), q.get("zero_points", [])
-        name = subgraph.Tensors(tensor_index).Name().decode("utf-8", "replace")
+        name = (subgraph.Tensors(tensor_index).Name() or f"tensor{tensor_index}".encode()).decode("utf-8", "replace")
         return TensorSpec(name, tuple(int(s) for s in details["shape"]), np.dtype(details["dtype"]).name,
                           float(scales[0]) if len(scales) else 0.0, int(zps[0]) if len(zps) else 0)
 
