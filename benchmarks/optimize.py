@@ -18,7 +18,9 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   the .tflite, so the zeros gzip better).
 - ``structured50``: 50% of channels removed: accuracy drop (goal <= 1.5 points) and LiteRT latency
   against the unpruned model (goal <= 0.6x), one thread, batch 1, median of repeats, both models
-  measured in the same run, float32 and int8.
+  measured in the same run, float32 and int8. ``structured50_keep_residual``: the same, but the
+  channels residual adds join are kept whole (--structured-residual keep): only the insides of
+  ResNet-8's blocks lose half their channels.
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
@@ -46,7 +48,7 @@ MEASUREMENTS = {
     "lenet": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
     "ds_cnn": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
     "cnn": ["ptq", "ptq_stripped", "structured50"],
-    "resnet8": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "structured50"],
+    "resnet8": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "structured50", "structured50_keep_residual"],
 }
 GOALS = {
     "ptq_drop_points": 0.5, "qat_drop_points": 0.2, "int8_size_ratio": 0.3, "prune80_drop_points": 1.0,
@@ -249,13 +251,18 @@ def measure_prune80(name, model_path, args, scope="layer", block=1):
                       "gzip'd pruned int8 <= 1/3 dense int8": ratio <= GOALS["prune80_gzip_ratio"]}}
 
 
-def measure_structured50(name, model_path, args):
+def measure_structured50_keep_residual(name, model_path, args):
+    return measure_structured50(name, model_path, args, residual="keep")
+
+
+def measure_structured50(name, model_path, args, residual="prune"):
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
+    from edgedl.optimize import StructuredSpec
     from edgedl.optimize.pipeline import _calibration_samples
     from edgedl.data import load_dataset
 
-    r = run(model_path, args, structured=0.5, quantize="int8")
+    r = run(model_path, args, structured=StructuredSpec(0.5, residual=residual), quantize="int8")
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
     calibration = _calibration_samples(data.x_train, 200, 0)
@@ -267,7 +274,8 @@ def measure_structured50(name, model_path, args):
     latency = {fmt: paired_latency(a, b, args.repeats) for fmt, (a, b) in models.items()}
     drop = points(base["accuracy"], small["accuracy"])
     ratio = latency["float32"]["ratio"]
-    return {"equivalent_cli": cli(model_path, args, "--structured", "0.5", "--quantize", "int8"),
+    flags = ["--structured", "0.5"] + (["--structured-residual", residual] if residual != "prune" else [])
+    return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "residual": residual,
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
             "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
             "int8_drop_points": points(base["accuracy"], q["accuracy"]),
@@ -317,7 +325,7 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "ptq_per_tensor_stripped": measure_ptq_per_tensor_stripped, "qat": measure_qat, "prune80": measure_prune80,
            "prune80_global": measure_prune80_global, "prune80_erk": measure_prune80_erk,
            "prune80_erk_block4": measure_prune80_erk_block4,
-           "structured50": measure_structured50}
+           "structured50": measure_structured50, "structured50_keep_residual": measure_structured50_keep_residual}
 
 
 if __name__ == "__main__":

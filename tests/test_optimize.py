@@ -269,6 +269,25 @@ def test_structured_pruning_of_resnet8_keeps_residual_adds_consistent_and_conver
     assert engine.outputs[0].shape == (1, 10)
 
 
+def test_keeping_the_residual_channels_prunes_only_inside_the_blocks_of_resnet8(tmp_path):
+    model = zoo.get_model("resnet8").build()
+    plan = structured.plan(model, 0.5, residual="keep")
+    pruned = {tuple(g.producers) for g in plan.groups.values() if g.keep is not None}
+    assert pruned == {("s1_conv1",), ("s2_conv1",), ("s3_conv1",)}
+    frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
+    assert "joined by 's1_add' (Add)" in frozen["conv0"] and "--structured-residual keep" in frozen["conv0"]
+    assert plan.summary()["residual"] == "keep"
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("s1_conv1").filters == 8 and smaller.get_layer("s1_conv2").filters == 16
+    assert smaller.get_layer("s3_conv2").kernel.shape == (3, 3, 32, 64)
+    ratio = metrics.count_macs(smaller) / metrics.count_macs(model)
+    assert 0.5 < ratio < 0.6  # the blocks' convs are most of the MACs: pruning their inner half halves them
+    engine = _engine(to_tflite(smaller, "none"), tmp_path)
+    assert engine.outputs[0].shape == (1, 10)
+    with pytest.raises(OptionError, match="unknown --structured-residual 'drop'; choose one of prune, keep"):
+        structured.plan(model, 0.5, residual="drop")
+
+
 def test_depthwise_and_batch_norm_follow_their_input_and_the_classifier_is_never_pruned():
     model = zoo.get_model("ds_cnn").build()
     plan = structured.plan(model, 0.5)
@@ -292,6 +311,17 @@ def test_a_residual_add_prunes_its_branches_together_through_batch_norm_depthwis
     assert smaller.get_layer("probs").kernel.shape == (7 * 7 * 8, 10)
     x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
     assert np.asarray(smaller(x)).shape == (2, 10)
+
+
+def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept(lenet):
+    from edgedl.optimize import StructuredSpec
+
+    report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep"), dataset="digits", epochs=1,
+                      progress=False)
+    assert report.options["structured"] == 0.5 and report.options["structured_residual"] == "keep"
+    assert report.structured["residual"] == "keep"
+    assert "residual channels kept" in report.stage("structured")["description"]
+    assert report.stage("structured")["params_total"] < report.stage("baseline")["params_total"]
 
 
 def test_structured_pruning_fine_tunes_a_trained_model(lenet, digits):

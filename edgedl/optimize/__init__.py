@@ -18,9 +18,9 @@ Example:
 from edgedl.optimize.pipeline import OptimizeReport, optimize
 from edgedl.optimize.prune import PruneResult, PruneSpec, prune
 from edgedl.optimize.qat import QATResult, quantization_aware_training
-from edgedl.optimize.structured import StructuredResult, prune_structured
+from edgedl.optimize.structured import StructuredResult, StructuredSpec, prune_structured
 
 __all__ = [
-    "OptimizeReport", "PruneResult", "PruneSpec", "QATResult", "StructuredResult",
+    "OptimizeReport", "PruneResult", "PruneSpec", "QATResult", "StructuredResult", "StructuredSpec",
     "optimize", "prune", "prune_structured", "quantization_aware_training",
 ]

@@ -110,7 +110,9 @@ class OptimizeReport:
             lines.append("")
         if self.structured:
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
-                      "of every group not frozen (lowest L1 norm first).", "",
+                      "of every group not frozen (lowest L1 norm first)" + (
+                          "; the channels residual adds join were kept whole." if self.structured.get("residual") == "keep"
+                          else "."), "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
             for g in self.structured["pruned_groups"] + self.structured["frozen_groups"]:
                 lines.append(f"| {', '.join(g['layers'])} | {g['channels']} | {g['kept']} | {g['frozen'] or ''} |")
@@ -150,7 +152,8 @@ def _kb(n: int) -> str:
 def _options_text(o: dict) -> str:
     parts = []
     if o.get("structured"):
-        parts.append(f"structured {o['structured']:g}")
+        residual = ", residual channels kept" if o.get("structured_residual") == "keep" else ""
+        parts.append(f"structured {o['structured']:g}{residual}")
     if o.get("prune"):
         block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
         what = f"{o['prune']:g}" if not isinstance(o["prune"], dict) else "per layer"
@@ -183,13 +186,20 @@ def prune_spec(prune) -> "PruneSpec | None":
     return spec.check()
 
 
+def structured_spec(structured) -> "StructuredSpec | None":
+    """``structured`` (a fraction or a StructuredSpec) as a checked StructuredSpec."""
+    from edgedl.optimize.structured import StructuredSpec
+
+    if structured is None:
+        return None
+    spec = structured if isinstance(structured, StructuredSpec) else StructuredSpec(structured)
+    return spec.check()
+
+
 def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir) -> str | None:
     """Validate the options; return the quantization mode to use (``None``: float32 ``.tflite``)."""
-    from edgedl.optimize.prune import check_fraction
-
     prune_spec(prune)
-    if structured is not None:
-        check_fraction(structured, "--structured")
+    structured_spec(structured)
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
     if qat:
@@ -396,7 +406,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             layer reaches the sparsity; ``global``: one magnitude threshold over all layers), the
             schedule (``polynomial``: sparsity grows over fine-tuning; ``constant``) and the block
             (prune runs of N weights along the input channels, which gzip far better).
-        structured: fraction of Conv filters / Dense units to remove from each group, in (0, 1).
+        structured: fraction of Conv filters / Dense units to remove from each group, in (0, 1), or
+            a :class:`~edgedl.optimize.structured.StructuredSpec` that also says whether the channels
+            residual adds join are pruned (``prune``) or kept whole (``keep``).
         quantize: ``dynamic``, ``float16``, ``int8`` or ``int16x8``; None keeps float32.
         qat: quantization-aware training before int8 conversion (implies ``quantize="int8"``).
         dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's or the one
@@ -440,7 +452,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     if not per_channel and qat:
         raise OptionError("--per-tensor cannot go with --qat: quantization-aware training fake-quantizes "
                           "kernels per channel; use --per-tensor with post-training --quantize int8")
-    spec = prune_spec(prune)
+    spec, cut = prune_spec(prune), structured_spec(structured)
     rep = load_representative(representative)
     src = find_source(model, dataset)
     dataset = dataset or src.dataset
@@ -449,7 +461,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     split = src.split if dataset == src.dataset else None
     probe = src.model if src.model is not None else _zoo_build(src.zoo_name, dataset)
     retraining = [flag for flag, on in (("--prune", prune), ("--structured", structured), ("--qat", qat)) if on]
-    check_architecture(probe, mode, structured, rep, retraining)  # before anything slow
+    check_architecture(probe, mode, cut, rep, retraining)  # before anything slow
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
     _check_shapes(probe, data)
 
@@ -459,8 +471,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
         f", trained here for {trained_here} epochs" if trained_here else ""), current)]
     parts = {}
-    if structured is not None:
-        current, row, parts["structured"] = _structured_stage(run, current, structured)
+    if cut is not None:
+        current, row, parts["structured"] = _structured_stage(run, current, cut)
         stages.append(row)
     if spec is not None:
         current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(run, current, spec)
@@ -478,7 +490,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
               "calibration_from": "--representative" if rep is not None else "training split"},
         options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
-                 "structured": structured, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "structured": cut and cut.ratio, "structured_residual": cut and cut.residual, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names,
                  "epochs": epochs, "seed": seed},
         finetuning=run.describe(src.recipe_from),
@@ -489,7 +501,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     return report
 
 
-def check_architecture(model, mode, structured, representative, retraining: list[str]) -> None:
+def check_architecture(model, mode, structured: "StructuredSpec | None", representative, retraining: list[str]) -> None:
     """The checks that need only the architecture: quantizable ops, rebuildable layers, calibration data.
 
     ``retraining`` names the options that rewrite weights (``--prune``, ``--structured``, ``--qat``).
@@ -501,7 +513,7 @@ def check_architecture(model, mode, structured, representative, retraining: list
         require_keras_layers(model, " and ".join(retraining))
     check_quantizable(model, mode)
     if structured is not None:
-        plan(model, structured)
+        plan(model, structured.ratio, structured.residual)
     if representative is not None:
         check_representative(representative, model)
 
@@ -552,13 +564,15 @@ def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
     return result.model, result.metrics["epochs"]
 
 
-def _structured_stage(run: _Run, model, ratio: float):
+def _structured_stage(run: _Run, model, spec):
     from edgedl.optimize.structured import prune_structured
 
     t = time.perf_counter()
-    result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
+    ratio = spec.ratio
+    result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe, residual=spec.residual,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed)
-    row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed, fine-tuned", result.model,
+    where = " (residual channels kept)" if spec.residual == "keep" else ""
+    row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))
     return result.model, row, result.summary
 

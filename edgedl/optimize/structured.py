@@ -9,7 +9,10 @@ Three small stages:
    same channels must survive on every branch; Flatten passes it on spread over the spatial
    positions, for the Dense after it. A group is *frozen* (kept whole) when it reaches the model's
    output (the classifier is never pruned) or a layer edgedl does not restructure (Reshape,
-   Concatenate, recurrent layers, channels-first layers ...); the plan says why.
+   Concatenate, recurrent layers, channels-first layers ...); the plan says why. With
+   ``residual="keep"`` the groups that residual adds join are frozen too, so only the channels
+   inside the residual blocks are pruned (as Li et al., "Pruning Filters for Efficient ConvNets",
+   2017, prune ResNets: the residual stream keeps its width and much of the accuracy).
 2. Each free group keeps the ``1 - ratio`` fraction of its channels with the largest L1 norm of
    the filters that produce them (summed over the group's producers, each normalised by its mean).
 3. :func:`rebuild` clones the graph with fewer filters/units and copies the kept slices of every
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgedl import _lazy
-from edgedl.errors import ModelError
+from edgedl.errors import ModelError, OptionError
 from edgedl.optimize import graph
 from edgedl.optimize.prune import check_fraction
 
@@ -49,6 +52,28 @@ CHANNELWISE = (
 MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average")
 # Activations that mix channels (normalise over the last axis): their group is kept whole.
 MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+# What to do with channels that element-wise merges (residual adds) join across branches.
+RESIDUAL = ("prune", "keep")
+
+
+@dataclass(frozen=True)
+class StructuredSpec:
+    """What structured pruning removes.
+
+    ``ratio``: the fraction of channels removed from each prunable group, in (0, 1); ``residual``:
+    ``prune`` the channels residual adds join (every branch loses the same ones) or ``keep`` them
+    whole and prune only inside the residual blocks.
+    """
+
+    ratio: float
+    residual: str = "prune"
+
+    def check(self) -> "StructuredSpec":
+        """Raise OptionError for anything out of range; return self."""
+        check_fraction(self.ratio, "--structured")
+        if self.residual not in RESIDUAL:
+            raise OptionError(f"unknown --structured-residual '{self.residual}'; choose one of {', '.join(RESIDUAL)}")
+        return self
 
 
 @dataclass
@@ -75,6 +100,7 @@ class Plan:
     groups: dict[str, Group]
     tensors: dict[str, tuple | None] = field(repr=False)  # layer -> (group name, spatial) of its output
     steps: list = field(repr=False, default_factory=list)
+    residual: str = "prune"
 
     def kept_indices(self, info) -> np.ndarray | None:
         """Kept positions along the last axis of a tensor with this (group, spatial) info; None: all."""
@@ -89,7 +115,7 @@ class Plan:
     def summary(self) -> dict:
         pruned = [g.to_dict() for g in self.groups.values() if g.reason is None]
         frozen = [g.to_dict() for g in self.groups.values() if g.reason is not None]
-        return {"ratio": self.ratio, "pruned_groups": pruned, "frozen_groups": frozen}
+        return {"ratio": self.ratio, "residual": self.residual, "pruned_groups": pruned, "frozen_groups": frozen}
 
 
 class _Groups:
@@ -142,14 +168,16 @@ def _check_rebuildable(step, keras) -> None:
         )
 
 
-def plan(model, ratio: float) -> Plan:
+def plan(model, ratio: float, residual: str = "prune") -> Plan:
     """Group the channels of ``model`` and choose which to keep at ``ratio`` (the fraction removed).
 
+    ``residual="keep"`` leaves the channels that element-wise merges join (residual adds) whole.
+
     Raises:
-        OptionError: ``ratio`` outside (0, 1).
+        OptionError: ``ratio`` outside (0, 1), or an unknown ``residual``.
         ModelError: a layer that cannot be rebuilt (custom, nested model, keras.ops call, shared).
     """
-    ratio = check_fraction(ratio, "--structured")
+    ratio = StructuredSpec(ratio, residual).check().ratio
     graph.require_keras_layers(model, "structured pruning")
     keras = _lazy.keras()
     steps = graph.trace(model)
@@ -200,6 +228,9 @@ def plan(model, ratio: float) -> Plan:
                 tensors[step.name] = None
             else:
                 tensors[step.name] = (uf.union([i[0] for i in ins]), ins[0][1])
+                if residual == "keep":
+                    uf.freeze(tensors[step.name][0], f"is joined by '{step.name}' ({kind}); the residual "
+                                                     "channels are kept (--structured-residual keep)")
         else:
             freeze_all(ins, f"feeds '{step.name}' ({kind}), which structured pruning leaves whole")
             tensors[step.name] = None
@@ -228,7 +259,7 @@ def plan(model, ratio: float) -> Plan:
             group.keep = _rank(group, by_name)[:keep]
     # Tensor infos point at group roots from here on.
     tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
-    return Plan(ratio=ratio, groups=groups, tensors=tensors, steps=steps)
+    return Plan(ratio=ratio, groups=groups, tensors=tensors, steps=steps, residual=residual)
 
 
 def _channelwise_ok(step) -> bool:
@@ -324,7 +355,7 @@ class StructuredResult:
 
 
 def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
-                     progress: bool = True, seed: int = 0) -> StructuredResult:
+                     progress: bool = True, seed: int = 0, residual: str = "prune") -> StructuredResult:
     """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
 
     Args:
@@ -335,6 +366,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         epochs: fine-tuning epochs.
         progress: show a progress bar.
         seed: seeds shuffling.
+        residual: ``prune`` or ``keep`` the channels residual adds join (see :class:`StructuredSpec`).
 
     Returns:
         StructuredResult with the new model and a summary of the pruned and frozen groups.
@@ -350,7 +382,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
     """
     from edgedl.optimize.finetune import finetune
 
-    the_plan = plan(model, ratio)
+    the_plan = plan(model, ratio, residual)
     smaller = rebuild(model, the_plan)
     finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
              progress=progress, seed=seed)
