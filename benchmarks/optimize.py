@@ -75,7 +75,6 @@ def main(argv=None):
 
     command = "python benchmarks/optimize.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {"entries": []}
     for name in args.models.split(","):
         wanted = args.measurements.split(",") if args.measurements else MEASUREMENTS.get(name, ["ptq"])
         model_path, trained = trained_model(name, args)
@@ -85,6 +84,7 @@ def main(argv=None):
             entry.update(model=name, measurement=what, command=command, training=trained,
                          wall_time_s=round(time.perf_counter() - start, 1))
             print(json.dumps(entry), flush=True)
+            results = json.loads(out.read_text()) if out.is_file() else {"entries": []}  # re-read: runs may overlap
             results["entries"] = [e for e in results["entries"] if (e["model"], e["measurement"]) != (name, what)]
             results["entries"].append(entry)
             results["goals"] = GOALS
