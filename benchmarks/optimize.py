@@ -20,7 +20,9 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   against the unpruned model (goal <= 0.6x), one thread, batch 1, median of repeats, both models
   measured in the same run, float32 and int8. ``structured50_keep_residual``: the same, but the
   channels residual adds join are kept whole (--structured-residual keep): only the insides of
-  ResNet-8's blocks lose half their channels.
+  ResNet-8's blocks lose half their channels. ``structured50_distill`` and
+  ``structured50_keep_residual_distill``: the same two, fine-tuned with --distill (the unpruned
+  model as teacher).
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
@@ -255,14 +257,22 @@ def measure_structured50_keep_residual(name, model_path, args):
     return measure_structured50(name, model_path, args, residual="keep")
 
 
-def measure_structured50(name, model_path, args, residual="prune"):
+def measure_structured50_keep_residual_distill(name, model_path, args):
+    return measure_structured50(name, model_path, args, residual="keep", distill=True)
+
+
+def measure_structured50_distill(name, model_path, args):
+    return measure_structured50(name, model_path, args, distill=True)
+
+
+def measure_structured50(name, model_path, args, residual="prune", distill=False):
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
     from edgedl.optimize import StructuredSpec
     from edgedl.optimize.pipeline import _calibration_samples
     from edgedl.data import load_dataset
 
-    r = run(model_path, args, structured=StructuredSpec(0.5, residual=residual), quantize="int8")
+    r = run(model_path, args, structured=StructuredSpec(0.5, residual=residual), quantize="int8", distill=distill)
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
     calibration = _calibration_samples(data.x_train, 200, 0)
@@ -274,8 +284,10 @@ def measure_structured50(name, model_path, args, residual="prune"):
     latency = {fmt: paired_latency(a, b, args.repeats) for fmt, (a, b) in models.items()}
     drop = points(base["accuracy"], small["accuracy"])
     ratio = latency["float32"]["ratio"]
-    flags = ["--structured", "0.5"] + (["--structured-residual", residual] if residual != "prune" else [])
+    flags = ["--structured", "0.5"] + (["--structured-residual", residual] if residual != "prune" else []) + (
+        ["--distill"] if distill else [])
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "residual": residual,
+            "distill": distill,
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
             "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
             "int8_drop_points": points(base["accuracy"], q["accuracy"]),
@@ -325,7 +337,9 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "ptq_per_tensor_stripped": measure_ptq_per_tensor_stripped, "qat": measure_qat, "prune80": measure_prune80,
            "prune80_global": measure_prune80_global, "prune80_erk": measure_prune80_erk,
            "prune80_erk_block4": measure_prune80_erk_block4,
-           "structured50": measure_structured50, "structured50_keep_residual": measure_structured50_keep_residual}
+           "structured50": measure_structured50, "structured50_keep_residual": measure_structured50_keep_residual,
+           "structured50_distill": measure_structured50_distill,
+           "structured50_keep_residual_distill": measure_structured50_keep_residual_distill}
 
 
 if __name__ == "__main__":

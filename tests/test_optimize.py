@@ -324,6 +324,34 @@ def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept
     assert report.stage("structured")["params_total"] < report.stage("baseline")["params_total"]
 
 
+def test_distillation_fine_tunes_the_student_and_leaves_the_teacher_alone(lenet, digits):
+    from edgedl.optimize.finetune import distiller, finetune
+
+    teacher_weights = [w.copy() for w in lenet.model.get_weights()]
+    trainable = lenet.model.trainable
+    smaller = structured.rebuild(lenet.model, structured.plan(lenet.model, 0.5))
+    before = [w.copy() for w in smaller.get_weights()]
+    finetune(smaller, digits.x_train, digits.y_train, LENET_RECIPE, 2, teacher=lenet.model, progress=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, smaller.get_weights()))
+    assert evaluate(smaller, digits.x_test, digits.y_test)[1] > 0.5  # as without a teacher: it learns
+    for a, b in zip(teacher_weights, lenet.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert lenet.model.trainable == trainable
+    with pytest.raises(OptionError, match=r"cannot distil: the teacher predicts shape \(10,\), the student \(3,\)"):
+        inputs = keras.Input((28, 28, 1))
+        distiller(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))), lenet.model)
+
+
+def test_the_pipeline_distils_every_fine_tuning_stage_from_the_baseline_when_asked(lenet):
+    report = optimize(lenet.model, prune=0.5, dataset="digits", epochs=1, distill=True, progress=False)
+    assert report.options["distill"] is True
+    assert report.finetuning["distillation"]["teacher"] == "the float baseline"
+    assert report.stage("pruned")["sparsity"] >= 0.45
+    assert report.stage("pruned")["accuracy"] > 0.6, report.stages  # one epoch on digits: it still classifies
+    with pytest.raises(OptionError, match="--distill teaches fine-tuning: use it with --prune, --structured or --qat"):
+        optimize(lenet.model, quantize="int8", distill=True, dataset="digits", progress=False)
+
+
 def test_structured_pruning_fine_tunes_a_trained_model(lenet, digits):
     result = prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2,
                               progress=False)

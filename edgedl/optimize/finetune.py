@@ -22,6 +22,10 @@ EPOCHS_FRACTION = 0.25
 # ... but at least this many optimizer steps (small data sets have few steps per epoch), and never
 # more epochs than the recipe trains for.
 MIN_STEPS = 2000
+# Distillation: the loss is ALPHA x cross-entropy with the labels + (1 - ALPHA) x cross-entropy with
+# the teacher's predictions softened at TEMPERATURE (scaled by TEMPERATURE**2, Hinton et al. 2015).
+DISTILL_ALPHA = 0.5
+DISTILL_TEMPERATURE = 4.0
 
 
 def default_epochs(recipe: dict, num_samples: int | None = None) -> int:
@@ -41,7 +45,8 @@ def default_epochs(recipe: dict, num_samples: int | None = None) -> int:
 
 
 def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, callbacks=(),
-             title: str = "fine-tuning", progress: bool = True, seed: int = 0, lr_scale: float = LR_SCALE):
+             title: str = "fine-tuning", progress: bool = True, seed: int = 0, lr_scale: float = LR_SCALE,
+             teacher=None):
     """Train ``model`` in place for ``epochs`` on (x, y) with the recipe, at ``lr_scale`` times its rate.
 
     Args:
@@ -55,6 +60,9 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
         progress: show a rich progress bar.
         seed: seeds shuffling and augmentation.
         lr_scale: the fraction of the recipe's learning rate to start from.
+        teacher: a Keras model with the same outputs (e.g. the model before pruning) to distil from:
+            ``model`` then also learns to match the teacher's softened predictions. The teacher
+            is not changed.
 
     Returns:
         The Keras ``History``.
@@ -70,12 +78,57 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
     steps = math.ceil(len(x) / batch_size)
     # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate
     tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale, warmup_epochs=0)
-    compile_for_training(model, tuned, steps * epochs)
+    trainee = model if teacher is None else distiller(model, teacher)
+    compile_for_training(trainee, tuned, steps * epochs)
     data = make_dataset(x, y, batch_size, recipe.get("augment"), seed)
     callbacks = list(callbacks)
     if progress:
         callbacks.append(ProgressBar(epochs, steps, title=title))
-    return model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)
+    return trainee.fit(data, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)
+
+
+def distiller(student, teacher, alpha: float = DISTILL_ALPHA, temperature: float = DISTILL_TEMPERATURE):
+    """A Keras model that trains ``student`` on the labels and on ``teacher``'s softened predictions.
+
+    Both models end in a softmax (as the zoo's do); their log-probabilities divided by
+    ``temperature`` serve as logits. Training it updates ``student`` in place; ``teacher`` is
+    frozen inside (its own ``trainable`` flag is left as it was).
+    """
+    keras = _lazy.keras()
+    ops = keras.ops
+    if tuple(teacher.output_shape[1:]) != tuple(student.output_shape[1:]):
+        raise OptionError(f"cannot distil: the teacher predicts shape {tuple(teacher.output_shape[1:])}, "
+                          f"the student {tuple(student.output_shape[1:])}")
+
+    class Distiller(keras.Model):
+        def __init__(self):
+            super().__init__(name=f"{student.name}_distilled")
+            self.student = student
+            self.teacher = _frozen(teacher)
+
+        def call(self, x, training=None):
+            return self.student(x, training=training)
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            hard = keras.losses.sparse_categorical_crossentropy(y, y_pred)
+            soft_teacher = ops.softmax(ops.log(ops.clip(self.teacher(x, training=False), 1e-7, 1.0)) / temperature)
+            log_student = ops.log_softmax(ops.log(ops.clip(y_pred, 1e-7, 1.0)) / temperature)
+            soft = -ops.sum(ops.stop_gradient(soft_teacher) * log_student, axis=-1) * temperature ** 2
+            loss = ops.mean(alpha * hard + (1.0 - alpha) * soft)
+            for extra in self.student.losses:  # kernel regularizers
+                loss = loss + extra
+            return loss
+
+    return Distiller()
+
+
+def _frozen(model):
+    """A copy of ``model`` with the same weights that does not train (the original keeps its flags)."""
+    from edgedl.optimize import graph
+
+    copy = graph.copy_model(model)
+    copy.trainable = False
+    return copy
 
 
 def steps_per_epoch(num_samples: int, recipe: dict) -> int:

@@ -160,6 +160,8 @@ def _options_text(o: dict) -> str:
         parts.append(f"prune {what} ({o['prune_scope']}, {o['prune_schedule']}{block})")
     if o.get("qat"):
         parts.append("QAT")
+    if o.get("distill"):
+        parts.append("distilled from the baseline")
     parts.append(f"quantize {o['quantize'] or 'none (float32)'}")
     if o.get("io_type", "float") != "float":
         parts.append(f"I/O {o['io_type']}")
@@ -391,7 +393,8 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
              data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
-             per_channel=True, strip_names=False, out_dir=None, seed=0, progress=True) -> OptimizeReport:
+             per_channel=True, strip_names=False, distill=False, out_dir=None, seed=0,
+             progress=True) -> OptimizeReport:
     """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
 
     Stages, in order, each optional: structured pruning, unstructured magnitude pruning,
@@ -424,6 +427,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             a smaller file on small models, at some risk to accuracy).
         strip_names: drop the names of intermediate tensors from every ``.tflite`` (the float32
             baseline's too, so sizes compare like with like); inputs, outputs and signatures keep theirs.
+        distill: every fine-tuning stage also learns from the float baseline's predictions
+            (knowledge distillation), which recovers more of the accuracy pruning costs.
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
         seed: seeds fine-tuning and the choice of calibration samples.
         progress: show progress bars while training.
@@ -449,6 +454,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
     if not per_channel and mode not in ("int8", "int16x8"):
         raise OptionError(f"--per-tensor needs --quantize int8 or int16x8, not '{mode or 'none'}'")
+    if distill and prune is None and structured is None and not qat:
+        raise OptionError("--distill teaches fine-tuning: use it with --prune, --structured or --qat")
     if not per_channel and qat:
         raise OptionError("--per-tensor cannot go with --qat: quantization-aware training fake-quantizes "
                           "kernels per channel; use --per-tensor with post-training --quantize int8")
@@ -468,6 +475,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, strip_names=strip_names)
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
+    run.teacher = current if distill else None
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
         f", trained here for {trained_here} epochs" if trained_here else ""), current)]
     parts = {}
@@ -491,7 +499,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": cut and cut.ratio, "structured_residual": cut and cut.residual, "quantize": mode, "qat": bool(qat), "io_type": io_type,
-                 "per_channel": per_channel, "strip_names": strip_names,
+                 "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
                  "epochs": epochs, "seed": seed},
         finetuning=run.describe(src.recipe_from),
     )
@@ -528,6 +536,7 @@ class _Run:
     seed: int
     progress: bool
     strip_names: bool = False
+    teacher: object = field(default=None, repr=False)  # distil from this model while fine-tuning
 
     @property
     def tune_epochs(self) -> int:
@@ -550,7 +559,9 @@ class _Run:
         return {"epochs": self.tune_epochs, "optimizer": r.get("optimizer", "adam"),
                 "learning_rate": float(r.get("learning_rate", 1e-3)) * ft.LR_SCALE, "lr_scale": ft.LR_SCALE,
                 "qat_lr_scale": qat.LR_SCALE, "batch_size": r.get("batch_size"), "schedule": r.get("schedule"),
-                "augment": r.get("augment"), "recipe_from": recipe_from}
+                "augment": r.get("augment"), "recipe_from": recipe_from,
+                "distillation": None if self.teacher is None else {
+                    "teacher": "the float baseline", "alpha": ft.DISTILL_ALPHA, "temperature": ft.DISTILL_TEMPERATURE}}
 
 
 def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
@@ -569,7 +580,8 @@ def _structured_stage(run: _Run, model, spec):
 
     t = time.perf_counter()
     ratio = spec.ratio
-    result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe, residual=spec.residual,
+    result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
+                              residual=spec.residual, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed)
     where = " (residual channels kept)" if spec.residual == "keep" else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
@@ -583,7 +595,7 @@ def _prune_stage(run: _Run, model, spec):
     t = time.perf_counter()
     result = prune(model, spec.sparsity, run.data.x_train, run.data.y_train, recipe=run.recipe,
                    epochs=run.tune_epochs, scope=spec.scope, schedule=spec.schedule, block=spec.block,
-                   progress=run.progress, seed=run.seed)
+                   progress=run.progress, seed=run.seed, teacher=run.teacher)
     what = ("kernels pruned per layer" if isinstance(spec.sparsity, dict)
             else f"{100 * spec.sparsity:.0f}% of kernel weights zeroed")
     how = f"{spec.scope}, {spec.schedule}" + (f", blocks of {spec.block}" if spec.block > 1 else "")
@@ -632,7 +644,7 @@ def _convert_stage(run: _Run, model, mode, qat, export: _Export, keep_sparsity):
                              model, "int8 tflite")]
     result = qat_module.quantization_aware_training(model, run.data.x_train, run.data.y_train, recipe=run.recipe,
                                                     epochs=run.tune_epochs, keep_sparsity=keep_sparsity,
-                                                    progress=run.progress, seed=run.seed)
+                                                    progress=run.progress, seed=run.seed, teacher=run.teacher)
     _, fq_accuracy = evaluate(result.fake_quant_model, run.data.x_test, run.data.y_test)
     tflite = export(result.model, "int8")
     rows.append(run.tflite_stage("qat", f"int8 after quantization-aware training{scales}", tflite, result.model,

@@ -400,7 +400,8 @@ class PruneResult:
 
 
 def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int, scope: str = "layer",
-          schedule: str = "polynomial", block: int = 1, progress: bool = True, seed: int = 0) -> PruneResult:
+          schedule: str = "polynomial", block: int = 1, progress: bool = True, seed: int = 0,
+          teacher=None) -> PruneResult:
     """Prune ``model``'s kernels by magnitude while fine-tuning it, and return the stripped result.
 
     Args:
@@ -444,7 +445,7 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
     masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)
     finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
-             title=f"pruning to {_describe(targets)}", progress=progress, seed=seed)
+             title=f"pruning to {_describe(targets)}", progress=progress, seed=seed, teacher=teacher)
     stripped = strip(work)
     return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
                        scope=scope, schedule=schedule, block=block)

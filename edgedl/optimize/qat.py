@@ -307,7 +307,8 @@ class QATResult:
 
 
 def quantization_aware_training(model, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
-                                keep_sparsity: bool = False, progress: bool = True, seed: int = 0) -> QATResult:
+                                keep_sparsity: bool = False, progress: bool = True, seed: int = 0,
+                                teacher=None) -> QATResult:
     """Fine-tune ``model`` with int8 fake quantization; return float weights ready for int8 export.
 
     Args:
@@ -336,7 +337,7 @@ def quantization_aware_training(model, x: np.ndarray, y: np.ndarray, *, recipe: 
     qmodel = fake_quant_model(folded)
     callbacks = [masking_callback(Masker.keep_zeros(qmodel))] if keep_sparsity else []
     finetune(qmodel, x, y, recipe, epochs, callbacks=callbacks, title="quantization-aware training",
-             progress=progress, seed=seed, lr_scale=LR_SCALE)
+             progress=progress, seed=seed, lr_scale=LR_SCALE, teacher=teacher)
     export = graph.copy_model(folded)
     for layer in export.layers:
         if layer.weights:

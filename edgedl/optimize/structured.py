@@ -355,7 +355,8 @@ class StructuredResult:
 
 
 def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
-                     progress: bool = True, seed: int = 0, residual: str = "prune") -> StructuredResult:
+                     progress: bool = True, seed: int = 0, residual: str = "prune",
+                     teacher=None) -> StructuredResult:
     """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
 
     Args:
@@ -367,6 +368,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         progress: show a progress bar.
         seed: seeds shuffling.
         residual: ``prune`` or ``keep`` the channels residual adds join (see :class:`StructuredSpec`).
+        teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
 
     Returns:
         StructuredResult with the new model and a summary of the pruned and frozen groups.
@@ -385,5 +387,5 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
     the_plan = plan(model, ratio, residual)
     smaller = rebuild(model, the_plan)
     finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
-             progress=progress, seed=seed)
+             progress=progress, seed=seed, teacher=teacher)
     return StructuredResult(model=graph.copy_model(smaller), summary=the_plan.summary())
