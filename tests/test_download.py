@@ -155,3 +155,38 @@ def test_an_unreachable_source_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match=r"could not download file://.*/train-images-idx3-ubyte.gz .*--mirror"):
         download("mnist", data_dir=tmp_path / "data", mirror=(tmp_path / "empty").as_uri(), progress=False)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_cifar10_tarball_downloads_and_loads_as_the_same_images(data_dir, tmp_path, monkeypatch):
+    """The download path end to end, on a tarball in the canonical layout built from real CIFAR-10
+    images: the canonical file is not offline, so its pinned md5 is swapped for this one's."""
+    import pickle
+
+    from edgedl.data import cifar10
+
+    real = load_dataset("cifar10", data_dir=data_dir, limit=60)
+    to_uint8 = lambda x: np.round(x * 255).astype(np.uint8)  # noqa: E731
+    parts = {"train": (to_uint8(real.x_train), real.y_train), "test": (to_uint8(real.x_test), real.y_test)}
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    tarball = mirror / cifar10.PYTHON_TARBALL
+    with tarfile.open(tarball, "w:gz") as tar:
+        for part, names in cifar10.PYTHON_BATCHES.items():
+            x, y = parts[part]
+            for k, name in enumerate(names):
+                rows = slice(k * len(x) // len(names), (k + 1) * len(x) // len(names))
+                batch = {b"data": x[rows].transpose(0, 3, 1, 2).reshape(-1, 3 * 32 * 32),
+                         b"labels": [int(v) for v in y[rows]]}
+                blob = pickle.dumps(batch)
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    monkeypatch.setattr(cifar10, "PYTHON_TARBALL_MD5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    target = tmp_path / "data"
+    download("cifar10", data_dir=target, mirror=mirror.as_uri(), progress=False)
+    assert sorted(p.name for p in (target / "cifar10").iterdir()) == [cifar10.PYTHON_TARBALL]
+    loaded = load_dataset("cifar10", data_dir=target)
+    for part, (x, y) in parts.items():
+        np.testing.assert_array_equal(to_uint8(getattr(loaded, f"x_{part}")), x)
+        np.testing.assert_array_equal(getattr(loaded, f"y_{part}"), y)
+    assert loaded.x_train.dtype == np.float32 and loaded.x_train.shape[1:] == (32, 32, 3)
