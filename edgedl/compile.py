@@ -8,7 +8,6 @@ run the result -> write the bundle with its manifest.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import tempfile
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgedl import __version__, _io
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
+from edgedl.modelio import metrics_beside
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> Source:
     if not p.exists():
         raise InputFileError(p, "no such file or folder; expected .keras, .h5, SavedModel, .tflite or .onnx")
     sha = _io.sha256_file(p) if p.is_file() else _dir_sha(p)
-    meta = _metadata_beside(p)
+    meta = metrics_beside(p) if p.is_file() else {}
     if p.suffix == ".tflite":
         from edgedl.graph import read_tflite
         from edgedl.runtime.engines import LiteRTEngine
@@ -94,17 +94,6 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> Source:
     source = Source(p, "keras", sha, None, lambda x: keras_predict(model, x), shape, meta)
     source.keras_model = model
     return source
-
-
-def _metadata_beside(p: Path) -> dict:
-    """The metrics JSON ``edgedl train`` writes beside a model (data set, preprocessing), if any."""
-    j = p.with_suffix(".json")
-    if p.is_file() and j.is_file():
-        try:
-            return json.loads(j.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("ignoring unreadable %s", j)
-    return {}
 
 
 def _dir_sha(p: Path) -> str:

@@ -6,6 +6,7 @@ reshapes that TVM's TFLite frontend rejects; tracing a concrete function with ba
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -49,6 +50,8 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
     if io_type not in IO_TYPES:
         raise OptionError(f"unknown I/O type '{io_type}'; choose one of {', '.join(IO_TYPES)}")
+    if not per_channel and quantize not in ("int8", "int16x8"):
+        raise OptionError(f"per-tensor weights are an option of int8 and int16x8 quantization, not '{quantize}'")
     shape = (1,) + tuple(model.input_shape[1:])
     dtype = getattr(model.inputs[0], "dtype", "float32") or "float32"
     keras = _lazy.keras()
@@ -83,8 +86,6 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
             converter.inference_output_type = io
     elif io_type != "float":
         raise OptionError(f"I/O type '{io_type}' needs full integer quantization (int8), not '{quantize}'")
-    if not per_channel and quantize not in ("int8", "int16x8"):
-        raise OptionError(f"per-tensor weights are an option of int8 and int16x8 quantization, not '{quantize}'")
     try:
         with _lazy.quiet():
             return converter.convert()
@@ -158,6 +159,7 @@ def strip_names(tflite: bytes) -> bytes:
     return flatbuffer_utils.convert_object_to_bytearray(model)
 
 
+@functools.cache
 def _aligned_buffer_class():
     from tensorflow.lite.python import schema_py_generated as schema
 

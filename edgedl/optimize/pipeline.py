@@ -472,9 +472,10 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
     _check_shapes(probe, data)
 
-    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, strip_names=strip_names)
-    current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
+    export = _Export(calibration, io_type, num_calibration, per_channel, strip_names)
+    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export)
+    current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     run.teacher = current if distill else None
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
         f", trained here for {trained_here} epochs" if trained_here else ""), current)]
@@ -485,8 +486,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     if spec is not None:
         current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(run, current, spec)
         stages.append(row)
-    export = _Export(calibration, io_type, num_calibration, per_channel, strip_names)
-    current, tflite, rows, parts["qat"] = _convert_stage(run, current, mode, qat, export, keep_sparsity=prune is not None)
+    current, tflite, rows, parts["qat"] = _convert_stage(run, current, mode, qat, keep_sparsity=prune is not None)
     stages += rows
 
     report = OptimizeReport(
@@ -535,7 +535,7 @@ class _Run:
     epochs: int | None
     seed: int
     progress: bool
-    strip_names: bool = False
+    export: "_Export"  # how every .tflite is written, the float32 baselines' included
     teacher: object = field(default=None, repr=False)  # distil from this model while fine-tuning
 
     @property
@@ -545,8 +545,8 @@ class _Run:
         return self.epochs or default_epochs(self.recipe, len(self.data.x_train))
 
     def keras_stage(self, stage, description, model, **extra):
-        return keras_stage(stage, description, model, self.data.x_test, self.data.y_test, strip=self.strip_names,
-                           **extra)
+        return keras_stage(stage, description, model, self.data.x_test, self.data.y_test,
+                           strip=self.export.strip_names, **extra)
 
     def tflite_stage(self, stage, description, tflite, model, fmt, **extra):
         return tflite_stage(stage, description, tflite, model, self.data.x_test, self.data.y_test, fmt, **extra)
@@ -625,8 +625,9 @@ class _Export:
         return strip_names(tflite) if self.strip_names else tflite
 
 
-def _convert_stage(run: _Run, model, mode, qat, export: _Export, keep_sparsity):
+def _convert_stage(run: _Run, model, mode, qat, keep_sparsity):
     """Convert (after QAT if asked); returns (final Keras model, .tflite, stage rows, QAT summary)."""
+    export = run.export
     if mode is None:
         return model, export(model, "none"), [], None
     scales = "" if export.per_channel else ", per-tensor weight scales"
