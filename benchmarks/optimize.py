@@ -8,6 +8,8 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   ``ptq_stripped``: the same with intermediate tensor names stripped from both files (--strip-names).
   ``ptq_per_tensor_stripped``: stripped, and one weight scale per tensor instead of per channel
   (--per-tensor): on small models the per-channel scales and zero points are a third of the file.
+  ``ptq_per_tensor_stripped_int8_io``: the same with int8 inputs and outputs (--io int8), which drops
+  the float Quantize and Dequantize operators at the ends of the graph.
 - ``qat``: quantization-aware training then int8: accuracy drop (goal <= 0.2 points) and whether it
   is at least as accurate as PTQ of the same model.
 - ``prune80``: 80% unstructured sparsity in every layer, then int8: float accuracy drop (goal <= 1
@@ -48,7 +50,7 @@ DEFAULT_OUT = ROOT / "results" / "optimize.json"
 
 MEASUREMENTS = {
     "lenet": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
-    "ds_cnn": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
+    "ds_cnn": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "ptq_per_tensor_stripped_int8_io", "qat", "prune80", "prune80_global", "prune80_erk", "prune80_erk_block4", "structured50"],
     "cnn": ["ptq", "ptq_stripped", "structured50"],
     "resnet8": ["ptq", "ptq_stripped", "ptq_per_tensor_stripped", "structured50", "structured50_keep_residual"],
 }
@@ -174,17 +176,22 @@ def measure_ptq_per_tensor_stripped(name, model_path, args):
     return measure_ptq(name, model_path, args, per_channel=False, strip_names=True)
 
 
-def measure_ptq(name, model_path, args, per_channel=True, strip_names=False):
+def measure_ptq_per_tensor_stripped_int8_io(name, model_path, args):
+    return measure_ptq(name, model_path, args, per_channel=False, strip_names=True, io_type="int8")
+
+
+def measure_ptq(name, model_path, args, per_channel=True, strip_names=False, io_type="float"):
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
 
-    r = run(model_path, args, quantize="int8", per_channel=per_channel, strip_names=strip_names)
+    r = run(model_path, args, quantize="int8", per_channel=per_channel, strip_names=strip_names, io_type=io_type)
     base, q = r.stage("baseline"), r.stage("int8")
     drop, ratio = points(base["accuracy"], q["accuracy"]), round(q["size_bytes"] / base["size_bytes"], 4)
     float_buffers, int8_buffers = buffer_bytes(to_tflite(load_model(model_path), "none")), buffer_bytes(r.tflite)
     flags = ["--quantize", "int8"] + (["--per-tensor"] if not per_channel else []) + (
-        ["--strip-names"] if strip_names else [])
+        ["--strip-names"] if strip_names else []) + (["--io", io_type] if io_type != "float" else [])
     return {"equivalent_cli": cli(model_path, args, *flags), "per_channel": per_channel, "strip_names": strip_names,
+            "io_type": io_type,
             "baseline_accuracy": base["accuracy"], "int8_accuracy": q["accuracy"], "drop_points": drop,
             "float32_tflite_bytes": base["size_bytes"], "int8_tflite_bytes": q["size_bytes"], "int8_size_ratio": ratio,
             "weight_buffers_bytes": {"float32": float_buffers, "int8": int8_buffers,
@@ -334,7 +341,8 @@ def host() -> dict:
 
 
 MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
-           "ptq_per_tensor_stripped": measure_ptq_per_tensor_stripped, "qat": measure_qat, "prune80": measure_prune80,
+           "ptq_per_tensor_stripped": measure_ptq_per_tensor_stripped,
+           "ptq_per_tensor_stripped_int8_io": measure_ptq_per_tensor_stripped_int8_io, "qat": measure_qat, "prune80": measure_prune80,
            "prune80_global": measure_prune80_global, "prune80_erk": measure_prune80_erk,
            "prune80_erk_block4": measure_prune80_erk_block4,
            "structured50": measure_structured50, "structured50_keep_residual": measure_structured50_keep_residual,

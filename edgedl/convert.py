@@ -133,14 +133,24 @@ BUFFER_ALIGNMENT = 16
 
 
 def strip_names(tflite: bytes) -> bytes:
-    """The same model without the names of its intermediate tensors, or the model description.
+    """The same model without what no runtime reads, written compactly.
 
-    Names of the graph's input and output tensors and the signatures stay, so every runtime and
-    TVM's frontend load the result as before. On small models the names are a few percent of the
-    file (ResNet-8 int8: 5.8 of 98 KB). Weight buffers keep their 16-byte alignment.
+    Dropped: the names of intermediate tensors, the model description and the converter's
+    metadata (``min_runtime_version``, ``CONVERSION_METADATA``). Names of the graph's input and
+    output tensors and the signatures stay, so every runtime and TVM's frontend load the result as
+    before. The file is then written without repeats: identical shapes, operator index lists,
+    quantization parameters and operator options are stored once and shared, tensors without data
+    share the empty buffer 0, and ``has_rank`` is left out where a non-empty shape already gives
+    the rank. Weights are untouched and keep their 16-byte alignment.
+
+    On small models this is several percent of the file (ResNet-8 int8: 5.8 of 98 KB are names;
+    DS-CNN int8 per-tensor: 29.3 KB become 27.9 KB).
 
     Raises:
         OptionError: ``tflite`` is not a TFLite flatbuffer.
+
+    Example:
+        >>> small = strip_names(to_tflite(model, "int8", x_train[:100]))  # doctest: +SKIP
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -148,15 +158,89 @@ def strip_names(tflite: bytes) -> bytes:
         raise OptionError("cannot strip names: the data is not a .tflite flatbuffer (no TFL3 identifier)")
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     model.description = None
+    model.metadata = None
     for subgraph in model.subgraphs:
         keep = {int(i) for i in subgraph.inputs} | {int(i) for i in subgraph.outputs}
         for index, tensor in enumerate(subgraph.tensors):
             if index not in keep:
                 tensor.name = None
+            if tensor.shape is not None and len(tensor.shape) and tensor.shapeSignature is None:
+                tensor.hasRank = False  # the schema's default; a non-empty shape gives the rank
+    _share_empty_buffer(model)
+    return _pack_shared(model)
+
+
+def _share_empty_buffer(model) -> None:
+    """Point every tensor without data at buffer 0 (the schema's empty buffer) and drop the others."""
+
+    def empty(buffer):
+        return (buffer.data is None or len(buffer.data) == 0) and not buffer.offset
+
+    if not model.buffers or not empty(model.buffers[0]):
+        return  # not the layout the converter writes; leave it as it is
+    kept = [i for i, b in enumerate(model.buffers) if i == 0 or not empty(b)]
+    kept = sorted(set(kept) | {m.buffer for m in model.metadata or []})
+    index = {old: new for new, old in enumerate(kept)}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.buffer = index.get(tensor.buffer, 0)
+    for m in model.metadata or []:
+        m.buffer = index[m.buffer]
+    model.buffers = [model.buffers[i] for i in kept]
+
+
+def _pack_shared(model) -> bytes:
+    """Serialise a TFLite object model, storing identical vectors and small tables once."""
+    import flatbuffers
+
+    class SharingBuilder(flatbuffers.Builder):
+        def CreateNumpyVector(self, x):
+            key = (x.dtype.str, x.tobytes())
+            vectors = self.__dict__.setdefault("_vectors", {})
+            if key not in vectors:
+                vectors[key] = super().CreateNumpyVector(x)
+            return vectors[key]
+
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if tensor.quantization is not None:
+                tensor.quantization.__class__ = _shared_table_class(type(tensor.quantization))
+        for op in subgraph.operators:
+            if op.builtinOptions is not None:
+                op.builtinOptions.__class__ = _shared_table_class(type(op.builtinOptions))
     aligned = _aligned_buffer_class()
     for buffer in model.buffers:
         buffer.__class__ = aligned
-    return flatbuffer_utils.convert_object_to_bytearray(model)
+    builder = SharingBuilder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _content_key(obj):
+    """A hashable key for a flatbuffer object-API value: equal keys pack to equal bytes."""
+    if isinstance(obj, np.ndarray):
+        return (obj.dtype.str, obj.shape, obj.tobytes())
+    if isinstance(obj, (list, tuple)):
+        return tuple(_content_key(v) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return (type(obj).__name__,) + tuple((k, _content_key(v)) for k, v in sorted(vars(obj).items()))
+    return obj
+
+
+@functools.cache
+def _shared_table_class(cls):
+    class Shared(cls):
+        """Packs once per content: a second equal table is the same offset."""
+
+        def Pack(self, builder):
+            tables = builder.__dict__.setdefault("_tables", {})
+            key = _content_key(self)
+            if key not in tables:
+                tables[key] = cls.Pack(self, builder)
+            return tables[key]
+
+    Shared.__name__ = cls.__name__
+    return Shared
 
 
 @functools.cache

@@ -152,3 +152,18 @@ def test_the_pipeline_writes_a_checked_bundle_for_cortex_m7(lenet, tmp_path):
     assert f["max_abs_error"] < 0.1
     assert sorted(e["path"] for e in m["files"]) == ["model.tflite", "model_data.cc", "model_data.h"]
     assert m["toolchain"]["tflite-micro"]
+
+
+def test_a_stripped_model_runs_in_tflm_exactly_as_the_full_one(lenet, compiled, tmp_path):
+    """--strip-names shares the empty buffer and repeated tables; TFLM reads the weights in place all the same."""
+    from edgedl.convert import strip_names
+    from edgedl.data import load_dataset
+    from edgedl.runtime.quant import quantize
+
+    stripped = tmp_path / "stripped.tflite"
+    stripped.write_bytes(strip_names(lenet["int8"].read_bytes()))
+    small = get_backend("tflm").compile(stripped, load_target("cortex_m7"), tmp_path / "out", {})
+    assert small.estimates["arena_bytes"] == compiled.estimates["arena_bytes"]
+    full, lean = get_backend("tflm").load(compiled), get_backend("tflm").load(small)
+    raw = [quantize(s[None], full.inputs[0]) for s in load_dataset("digits").x_test[:40]]
+    np.testing.assert_array_equal(np.stack([lean.invoke(r) for r in raw]), np.stack([full.invoke(r) for r in raw]))

@@ -210,3 +210,14 @@ def test_int8_of_a_recurrent_model_is_refused_not_crashed(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-500:]
     assert "recurrent layer(s) gru" in proc.stderr and "use dynamic or float16" in proc.stderr
+
+
+def test_a_stripped_model_compiles_with_tvm_bit_exact_with_litert(lenet, tmp_path):
+    from edgedl.convert import strip_names
+
+    stripped = tmp_path / "stripped.tflite"
+    stripped.write_bytes(strip_names(lenet["int8"].read_bytes()))
+    r = compile_model(str(stripped), "x86_64", str(tmp_path / "s.edgedl"), opts(backend="tvm"))
+    f = r.manifest["fidelity"]
+    assert f["top1_agreement"] == 1.0 and f["max_abs_error"] == 0.0
+    assert r.manifest["inputs"][0]["name"] and r.manifest["inputs"][0]["shape"] == [1, 28, 28, 1]

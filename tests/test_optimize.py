@@ -443,6 +443,25 @@ def test_stripped_names_leave_the_model_computing_the_same_with_its_io_names_and
         strip_names(b"PK\x03\x04 a zip file")
 
 
+def test_stripping_also_drops_the_converters_metadata_and_stores_repeats_once(lenet, digits):
+    import tflite as schema
+
+    from edgedl.convert import strip_names
+
+    full = to_tflite(lenet.model, "int8", digits.x_train[:100], per_channel=False)
+    stripped = strip_names(full)
+    before, after = schema.Model.GetRootAsModel(full, 0), schema.Model.GetRootAsModel(stripped, 0)
+    assert before.MetadataLength() == 2 and after.MetadataLength() == 0  # min_runtime_version, CONVERSION_METADATA
+    graph = after.Subgraphs(0)
+    data = [after.Buffers(i).DataLength() for i in range(after.BuffersLength())]
+    assert data[0] == 0 and all(data[1:])  # one empty buffer, shared by every tensor without data
+    activations = [graph.Tensors(i) for i in range(graph.TensorsLength()) if not data[graph.Tensors(i).Buffer()]]
+    assert len(activations) >= 8 and {t.Buffer() for t in activations} == {0}
+    name_bytes = sum(len(before.Subgraphs(0).Tensors(i).Name()) for i in range(graph.TensorsLength()))
+    assert len(full) - len(stripped) > name_bytes + 400  # what sharing saves, beyond the names themselves
+    assert strip_names(stripped) == stripped  # stripping again changes nothing
+
+
 def test_per_tensor_int8_has_one_scale_per_weight_tensor_and_a_smaller_stripped_file(lenet, digits):
     report = optimize(lenet.model, quantize="int8", per_channel=False, strip_names=True, dataset="digits",
                       progress=False)

@@ -43,8 +43,9 @@ def _fraction(value):
               help="int8/int16x8 weights with one scale per tensor, not per output channel: a smaller file on "
                    "small models (each channel costs a float32 scale and an int64 zero point), at some risk to accuracy.")
 @click.option("--strip-names", is_flag=True,
-              help="Drop the names of intermediate tensors from the .tflite (inputs, outputs and signatures keep "
-                   "theirs); sizes in the report compare stripped files throughout.")
+              help="Drop what no runtime reads from the .tflite (names of intermediate tensors, the converter's "
+                   "metadata) and store repeated shapes, quantization parameters and operator options once; inputs, "
+                   "outputs and signatures keep their names. Sizes in the report compare stripped files throughout.")
 @click.option("--representative", type=click.Path(dir_okay=False),
               help="Calibration inputs as a .npy array (N, *input_shape) instead of training samples.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),

@@ -425,8 +425,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         representative: calibration inputs (array or ``.npy`` path) instead of training samples.
         per_channel: int8/int16x8 weights with a scale per output channel (``False``: per tensor,
             a smaller file on small models, at some risk to accuracy).
-        strip_names: drop the names of intermediate tensors from every ``.tflite`` (the float32
-            baseline's too, so sizes compare like with like); inputs, outputs and signatures keep theirs.
+        strip_names: drop the names of intermediate tensors and the converter's metadata from every
+            ``.tflite`` and store repeated tables once (``convert.strip_names``); the float32 baseline
+            is stripped too, so sizes compare like with like. Inputs, outputs and signatures keep their names.
         distill: every fine-tuning stage also learns from the float baseline's predictions
             (knowledge distillation), which recovers more of the accuracy pruning costs.
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
