@@ -7,8 +7,9 @@ RECIPE = {
     "input_shape": [32, 32, 3],
     "num_classes": 10,
     "preprocessing": "RGB pixels scaled to [0, 1]",
-    # SGD with Nesterov momentum and weight decay: 84.4% in 50 epochs; Adam + L2 reached 83.7% in 60.
-    "epochs": 50,
+    # SGD with Nesterov momentum and weight decay: 84.4% in 50 epochs (Adam + L2: 83.7% in 60); the
+    # model underfits (87.8% training accuracy with augmentation), so the recipe trains twice as long.
+    "epochs": 100,
     "batch_size": 64,
     "optimizer": "sgd",
     "learning_rate": 0.05,
