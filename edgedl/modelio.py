@@ -44,6 +44,7 @@ def load_model(spec: str):
         return _load_saved_model(path, keras)
     if path.suffix not in KERAS_SUFFIXES:
         raise InputFileError(path, f"unknown model format '{path.suffix}'; expected .keras, .h5 or a SavedModel folder")
+    _check_container(path)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad file
@@ -51,6 +52,19 @@ def load_model(spec: str):
         if "custom" in detail.lower() or "Unknown layer" in detail:
             raise ModelError(f"{path}: the model uses a layer Keras cannot rebuild ({detail[:200]})") from None
         raise InputFileError(path, f"not a readable Keras model ({detail[:200]})") from None
+
+
+def _check_container(path: Path) -> None:
+    """A .keras file is a zip archive and an .h5 an HDF5 file; say so before Keras says 'file not found'."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise InputFileError(path, "not a .keras model: the file is not a zip archive (a .keras model is one); "
+                                   "re-save it with model.save('model.keras')")
+    if path.suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+        raise InputFileError(path, f"not an {path.suffix} model: the file is not HDF5 (no HDF5 signature)")
 
 
 def _load_saved_model(path: Path, keras):

@@ -57,4 +57,12 @@ def test_a_file_that_is_not_a_model_is_named(tmp_path):
     bogus.write_bytes(b"this is not a zip archive")
     code, out, err = edgedl("train", str(bogus), "--dataset", "digits")
     assert code != 0 and "Traceback" not in err
-    assert "notes.keras" in err and "not a readable Keras model" in err
+    assert "notes.keras: not a .keras model: the file is not a zip archive" in err
+
+
+def test_an_h5_file_that_is_not_hdf5_is_named(tmp_path):
+    bogus = tmp_path / "weights.h5"
+    bogus.write_bytes(b"PK\x03\x04 a zip, not HDF5")
+    code, out, err = edgedl("train", str(bogus), "--dataset", "digits")
+    assert code != 0 and "Traceback" not in err
+    assert "weights.h5: not an .h5 model: the file is not HDF5" in err

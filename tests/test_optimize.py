@@ -616,7 +616,7 @@ def _write_custom_layer_model(path):
 
 
 @pytest.mark.parametrize("case, args, message", [
-    ("not a model", ["{bad}/notes.keras", "--quantize", "int8"], "notes.keras: not a readable keras model"),
+    ("not a model", ["{bad}/notes.keras", "--quantize", "int8"], "notes.keras: not a .keras model: the file is not a zip"),
     ("custom layer", ["{bad}/custom.keras", "--structured", "0.5"], "cannot rebuild layer(s) 'my_scale' (mine>Scale)"),
     ("representative shape", ["{lenet}", "--quantize", "int8", "--representative", "{bad}/small.npy"],
      "samples of shape (8, 8, 1), the model takes (28, 28, 1)"),
