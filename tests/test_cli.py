@@ -52,17 +52,13 @@ def test_user_errors_are_one_line_and_exit_nonzero(args, message):
     assert len(lines) == 1 and message.lower() in lines[0].lower(), err
 
 
-def test_a_file_that_is_not_a_model_is_named(tmp_path):
-    bogus = tmp_path / "notes.keras"
-    bogus.write_bytes(b"this is not a zip archive")
+@pytest.mark.parametrize("name, content, message", [
+    ("notes.keras", b"this is not a zip archive", "notes.keras: not a .keras model: the file is not a zip archive"),
+    ("weights.h5", b"PK\x03\x04 a zip, not HDF5", "weights.h5: not an .h5 model: the file is not HDF5"),
+])
+def test_a_file_that_is_not_a_model_is_named(tmp_path, name, content, message):
+    bogus = tmp_path / name
+    bogus.write_bytes(content)
     code, out, err = edgedl("train", str(bogus), "--dataset", "digits")
     assert code != 0 and "Traceback" not in err
-    assert "notes.keras: not a .keras model: the file is not a zip archive" in err
-
-
-def test_an_h5_file_that_is_not_hdf5_is_named(tmp_path):
-    bogus = tmp_path / "weights.h5"
-    bogus.write_bytes(b"PK\x03\x04 a zip, not HDF5")
-    code, out, err = edgedl("train", str(bogus), "--dataset", "digits")
-    assert code != 0 and "Traceback" not in err
-    assert "weights.h5: not an .h5 model: the file is not HDF5" in err
+    assert message in err
