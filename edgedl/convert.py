@@ -171,7 +171,10 @@ def strip_names(tflite: bytes) -> bytes:
 
 
 def _share_empty_buffer(model) -> None:
-    """Point every tensor without data at buffer 0 (the schema's empty buffer) and drop the others."""
+    """Point every tensor without data at buffer 0 (the schema's empty buffer) and drop the others.
+
+    Runs after the metadata is dropped, so only tensors refer to buffers.
+    """
 
     def empty(buffer):
         return (buffer.data is None or len(buffer.data) == 0) and not buffer.offset
@@ -179,13 +182,10 @@ def _share_empty_buffer(model) -> None:
     if not model.buffers or not empty(model.buffers[0]):
         return  # not the layout the converter writes; leave it as it is
     kept = [i for i, b in enumerate(model.buffers) if i == 0 or not empty(b)]
-    kept = sorted(set(kept) | {m.buffer for m in model.metadata or []})
     index = {old: new for new, old in enumerate(kept)}
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
             tensor.buffer = index.get(tensor.buffer, 0)
-    for m in model.metadata or []:
-        m.buffer = index[m.buffer]
     model.buffers = [model.buffers[i] for i in kept]
 
 

@@ -58,12 +58,14 @@ def _check_container(path: Path) -> None:
     """A .keras file is a zip archive and an .h5 an HDF5 file; say so before Keras says 'file not found'."""
     import zipfile
 
+    if path.suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise InputFileError(path, "not a .keras model: the file is not a zip archive (a .keras model is one); "
+                                       "re-save it with model.save('model.keras')")
+        return
     with open(path, "rb") as f:
         head = f.read(8)
-    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise InputFileError(path, "not a .keras model: the file is not a zip archive (a .keras model is one); "
-                                   "re-save it with model.save('model.keras')")
-    if path.suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+    if head != b"\x89HDF\r\n\x1a\n":
         raise InputFileError(path, f"not an {path.suffix} model: the file is not HDF5 (no HDF5 signature)")
 
 
