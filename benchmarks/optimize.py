@@ -24,7 +24,8 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   channels residual adds join are kept whole (--structured-residual keep): only the insides of
   ResNet-8's blocks lose half their channels. ``structured50_distill`` and
   ``structured50_keep_residual_distill``: the same two, fine-tuned with --distill (the unpruned
-  model as teacher).
+  model as teacher). ``structured50_residual25_distill``: half the channels inside the blocks, a
+  quarter of the residual stream's (--structured-residual 0.25), distilled: a point between the two.
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
@@ -272,7 +273,12 @@ def measure_structured50_distill(name, model_path, args):
     return measure_structured50(name, model_path, args, distill=True)
 
 
+def measure_structured50_residual25_distill(name, model_path, args):
+    return measure_structured50(name, model_path, args, residual=0.25, distill=True)
+
+
 def measure_structured50(name, model_path, args, residual="prune", distill=False):
+    from edgedl import _io
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
     from edgedl.optimize import StructuredSpec
@@ -291,7 +297,11 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     latency = {fmt: paired_latency(a, b, args.repeats) for fmt, (a, b) in models.items()}
     drop = points(base["accuracy"], small["accuracy"])
     ratio = latency["float32"]["ratio"]
-    flags = ["--structured", "0.5"] + (["--structured-residual", residual] if residual != "prune" else []) + (
+    for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
+        tag = f"residual{residual:g}" if isinstance(residual, float) else residual
+        _io.write_bytes(Path(args.work) / f"{name}-structured50-{tag}{'-distill' if distill else ''}-{fmt}.tflite", after)
+    flags = ["--structured", "0.5"] + (["--structured-residual", f"{residual:g}" if isinstance(residual, float) else residual]
+                                       if residual != "prune" else []) + (
         ["--distill"] if distill else [])
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "residual": residual,
             "distill": distill,
@@ -347,7 +357,8 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "prune80_erk_block4": measure_prune80_erk_block4,
            "structured50": measure_structured50, "structured50_keep_residual": measure_structured50_keep_residual,
            "structured50_distill": measure_structured50_distill,
-           "structured50_keep_residual_distill": measure_structured50_keep_residual_distill}
+           "structured50_keep_residual_distill": measure_structured50_keep_residual_distill,
+           "structured50_residual25_distill": measure_structured50_residual25_distill}
 
 
 if __name__ == "__main__":

@@ -289,6 +289,26 @@ def test_keeping_the_residual_channels_prunes_only_inside_the_blocks_of_resnet8(
         structured.plan(model, 0.5, residual="drop")
 
 
+def test_a_residual_fraction_prunes_the_residual_stream_less_than_the_insides_of_the_blocks(tmp_path):
+    model = zoo.get_model("resnet8").build()
+    plan = structured.plan(model, 0.5, residual=0.25)
+    kept = {name: len(g.keep) for g in plan.groups.values() if g.keep is not None for name in g.producers}
+    assert kept["s1_conv1"] == 8 and kept["s2_conv1"] == 16 and kept["s3_conv1"] == 32  # inside: half
+    assert kept["conv0"] == kept["s1_conv2"] == 12  # residual stream: a quarter off
+    assert kept["s2_conv2"] == kept["s2_shortcut"] == 24 and kept["s3_conv2"] == kept["s3_shortcut"] == 48
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("s2_shortcut").filters == 24 and smaller.get_layer("s3_conv1").kernel.shape == (3, 3, 24, 32)
+    macs = [metrics.count_macs(structured.rebuild(model, structured.plan(model, 0.5, residual=r)))
+            for r in ("keep", 0.25, "prune")]
+    assert macs[0] > macs[1] > macs[2]
+    engine = _engine(to_tflite(smaller, "none"), tmp_path)
+    assert engine.outputs[0].shape == (1, 10)
+    for bad, message in ((1.5, "--structured-residual must be between 0 and 1"),
+                         ("most", "unknown --structured-residual 'most'; choose one of prune, keep or a fraction")):
+        with pytest.raises(OptionError, match=message):
+            structured.plan(model, 0.5, residual=bad)
+
+
 def test_depthwise_and_batch_norm_follow_their_input_and_the_classifier_is_never_pruned():
     model = zoo.get_model("ds_cnn").build()
     plan = structured.plan(model, 0.5)
@@ -624,6 +644,8 @@ def _write_custom_layer_model(path):
      "must be floating point like the model input, got dtype uint8"),
     ("sparsity", ["{lenet}", "--prune", "1.5"], "--prune must be between 0 and 1 (exclusive), got 1.5"),
     ("structured ratio", ["{lenet}", "--structured", "0"], "--structured must be between 0 and 1 (exclusive), got 0"),
+    ("residual share", ["{lenet}", "--structured", "0.5", "--structured-residual", "half"],
+     "unknown --structured-residual 'half'; choose one of prune, keep or a fraction between 0 and 1"),
     ("prune block", ["{lenet}", "--prune", "0.5", "--prune-block", "0"], "--prune-block must be a whole number from 1 to 64"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),

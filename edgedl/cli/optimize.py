@@ -27,9 +27,10 @@ def _fraction(value):
               help="Prune runs of N weights along the input channels together (contiguous in the .tflite: "
                    "the zeros gzip far better); 1 prunes single weights.")
 @click.option("--structured", metavar="FRACTION", help="Structured pruning: fraction of Conv filters / Dense units to remove, in (0, 1).")
-@click.option("--structured-residual", type=click.Choice(["prune", "keep"]), default="prune", show_default=True,
-              help="Channels joined by residual adds: prune them on every branch, or keep them whole and prune "
-                   "only inside the residual blocks (less accuracy lost, fewer MACs saved).")
+@click.option("--structured-residual", default="prune", show_default=True, metavar="prune|keep|FRACTION",
+              help="Channels joined by residual adds: prune them like the rest, keep them whole and prune "
+                   "only inside the residual blocks (less accuracy lost, fewer MACs saved), or remove this "
+                   "smaller fraction of them, e.g. 0.25.")
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
@@ -83,7 +84,7 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     if prune is not None:
         prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block)
     if structured is not None:
-        structured = StructuredSpec(structured, residual=structured_residual)
+        structured = StructuredSpec(structured, residual=_fraction(structured_residual))
     check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
     if model in zoo.model_names():
         recipe = zoo.get_model(model).recipe

@@ -109,10 +109,13 @@ class OptimizeReport:
             lines += [f"| {r['layer']} | {r['kind']} | {r['reason']} |" for r in self.skipped_layers]
             lines.append("")
         if self.structured:
+            from edgedl.optimize.structured import residual_ratio
+
+            share = residual_ratio(self.structured.get("residual", "prune"))
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
                       "of every group not frozen (lowest L1 norm first)" + (
-                          "; the channels residual adds join were kept whole." if self.structured.get("residual") == "keep"
-                          else "."), "",
+                          "." if share is None else "; the channels residual adds join were kept whole." if share == 0.0
+                          else f"; {100 * share:.0f}% of the channels residual adds join."), "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
             for g in self.structured["pruned_groups"] + self.structured["frozen_groups"]:
                 lines.append(f"| {', '.join(g['layers'])} | {g['channels']} | {g['kept']} | {g['frozen'] or ''} |")
@@ -152,7 +155,10 @@ def _kb(n: int) -> str:
 def _options_text(o: dict) -> str:
     parts = []
     if o.get("structured"):
-        residual = ", residual channels kept" if o.get("structured_residual") == "keep" else ""
+        from edgedl.optimize.structured import describe_residual
+
+        residual = describe_residual(o.get("structured_residual", "prune"))
+        residual = f", {residual}" if residual else ""
         parts.append(f"structured {o['structured']:g}{residual}")
     if o.get("prune"):
         block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
@@ -411,7 +417,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             (prune runs of N weights along the input channels, which gzip far better).
         structured: fraction of Conv filters / Dense units to remove from each group, in (0, 1), or
             a :class:`~edgedl.optimize.structured.StructuredSpec` that also says whether the channels
-            residual adds join are pruned (``prune``) or kept whole (``keep``).
+            residual adds join are pruned (``prune``), kept whole (``keep``) or lose a smaller
+            fraction of their channels (e.g. ``0.25``).
         quantize: ``dynamic``, ``float16``, ``int8`` or ``int16x8``; None keeps float32.
         qat: quantization-aware training before int8 conversion (implies ``quantize="int8"``).
         dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's or the one
@@ -577,14 +584,15 @@ def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
 
 
 def _structured_stage(run: _Run, model, spec):
-    from edgedl.optimize.structured import prune_structured
+    from edgedl.optimize.structured import describe_residual, prune_structured
 
     t = time.perf_counter()
     ratio = spec.ratio
     result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
                               residual=spec.residual, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed)
-    where = " (residual channels kept)" if spec.residual == "keep" else ""
+    where = describe_residual(spec.residual)
+    where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))
     return result.model, row, result.summary

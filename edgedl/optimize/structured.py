@@ -12,7 +12,9 @@ Three small stages:
    Concatenate, recurrent layers, channels-first layers ...); the plan says why. With
    ``residual="keep"`` the groups that residual adds join are frozen too, so only the channels
    inside the residual blocks are pruned (as Li et al., "Pruning Filters for Efficient ConvNets",
-   2017, prune ResNets: the residual stream keeps its width and much of the accuracy).
+   2017, prune ResNets: the residual stream keeps its width and much of the accuracy); with a
+   fraction (``residual=0.25``) those groups lose that smaller share of their channels, a point
+   between the two.
 2. Each free group keeps the ``1 - ratio`` fraction of its channels with the largest L1 norm of
    the filters that produce them (summed over the group's producers, each normalised by its mean).
 3. :func:`rebuild` clones the graph with fewer filters/units and copies the kept slices of every
@@ -61,19 +63,48 @@ class StructuredSpec:
     """What structured pruning removes.
 
     ``ratio``: the fraction of channels removed from each prunable group, in (0, 1); ``residual``:
-    ``prune`` the channels residual adds join (every branch loses the same ones) or ``keep`` them
-    whole and prune only inside the residual blocks.
+    ``prune`` the channels residual adds join (every branch loses the same ones), ``keep`` them
+    whole and prune only inside the residual blocks, or a fraction in (0, 1): remove that share of
+    them (and ``ratio`` of the channels inside the blocks).
     """
 
     ratio: float
-    residual: str = "prune"
+    residual: str | float = "prune"
 
     def check(self) -> "StructuredSpec":
         """Raise OptionError for anything out of range; return self."""
         check_fraction(self.ratio, "--structured")
-        if self.residual not in RESIDUAL:
-            raise OptionError(f"unknown --structured-residual '{self.residual}'; choose one of {', '.join(RESIDUAL)}")
+        residual_ratio(self.residual)
         return self
+
+
+def residual_ratio(residual) -> float | None:
+    """The fraction of the residual channels removed: None for ``prune`` (the group's ratio), 0 for
+    ``keep``, else the fraction itself; OptionError for anything else."""
+    if residual == "prune":
+        return None
+    if residual == "keep":
+        return 0.0
+    if isinstance(residual, str):
+        try:
+            residual = float(residual)
+        except ValueError:
+            raise OptionError(f"unknown --structured-residual '{residual}'; choose one of {', '.join(RESIDUAL)} "
+                              "or a fraction between 0 and 1") from None
+    if isinstance(residual, bool) or not isinstance(residual, (int, float)):
+        raise OptionError(f"unknown --structured-residual {residual!r}; choose one of {', '.join(RESIDUAL)} "
+                          "or a fraction between 0 and 1")
+    return check_fraction(residual, "--structured-residual")
+
+
+def describe_residual(residual) -> str:
+    """A few words for reports: how the channels residual adds join were treated ('' for prune)."""
+    share = residual_ratio(residual)
+    if share is None:
+        return ""
+    if share == 0.0:
+        return "residual channels kept"
+    return f"{100 * share:.0f}% of the residual channels removed"
 
 
 @dataclass
@@ -100,7 +131,7 @@ class Plan:
     groups: dict[str, Group]
     tensors: dict[str, tuple | None] = field(repr=False)  # layer -> (group name, spatial) of its output
     steps: list = field(repr=False, default_factory=list)
-    residual: str = "prune"
+    residual: str | float = "prune"
 
     def kept_indices(self, info) -> np.ndarray | None:
         """Kept positions along the last axis of a tensor with this (group, spatial) info; None: all."""
@@ -168,16 +199,19 @@ def _check_rebuildable(step, keras) -> None:
         )
 
 
-def plan(model, ratio: float, residual: str = "prune") -> Plan:
+def plan(model, ratio: float, residual: str | float = "prune") -> Plan:
     """Group the channels of ``model`` and choose which to keep at ``ratio`` (the fraction removed).
 
-    ``residual="keep"`` leaves the channels that element-wise merges join (residual adds) whole.
+    ``residual="keep"`` leaves the channels that element-wise merges join (residual adds) whole; a
+    fraction removes that share of them instead of ``ratio``.
 
     Raises:
         OptionError: ``ratio`` outside (0, 1), or an unknown ``residual``.
         ModelError: a layer that cannot be rebuilt (custom, nested model, keras.ops call, shared).
     """
     ratio = StructuredSpec(ratio, residual).check().ratio
+    share = residual_ratio(residual)
+    merged: list[str] = []  # group names element-wise merges joined
     graph.require_keras_layers(model, "structured pruning")
     keras = _lazy.keras()
     steps = graph.trace(model)
@@ -228,7 +262,8 @@ def plan(model, ratio: float, residual: str = "prune") -> Plan:
                 tensors[step.name] = None
             else:
                 tensors[step.name] = (uf.union([i[0] for i in ins]), ins[0][1])
-                if residual == "keep":
+                merged.append(tensors[step.name][0])
+                if share == 0.0:
                     uf.freeze(tensors[step.name][0], f"is joined by '{step.name}' ({kind}); the residual "
                                                      "channels are kept (--structured-residual keep)")
         else:
@@ -253,9 +288,11 @@ def plan(model, ratio: float, residual: str = "prune") -> Plan:
         why = "; ".join(f"{', '.join(g.producers)} {g.reason}" for g in groups.values()) or "it has no Conv or Dense layer"
         raise ModelError(f"structured pruning finds no channels it can remove in model '{model.name}': {why}")
     by_name = {s.name: s.layer for s in steps}
+    residual_groups = {uf.find(n) for n in merged}
     for group in groups.values():
         if group.reason is None:
-            keep = max(1, int(round(group.channels * (1.0 - ratio))))
+            removed = share if share is not None and group.name in residual_groups else ratio
+            keep = max(1, int(round(group.channels * (1.0 - removed))))
             group.keep = _rank(group, by_name)[:keep]
     # Tensor infos point at group roots from here on.
     tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
@@ -355,7 +392,7 @@ class StructuredResult:
 
 
 def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
-                     progress: bool = True, seed: int = 0, residual: str = "prune",
+                     progress: bool = True, seed: int = 0, residual: str | float = "prune",
                      teacher=None) -> StructuredResult:
     """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
 
