@@ -301,6 +301,8 @@ def test_a_residual_fraction_prunes_the_residual_stream_less_than_the_insides_of
     macs = [metrics.count_macs(structured.rebuild(model, structured.plan(model, 0.5, residual=r)))
             for r in ("keep", 0.25, "prune")]
     assert macs[0] > macs[1] > macs[2]
+    assert [structured.describe_residual(r) for r in ("prune", "keep", 0.25)] == [
+        "", "residual channels kept", "25% of the residual channels removed"]  # as reports say it
     engine = _engine(to_tflite(smaller, "none"), tmp_path)
     assert engine.outputs[0].shape == (1, 10)
     for bad, message in ((1.5, "--structured-residual must be between 0 and 1"),
