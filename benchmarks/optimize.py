@@ -304,12 +304,12 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     latency = {fmt: paired_latency(a, b, args.repeats) for fmt, (a, b) in models.items()}
     drop = points(base["accuracy"], small["accuracy"])
     speed = latency["float32"]["ratio"]
+    residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
-        tag = f"residual{residual:g}" if isinstance(residual, float) else residual
-        _io.write_bytes(Path(args.work) / f"{name}-structured{ratio:g}-{tag}{'-distill' if distill else ''}-{fmt}.tflite", after)
-    flags = ["--structured", f"{ratio:g}"] + (["--structured-residual", f"{residual:g}" if isinstance(residual, float) else residual]
-                                       if residual != "prune" else []) + (
-        ["--distill"] if distill else [])
+        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{'-distill' if distill else ''}-{fmt}"
+        _io.write_bytes(Path(args.work) / f"{stem}.tflite", after)
+    flags = (["--structured", f"{ratio:g}"] + (["--structured-residual", residual_flag] if residual != "prune" else [])
+             + (["--distill"] if distill else []))
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "ratio": ratio, "residual": residual,
             "distill": distill,
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],

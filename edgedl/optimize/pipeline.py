@@ -109,13 +109,11 @@ class OptimizeReport:
             lines += [f"| {r['layer']} | {r['kind']} | {r['reason']} |" for r in self.skipped_layers]
             lines.append("")
         if self.structured:
-            from edgedl.optimize.structured import residual_ratio
+            from edgedl.optimize.structured import describe_residual
 
-            share = residual_ratio(self.structured.get("residual", "prune"))
+            residual = describe_residual(self.structured.get("residual", "prune"))
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
-                      "of every group not frozen (lowest L1 norm first)" + (
-                          "." if share is None else "; the channels residual adds join were kept whole." if share == 0.0
-                          else f"; {100 * share:.0f}% of the channels residual adds join."), "",
+                      f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
             for g in self.structured["pruned_groups"] + self.structured["frozen_groups"]:
                 lines.append(f"| {', '.join(g['layers'])} | {g['channels']} | {g['kept']} | {g['frozen'] or ''} |")

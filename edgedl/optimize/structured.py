@@ -85,16 +85,14 @@ def residual_ratio(residual) -> float | None:
         return None
     if residual == "keep":
         return 0.0
-    if isinstance(residual, str):
-        try:
-            residual = float(residual)
-        except ValueError:
-            raise OptionError(f"unknown --structured-residual '{residual}'; choose one of {', '.join(RESIDUAL)} "
-                              "or a fraction between 0 and 1") from None
-    if isinstance(residual, bool) or not isinstance(residual, (int, float)):
-        raise OptionError(f"unknown --structured-residual {residual!r}; choose one of {', '.join(RESIDUAL)} "
+    try:
+        share = None if isinstance(residual, bool) else float(residual)
+    except (TypeError, ValueError):
+        share = None
+    if share is None:
+        raise OptionError(f"unknown --structured-residual '{residual}'; choose one of {', '.join(RESIDUAL)} "
                           "or a fraction between 0 and 1")
-    return check_fraction(residual, "--structured-residual")
+    return check_fraction(share, "--structured-residual")
 
 
 def describe_residual(residual) -> str:
