@@ -311,6 +311,40 @@ def test_a_residual_fraction_prunes_the_residual_stream_less_than_the_insides_of
             structured.plan(model, 0.5, residual=bad)
 
 
+def test_a_layer_share_sets_the_cut_of_the_channels_that_layer_produces_over_the_residual_choice(tmp_path):
+    model = zoo.get_model("resnet8").build()
+    # the residual stream kept except in the first stage: naming either producer of a group sets it
+    plan = structured.plan(model, 0.5, residual="keep", layers=(("s1_conv2", 0.5), ("s3_conv1", 0.25)))
+    kept = {name: len(g.keep) for g in plan.groups.values() if g.keep is not None for name in g.producers}
+    assert kept == {"conv0": 8, "s1_conv2": 8, "s1_conv1": 8, "s2_conv1": 16, "s3_conv1": 48}
+    assert plan.summary()["layers"] == {"s1_conv2": 0.5, "s3_conv1": 0.25}
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("s2_conv1").kernel.shape == (3, 3, 8, 16)  # reads the narrower first stage
+    assert smaller.get_layer("s2_shortcut").kernel.shape == (1, 1, 8, 32)
+    assert _engine(to_tflite(smaller, "none"), tmp_path).outputs[0].shape == (1, 10)
+    # 0 keeps a group whole, and the report says which option did
+    plan = structured.plan(model, 0.5, layers=["s3_conv2=0"])
+    frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
+    assert frozen["s3_conv2"] == "is kept whole (--structured-layer s3_conv2=0)"
+    assert structured.describe_layers({"conv0": 0.5, "s3_conv2": 0.0}) == "set per layer: conv0 50%, s3_conv2 0%"
+
+
+@pytest.mark.parametrize("layers, message", [
+    ((("s9_conv",  0.5),), "--structured-layer s9_conv: no Conv or Dense layer of that name in the model "
+                           "(its Conv/Dense layers: conv0, s1_conv1,"),
+    ((("probs", 0.5),), "--structured-layer probs: its channels cannot be pruned (probs reaches the model's output"),
+    ((("conv0", 0.5), ("s1_conv2", 0.25)), "--structured-layer s1_conv2=0.25 and conv0=0.5 name the same channels "
+                                           "(conv0, s1_conv2 are pruned together): give one share"),
+    ((("conv0", 1.0),), "--structured-layer conv0 takes a fraction in [0, 1) (0 keeps its channels whole), got 1.0"),
+    (("conv0",), "--structured-layer takes NAME=FRACTION (e.g. conv0=0.5), got 'conv0'"),
+])
+def test_a_layer_share_that_names_no_prunable_group_is_an_option_error(layers, message):
+    model = zoo.get_model("resnet8").build()
+    with pytest.raises(OptionError) as error:
+        structured.plan(model, 0.5, layers=layers)
+    assert str(error.value).startswith(message)
+
+
 def test_depthwise_and_batch_norm_follow_their_input_and_the_classifier_is_never_pruned():
     model = zoo.get_model("ds_cnn").build()
     plan = structured.plan(model, 0.5)
@@ -336,14 +370,17 @@ def test_a_residual_add_prunes_its_branches_together_through_batch_norm_depthwis
     assert np.asarray(smaller(x)).shape == (2, 10)
 
 
-def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept(lenet):
+def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept_and_layer_shares(lenet):
     from edgedl.optimize import StructuredSpec
 
-    report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep"), dataset="digits", epochs=1,
-                      progress=False)
+    report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep", layers=(("fc1", 0.25),)),
+                      dataset="digits", epochs=1, progress=False)
     assert report.options["structured"] == 0.5 and report.options["structured_residual"] == "keep"
+    assert report.options["structured_layers"] == {"fc1": 0.25}
     assert report.structured["residual"] == "keep"
-    assert "residual channels kept" in report.stage("structured")["description"]
+    assert "residual channels kept; set per layer: fc1 25%" in report.stage("structured")["description"]
+    kept = {g["layers"][0]: g["kept"] for g in report.structured["pruned_groups"]}
+    assert kept["fc1"] == round(0.75 * lenet.model.get_layer("fc1").units) and kept["conv1"] == 3
     assert report.stage("structured")["params_total"] < report.stage("baseline")["params_total"]
 
 
@@ -648,6 +685,10 @@ def _write_custom_layer_model(path):
     ("structured ratio", ["{lenet}", "--structured", "0"], "--structured must be between 0 and 1 (exclusive), got 0"),
     ("residual share", ["{lenet}", "--structured", "0.5", "--structured-residual", "half"],
      "unknown --structured-residual 'half'; choose one of prune, keep or a fraction between 0 and 1"),
+    ("layer share without --structured", ["{lenet}", "--structured-layer", "conv1=0.5"],
+     "--structured-layer sets shares of structured pruning: give --structured too"),
+    ("layer share of no layer", ["{lenet}", "--structured", "0.5", "--structured-layer", "nope=0.5"],
+     "--structured-layer nope: no conv or dense layer of that name in the model"),
     ("prune block", ["{lenet}", "--prune", "0.5", "--prune-block", "0"], "--prune-block must be a whole number from 1 to 64"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),

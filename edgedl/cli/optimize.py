@@ -31,6 +31,10 @@ def _fraction(value):
               help="Channels joined by residual adds: prune them like the rest, keep them whole and prune "
                    "only inside the residual blocks (less accuracy lost, fewer MACs saved), or remove this "
                    "smaller fraction of them, e.g. 0.25.")
+@click.option("--structured-layer", "structured_layers", multiple=True, metavar="NAME=FRACTION",
+              help="Remove this fraction (0 keeps it whole) of the channels of the group layer NAME produces, "
+                   "over --structured and --structured-residual; repeat for more layers. The layers pruned "
+                   "together are listed in the report.")
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
@@ -58,7 +62,8 @@ def _fraction(value):
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, distill, quantize, qat, io_type, num_calibration,
+def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
+             distill, quantize, qat, io_type, num_calibration,
              per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
 
@@ -78,13 +83,17 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     from edgedl.optimize import optimize as run
     from edgedl.optimize.pipeline import check_options
     from edgedl.optimize.prune import PruneSpec
-    from edgedl.optimize.structured import StructuredSpec
+    from edgedl.errors import OptionError
+    from edgedl.optimize.structured import StructuredSpec, layer_shares
 
     prune, structured = _fraction(prune), _fraction(structured)
     if prune is not None:
         prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block)
     if structured is not None:
-        structured = StructuredSpec(structured, residual=_fraction(structured_residual))
+        structured = StructuredSpec(structured, residual=_fraction(structured_residual),
+                                    layers=tuple(layer_shares(structured_layers).items()))
+    elif structured_layers:
+        raise OptionError("--structured-layer sets shares of structured pruning: give --structured too")
     check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
     if model in zoo.model_names():
         recipe = zoo.get_model(model).recipe

@@ -109,9 +109,10 @@ class OptimizeReport:
             lines += [f"| {r['layer']} | {r['kind']} | {r['reason']} |" for r in self.skipped_layers]
             lines.append("")
         if self.structured:
-            from edgedl.optimize.structured import describe_residual
+            from edgedl.optimize.structured import describe_layers, describe_residual
 
-            residual = describe_residual(self.structured.get("residual", "prune"))
+            residual = "; ".join(w for w in (describe_residual(self.structured.get("residual", "prune")),
+                                             describe_layers(self.structured.get("layers"))) if w)
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
                       f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
@@ -153,10 +154,10 @@ def _kb(n: int) -> str:
 def _options_text(o: dict) -> str:
     parts = []
     if o.get("structured"):
-        from edgedl.optimize.structured import describe_residual
+        from edgedl.optimize.structured import describe_layers, describe_residual
 
-        residual = describe_residual(o.get("structured_residual", "prune"))
-        residual = f", {residual}" if residual else ""
+        residual = "".join(f", {w}" for w in (describe_residual(o.get("structured_residual", "prune")),
+                                             describe_layers(o.get("structured_layers"))) if w)
         parts.append(f"structured {o['structured']:g}{residual}")
     if o.get("prune"):
         block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
@@ -504,7 +505,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
               "calibration_from": "--representative" if rep is not None else "training split"},
         options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
-                 "structured": cut and cut.ratio, "structured_residual": cut and cut.residual, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "structured": cut and cut.ratio, "structured_residual": cut and cut.residual,
+                 "structured_layers": dict(cut.layers) if cut and cut.layers else None, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
                  "epochs": epochs, "seed": seed},
         finetuning=run.describe(src.recipe_from),
@@ -527,7 +529,7 @@ def check_architecture(model, mode, structured: "StructuredSpec | None", represe
         require_keras_layers(model, " and ".join(retraining))
     check_quantizable(model, mode)
     if structured is not None:
-        plan(model, structured.ratio, structured.residual)
+        plan(model, structured.ratio, structured.residual, structured.layers)
     if representative is not None:
         check_representative(representative, model)
 
@@ -582,14 +584,14 @@ def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
 
 
 def _structured_stage(run: _Run, model, spec):
-    from edgedl.optimize.structured import describe_residual, prune_structured
+    from edgedl.optimize.structured import describe_layers, describe_residual, prune_structured
 
     t = time.perf_counter()
     ratio = spec.ratio
     result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
-                              residual=spec.residual, teacher=run.teacher,
+                              residual=spec.residual, layers=spec.layers, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed)
-    where = describe_residual(spec.residual)
+    where = "; ".join(w for w in (describe_residual(spec.residual), describe_layers(spec.layers)) if w)
     where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))
