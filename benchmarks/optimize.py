@@ -29,6 +29,10 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   ``structured56_keep_residual_distill``: residual stream kept, 9/16 of the channels inside the blocks
   removed (ResNet-8: 16/32/64 -> 7/14/28), distilled: the smallest cut of the blocks alone that
   measured under 0.6x float32 latency (a 0.625 cut, 6/12/24 channels, measured slower).
+  ``structured50_keep_residual_but_stage1_distill``: half the channels inside the blocks and half of
+  the first stage's residual stream (--structured-residual keep --structured-layer conv0=0.5; ResNet-8:
+  16/32/64 -> 8/32/64 residual, 8/16/32 inside), distilled: the 32x32 stage is where the time goes,
+  and a conv's time follows its input channels, not its filters below 16 (benchmarks/conv_channels.py).
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
