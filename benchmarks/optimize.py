@@ -35,6 +35,8 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   and a conv's time follows its input channels, not its filters below 16 (benchmarks/conv_channels.py).
   ``structured50_keep_residual_but_stage1_inner12_distill``: the same with 12 of the 16 channels inside
   the first block kept (--structured-layer s1_conv1=0.25).
+  ``structured50_keep_residual_but_stage1_distill_lr1``: the first-stage cut fine-tuned from the recipe's
+  full learning rate (--lr-scale 1), not half of it.
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
@@ -304,7 +306,14 @@ def measure_structured50_keep_residual_but_stage1_inner12_distill(name, model_pa
                                 layers=(("conv0", 0.5), ("s1_conv1", 0.25)))
 
 
-def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=()):
+def measure_structured50_keep_residual_but_stage1_distill_lr1(name, model_path, args):
+    """As ``structured50_keep_residual_but_stage1_distill``, fine-tuned from the recipe's full learning
+    rate (--lr-scale 1) instead of half of it."""
+    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.5),),
+                                lr_scale=1.0)
+
+
+def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None):
     from edgedl import _io
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
@@ -312,7 +321,8 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     from edgedl.optimize.pipeline import _calibration_samples
     from edgedl.data import load_dataset
 
-    r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers), quantize="int8", distill=distill)
+    r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers), quantize="int8", distill=distill,
+            lr_scale=lr_scale)
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
     calibration = _calibration_samples(data.x_train, 200, 0)
@@ -327,13 +337,13 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
         per_layer = "".join(f"-{layer}{share:g}" for layer, share in layers)
-        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}-{fmt}"
+        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{f'-lr{lr_scale:g}' if lr_scale else ''}-{fmt}"
         _io.write_bytes(Path(args.work) / f"{stem}.tflite", after)
     flags = (["--structured", f"{ratio:g}"] + (["--structured-residual", residual_flag] if residual != "prune" else [])
              + [f for layer, share in layers for f in ("--structured-layer", f"{layer}={share:g}")]
-             + (["--distill"] if distill else []))
+             + (["--distill"] if distill else []) + (["--lr-scale", f"{lr_scale:g}"] if lr_scale else []))
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "ratio": ratio, "residual": residual,
-            "layers": dict(layers), "distill": distill,
+            "layers": dict(layers), "lr_scale": r.finetuning["lr_scale"], "distill": distill,
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
             "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
             "int8_drop_points": points(base["accuracy"], q["accuracy"]),
@@ -390,7 +400,8 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "structured50_residual25_distill": measure_structured50_residual25_distill,
            "structured56_keep_residual_distill": measure_structured56_keep_residual_distill,
            "structured50_keep_residual_but_stage1_distill": measure_structured50_keep_residual_but_stage1_distill,
-           "structured50_keep_residual_but_stage1_inner12_distill": measure_structured50_keep_residual_but_stage1_inner12_distill}
+           "structured50_keep_residual_but_stage1_inner12_distill": measure_structured50_keep_residual_but_stage1_inner12_distill,
+           "structured50_keep_residual_but_stage1_distill_lr1": measure_structured50_keep_residual_but_stage1_distill_lr1}
 
 
 if __name__ == "__main__":

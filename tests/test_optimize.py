@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 from edgedl import zoo  # noqa: E402
 from edgedl.convert import to_tflite  # noqa: E402
 from edgedl.data import load_dataset  # noqa: E402
-from edgedl.optimize import metrics, optimize, prune, prune_structured  # noqa: E402
+from edgedl.optimize import graph, metrics, optimize, prune, prune_structured  # noqa: E402
 from edgedl.optimize import qat as qat_module  # noqa: E402
 from edgedl.optimize import structured  # noqa: E402
 from edgedl.optimize.prune import Masker, Schedule, find_prunable, masking_callback  # noqa: E402
@@ -374,7 +374,9 @@ def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept
     from edgedl.optimize import StructuredSpec
 
     report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep", layers=(("fc1", 0.25),)),
-                      dataset="digits", epochs=1, progress=False)
+                      dataset="digits", epochs=1, lr_scale=1.0, progress=False)
+    assert report.options["lr_scale"] == 1.0 and report.finetuning["lr_scale"] == 1.0
+    assert report.finetuning["learning_rate"] == zoo.get_model("lenet").recipe["learning_rate"]
     assert report.options["structured"] == 0.5 and report.options["structured_residual"] == "keep"
     assert report.options["structured_layers"] == {"fc1": 0.25}
     assert report.structured["residual"] == "keep"
@@ -410,6 +412,16 @@ def test_the_pipeline_distils_every_fine_tuning_stage_from_the_baseline_when_ask
     assert report.stage("pruned")["accuracy"] > 0.6, report.stages  # one epoch on digits: it still classifies
     with pytest.raises(OptionError, match="--distill teaches fine-tuning: use it with --prune, --structured or --qat"):
         optimize(lenet.model, quantize="int8", distill=True, dataset="digits", progress=False)
+
+
+def test_fine_tuning_starts_at_the_asked_multiple_of_the_recipes_learning_rate(lenet, digits):
+    from edgedl.optimize.finetune import LR_SCALE, finetune
+
+    recipe = dict(LENET_RECIPE, schedule="constant")
+    for scale in (LR_SCALE, 0.1):
+        model = graph.copy_model(lenet.model)
+        finetune(model, digits.x_train[:64], digits.y_train[:64], recipe, 1, progress=False, lr_scale=scale)
+        assert float(model.optimizer.learning_rate) == pytest.approx(recipe["learning_rate"] * scale)
 
 
 def test_structured_pruning_fine_tunes_a_trained_model(lenet, digits):
@@ -689,6 +701,10 @@ def _write_custom_layer_model(path):
      "--structured-layer sets shares of structured pruning: give --structured too"),
     ("layer share of no layer", ["{lenet}", "--structured", "0.5", "--structured-layer", "nope=0.5"],
      "--structured-layer nope: no conv or dense layer of that name in the model"),
+    ("learning-rate scale", ["{lenet}", "--structured", "0.5", "--lr-scale", "0"],
+     "--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got 0.0"),
+    ("learning-rate scale without pruning", ["{lenet}", "--quantize", "int8", "--lr-scale", "1"],
+     "--lr-scale sets the fine-tuning rate after pruning: use it with --prune or --structured"),
     ("prune block", ["{lenet}", "--prune", "0.5", "--prune-block", "0"], "--prune-block must be a whole number from 1 to 64"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),

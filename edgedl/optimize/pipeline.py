@@ -203,10 +203,14 @@ def structured_spec(structured) -> "StructuredSpec | None":
     return spec.check()
 
 
-def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir) -> str | None:
+def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
+                  lr_scale=None) -> str | None:
     """Validate the options; return the quantization mode to use (``None``: float32 ``.tflite``)."""
     prune_spec(prune)
     structured_spec(structured)
+    if lr_scale is not None and (isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float))
+                                 or not 0 < lr_scale <= 10):
+        raise OptionError(f"--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got {lr_scale!r}")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
     if qat:
@@ -398,7 +402,7 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
              data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
-             per_channel=True, strip_names=False, distill=False, out_dir=None, seed=0,
+             per_channel=True, strip_names=False, distill=False, lr_scale=None, out_dir=None, seed=0,
              progress=True) -> OptimizeReport:
     """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
 
@@ -436,6 +440,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             is stripped too, so sizes compare like with like. Inputs, outputs and signatures keep their names.
         distill: every fine-tuning stage also learns from the float baseline's predictions
             (knowledge distillation), which recovers more of the accuracy pruning costs.
+        lr_scale: pruning fine-tuning starts at this multiple of the recipe's learning rate and decays
+            it with a cosine (default :data:`edgedl.optimize.finetune.LR_SCALE`); QAT keeps its own.
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
         seed: seeds fine-tuning and the choice of calibration samples.
         progress: show progress bars while training.
@@ -458,7 +464,10 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     from edgedl.train import _check_shapes
 
     start = time.perf_counter()
-    mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir)
+    mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
+                         lr_scale=lr_scale)
+    if lr_scale is not None and prune is None and structured is None:
+        raise OptionError("--lr-scale sets the fine-tuning rate after pruning: use it with --prune or --structured")
     if not per_channel and mode not in ("int8", "int16x8"):
         raise OptionError(f"--per-tensor needs --quantize int8 or int16x8, not '{mode or 'none'}'")
     if distill and prune is None and structured is None and not qat:
@@ -481,7 +490,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
 
     calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
     export = _Export(calibration, io_type, num_calibration, per_channel, strip_names)
-    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export)
+    run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export,
+               lr_scale=lr_scale)
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     run.teacher = current if distill else None
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
@@ -508,7 +518,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
                  "structured": cut and cut.ratio, "structured_residual": cut and cut.residual,
                  "structured_layers": dict(cut.layers) if cut and cut.layers else None, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
-                 "epochs": epochs, "seed": seed},
+                 "epochs": epochs, "lr_scale": lr_scale, "seed": seed},
         finetuning=run.describe(src.recipe_from),
     )
     report.wall_time_s = round(time.perf_counter() - start, 2)
@@ -545,6 +555,13 @@ class _Run:
     progress: bool
     export: "_Export"  # how every .tflite is written, the float32 baselines' included
     teacher: object = field(default=None, repr=False)  # distil from this model while fine-tuning
+    lr_scale: float | None = None  # pruning fine-tuning rate, x the recipe's (None: finetune.LR_SCALE)
+
+    @property
+    def tune_lr_scale(self) -> float:
+        from edgedl.optimize.finetune import LR_SCALE
+
+        return LR_SCALE if self.lr_scale is None else float(self.lr_scale)
 
     @property
     def tune_epochs(self) -> int:
@@ -565,7 +582,7 @@ class _Run:
 
         r = self.recipe
         return {"epochs": self.tune_epochs, "optimizer": r.get("optimizer", "adam"),
-                "learning_rate": float(r.get("learning_rate", 1e-3)) * ft.LR_SCALE, "lr_scale": ft.LR_SCALE,
+                "learning_rate": float(r.get("learning_rate", 1e-3)) * self.tune_lr_scale, "lr_scale": self.tune_lr_scale,
                 "qat_lr_scale": qat.LR_SCALE, "batch_size": r.get("batch_size"), "schedule": r.get("schedule"),
                 "augment": r.get("augment"), "recipe_from": recipe_from,
                 "distillation": None if self.teacher is None else {
@@ -590,7 +607,8 @@ def _structured_stage(run: _Run, model, spec):
     ratio = spec.ratio
     result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
                               residual=spec.residual, layers=spec.layers, teacher=run.teacher,
-                              epochs=run.tune_epochs, progress=run.progress, seed=run.seed)
+                              epochs=run.tune_epochs, progress=run.progress, seed=run.seed,
+                              lr_scale=run.tune_lr_scale)
     where = "; ".join(w for w in (describe_residual(spec.residual), describe_layers(spec.layers)) if w)
     where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
@@ -604,7 +622,7 @@ def _prune_stage(run: _Run, model, spec):
     t = time.perf_counter()
     result = prune(model, spec.sparsity, run.data.x_train, run.data.y_train, recipe=run.recipe,
                    epochs=run.tune_epochs, scope=spec.scope, schedule=spec.schedule, block=spec.block,
-                   progress=run.progress, seed=run.seed, teacher=run.teacher)
+                   progress=run.progress, seed=run.seed, teacher=run.teacher, lr_scale=run.tune_lr_scale)
     what = ("kernels pruned per layer" if isinstance(spec.sparsity, dict)
             else f"{100 * spec.sparsity:.0f}% of kernel weights zeroed")
     how = f"{spec.scope}, {spec.schedule}" + (f", blocks of {spec.block}" if spec.block > 1 else "")

@@ -401,7 +401,7 @@ class PruneResult:
 
 def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int, scope: str = "layer",
           schedule: str = "polynomial", block: int = 1, progress: bool = True, seed: int = 0,
-          teacher=None) -> PruneResult:
+          teacher=None, lr_scale: float | None = None) -> PruneResult:
     """Prune ``model``'s kernels by magnitude while fine-tuning it, and return the stripped result.
 
     Args:
@@ -418,6 +418,8 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
         block: prune runs of this many weights along the input channels together (1: single weights).
         progress: show a progress bar.
         seed: seeds shuffling.
+        teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
+        lr_scale: fine-tuning starts at this multiple of the recipe's rate (default: finetune.LR_SCALE).
 
     Returns:
         PruneResult: the plain Keras model, a per-layer sparsity report and the skipped layers.
@@ -430,7 +432,7 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
         >>> [row["sparsity"] for row in result.layers]  # doctest: +SKIP
         [0.8, 0.8, 0.8, 0.8, 0.8]
     """
-    from edgedl.optimize.finetune import finetune, steps_per_epoch
+    from edgedl.optimize.finetune import LR_SCALE, finetune, steps_per_epoch
 
     PruneSpec(sparsity, scope, schedule, block).check()
     graph.require_keras_layers(model, "pruning")
@@ -445,7 +447,8 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
     masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)
     finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
-             title=f"pruning to {_describe(targets)}", progress=progress, seed=seed, teacher=teacher)
+             title=f"pruning to {_describe(targets)}", progress=progress, seed=seed, teacher=teacher,
+             lr_scale=LR_SCALE if lr_scale is None else lr_scale)
     stripped = strip(work)
     return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
                        scope=scope, schedule=schedule, block=block)

@@ -467,7 +467,7 @@ class StructuredResult:
 
 def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
                      progress: bool = True, seed: int = 0, residual: str | float = "prune",
-                     layers=(), teacher=None) -> StructuredResult:
+                     layers=(), teacher=None, lr_scale: float | None = None) -> StructuredResult:
     """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
 
     Args:
@@ -481,6 +481,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         residual: ``prune``, ``keep`` or a fraction of the channels residual adds join (see :class:`StructuredSpec`).
         layers: (layer name, fraction) pairs that set the share of the groups those layers produce.
         teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
+        lr_scale: fine-tuning starts at this multiple of the recipe's rate (default: finetune.LR_SCALE).
 
     Returns:
         StructuredResult with the new model and a summary of the pruned and frozen groups.
@@ -494,10 +495,10 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         >>> result.model.count_params() < model.count_params()  # doctest: +SKIP
         True
     """
-    from edgedl.optimize.finetune import finetune
+    from edgedl.optimize.finetune import LR_SCALE, finetune
 
     the_plan = plan(model, ratio, residual, layers)
     smaller = rebuild(model, the_plan)
     finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
-             progress=progress, seed=seed, teacher=teacher)
+             progress=progress, seed=seed, teacher=teacher, lr_scale=LR_SCALE if lr_scale is None else lr_scale)
     return StructuredResult(model=graph.copy_model(smaller), summary=the_plan.summary())
