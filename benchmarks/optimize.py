@@ -33,8 +33,6 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   the first stage's residual stream (--structured-residual keep --structured-layer conv0=0.5; ResNet-8:
   16/32/64 -> 8/32/64 residual, 8/16/32 inside), distilled: the 32x32 stage is where the time goes,
   and a conv's time follows its input channels, not its filters below 16 (benchmarks/conv_channels.py).
-  ``structured50_keep_residual_but_stage1_inner12_distill``: the same with 12 of the 16 channels inside
-  the first block kept (--structured-layer s1_conv1=0.25).
   ``structured50_keep_residual_but_stage1_distill_lr1``: the first-stage cut fine-tuned from the recipe's
   full learning rate (--lr-scale 1), not half of it.
 
@@ -299,13 +297,6 @@ def measure_structured50_keep_residual_but_stage1_distill(name, model_path, args
     return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.5),))
 
 
-def measure_structured50_keep_residual_but_stage1_inner12_distill(name, model_path, args):
-    """As ``structured50_keep_residual_but_stage1_distill``, with 12 of s1_conv1's 16 filters kept, not
-    8: its output is padded to 16 channels anyway, so the 4 more cost only s1_conv2's extra inputs."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True,
-                                layers=(("conv0", 0.5), ("s1_conv1", 0.25)))
-
-
 def measure_structured50_keep_residual_but_stage1_distill_lr1(name, model_path, args):
     """As ``structured50_keep_residual_but_stage1_distill``, fine-tuned from the recipe's full learning
     rate (--lr-scale 1) instead of half of it."""
@@ -400,7 +391,6 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "structured50_residual25_distill": measure_structured50_residual25_distill,
            "structured56_keep_residual_distill": measure_structured56_keep_residual_distill,
            "structured50_keep_residual_but_stage1_distill": measure_structured50_keep_residual_but_stage1_distill,
-           "structured50_keep_residual_but_stage1_inner12_distill": measure_structured50_keep_residual_but_stage1_inner12_distill,
            "structured50_keep_residual_but_stage1_distill_lr1": measure_structured50_keep_residual_but_stage1_distill_lr1}
 
 
