@@ -252,7 +252,7 @@ def plan(model, ratio: float, residual: str | float = "prune", layers=()) -> Pla
     ratio = StructuredSpec(ratio, residual, tuple(layers)).check().ratio
     share = residual_ratio(residual)
     shares = layer_shares(layers)
-    merged: list[str] = []  # group names element-wise merges joined
+    merged: list[tuple] = []  # (group name, merge layer, its kind) for each element-wise merge
     graph.require_keras_layers(model, "structured pruning")
     keras = _lazy.keras()
     steps = graph.trace(model)
