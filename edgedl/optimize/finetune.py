@@ -45,7 +45,7 @@ def default_epochs(recipe: dict, num_samples: int | None = None) -> int:
 
 
 def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, callbacks=(),
-             title: str = "fine-tuning", progress: bool = True, seed: int = 0, lr_scale: float = LR_SCALE,
+             title: str = "fine-tuning", progress: bool = True, seed: int = 0, lr_scale: float | None = None,
              teacher=None):
     """Train ``model`` in place for ``epochs`` on (x, y) with the recipe, at ``lr_scale`` times its rate.
 
@@ -59,7 +59,7 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
         title: what the progress bar says.
         progress: show a rich progress bar.
         seed: seeds shuffling and augmentation.
-        lr_scale: the fraction of the recipe's learning rate to start from.
+        lr_scale: the fraction of the recipe's learning rate to start from (None: ``LR_SCALE``).
         teacher: a Keras model with the same outputs (e.g. the model before pruning) to distil from:
             ``model`` then also learns to match the teacher's softened predictions. The teacher
             is not changed.
@@ -77,6 +77,7 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
     batch_size = int(recipe.get("batch_size", 64))
     steps = math.ceil(len(x) / batch_size)
     # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate
+    lr_scale = LR_SCALE if lr_scale is None else float(lr_scale)
     tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale, warmup_epochs=0)
     trainee = model if teacher is None else distiller(model, teacher)
     compile_for_training(trainee, tuned, steps * epochs)

@@ -109,10 +109,9 @@ class OptimizeReport:
             lines += [f"| {r['layer']} | {r['kind']} | {r['reason']} |" for r in self.skipped_layers]
             lines.append("")
         if self.structured:
-            from edgedl.optimize.structured import describe_layers, describe_residual
+            from edgedl.optimize.structured import describe_cut
 
-            residual = "; ".join(w for w in (describe_residual(self.structured.get("residual", "prune")),
-                                             describe_layers(self.structured.get("layers"))) if w)
+            residual = describe_cut(self.structured.get("residual", "prune"), self.structured.get("layers"))
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
                       f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
@@ -154,10 +153,10 @@ def _kb(n: int) -> str:
 def _options_text(o: dict) -> str:
     parts = []
     if o.get("structured"):
-        from edgedl.optimize.structured import describe_layers, describe_residual
+        from edgedl.optimize.structured import describe_cut
 
-        residual = "".join(f", {w}" for w in (describe_residual(o.get("structured_residual", "prune")),
-                                             describe_layers(o.get("structured_layers"))) if w)
+        residual = describe_cut(o.get("structured_residual", "prune"), o.get("structured_layers"))
+        residual = f", {residual}" if residual else ""
         parts.append(f"structured {o['structured']:g}{residual}")
     if o.get("prune"):
         block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
@@ -601,7 +600,7 @@ def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
 
 
 def _structured_stage(run: _Run, model, spec):
-    from edgedl.optimize.structured import describe_layers, describe_residual, prune_structured
+    from edgedl.optimize.structured import describe_cut, prune_structured
 
     t = time.perf_counter()
     ratio = spec.ratio
@@ -609,7 +608,7 @@ def _structured_stage(run: _Run, model, spec):
                               residual=spec.residual, layers=spec.layers, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed,
                               lr_scale=run.tune_lr_scale)
-    where = "; ".join(w for w in (describe_residual(spec.residual), describe_layers(spec.layers)) if w)
+    where = describe_cut(spec.residual, spec.layers)
     where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))

@@ -432,7 +432,7 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
         >>> [row["sparsity"] for row in result.layers]  # doctest: +SKIP
         [0.8, 0.8, 0.8, 0.8, 0.8]
     """
-    from edgedl.optimize.finetune import LR_SCALE, finetune, steps_per_epoch
+    from edgedl.optimize.finetune import finetune, steps_per_epoch
 
     PruneSpec(sparsity, scope, schedule, block).check()
     graph.require_keras_layers(model, "pruning")
@@ -448,7 +448,7 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)
     finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
              title=f"pruning to {_describe(targets)}", progress=progress, seed=seed, teacher=teacher,
-             lr_scale=LR_SCALE if lr_scale is None else lr_scale)
+             lr_scale=lr_scale)
     stripped = strip(work)
     return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
                        scope=scope, schedule=schedule, block=block)

@@ -143,6 +143,12 @@ def describe_layers(layers) -> str:
     return "set per layer: " + ", ".join(f"{name} {100 * v:.0f}%" for name, v in shares.items())
 
 
+def describe_cut(residual="prune", layers=()) -> str:
+    """A few words for reports: how the residual channels were treated and the per-layer shares,
+    joined by '; ' ('' when neither differs from the plain cut)."""
+    return "; ".join(w for w in (describe_residual(residual), describe_layers(layers)) if w)
+
+
 @dataclass
 class Group:
     """Channels pruned together: the layers that produce them and what happens to them."""
@@ -495,10 +501,10 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         >>> result.model.count_params() < model.count_params()  # doctest: +SKIP
         True
     """
-    from edgedl.optimize.finetune import LR_SCALE, finetune
+    from edgedl.optimize.finetune import finetune
 
     the_plan = plan(model, ratio, residual, layers)
     smaller = rebuild(model, the_plan)
     finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
-             progress=progress, seed=seed, teacher=teacher, lr_scale=LR_SCALE if lr_scale is None else lr_scale)
+             progress=progress, seed=seed, teacher=teacher, lr_scale=lr_scale)
     return StructuredResult(model=graph.copy_model(smaller), summary=the_plan.summary())
