@@ -497,14 +497,16 @@ def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Re
 _MARKERS = "osD^vPX<>*hp"
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure (Agg, no screen needed) with one axes."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes, without a timestamp or software tag (the same plot gives the same bytes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -519,7 +521,7 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
     from matplotlib.lines import Line2D
 
     scored = [r for r in runs if r.accuracy is not None]
-    fig, ax = _new_figure(8.0, 5.0)
+    fig, ax = new_figure(8.0, 5.0)
     targets = sorted({r.target for r in scored})
     backends = sorted({r.backend for r in scored})
     colours = colormaps["tab10"]
@@ -559,7 +561,7 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
                           markeredgecolor="crimson", label="Pareto front"))
     ax.legend(handles=handles, fontsize=8, loc="best", title="target / backend", title_fontsize=8)
     ax.set_title("accuracy vs latency (marker area ∝ bundle size)", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _pad(ax, xs, ys):
@@ -587,7 +589,7 @@ def plot_latency(runs: list[Run]) -> bytes:
     """One row per run: min–max whiskers, p50–p90 box, p99 bar, repeat medians as dots (log x). PNG."""
     from matplotlib.patches import Rectangle
 
-    fig, ax = _new_figure(8.0, 1.2 + 0.55 * len(runs))
+    fig, ax = new_figure(8.0, 1.2 + 0.55 * len(runs))
     for i, r in enumerate(runs):
         lat, y = r.latency, len(runs) - 1 - i
         ax.hlines(y, lat["min_us"], lat["max_us"], color="grey", linewidth=1, zorder=1)
@@ -616,13 +618,13 @@ def plot_latency(runs: list[Run]) -> bytes:
         Line2D([], [], color="#d62728", marker="|", linestyle="", markersize=10, label="p99"),
         Line2D([], [], color="black", marker="o", linestyle="", markersize=4, label="repeat medians"),
     ], fontsize=8, loc="upper right", ncols=4, bbox_to_anchor=(1.0, 1.0 + 0.6 / (1.2 + 0.55 * len(runs))))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_changes(comparisons: list[Comparison], threshold: float) -> bytes:
     """Horizontal bars of the p50 change against the baseline, red beyond +threshold, green below -threshold. PNG."""
     matched = [c for c in comparisons if c.change is not None]
-    fig, ax = _new_figure(8.0, 1.0 + 0.45 * len(matched))
+    fig, ax = new_figure(8.0, 1.0 + 0.45 * len(matched))
     colours = {"regression": "#d62728", "faster": "#2ca02c"}
     for i, c in enumerate(matched):
         y = len(matched) - 1 - i
@@ -635,7 +637,7 @@ def plot_changes(comparisons: list[Comparison], threshold: float) -> bytes:
     ax.set_xlim(-widest, widest)
     ax.set_xlabel("p50 change against the baseline (%)")
     ax.grid(True, axis="x", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # ----- rendering helpers -----

@@ -4,6 +4,7 @@ Every test runs the real thing on a tiny real case: LeNet trained for a few epoc
 scikit-learn digits (no download), or zoo models built but not trained where only shapes matter.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -648,10 +649,29 @@ def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp
     for row in report["stages"]:
         assert {"accuracy", "size_bytes", "gzip_bytes", "params_total", "params_nonzero", "macs", "sparsity"} <= set(row)
     assert report["stages"][1]["params_nonzero"] < 0.6 * report["stages"][1]["params_total"]
-    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "model.tflite", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "model.tflite", "report.json", "report.md",
+                                                     "stages.png"]
     assert keras.saving.load_model(out / "model.keras").count_params() == report["stages"][0]["params_total"]
     LiteRTEngine(out / "model.tflite")
-    assert "| pruned |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| pruned |" in markdown and "](stages.png)" in markdown
+    assert report["files"]["plot"] == str(out / "stages.png")
+
+
+def test_the_stage_plot_is_a_png_that_widens_with_the_stages_and_draws_the_same_bytes_twice():
+    from matplotlib.image import imread
+
+    from edgedl.optimize.pipeline import plot_stages
+
+    stages = [{"stage": "baseline", "accuracy": 0.9911, "size_bytes": 250_000, "gzip_bytes": 230_000, "macs": 2_300_000},
+              {"stage": "pruned", "accuracy": 0.9890, "size_bytes": 250_000, "gzip_bytes": 90_000, "macs": 2_300_000},
+              {"stage": "int8", "accuracy": 0.9887, "size_bytes": 70_000, "gzip_bytes": 30_000, "macs": 2_300_000}]
+    png = plot_stages(stages)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == plot_stages(stages)  # the same stages draw the same bytes
+    image = imread(io.BytesIO(png))
+    assert image.shape[1] > image.shape[0] > 200  # three panels side by side
+    wider = imread(io.BytesIO(plot_stages(stages + [dict(stages[-1], stage="more")])))
+    assert wider.shape[1] > image.shape[1]  # room for each stage's bar
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 QUANTIZE_MODES = ("dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float", "int8", "uint8")
 RECURRENT_KINDS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
-FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.json", "markdown": "report.md"}
+FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.json", "markdown": "report.md",
+         "plot": "stages.png"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,15 +123,18 @@ class OptimizeReport:
             lines += ["## Quantization-aware training", "", self.qat["method"], ""]
             if self.qat.get("folded"):
                 lines += ["Batch norm folded: " + ", ".join(f"{b} into {p}" for p, b in self.qat["folded"]), ""]
+        if self.files.get("plot"):
+            lines += [f"![accuracy, size and MACs after each stage]({Path(self.files['plot']).name})", ""]
         if self.files:
             lines += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in self.files.items()] + [""]
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> dict:
-        """Write the Keras model, the .tflite, report.md and report.json into ``out_dir``, each atomically.
+        """Write the Keras model, the .tflite, report.md, report.json and stages.png into ``out_dir``, each atomically.
 
         Returns:
-            ``{"model": path, "tflite": path, "markdown": path, "report": path}`` (also kept in ``files``).
+            ``{"model": path, "tflite": path, "report": path, "markdown": path, "plot": path}`` (also kept
+            in ``files``).
         """
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
@@ -140,10 +144,47 @@ class OptimizeReport:
         with _io.atomic_path(files["model"], suffix=".keras") as tmp:
             self.model.save(tmp)
         _io.write_bytes(files["tflite"], self.tflite)
+        _io.write_bytes(files["plot"], plot_stages(self.stages))
         self.files = files
         _io.write_text(files["markdown"], self.to_markdown())
         _io.write_json(files["report"], self.to_dict())
         return files
+
+
+def plot_stages(stages: list[dict]) -> bytes:
+    """Accuracy, .tflite size (and gzip'd) and MACs after each stage, side by side, as a PNG.
+
+    The baseline's accuracy is drawn as a line across the first panel, and each bar is labelled with
+    its change in points, so the cost of every step reads at a glance.
+    """
+    from matplotlib.figure import Figure
+
+    from edgedl.report import png_bytes
+
+    names = [r["stage"] for r in stages]
+    xs = np.arange(len(stages))
+    fig = Figure(figsize=(3.0 + 1.6 * len(stages), 3.6), dpi=100, layout="constrained")
+    acc_ax, size_ax, macs_ax = fig.subplots(1, 3)
+    accuracy = [100 * r["accuracy"] for r in stages]
+    acc_ax.bar(xs, accuracy, color="tab:blue")
+    acc_ax.axhline(accuracy[0], color="black", linewidth=0.8, linestyle="--")
+    low, high = min(accuracy), max(accuracy)
+    acc_ax.set_ylim(max(0.0, low - max(2.0, 0.5 * (high - low))), min(100.0, high + max(1.0, 0.3 * (high - low))))
+    for x, a in zip(xs, accuracy):
+        acc_ax.annotate(f"{a - accuracy[0]:+.2f}", (x, a), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+    acc_ax.set_title("test accuracy (%)", fontsize=10)
+    width = 0.4
+    size_ax.bar(xs - width / 2, [r["size_bytes"] / 1024 for r in stages], width, label=".tflite", color="tab:orange")
+    size_ax.bar(xs + width / 2, [r["gzip_bytes"] / 1024 for r in stages], width, label="gzip'd", color="tab:green")
+    size_ax.set_title("size (KiB)", fontsize=10)
+    size_ax.legend(fontsize=8)
+    macs_ax.bar(xs, [r["macs"] / 1e6 for r in stages], color="tab:purple")
+    macs_ax.set_title("MACs (millions)", fontsize=10)
+    for ax in (acc_ax, size_ax, macs_ax):
+        ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    return png_bytes(fig)
 
 
 def _kb(n: int) -> str:
@@ -441,7 +482,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             (knowledge distillation), which recovers more of the accuracy pruning costs.
         lr_scale: pruning fine-tuning starts at this multiple of the recipe's learning rate and decays
             it with a cosine (default :data:`edgedl.optimize.finetune.LR_SCALE`); QAT keeps its own.
-        out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` there.
+        out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` and
+            ``stages.png`` (accuracy, size and MACs per stage) there.
         seed: seeds fine-tuning and the choice of calibration samples.
         progress: show progress bars while training.
 
