@@ -57,7 +57,7 @@ def _fraction(value):
 @click.option("--representative", type=click.Path(dir_okay=False),
               help="Calibration inputs as a .npy array (N, *input_shape) instead of training samples.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
-              help="Folder for model.keras, model.tflite, report.json and report.md.")
+              help="Folder for model.keras, model.tflite, report.json, report.md and stages.png (a plot of every stage).")
 @click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
 @click.option("--epochs", "-e", type=int,
               help="Fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps); for a zoo name, also the training epochs.")
