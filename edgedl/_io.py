@@ -41,6 +41,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
             tmp.unlink()
 
 
+def check_writable(path: str | os.PathLike, option: str, kind: str | None = None) -> Path:
+    """Fail now, in one line, if ``path`` could not be written later (before a long run, not after it).
+
+    ``path`` need not exist: the closest folder above it that does must take new files (a probe file
+    is created there and removed). ``kind`` is ``"file"`` or ``"folder"`` when ``path`` must be one
+    of them (an existing path of the other kind is refused); ``None`` takes either.
+    """
+    from edgedl.errors import OptionError
+
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OptionError(f"{option} must be a folder, but '{path}' is a file")
+    if kind == "file" and path.is_dir():
+        raise OptionError(f"{option} must be a file, but '{path}' is a folder")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(f"{option} '{path}' cannot be written: '{existing}' is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgedl-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OptionError(f"{option} '{path}' cannot be written: creating a file in '{existing}' failed ({e.strerror})")
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

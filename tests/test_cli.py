@@ -62,3 +62,38 @@ def test_a_file_that_is_not_a_model_is_named(tmp_path, name, content, message):
     code, out, err = edgedl("train", str(bogus), "--dataset", "digits")
     assert code != 0 and "Traceback" not in err
     assert message in err
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "lenet", "--dataset", "digits", "--epochs", "1", "--out", "{blocked}/lenet.keras"],
+    ["optimize", "lenet", "--dataset", "digits", "--quantize", "int8", "--out", "{blocked}/opt"],
+    ["compile", "{model}", "--target", "x86_64", "-o", "{blocked}/lenet.edgedl"],
+    ["bench", "{model}", "-o", "{blocked}/run.json"],
+    ["report", "{model}", "-o", "{blocked}/report.html"],
+    ["quickstart", "--out", "{blocked}/quick"],
+])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, command):
+    blocked = tmp_path / "notes.txt"  # a file where the output's folder should be
+    blocked.write_text("keep me")
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"never read: the output is checked first")
+    args = [a.format(blocked=blocked, model=model) for a in command]
+    code, out, err = edgedl(*args)
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"cannot be written: '{blocked}' is a file, not a folder" in lines[0], err
+    assert blocked.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "notes.txt"]
+
+
+def test_an_os_error_while_working_is_one_line_that_names_the_file(monkeypatch, capsys):
+    import edgedl.train
+    from edgedl.cli.main import main
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/data/lenet.keras")
+
+    monkeypatch.setattr(edgedl.train, "train", full_disk)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "lenet", "--dataset", "digits"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "error: /data/lenet.keras: No space left on device\n"

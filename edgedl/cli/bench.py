@@ -33,6 +33,8 @@ def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threa
     from edgedl.bench.harness import BenchOptions, bench
     from edgedl.errors import DeviceError
 
+    if output:
+        _io.check_writable(output, "--output", kind="file")
     options = BenchOptions(dataset=dataset, data_dir=data_dir, limit=limit, warmup=warmup, runs=runs,
                            repeats=repeats, threads=threads, device=device, timeout=timeout, retries=retries,
                            reference=reference)

@@ -40,12 +40,14 @@ def compile_command(model, target, backend, out, archive, quantize, io_type, dat
 
     from rich.console import Console
 
+    from edgedl._io import check_writable
     from edgedl.compile import CompileOptions, compile_model
 
     options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, data_dir=data_dir,
                              num_samples=num_samples, max_disagreement=max_disagreement, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive)
     out = out or f"{Path(model.rstrip('/')).stem}.edgedl"
+    check_writable(out, "--output")
     console = Console(stderr=True)
     status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))
     result = compile_model(model, target, out, options, status=status)

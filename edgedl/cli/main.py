@@ -71,6 +71,12 @@ def main(argv=None):
             raise
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # a file that vanished or a disk that filled up while edgedl worked
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

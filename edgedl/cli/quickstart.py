@@ -25,9 +25,11 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     from rich.console import Console
     from rich.table import Table
 
+    from edgedl._io import check_writable
     from edgedl.quickstart import run
 
     console = Console(stderr=True)
+    check_writable(out_dir, "--out", kind="folder")
     result = run(data_dir=data_dir, dataset=dataset, model=model, epochs=epochs, seed=seed, out_dir=out_dir,
                  runs=runs, progress=not as_json, status=None if as_json else (lambda m: console.print(f"[bold]>[/] {m}")))
     if as_json:

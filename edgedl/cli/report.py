@@ -26,6 +26,10 @@ def report(results, output, baseline, threshold, fail_on_regression, as_json):
     from edgedl.errors import EdgeDLError
     from edgedl.report import build_report
 
+    if output:
+        from edgedl._io import check_writable
+
+        check_writable(output, "--output", kind="file")
     rep = build_report(results, baseline=baseline, threshold=threshold)
     if output:
         rep.save(output)

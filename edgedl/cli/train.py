@@ -27,6 +27,10 @@ def train(model, dataset, split, epochs, batch_size, seed, limit, data_dir, out,
 
     if out is not None and not out.endswith(".keras"):
         raise click.BadParameter(f"must end in .keras, got '{out}'", param_hint="--out")
+    if out is not None:
+        from edgedl._io import check_writable
+
+        check_writable(out, "--out", kind="file")
     result = run(model, dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit,
                  batch_size=batch_size, split=split, progress=not as_json)
     m = result.metrics

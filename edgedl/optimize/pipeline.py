@@ -266,8 +266,8 @@ def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_
             raise OptionError(f"{name} must be a positive integer, got {value}")
     if prune is None and structured is None and quantize is None:
         raise OptionError("nothing to do: give --prune, --structured, --quantize or --qat")
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise OptionError(f"--out must be a folder, but '{out_dir}' is a file")
+    if out_dir is not None:
+        _io.check_writable(out_dir, "--out", kind="folder")
     return quantize
 
 
