@@ -14,6 +14,8 @@ from edgedl.errors import InputFileError, ModelError
 log = logging.getLogger(__name__)
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+# formats edgedl compiles but cannot train: they hold a converted graph, not Keras layers
+CONVERTED_SUFFIXES = (".tflite", ".onnx")
 
 
 def is_model_path(spec: str) -> bool:
@@ -42,6 +44,10 @@ def load_model(spec: str):
     keras = _lazy.keras()
     if path.is_dir():
         return _load_saved_model(path, keras)
+    if path.suffix in CONVERTED_SUFFIXES:
+        raise InputFileError(path, f"a {path.suffix} model is already converted and cannot be trained, pruned or "
+                                   "re-quantized here; give the Keras model it came from (.keras, .h5 or a SavedModel "
+                                   f"folder), or compile the {path.suffix} as it is with `edgedl compile`")
     if path.suffix not in KERAS_SUFFIXES:
         raise InputFileError(path, f"unknown model format '{path.suffix}'; expected .keras, .h5 or a SavedModel folder")
     _check_container(path)

@@ -678,6 +678,7 @@ def test_the_stage_plot_is_a_png_that_widens_with_the_stages_and_draws_the_same_
 def bad_inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     (folder / "notes.keras").write_bytes(b"this is not a zip archive")
+    (folder / "model.tflite").write_bytes(b"TFL3: never read, the suffix says enough")
     np.save(folder / "small.npy", np.zeros((8, 8, 8, 1), np.float32))
     np.save(folder / "bytes.npy", np.zeros((8, 28, 28, 1), np.uint8))
     inputs = keras.Input((28, 28, 1))
@@ -708,6 +709,8 @@ def _write_custom_layer_model(path):
 
 @pytest.mark.parametrize("case, args, message", [
     ("not a model", ["{bad}/notes.keras", "--quantize", "int8"], "notes.keras: not a .keras model: the file is not a zip"),
+    ("converted model", ["{bad}/model.tflite", "--quantize", "int8"],
+     "a .tflite model is already converted and cannot be trained, pruned or re-quantized here"),
     ("custom layer", ["{bad}/custom.keras", "--structured", "0.5"], "cannot rebuild layer(s) 'my_scale' (mine>Scale)"),
     ("representative shape", ["{lenet}", "--quantize", "int8", "--representative", "{bad}/small.npy"],
      "samples of shape (8, 8, 1), the model takes (28, 28, 1)"),
