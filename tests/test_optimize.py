@@ -330,6 +330,36 @@ def test_a_layer_share_sets_the_cut_of_the_channels_that_layer_produces_over_the
     assert structured.describe_layers({"conv0": 0.5, "s3_conv2": 0.0}) == "set per layer: conv0 50%, s3_conv2 0%"
 
 
+def test_an_alignment_rounds_every_kept_width_up_to_its_multiple_and_says_which_groups_it_keeps_whole(tmp_path):
+    model = zoo.get_model("resnet8").build()
+    # a 60% cut keeps 6 / 13 / 26 inside the blocks and 6 / 13 / 26 of the residual 16 / 32 / 64
+    plain = structured.plan(model, 0.6)
+    kept = {name: len(g.keep) for g in plain.groups.values() if g.keep is not None for name in g.producers}
+    assert kept["s1_conv1"] == 6 and kept["s2_conv1"] == 13 and kept["s3_conv1"] == 26 and kept["conv0"] == 6
+    plan = structured.plan(model, 0.6, align=8)
+    kept = {name: len(g.keep) for g in plan.groups.values() if g.keep is not None for name in g.producers}
+    assert kept == {"conv0": 8, "s1_conv2": 8, "s1_conv1": 8, "s2_conv1": 16, "s2_conv2": 16, "s2_shortcut": 16,
+                    "s3_conv1": 32, "s3_conv2": 32, "s3_shortcut": 32}
+    # the best ones by L1 norm: the aligned plan keeps the plain plan's channels and the next ranked ones
+    for name in ("conv0", "s2_conv1", "s3_conv1"):
+        by_layer = {p: g for g in plain.groups.values() for p in g.producers}
+        assert set(by_layer[name].keep) <= set({p: g for g in plan.groups.values() for p in g.producers}[name].keep)
+    assert plan.summary()["align"] == 8
+    smaller = structured.rebuild(model, plan)
+    assert smaller.get_layer("s3_conv2").kernel.shape == (3, 3, 32, 32)
+    assert _engine(to_tflite(smaller, "none"), tmp_path).outputs[0].shape == (1, 10)
+    # rounding 6 of the first stage's 16 up to 16 keeps that group whole, and the report says why
+    plan = structured.plan(model, 0.6, align=16)
+    frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
+    assert frozen["conv0"] == "is kept whole: 6 of its 16 channels round up to all of them (--structured-align 16)"
+    assert frozen["s1_conv1"].startswith("is kept whole: 6 of its 16")
+    assert {len(g.keep) for g in plan.groups.values() if g.keep is not None} == {16, 32}
+    assert structured.describe_cut("keep", (), 16) == "residual channels kept; kept channels rounded up to multiples of 16"
+    for bad in (0, -8, 2.5, "16"):
+        with pytest.raises(OptionError, match=r"--structured-align takes a whole number of channels >= 1 \(e.g. 8 or 16\)"):
+            structured.plan(model, 0.5, align=bad)
+
+
 @pytest.mark.parametrize("layers, message", [
     ((("s9_conv",  0.5),), "--structured-layer s9_conv: no Conv or Dense layer of that name in the model "
                            "(its Conv/Dense layers: conv0, s1_conv1,"),
@@ -371,19 +401,21 @@ def test_a_residual_add_prunes_its_branches_together_through_batch_norm_depthwis
     assert np.asarray(smaller(x)).shape == (2, 10)
 
 
-def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept_and_layer_shares(lenet):
+def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept_layer_shares_and_alignment(lenet):
     from edgedl.optimize import StructuredSpec
 
-    report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep", layers=(("fc1", 0.25),)),
+    report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep", layers=(("fc1", 0.25),), align=4),
                       dataset="digits", epochs=1, lr_scale=1.0, progress=False)
     assert report.options["lr_scale"] == 1.0 and report.finetuning["lr_scale"] == 1.0
     assert report.finetuning["learning_rate"] == zoo.get_model("lenet").recipe["learning_rate"]
     assert report.options["structured"] == 0.5 and report.options["structured_residual"] == "keep"
-    assert report.options["structured_layers"] == {"fc1": 0.25}
-    assert report.structured["residual"] == "keep"
-    assert "residual channels kept; set per layer: fc1 25%" in report.stage("structured")["description"]
+    assert report.options["structured_layers"] == {"fc1": 0.25} and report.options["structured_align"] == 4
+    assert report.structured["residual"] == "keep" and report.structured["align"] == 4
+    assert ("residual channels kept; set per layer: fc1 25%; kept channels rounded up to multiples of 4"
+            in report.stage("structured")["description"])
     kept = {g["layers"][0]: g["kept"] for g in report.structured["pruned_groups"]}
-    assert kept["fc1"] == round(0.75 * lenet.model.get_layer("fc1").units) and kept["conv1"] == 3
+    assert kept == {"conv1": 4, "conv2": 8, "fc1": 92, "fc2": 44}  # 3, 8, 90 and 42 rounded up to fours
+    assert "kept channels rounded up to multiples of 4" in report.to_markdown()
     assert report.stage("structured")["params_total"] < report.stage("baseline")["params_total"]
 
 
@@ -724,6 +756,10 @@ def _write_custom_layer_model(path):
      "--structured-layer sets shares of structured pruning: give --structured too"),
     ("layer share of no layer", ["{lenet}", "--structured", "0.5", "--structured-layer", "nope=0.5"],
      "--structured-layer nope: no conv or dense layer of that name in the model"),
+    ("alignment below one", ["{lenet}", "--structured", "0.5", "--structured-align", "0"],
+     "--structured-align takes a whole number of channels >= 1 (e.g. 8 or 16), got 0"),
+    ("alignment without --structured", ["{lenet}", "--quantize", "int8", "--structured-align", "16"],
+     "--structured-align rounds the channels structured pruning keeps: give --structured too"),
     ("learning-rate scale", ["{lenet}", "--structured", "0.5", "--lr-scale", "0"],
      "--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got 0.0"),
     ("learning-rate scale without pruning", ["{lenet}", "--quantize", "int8", "--lr-scale", "1"],

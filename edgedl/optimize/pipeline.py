@@ -112,7 +112,8 @@ class OptimizeReport:
         if self.structured:
             from edgedl.optimize.structured import describe_cut
 
-            residual = describe_cut(self.structured.get("residual", "prune"), self.structured.get("layers"))
+            residual = describe_cut(self.structured.get("residual", "prune"), self.structured.get("layers"),
+                                    self.structured.get("align", 1))
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
                       f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
@@ -196,7 +197,8 @@ def _options_text(o: dict) -> str:
     if o.get("structured"):
         from edgedl.optimize.structured import describe_cut
 
-        residual = describe_cut(o.get("structured_residual", "prune"), o.get("structured_layers"))
+        residual = describe_cut(o.get("structured_residual", "prune"), o.get("structured_layers"),
+                                o.get("structured_align") or 1)
         residual = f", {residual}" if residual else ""
         parts.append(f"structured {o['structured']:g}{residual}")
     if o.get("prune"):
@@ -557,7 +559,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": cut and cut.ratio, "structured_residual": cut and cut.residual,
-                 "structured_layers": dict(cut.layers) if cut and cut.layers else None, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "structured_layers": dict(cut.layers) if cut and cut.layers else None,
+                 "structured_align": cut and cut.align, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
                  "epochs": epochs, "lr_scale": lr_scale, "seed": seed},
         finetuning=run.describe(src.recipe_from),
@@ -649,8 +652,8 @@ def _structured_stage(run: _Run, model, spec):
     result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
                               residual=spec.residual, layers=spec.layers, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed,
-                              lr_scale=run.tune_lr_scale)
-    where = describe_cut(spec.residual, spec.layers)
+                              lr_scale=run.tune_lr_scale, align=spec.align)
+    where = describe_cut(spec.residual, spec.layers, spec.align)
     where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))

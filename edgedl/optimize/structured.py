@@ -19,7 +19,9 @@ Three small stages:
    target is slow (on x86 XNNPACK computes 16 output channels at a time, so a conv cut from 16 to
    8 filters saves little unless its inputs shrink too).
 2. Each free group keeps the ``1 - ratio`` fraction of its channels with the largest L1 norm of
-   the filters that produce them (summed over the group's producers, each normalised by its mean).
+   the filters that produce them (summed over the group's producers, each normalised by its mean);
+   ``align=16`` rounds that count up to a multiple of 16, so no group keeps a width the runtime
+   would pad anyway.
 3. :func:`rebuild` clones the graph with fewer filters/units and copies the kept slices of every
    weight: kernels (input and output axes), biases, batch-norm gamma/beta/mean/variance, depthwise
    kernels, and the rows of a Dense after Flatten (one block of rows per spatial position).
@@ -69,19 +71,36 @@ class StructuredSpec:
     ``prune`` the channels residual adds join (every branch loses the same ones), ``keep`` them
     whole and prune only inside the residual blocks, or a fraction in (0, 1): remove that share of
     them (and ``ratio`` of the channels inside the blocks); ``layers``: (layer name, fraction)
-    pairs that set the share removed from the group that layer produces, in [0, 1), over both.
+    pairs that set the share removed from the group that layer produces, in [0, 1), over both;
+    ``align``: every pruned group keeps a multiple of this many channels (its count rounded up,
+    at most the group's width), the width the runtime computes at once (LiteRT's float32 kernels
+    pad output channels to 16 on x86-64): channels it would compute anyway are kept, not wasted.
     """
 
     ratio: float
     residual: str | float = "prune"
     layers: tuple = ()
+    align: int = 1
 
     def check(self) -> "StructuredSpec":
         """Raise OptionError for anything out of range; return self."""
         check_fraction(self.ratio, "--structured")
         residual_ratio(self.residual)
         layer_shares(self.layers)
+        check_align(self.align)
         return self
+
+
+def check_align(align) -> int:
+    """``align`` as a whole number of channels >= 1; OptionError naming ``--structured-align`` otherwise."""
+    if isinstance(align, bool) or not isinstance(align, (int, np.integer)) or align < 1:
+        raise OptionError(f"--structured-align takes a whole number of channels >= 1 (e.g. 8 or 16), got {align!r}")
+    return int(align)
+
+
+def aligned(keep: int, channels: int, align: int) -> int:
+    """``keep`` rounded up to a multiple of ``align``, at most ``channels``."""
+    return min(channels, -(-keep // align) * align)
 
 
 def layer_shares(layers) -> dict[str, float]:
@@ -143,10 +162,11 @@ def describe_layers(layers) -> str:
     return "set per layer: " + ", ".join(f"{name} {100 * v:.0f}%" for name, v in shares.items())
 
 
-def describe_cut(residual="prune", layers=()) -> str:
-    """A few words for reports: how the residual channels were treated and the per-layer shares,
-    joined by '; ' ('' when neither differs from the plain cut)."""
-    return "; ".join(w for w in (describe_residual(residual), describe_layers(layers)) if w)
+def describe_cut(residual="prune", layers=(), align=1) -> str:
+    """A few words for reports: how the residual channels were treated, the per-layer shares and the
+    alignment, joined by '; ' ('' when none differs from the plain cut)."""
+    align = f"kept channels rounded up to multiples of {align}" if align and align > 1 else ""
+    return "; ".join(w for w in (describe_residual(residual), describe_layers(layers), align) if w)
 
 
 @dataclass
@@ -175,6 +195,7 @@ class Plan:
     steps: list = field(repr=False, default_factory=list)
     residual: str | float = "prune"
     layers: dict[str, float] = field(default_factory=dict)  # --structured-layer shares
+    align: int = 1  # --structured-align
 
     def kept_indices(self, info) -> np.ndarray | None:
         """Kept positions along the last axis of a tensor with this (group, spatial) info; None: all."""
@@ -189,7 +210,7 @@ class Plan:
     def summary(self) -> dict:
         pruned = [g.to_dict() for g in self.groups.values() if g.reason is None]
         frozen = [g.to_dict() for g in self.groups.values() if g.reason is not None]
-        return {"ratio": self.ratio, "residual": self.residual, "layers": dict(self.layers),
+        return {"ratio": self.ratio, "residual": self.residual, "layers": dict(self.layers), "align": self.align,
                 "pruned_groups": pruned, "frozen_groups": frozen}
 
 
@@ -243,19 +264,21 @@ def _check_rebuildable(step, keras) -> None:
         )
 
 
-def plan(model, ratio: float, residual: str | float = "prune", layers=()) -> Plan:
+def plan(model, ratio: float, residual: str | float = "prune", layers=(), align: int = 1) -> Plan:
     """Group the channels of ``model`` and choose which to keep at ``ratio`` (the fraction removed).
 
     ``residual="keep"`` leaves the channels that element-wise merges join (residual adds) whole; a
     fraction removes that share of them instead of ``ratio``. ``layers`` (see :class:`StructuredSpec`)
-    sets the share of the groups those layers produce, over both.
+    sets the share of the groups those layers produce, over both. ``align`` rounds every kept count
+    up to a multiple of it; a group it would keep whole is frozen, saying so.
 
     Raises:
-        OptionError: ``ratio`` outside (0, 1), an unknown ``residual``, or a ``layers`` entry that
-            names no Conv/Dense layer, a group that cannot be pruned, or one group twice.
+        OptionError: ``ratio`` outside (0, 1), an unknown ``residual``, an ``align`` below 1, or a
+            ``layers`` entry that names no Conv/Dense layer, a group that cannot be pruned, or one
+            group twice.
         ModelError: a layer that cannot be rebuilt (custom, nested model, keras.ops call, shared).
     """
-    ratio = StructuredSpec(ratio, residual, tuple(layers)).check().ratio
+    ratio = StructuredSpec(ratio, residual, tuple(layers), align).check().ratio
     share = residual_ratio(residual)
     shares = layer_shares(layers)
     merged: list[tuple] = []  # (group name, merge layer, its kind) for each element-wise merge
@@ -348,14 +371,20 @@ def plan(model, ratio: float, residual: str | float = "prune", layers=()) -> Pla
                 group.reason = (f"is joined by '{merge}' ({kind}); the residual channels are kept "
                                 "(--structured-residual keep)")
         if group.reason is None:
-            keep = max(1, int(round(group.channels * (1.0 - removed))))
-            group.keep = _rank(group, by_name)[:keep]
+            wanted = max(1, int(round(group.channels * (1.0 - removed))))
+            keep = aligned(wanted, group.channels, align)
+            if keep == group.channels > wanted:
+                group.reason = (f"is kept whole: {wanted} of its {keep} channels round up to all of them "
+                                f"(--structured-align {align})")
+            else:
+                group.keep = _rank(group, by_name)[:keep]
     if all(g.reason is not None for g in groups.values()):
         why = "; ".join(f"{', '.join(g.producers)} {g.reason}" for g in groups.values()) or "it has no Conv or Dense layer"
         raise ModelError(f"structured pruning finds no channels it can remove in model '{model.name}': {why}")
     # Tensor infos point at group roots from here on.
     tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
-    return Plan(ratio=ratio, groups=groups, tensors=tensors, steps=steps, residual=residual, layers=shares)
+    return Plan(ratio=ratio, groups=groups, tensors=tensors, steps=steps, residual=residual, layers=shares,
+                align=align)
 
 
 def _layer_groups(shares: dict, groups: dict, uf: _Groups, producers: dict) -> dict[str, tuple[str, float]]:
@@ -473,7 +502,7 @@ class StructuredResult:
 
 def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
                      progress: bool = True, seed: int = 0, residual: str | float = "prune",
-                     layers=(), teacher=None, lr_scale: float | None = None) -> StructuredResult:
+                     layers=(), teacher=None, lr_scale: float | None = None, align: int = 1) -> StructuredResult:
     """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
 
     Args:
@@ -488,6 +517,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         layers: (layer name, fraction) pairs that set the share of the groups those layers produce.
         teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
         lr_scale: fine-tuning starts at this multiple of the recipe's rate (default: finetune.LR_SCALE).
+        align: every pruned group keeps a multiple of this many channels (see :class:`StructuredSpec`).
 
     Returns:
         StructuredResult with the new model and a summary of the pruned and frozen groups.
@@ -503,7 +533,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
     """
     from edgedl.optimize.finetune import finetune
 
-    the_plan = plan(model, ratio, residual, layers)
+    the_plan = plan(model, ratio, residual, layers, align)
     smaller = rebuild(model, the_plan)
     finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
              progress=progress, seed=seed, teacher=teacher, lr_scale=lr_scale)
