@@ -351,8 +351,13 @@ def test_an_alignment_rounds_every_kept_width_up_to_its_multiple_and_says_which_
     # rounding 6 of the first stage's 16 up to 16 keeps that group whole, and the report says why
     plan = structured.plan(model, 0.6, align=16)
     frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
-    assert frozen["conv0"] == "is kept whole: 6 of its 16 channels round up to all of them (--structured-align 16)"
-    assert frozen["s1_conv1"].startswith("is kept whole: 6 of its 16")
+    assert frozen["conv0"] == "is kept whole: keeping 6 of its 16 channels rounds up to all 16 (--structured-align 16)"
+    assert frozen["s1_conv1"].startswith("is kept whole: keeping 6 of its 16")
+    # a share named per layer is taken as given: it is how a cut narrows the next layer's inputs
+    named = structured.plan(model, 0.6, layers=(("conv0", 0.5),), align=16)
+    assert len(named.groups[named.tensors["conv0"][0]].keep) == 8
+    with pytest.raises(OptionError, match=r"^--structured-align 128 keeps every group of model '.*' whole \(conv0"):
+        structured.plan(model, 0.5, align=128)
     assert {len(g.keep) for g in plan.groups.values() if g.keep is not None} == {16, 32}
     assert structured.describe_cut("keep", (), 16) == "residual channels kept; kept channels rounded up to multiples of 16"
     for bad in (0, -8, 2.5, "16"):
@@ -414,7 +419,7 @@ def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept
     assert ("residual channels kept; set per layer: fc1 25%; kept channels rounded up to multiples of 4"
             in report.stage("structured")["description"])
     kept = {g["layers"][0]: g["kept"] for g in report.structured["pruned_groups"]}
-    assert kept == {"conv1": 4, "conv2": 8, "fc1": 92, "fc2": 44}  # 3, 8, 90 and 42 rounded up to fours
+    assert kept == {"conv1": 4, "conv2": 8, "fc1": 90, "fc2": 44}  # 3 and 42 rounded up to fours; fc1's share as given
     assert "kept channels rounded up to multiples of 4" in report.to_markdown()
     assert report.stage("structured")["params_total"] < report.stage("baseline")["params_total"]
 
@@ -758,6 +763,10 @@ def _write_custom_layer_model(path):
      "--structured-layer nope: no conv or dense layer of that name in the model"),
     ("alignment below one", ["{lenet}", "--structured", "0.5", "--structured-align", "0"],
      "--structured-align takes a whole number of channels >= 1 (e.g. 8 or 16), got 0"),
+    ("alignment not whole", ["{lenet}", "--structured", "0.5", "--structured-align", "2.5"],
+     "--structured-align takes a whole number of channels >= 1 (e.g. 8 or 16), got '2.5'"),
+    ("alignment that keeps everything", ["{lenet}", "--structured", "0.5", "--structured-align", "128"],
+     "--structured-align 128 keeps every group of model"),
     ("alignment without --structured", ["{lenet}", "--quantize", "int8", "--structured-align", "16"],
      "--structured-align rounds the channels structured pruning keeps: give --structured too"),
     ("learning-rate scale", ["{lenet}", "--structured", "0.5", "--lr-scale", "0"],

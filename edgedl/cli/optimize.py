@@ -15,6 +15,14 @@ def _fraction(value):
         return value
 
 
+def _whole(value):
+    """A whole number if ``value`` reads as one, else ``value`` itself (the API names what is wrong)."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
 @click.command()
 @click.argument("model")
 @click.option("--prune", "prune", metavar="FRACTION", help="Unstructured pruning: fraction of kernel weights to zero, in (0, 1), e.g. 0.8.")
@@ -35,10 +43,11 @@ def _fraction(value):
               help="Remove this fraction (0 keeps it whole) of the channels of the group layer NAME produces, "
                    "over --structured and --structured-residual; repeat for more layers. The layers pruned "
                    "together are listed in the report.")
-@click.option("--structured-align", type=int, metavar="N",
-              help="Round every pruned group's kept channels up to a multiple of N (at most its width). Runtimes "
-                   "compute output channels in tiles (LiteRT float32 on x86-64: 16), so a layer cut between two "
-                   "multiples costs as much as the next; the layers reading it still pay for every channel kept.")
+@click.option("--structured-align", metavar="N",
+              help="Round each pruned group's kept channels up to a multiple of N (at most its width; a group "
+                   "that would round up to its full width is kept whole, and --structured-layer shares are taken "
+                   "as given). LiteRT's float32 kernels on x86-64 compute 16 output channels at a time, so the "
+                   "extra channels cost their layer nothing, but the layers that read them pay for each one.")
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
@@ -99,7 +108,7 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     if structured is not None:
         structured = StructuredSpec(structured, residual=_fraction(structured_residual),
                                     layers=tuple(layer_shares(structured_layers).items()),
-                                    align=1 if structured_align is None else structured_align)
+                                    align=1 if structured_align is None else _whole(structured_align))
     elif structured_layers:
         raise OptionError("--structured-layer sets shares of structured pruning: give --structured too")
     elif structured_align is not None:

@@ -463,7 +463,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         structured: fraction of Conv filters / Dense units to remove from each group, in (0, 1), or
             a :class:`~edgedl.optimize.structured.StructuredSpec` that also says whether the channels
             residual adds join are pruned (``prune``), kept whole (``keep``) or lose a smaller
-            fraction of their channels (e.g. ``0.25``).
+            fraction of their channels (e.g. ``0.25``), sets the share of the groups named layers
+            produce (``layers``), and rounds kept widths up to a multiple (``align``).
         quantize: ``dynamic``, ``float16``, ``int8`` or ``int16x8``; None keeps float32.
         qat: quantization-aware training before int8 conversion (implies ``quantize="int8"``).
         dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's or the one
@@ -583,7 +584,7 @@ def check_architecture(model, mode, structured: "StructuredSpec | None", represe
         require_keras_layers(model, " and ".join(retraining))
     check_quantizable(model, mode)
     if structured is not None:
-        plan(model, structured.ratio, structured.residual, structured.layers)
+        plan(model, structured.ratio, structured.residual, structured.layers, structured.align)
     if representative is not None:
         check_representative(representative, model)
 

@@ -73,8 +73,9 @@ class StructuredSpec:
     them (and ``ratio`` of the channels inside the blocks); ``layers``: (layer name, fraction)
     pairs that set the share removed from the group that layer produces, in [0, 1), over both;
     ``align``: every pruned group keeps a multiple of this many channels (its count rounded up,
-    at most the group's width), the width the runtime computes at once (LiteRT's float32 kernels
-    pad output channels to 16 on x86-64): channels it would compute anyway are kept, not wasted.
+    at most the group's width; the groups ``layers`` names keep their share as given), the width
+    the runtime computes at once (LiteRT's float32 kernels compute 16 output channels at a time on
+    x86-64): the extra channels cost their layer nothing, the layers reading them pay per input.
     """
 
     ratio: float
@@ -270,15 +271,17 @@ def plan(model, ratio: float, residual: str | float = "prune", layers=(), align:
     ``residual="keep"`` leaves the channels that element-wise merges join (residual adds) whole; a
     fraction removes that share of them instead of ``ratio``. ``layers`` (see :class:`StructuredSpec`)
     sets the share of the groups those layers produce, over both. ``align`` rounds every kept count
-    up to a multiple of it; a group it would keep whole is frozen, saying so.
+    up to a multiple of it (but for the groups ``layers`` names, whose share is taken as given); a group
+    it would keep whole is frozen, saying so.
 
     Raises:
-        OptionError: ``ratio`` outside (0, 1), an unknown ``residual``, an ``align`` below 1, or a
-            ``layers`` entry that names no Conv/Dense layer, a group that cannot be pruned, or one
-            group twice.
+        OptionError: ``ratio`` outside (0, 1), an unknown ``residual``, an ``align`` below 1 or one
+            that keeps every group whole, or a ``layers`` entry that names no Conv/Dense layer, a
+            group that cannot be pruned, or one group twice.
         ModelError: a layer that cannot be rebuilt (custom, nested model, keras.ops call, shared).
     """
     ratio = StructuredSpec(ratio, residual, tuple(layers), align).check().ratio
+    align = check_align(align)
     share = residual_ratio(residual)
     shares = layer_shares(layers)
     merged: list[tuple] = []  # (group name, merge layer, its kind) for each element-wise merge
@@ -372,14 +375,18 @@ def plan(model, ratio: float, residual: str | float = "prune", layers=(), align:
                                 "(--structured-residual keep)")
         if group.reason is None:
             wanted = max(1, int(round(group.channels * (1.0 - removed))))
-            keep = aligned(wanted, group.channels, align)
+            # a share named with --structured-layer is taken as given: it is how a cut narrows the next layer's inputs
+            keep = wanted if group.name in chosen else aligned(wanted, group.channels, align)
             if keep == group.channels > wanted:
-                group.reason = (f"is kept whole: {wanted} of its {keep} channels round up to all of them "
+                group.reason = (f"is kept whole: keeping {wanted} of its {keep} channels rounds up to all {keep} "
                                 f"(--structured-align {align})")
             else:
                 group.keep = _rank(group, by_name)[:keep]
     if all(g.reason is not None for g in groups.values()):
         why = "; ".join(f"{', '.join(g.producers)} {g.reason}" for g in groups.values()) or "it has no Conv or Dense layer"
+        if any(g.reason.endswith(f"(--structured-align {align})") for g in groups.values()):
+            raise OptionError(f"--structured-align {align} keeps every group of model '{model.name}' whole ({why}); "
+                              "give a smaller multiple")
         raise ModelError(f"structured pruning finds no channels it can remove in model '{model.name}': {why}")
     # Tensor infos point at group roots from here on.
     tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
