@@ -77,14 +77,15 @@ def resolve(model: str, dataset: str | None = None):
 def train(model: str, *, dataset: str | None = None, epochs: int | None = None, seed: int = 0,
           data_dir=None, limit: int | None = None, batch_size: int | None = None,
           split: str | None = None, progress: bool = True, callbacks: list | None = None,
-          recipe: dict | None = None) -> TrainResult:
+          recipe: dict | None = None, deterministic: bool = False) -> TrainResult:
     """Train a zoo model (by name) or a Keras model file on a data set.
 
     Args:
         model: a zoo name (``edgedl models``) or a ``.keras``/``.h5``/SavedModel path.
         dataset: data set name; defaults to the recipe's.
         epochs: defaults to the recipe's.
-        seed: seeds weights, shuffling and augmentation; the same seed gives the same model.
+        seed: seeds weights, shuffling and augmentation. The same seed gives the same model up to
+            the order of floating-point sums across threads; ``deterministic`` makes it bit for bit.
         data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
         limit: at most this many samples per split (for quick runs).
         batch_size: defaults to the recipe's.
@@ -92,6 +93,9 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         progress: show a progress bar.
         callbacks: extra Keras callbacks for ``fit`` (e.g. ``keras.callbacks.CSVLogger`` for long runs).
         recipe: recipe keys that replace the model's own (e.g. ``{"optimizer": "sgd"}``).
+        deterministic: the same seed gives a bit-identical model (TensorFlow's op determinism), at
+            the cost of running each operator on one thread: about 2x slower on 2 cores, more on
+            more (``benchmarks/train_speed.py``). Off, training uses every core.
 
     Returns:
         TrainResult with the model and metrics (test accuracy and loss, wall time, data set, split).
@@ -114,9 +118,8 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
 
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
     keras = _lazy.keras()
-    tf = _lazy.tf()
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    set_determinism(deterministic)
     if keras_model is None:
         from edgedl import zoo
 
@@ -143,6 +146,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
+        "deterministic": bool(deterministic),
         "accuracy": accuracy,
         "loss": loss,
         "target_accuracy": recipe.get("target_accuracy"),
@@ -153,6 +157,22 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         "recipe": {k: recipe[k] for k in TRAINING_KEYS if k in recipe},
     }
     return TrainResult(model=keras_model, metrics=metrics)
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Turn TensorFlow's op determinism on or off for this process.
+
+    On, every operator gives bit-identical results from run to run, which TensorFlow buys by
+    running each one on a single thread; off (TensorFlow's default), operators use every core and
+    sums across threads may round differently. The setting is process-wide, so each training entry
+    point sets it, rather than inheriting whatever the last one left.
+    """
+    from tensorflow.python.framework import config  # the public API has only enable_op_determinism
+
+    if deterministic:
+        config.enable_op_determinism()
+    else:
+        config.disable_op_determinism()
 
 
 def _check_shapes(model, data):

@@ -676,10 +676,11 @@ def edgedl(*args):
 def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp_path):
     out = tmp_path / "out"
     code, stdout, stderr = edgedl("optimize", str(lenet_file), "--prune", "0.5", "--prune-block", "2",
-                                  "--quantize", "int8", "--epochs", "1", "--out", str(out), "--json")
+                                  "--quantize", "int8", "--epochs", "1", "--deterministic", "--out", str(out), "--json")
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["data"]["dataset"] == "digits"  # from lenet.json beside the model
+    assert report["finetuning"]["deterministic"] is True
     assert report["options"]["prune_block"] == 2 and report["options"]["prune_scope"] == "layer"
     assert report["finetuning"]["recipe_from"].startswith("zoo model 'lenet'")
     assert [s["stage"] for s in report["stages"]] == ["baseline", "pruned", "int8"]

@@ -22,11 +22,24 @@ def test_lenet_learns_digits(lenet_on_digits):
     assert m["num_test"] + m["num_train"] == 1797 and m["train_wall_time_s"] > 0
 
 
-def test_the_same_seed_gives_the_same_model(lenet_on_digits):
-    again = train("lenet", dataset="digits", epochs=4, seed=1, progress=False)
-    for a, b in zip(lenet_on_digits.model.get_weights(), again.model.get_weights()):
+def test_deterministic_training_gives_the_same_model_bit_for_bit():
+    first, again = (train("lenet", dataset="digits", epochs=2, seed=1, progress=False, deterministic=True)
+                    for _ in range(2))
+    for a, b in zip(first.model.get_weights(), again.model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert again.metrics["accuracy"] == lenet_on_digits.metrics["accuracy"]
+    assert again.metrics["accuracy"] == first.metrics["accuracy"] and again.metrics["deterministic"] is True
+
+
+def test_training_uses_every_core_unless_asked_to_be_deterministic(lenet_on_digits):
+    """Op determinism is process-wide and runs each operator on one thread: a deterministic run
+    must not leave the next, ordinary one slow."""
+    from tensorflow.python.framework import config
+
+    train("lenet", dataset="digits", epochs=1, limit=200, progress=False, deterministic=True)
+    assert config.is_op_determinism_enabled()
+    result = train("lenet", dataset="digits", epochs=1, limit=200, progress=False)
+    assert not config.is_op_determinism_enabled() and result.metrics["deterministic"] is False
+    assert lenet_on_digits.metrics["deterministic"] is False
 
 
 def test_save_writes_model_and_metrics_that_load_back(lenet_on_digits, tmp_path):

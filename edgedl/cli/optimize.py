@@ -77,10 +77,14 @@ def _whole(value):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
+@click.option("--deterministic", is_flag=True,
+              help="Bit-identical fine-tuning for the same seed (TensorFlow's op determinism): each operator runs "
+                   "on one thread, about 2x slower on 2 cores and more on more. Off, results vary in the last bits.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, distill, lr_scale, quantize, qat, io_type, num_calibration,
-             per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, as_json):
+             per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, deterministic,
+             as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
 
     Every stage is measured on the test split: accuracy, size, gzip'd size, parameters, MACs and
@@ -125,7 +129,7 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
                  dataset=dataset, epochs=epochs, data_dir=data_dir, limit=limit, num_calibration=num_calibration,
                  io_type=io_type, representative=representative, per_channel=not per_tensor,
                  strip_names=strip_names, distill=distill, lr_scale=lr_scale, out_dir=out_dir, seed=seed,
-                 progress=not as_json)
+                 deterministic=deterministic, progress=not as_json)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=_plain))
         return

@@ -13,10 +13,13 @@ import click
 @click.option("--batch-size", type=int, help="Batch size (default: the recipe's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
+@click.option("--deterministic", is_flag=True,
+              help="Bit-identical model for the same seed (TensorFlow's op determinism): each operator runs on one "
+                   "thread, about 2x slower on 2 cores and more on more. Off, results vary in the last bits.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the model here (.keras) and its metrics beside it (.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def train(model, dataset, split, epochs, batch_size, seed, limit, data_dir, out, as_json):
+def train(model, dataset, split, epochs, batch_size, seed, limit, deterministic, data_dir, out, as_json):
     """Train MODEL (a zoo name or a .keras/.h5/SavedModel path) and report its test accuracy.
 
     \b
@@ -32,7 +35,8 @@ def train(model, dataset, split, epochs, batch_size, seed, limit, data_dir, out,
 
         check_writable(out, "--out", kind="file")
     result = run(model, dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit,
-                 batch_size=batch_size, split=split, progress=not as_json)
+                 batch_size=batch_size, split=split, progress=not as_json,
+                 deterministic=deterministic)
     m = result.metrics
     if out:
         paths = result.save(out)

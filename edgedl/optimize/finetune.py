@@ -73,7 +73,6 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
         raise OptionError(f"--epochs must be a positive integer, got {epochs}")
     keras = _lazy.keras()
     keras.utils.set_random_seed(seed)
-    _lazy.tf().config.experimental.enable_op_determinism()  # as edgedl.train does: same seed, same model
     batch_size = int(recipe.get("batch_size", 64))
     steps = math.ceil(len(x) / batch_size)
     # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate

@@ -218,7 +218,7 @@ def _options_text(o: dict) -> str:
 def _finetune_text(f: dict) -> str:
     return (f"{f['epochs']} epoch(s) per stage, {f['optimizer']} at {f['learning_rate']:g} "
             f"(x{f['lr_scale']:g} of the recipe's; x{f['qat_lr_scale']:g} for QAT), batch {f['batch_size']}, "
-            f"recipe from {f['recipe_from']}")
+            f"recipe from {f['recipe_from']}{', deterministic (one thread per operator)' if f.get('deterministic') else ''}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -445,7 +445,7 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
 def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
              data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
              per_channel=True, strip_names=False, distill=False, lr_scale=None, out_dir=None, seed=0,
-             progress=True) -> OptimizeReport:
+             deterministic=False, progress=True) -> OptimizeReport:
     """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
 
     Stages, in order, each optional: structured pruning, unstructured magnitude pruning,
@@ -488,6 +488,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` and
             ``stages.png`` (accuracy, size and MACs per stage) there.
         seed: seeds fine-tuning and the choice of calibration samples.
+        deterministic: bit-identical fine-tuning from run to run, each operator on one thread (slower;
+            see :func:`edgedl.train.set_determinism`).
         progress: show progress bars while training.
 
     Returns:
@@ -505,7 +507,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         True
     """
     from edgedl.data import load_dataset
-    from edgedl.train import _check_shapes
+    from edgedl.train import _check_shapes, set_determinism
 
     start = time.perf_counter()
     mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
@@ -534,8 +536,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
 
     calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
     export = _Export(calibration, io_type, num_calibration, per_channel, strip_names)
+    set_determinism(deterministic)
     run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export,
-               lr_scale=lr_scale)
+               lr_scale=lr_scale, deterministic=bool(deterministic))
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     run.teacher = current if distill else None
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
@@ -601,6 +604,7 @@ class _Run:
     export: "_Export"  # how every .tflite is written, the float32 baselines' included
     teacher: object = field(default=None, repr=False)  # distil from this model while fine-tuning
     lr_scale: float | None = None  # pruning fine-tuning rate, x the recipe's (None: finetune.LR_SCALE)
+    deterministic: bool = False  # TensorFlow's op determinism: bit-identical, one thread per operator
 
     @property
     def tune_lr_scale(self) -> float:
@@ -629,7 +633,7 @@ class _Run:
         return {"epochs": self.tune_epochs, "optimizer": r.get("optimizer", "adam"),
                 "learning_rate": float(r.get("learning_rate", 1e-3)) * self.tune_lr_scale, "lr_scale": self.tune_lr_scale,
                 "qat_lr_scale": qat.LR_SCALE, "batch_size": r.get("batch_size"), "schedule": r.get("schedule"),
-                "augment": r.get("augment"), "recipe_from": recipe_from,
+                "augment": r.get("augment"), "recipe_from": recipe_from, "deterministic": self.deterministic,
                 "distillation": None if self.teacher is None else {
                     "teacher": "the float baseline", "alpha": ft.DISTILL_ALPHA, "temperature": ft.DISTILL_TEMPERATURE}}
 
@@ -641,7 +645,7 @@ def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
     from edgedl.train import train
 
     result = train(src.zoo_name, dataset=dataset, epochs=run.epochs, seed=run.seed, data_dir=data_dir,
-                   limit=limit, split=split, progress=run.progress)
+                   limit=limit, split=split, progress=run.progress, deterministic=run.deterministic)
     return result.model, result.metrics["epochs"]
 
 
