@@ -84,8 +84,9 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         model: a zoo name (``edgedl models``) or a ``.keras``/``.h5``/SavedModel path.
         dataset: data set name; defaults to the recipe's.
         epochs: defaults to the recipe's.
-        seed: seeds weights, shuffling and augmentation. The same seed gives the same model up to
-            the order of floating-point sums across threads; ``deterministic`` makes it bit for bit.
+        seed: seeds weights, shuffling and augmentation. Two runs with the same seed can end
+            slightly apart (sums across threads round differently); ``deterministic`` makes them
+            bit for bit the same.
         data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
         limit: at most this many samples per split (for quick runs).
         batch_size: defaults to the recipe's.
