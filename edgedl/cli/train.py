@@ -15,7 +15,7 @@ import click
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
 @click.option("--deterministic", is_flag=True,
               help="Bit-identical model for the same seed (TensorFlow's op determinism): each operator runs on one "
-                   "thread, about 2x slower on 2 cores and more on more. Off, two runs with the same seed can end slightly apart (sums across threads round differently).")
+                   "thread where an operator would use several (benchmarks/train_speed.py measures the cost). Off, two runs with the same seed can end slightly apart (sums across threads round differently).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the model here (.keras) and its metrics beside it (.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
