@@ -164,8 +164,8 @@ def set_determinism(deterministic: bool) -> None:
     """Turn TensorFlow's op determinism on or off for this process.
 
     On, every operator gives bit-identical results from run to run, which TensorFlow buys by
-    running each one on a single thread; off (TensorFlow's default), operators use every core and
-    sums across threads may round differently. The setting is process-wide, so each training entry
+    running some on a single thread; off (TensorFlow's default), sums across threads may round
+    differently from run to run. The setting is process-wide, so each training entry
     point sets it, rather than inheriting whatever the last one left.
     """
     from tensorflow.python.framework import config  # the public API has only enable_op_determinism

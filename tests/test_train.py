@@ -30,9 +30,9 @@ def test_deterministic_training_gives_the_same_model_bit_for_bit():
     assert again.metrics["accuracy"] == first.metrics["accuracy"] and again.metrics["deterministic"] is True
 
 
-def test_training_uses_every_core_unless_asked_to_be_deterministic(lenet_on_digits):
-    """Op determinism is process-wide and runs each operator on one thread: a deterministic run
-    must not leave the next, ordinary one slow."""
+def test_a_deterministic_run_does_not_leave_determinism_on_for_the_next(lenet_on_digits):
+    """Op determinism is process-wide: a deterministic run must not make the next, ordinary one
+    pay for it."""
     from tensorflow.python.framework import config
 
     train("lenet", dataset="digits", epochs=1, limit=200, progress=False, deterministic=True)

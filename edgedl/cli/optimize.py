@@ -78,8 +78,9 @@ def _whole(value):
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
 @click.option("--deterministic", is_flag=True,
-              help="Bit-identical fine-tuning for the same seed (TensorFlow's op determinism): each operator runs "
-                   "on one thread (benchmarks/train_speed.py measures the cost). Off, two runs with the same seed can end slightly apart (sums across threads round differently).")
+              help="Bit-identical fine-tuning for the same seed (TensorFlow's op determinism; can be slower, "
+                   "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "
+                   "apart (sums across threads round differently).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, distill, lr_scale, quantize, qat, io_type, num_calibration,

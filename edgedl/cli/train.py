@@ -14,8 +14,9 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
 @click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
 @click.option("--deterministic", is_flag=True,
-              help="Bit-identical model for the same seed (TensorFlow's op determinism): each operator runs on one "
-                   "thread where an operator would use several (benchmarks/train_speed.py measures the cost). Off, two runs with the same seed can end slightly apart (sums across threads round differently).")
+              help="Bit-identical model for the same seed (TensorFlow's op determinism; can be slower, "
+                   "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "
+                   "apart (sums across threads round differently).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the model here (.keras) and its metrics beside it (.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")

@@ -218,7 +218,7 @@ def _options_text(o: dict) -> str:
 def _finetune_text(f: dict) -> str:
     return (f"{f['epochs']} epoch(s) per stage, {f['optimizer']} at {f['learning_rate']:g} "
             f"(x{f['lr_scale']:g} of the recipe's; x{f['qat_lr_scale']:g} for QAT), batch {f['batch_size']}, "
-            f"recipe from {f['recipe_from']}{', deterministic (one thread per operator)' if f.get('deterministic') else ''}")
+            f"recipe from {f['recipe_from']}{', deterministic' if f.get('deterministic') else ''}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,7 +488,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` and
             ``stages.png`` (accuracy, size and MACs per stage) there.
         seed: seeds fine-tuning and the choice of calibration samples.
-        deterministic: bit-identical fine-tuning from run to run, each operator on one thread (slower;
+        deterministic: bit-identical fine-tuning from run to run (can be slower;
             see :func:`edgedl.train.set_determinism`).
         progress: show progress bars while training.
 
@@ -604,7 +604,7 @@ class _Run:
     export: "_Export"  # how every .tflite is written, the float32 baselines' included
     teacher: object = field(default=None, repr=False)  # distil from this model while fine-tuning
     lr_scale: float | None = None  # pruning fine-tuning rate, x the recipe's (None: finetune.LR_SCALE)
-    deterministic: bool = False  # TensorFlow's op determinism: bit-identical, one thread per operator
+    deterministic: bool = False  # TensorFlow's op determinism: bit-identical fine-tuning
 
     @property
     def tune_lr_scale(self) -> float:
