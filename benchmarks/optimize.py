@@ -42,6 +42,12 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   ``structured50_keep_residual_stem12_distill_lr1``: the same, but a quarter of the first stage's
   residual stream removed instead (--structured-layer conv0=0.25; ResNet-8: 12/32/64 residual, 8/16/32
   inside): the other cut of that scan at 0.58x.
+  ``structured50_keep_residual_stem10_distill_lr1``: the same with three eighths of the first stage's
+  residual stream removed (--structured-layer conv0=0.375; 10/32/64 residual, 8/16/32 inside), and
+  ``structured50_keep_residual_stem12_s2inside12_distill_lr1``: the stem-12 cut with the second stage's
+  inside cut to 12 (--structured-layer s2_conv1=0.625; 12/32/64 residual, 8/12/32 inside): the stem-12
+  cut measured 0.601x trained, so these are its two nearest neighbours that a latency-only scan on the
+  trained baseline put clearly under 0.6x (0.566x and 0.569x, stem-12 0.603x in the same scan).
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
@@ -325,6 +331,18 @@ def measure_structured50_keep_residual_stem12_distill_lr1(name, model_path, args
                                 lr_scale=1.0)
 
 
+def measure_structured50_keep_residual_stem10_distill_lr1(name, model_path, args):
+    """As the stem-12 cut, with three eighths of the first stage's residual stream removed (16 -> 10)."""
+    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.375),),
+                                lr_scale=1.0)
+
+
+def measure_structured50_keep_residual_stem12_s2inside12_distill_lr1(name, model_path, args):
+    """The stem-12 cut with the inside of the second stage's block cut to 12 channels (32 -> 12)."""
+    return measure_structured50(name, model_path, args, residual="keep", distill=True,
+                                layers=(("conv0", 0.25), ("s2_conv1", 0.625)), lr_scale=1.0)
+
+
 def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None):
     from edgedl import _io
     from edgedl.convert import to_tflite
@@ -414,7 +432,10 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "structured50_keep_residual_but_stage1_distill": measure_structured50_keep_residual_but_stage1_distill,
            "structured50_keep_residual_but_stage1_distill_lr1": measure_structured50_keep_residual_but_stage1_distill_lr1,
            "structured50_keep_residual_s3_inside16_distill_lr1": measure_structured50_keep_residual_s3_inside16_distill_lr1,
-           "structured50_keep_residual_stem12_distill_lr1": measure_structured50_keep_residual_stem12_distill_lr1}
+           "structured50_keep_residual_stem12_distill_lr1": measure_structured50_keep_residual_stem12_distill_lr1,
+           "structured50_keep_residual_stem10_distill_lr1": measure_structured50_keep_residual_stem10_distill_lr1,
+           "structured50_keep_residual_stem12_s2inside12_distill_lr1":
+               measure_structured50_keep_residual_stem12_s2inside12_distill_lr1}
 
 
 if __name__ == "__main__":
