@@ -109,7 +109,7 @@ def main(argv=None):
             start = time.perf_counter()
             entry = MEASURE[what](name, model_path, args)
             entry.update(model=name, measurement=what, command=command, training=trained,
-                         wall_time_s=round(time.perf_counter() - start, 1))
+                         wall_time_s=round(time.perf_counter() - start, 1), host=host())
             print(json.dumps(entry), flush=True)
             results = json.loads(out.read_text()) if out.is_file() else {"entries": []}  # re-read: runs may overlap
             results["entries"] = [e for e in results["entries"] if (e["model"], e["measurement"]) != (name, what)]
@@ -411,12 +411,32 @@ def paired_latency(before: bytes, after: bytes, repeats: int) -> dict:
 
 
 def host() -> dict:
+    """The machine a result was measured on: latency ratios differ between CPU models (int8 most)."""
     import os
     import platform
 
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "EDGEDL_DATA": os.environ.get("EDGEDL_DATA")}
+
+
+def _cpuinfo(key: str) -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
+    return _cpuinfo("model name")
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions LiteRT's kernels choose between (x86-64 hosts here differ in them)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8")
+    return [f for f in _cpuinfo("flags").split() if f in wanted]
 
 
 MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
