@@ -11,7 +11,14 @@ It is why ``benchmarks/optimize.py`` measures ResNet-8 with the first stage's re
 (``--structured-layer conv0=0.5``): that narrows the inputs of the stage's convolutions, not just
 their outputs.
 
+How int8 behaves depends on the host. results/conv_channels.json was measured on an x86-64 host
+where an int8 layer's time also followed its input channels (8 -> 16: 0.75x); on an Intel Xeon with
+AVX-512 VNNI and AMX (results/conv_channels_xeon_amx.json) every int8 layer of the 32x32 map took
+about 40 us whatever its channels (0.94-1.05x from a quarter to twice the MACs), so there channel
+pruning buys float32 time only. The JSON's ``host`` names the CPU and its vector extensions.
+
     python benchmarks/conv_channels.py
+    python benchmarks/conv_channels.py --out benchmarks/results/conv_channels_xeon_amx.json
 """
 
 from __future__ import annotations
