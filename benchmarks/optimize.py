@@ -416,27 +416,24 @@ def host() -> dict:
     import platform
 
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            **cpu(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "EDGEDL_DATA": os.environ.get("EDGEDL_DATA")}
 
 
-def _cpuinfo(key: str) -> str:
+def cpu() -> dict:
+    """The CPU's model name and the vector extensions LiteRT's kernels choose between, from one read of
+    /proc/cpuinfo (empty where there is none): x86-64 hosts here differ in them."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), "")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
-    return _cpuinfo("model name")
-
-
-def cpu_flags() -> list[str]:
-    """The vector extensions LiteRT's kernels choose between (x86-64 hosts here differ in them)."""
+        lines = []
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8")
-    return [f for f in _cpuinfo("flags").split() if f in wanted]
+    return {"cpu_model": fields.get("model name", ""),
+            "cpu_flags": [f for f in fields.get("flags", "").split() if f in wanted]}
 
 
 MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
