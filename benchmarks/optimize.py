@@ -48,6 +48,13 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   inside cut to 12 (--structured-layer s2_conv1=0.625; 12/32/64 residual, 8/12/32 inside): the stem-12
   cut measured 0.601x trained, so these are its two nearest neighbours that a latency-only scan on the
   trained baseline put clearly under 0.6x (0.566x and 0.569x, stem-12 0.603x in the same scan).
+  ``structured50_keep_residual_stem12_s1inside4_distill_lr1`` (12/32/64 residual, 4/16/32 inside),
+  ``..._stem12_s1inside6_s2inside12_...`` (6/12/32 inside), ``..._stem10_s1inside6_...`` (10/32/64, 6/16/32)
+  and ``..._stem10_s2inside12_...`` (10/32/64, 8/12/32): on an AMD EPYC host, where stem-12 scans at
+  0.63x, the cuts that ``benchmarks/structured_scan.py`` puts at 0.57-0.59x float32.
+
+Screening: ``--finetune-epochs 3 --out /tmp/screen.json`` ranks cuts by accuracy after a short
+fine-tuning before one is fine-tuned in full (the ranking, not the drop, is what it is for).
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
@@ -59,6 +66,7 @@ Each entry records the command that produced it. Results merge into the JSON fil
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -283,64 +291,37 @@ def measure_prune80(name, model_path, args, scope="layer", block=1):
                       "gzip'd pruned int8 <= 1/3 dense int8": ratio <= GOALS["prune80_gzip_ratio"]}}
 
 
-def measure_structured50_keep_residual(name, model_path, args):
-    return measure_structured50(name, model_path, args, residual="keep")
-
-
-def measure_structured50_keep_residual_distill(name, model_path, args):
-    return measure_structured50(name, model_path, args, residual="keep", distill=True)
-
-
-def measure_structured50_distill(name, model_path, args):
-    return measure_structured50(name, model_path, args, distill=True)
-
-
-def measure_structured50_residual25_distill(name, model_path, args):
-    return measure_structured50(name, model_path, args, residual=0.25, distill=True)
-
-
-def measure_structured56_keep_residual_distill(name, model_path, args):
-    return measure_structured50(name, model_path, args, residual="keep", distill=True, ratio=0.5625)
-
-
-def measure_structured50_keep_residual_but_stage1_distill(name, model_path, args):
-    """The residual stream kept except in the first stage (the stem and s1_conv2 lose half): the
-    32x32 stage is where the float time goes, and XNNPACK computes 16 output channels at a time on
-    x86, so halving only the inside of s1 (16 -> 8 filters) saves half of what it seems to."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.5),))
-
-
-def measure_structured50_keep_residual_but_stage1_distill_lr1(name, model_path, args):
-    """As ``structured50_keep_residual_but_stage1_distill``, fine-tuned from the recipe's full learning
-    rate (--lr-scale 1) instead of half of it."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.5),),
-                                lr_scale=1.0)
-
-
-def measure_structured50_keep_residual_s3_inside16_distill_lr1(name, model_path, args):
-    """Residual stream kept, half the channels inside the blocks removed and three quarters of those
-    inside the last block, distilled from the recipe's full rate."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("s3_conv1", 0.75),),
-                                lr_scale=1.0)
-
-
-def measure_structured50_keep_residual_stem12_distill_lr1(name, model_path, args):
-    """Residual stream kept but for a quarter of the first stage's, half the channels inside the blocks
-    removed, distilled from the recipe's full rate."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.25),),
-                                lr_scale=1.0)
-
-
-def measure_structured50_keep_residual_stem10_distill_lr1(name, model_path, args):
-    """As the stem-12 cut, with three eighths of the first stage's residual stream removed (16 -> 10)."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True, layers=(("conv0", 0.375),),
-                                lr_scale=1.0)
-
-
-def measure_structured50_keep_residual_stem12_s2inside12_distill_lr1(name, model_path, args):
-    """The stem-12 cut with the inside of the second stage's block cut to 12 channels (32 -> 12)."""
-    return measure_structured50(name, model_path, args, residual="keep", distill=True,
-                                layers=(("conv0", 0.25), ("s2_conv1", 0.625)), lr_scale=1.0)
+# The structured cuts, as data: measurement name -> options of measure_structured50. ``layers`` sets the
+# share removed from the group one layer produces (--structured-layer); the module docstring says why
+# each cut was measured. ResNet-8's layer names: conv0 (the stem, the first stage's residual stream),
+# s1_conv1 / s2_conv1 / s3_conv1 (the inside of each stage's block).
+_KEEP = {"residual": "keep", "distill": True}
+_STEM12 = ("conv0", 0.25)
+STRUCTURED = {
+    "structured50": {},
+    "structured50_keep_residual": {"residual": "keep"},
+    "structured50_distill": {"distill": True},
+    "structured50_keep_residual_distill": _KEEP,
+    "structured50_residual25_distill": {"residual": 0.25, "distill": True},
+    "structured56_keep_residual_distill": {**_KEEP, "ratio": 0.5625},
+    "structured50_keep_residual_but_stage1_distill": {**_KEEP, "layers": (("conv0", 0.5),)},
+    "structured50_keep_residual_but_stage1_distill_lr1": {**_KEEP, "layers": (("conv0", 0.5),), "lr_scale": 1.0},
+    "structured50_keep_residual_s3_inside16_distill_lr1": {**_KEEP, "layers": (("s3_conv1", 0.75),), "lr_scale": 1.0},
+    "structured50_keep_residual_stem12_distill_lr1": {**_KEEP, "layers": (_STEM12,), "lr_scale": 1.0},
+    "structured50_keep_residual_stem10_distill_lr1": {**_KEEP, "layers": (("conv0", 0.375),), "lr_scale": 1.0},
+    "structured50_keep_residual_stem12_s2inside12_distill_lr1":
+        {**_KEEP, "layers": (_STEM12, ("s2_conv1", 0.625)), "lr_scale": 1.0},
+    # Four cuts a float32 latency scan put at 0.57-0.59x on an AMD EPYC host where stem-12 measured 0.63x
+    # (python benchmarks/structured_scan.py): the first stage's inside cut further, or the stem to 10.
+    "structured50_keep_residual_stem12_s1inside4_distill_lr1":
+        {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.75)), "lr_scale": 1.0},
+    "structured50_keep_residual_stem12_s1inside6_s2inside12_distill_lr1":
+        {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.625), ("s2_conv1", 0.625)), "lr_scale": 1.0},
+    "structured50_keep_residual_stem10_s1inside6_distill_lr1":
+        {**_KEEP, "layers": (("conv0", 0.375), ("s1_conv1", 0.625)), "lr_scale": 1.0},
+    "structured50_keep_residual_stem10_s2inside12_distill_lr1":
+        {**_KEEP, "layers": (("conv0", 0.375), ("s2_conv1", 0.625)), "lr_scale": 1.0},
+}
 
 
 def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None):
@@ -411,13 +392,14 @@ def paired_latency(before: bytes, after: bytes, repeats: int) -> dict:
 
 
 def host() -> dict:
-    """The machine a result was measured on: latency ratios differ between CPU models (int8 most)."""
+    """The machine a result was measured on: latency ratios differ between CPU models (int8 most), and
+    the load average says whether something else ran beside the measurement (a training run does)."""
     import os
     import platform
 
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            **cpu(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "EDGEDL_DATA": os.environ.get("EDGEDL_DATA")}
+            **cpu(), "cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), "EDGEDL_DATA": os.environ.get("EDGEDL_DATA")}
 
 
 def cpu() -> dict:
@@ -441,18 +423,7 @@ MEASURE = {"ptq": measure_ptq, "ptq_stripped": measure_ptq_stripped,
            "ptq_per_tensor_stripped_int8_io": measure_ptq_per_tensor_stripped_int8_io, "qat": measure_qat, "prune80": measure_prune80,
            "prune80_global": measure_prune80_global, "prune80_erk": measure_prune80_erk,
            "prune80_erk_block4": measure_prune80_erk_block4,
-           "structured50": measure_structured50, "structured50_keep_residual": measure_structured50_keep_residual,
-           "structured50_distill": measure_structured50_distill,
-           "structured50_keep_residual_distill": measure_structured50_keep_residual_distill,
-           "structured50_residual25_distill": measure_structured50_residual25_distill,
-           "structured56_keep_residual_distill": measure_structured56_keep_residual_distill,
-           "structured50_keep_residual_but_stage1_distill": measure_structured50_keep_residual_but_stage1_distill,
-           "structured50_keep_residual_but_stage1_distill_lr1": measure_structured50_keep_residual_but_stage1_distill_lr1,
-           "structured50_keep_residual_s3_inside16_distill_lr1": measure_structured50_keep_residual_s3_inside16_distill_lr1,
-           "structured50_keep_residual_stem12_distill_lr1": measure_structured50_keep_residual_stem12_distill_lr1,
-           "structured50_keep_residual_stem10_distill_lr1": measure_structured50_keep_residual_stem10_distill_lr1,
-           "structured50_keep_residual_stem12_s2inside12_distill_lr1":
-               measure_structured50_keep_residual_stem12_s2inside12_distill_lr1}
+           **{what: functools.partial(measure_structured50, **options) for what, options in STRUCTURED.items()}}
 
 
 if __name__ == "__main__":
