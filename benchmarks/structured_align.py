@@ -32,12 +32,11 @@ CUTS = [(ratio, residual, align) for ratio in (0.5, 0.6) for residual in ("prune
 
 
 def main(argv=None):
-    from optimize import host, paired_latency
+    from optimize import host
 
     from edgedl import _io, zoo
     from edgedl.convert import to_tflite
     from edgedl.errors import OptionError
-    from edgedl.optimize import metrics, structured
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet8", help="zoo model (%(default)s)")
@@ -47,28 +46,38 @@ def main(argv=None):
 
     model = zoo.get_model(args.model).build()
     reference = to_tflite(model, "none")
-    macs, params = metrics.count_macs(model), model.count_params()
     rows = []
     for ratio, residual, align in CUTS:
         try:
-            the_plan = structured.plan(model, ratio, residual=residual, align=align)
+            row = cut_row(model, reference, ratio, residual, align=align, repeats=args.repeats)
         except OptionError as error:  # an alignment that keeps every group whole: recorded, not measured
             rows.append({"ratio": ratio, "residual": residual, "align": align, "error": str(error)})
             continue
-        smaller = structured.rebuild(model, the_plan)
-        row = {"ratio": ratio, "residual": residual, "align": align,
-               "kept": {g.producers[0]: len(g.keep) for g in the_plan.groups.values() if g.keep is not None},
-               "frozen_by_align": [g.producers[0] for g in the_plan.groups.values()
-                                   if g.reason and g.reason.endswith(f"(--structured-align {align})")],
-               "macs_ratio": round(metrics.count_macs(smaller) / macs, 4),
-               "params_ratio": round(smaller.count_params() / params, 4)}
-        row["float32"] = paired_latency(reference, to_tflite(smaller, "none"), args.repeats)
         rows.append(row)
         print(f"{100 * ratio:.0f}% residual {residual:<5} align {align:<2}  MACs {row['macs_ratio']:.3f}x  "
               f"float32 {row['float32']['ratio']:.3f}x", flush=True)
     command = "python benchmarks/structured_align.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     _io.write_json(Path(args.out), {"command": command, "model": args.model, "rows": rows, "host": host()})
     print(f"wrote {args.out}")
+
+
+def cut_row(model, reference: bytes, ratio, residual, *, align=1, layers=(), repeats=5) -> dict:
+    """Plan and rebuild one cut of ``model``; its kept widths, MACs and parameters against the model, and
+    its float32 LiteRT latency against ``reference`` (the model's .tflite), paired as in optimize.py."""
+    from optimize import paired_latency
+
+    from edgedl.convert import to_tflite
+    from edgedl.optimize import metrics, structured
+
+    the_plan = structured.plan(model, ratio, residual=residual, layers=layers, align=align)
+    smaller = structured.rebuild(model, the_plan)
+    return {"ratio": ratio, "residual": residual, "align": align, "layers": dict(layers),
+            "kept": {g.producers[0]: len(g.keep) for g in the_plan.groups.values() if g.keep is not None},
+            "frozen_by_align": [g.producers[0] for g in the_plan.groups.values()
+                                if g.reason and g.reason.endswith(f"(--structured-align {align})")],
+            "macs_ratio": round(metrics.count_macs(smaller) / metrics.count_macs(model), 4),
+            "params_ratio": round(smaller.count_params() / model.count_params(), 4),
+            "float32": paired_latency(reference, to_tflite(smaller, "none"), repeats)}
 
 
 if __name__ == "__main__":
