@@ -53,9 +53,6 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   and ``..._stem10_s2inside12_...`` (10/32/64, 8/12/32): on an AMD EPYC host, where stem-12 scans at
   0.63x, the cuts that ``benchmarks/structured_scan.py`` puts at 0.57-0.59x float32.
 
-Screening: ``--finetune-epochs 3 --out /tmp/screen.json`` ranks cuts by accuracy after a short
-fine-tuning before one is fine-tuned in full (the ranking, not the drop, is what it is for).
-
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement), so models can be run one at a time.
 
@@ -311,7 +308,7 @@ STRUCTURED = {
     "structured50_keep_residual_stem10_distill_lr1": {**_KEEP, "layers": (("conv0", 0.375),), "lr_scale": 1.0},
     "structured50_keep_residual_stem12_s2inside12_distill_lr1":
         {**_KEEP, "layers": (_STEM12, ("s2_conv1", 0.625)), "lr_scale": 1.0},
-    # Four cuts a float32 latency scan put at 0.57-0.59x on an AMD EPYC host where stem-12 measured 0.63x
+    # Four cuts a float32 latency scan put at 0.57-0.59x on an AMD EPYC host where stem-12 scans at 0.63x
     # (python benchmarks/structured_scan.py): the first stage's inside cut further, or the stem to 10.
     "structured50_keep_residual_stem12_s1inside4_distill_lr1":
         {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.75)), "lr_scale": 1.0},

@@ -11,7 +11,7 @@ int8 is left out for the reason ``structured_align.py`` gives (untrained int8 ti
 for a trained model's).
 
     python benchmarks/structured_scan.py
-    python benchmarks/structured_scan.py --cut stem12=conv0:0.25 --cut mine=conv0:0.25,s1_conv1:0.75
+    python benchmarks/structured_scan.py --cut stem12:conv0=0.25 --cut mine:conv0=0.25,s1_conv1=0.75
 """
 
 from __future__ import annotations
@@ -26,37 +26,24 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_OUT = ROOT / "results" / "structured_scan.json"
 # ResNet-8 cuts with the residual stream kept and half of each block's inside removed, but for the
 # layers named: the stem (conv0, the first stage's residual stream) and each stage's inside (sN_conv1).
+# Each value is LAYER=SHARE entries, as --structured-layer takes them.
 CUTS = {
     "inside50": "",
-    "stem12": "conv0:0.25",
-    "stem11": "conv0:0.3125",
-    "stem10": "conv0:0.375",
-    "stem8": "conv0:0.5",
-    "stem12_s1inside6": "conv0:0.25,s1_conv1:0.625",
-    "stem12_s1inside4": "conv0:0.25,s1_conv1:0.75",
-    "stem12_s2inside12": "conv0:0.25,s2_conv1:0.625",
-    "stem12_s1inside6_s2inside12": "conv0:0.25,s1_conv1:0.625,s2_conv1:0.625",
-    "stem12_s1inside6_s2inside14": "conv0:0.25,s1_conv1:0.625,s2_conv1:0.5625",
-    "stem12_s1inside6_s3inside28": "conv0:0.25,s1_conv1:0.625,s3_conv1:0.5625",
-    "stem12_s3inside24": "conv0:0.25,s3_conv1:0.625",
-    "stem10_s1inside6": "conv0:0.375,s1_conv1:0.625",
-    "stem10_s2inside12": "conv0:0.375,s2_conv1:0.625",
-    "stem8_s1inside12": "conv0:0.5,s1_conv1:0.25",
+    "stem12": "conv0=0.25",
+    "stem11": "conv0=0.3125",
+    "stem10": "conv0=0.375",
+    "stem8": "conv0=0.5",
+    "stem12_s1inside6": "conv0=0.25,s1_conv1=0.625",
+    "stem12_s1inside4": "conv0=0.25,s1_conv1=0.75",
+    "stem12_s2inside12": "conv0=0.25,s2_conv1=0.625",
+    "stem12_s1inside6_s2inside12": "conv0=0.25,s1_conv1=0.625,s2_conv1=0.625",
+    "stem12_s1inside6_s2inside14": "conv0=0.25,s1_conv1=0.625,s2_conv1=0.5625",
+    "stem12_s1inside6_s3inside28": "conv0=0.25,s1_conv1=0.625,s3_conv1=0.5625",
+    "stem12_s3inside24": "conv0=0.25,s3_conv1=0.625",
+    "stem10_s1inside6": "conv0=0.375,s1_conv1=0.625",
+    "stem10_s2inside12": "conv0=0.375,s2_conv1=0.625",
+    "stem8_s1inside12": "conv0=0.5,s1_conv1=0.25",
 }
-
-
-def parse_layers(text: str) -> tuple[tuple[str, float], ...]:
-    """``"conv0:0.25,s1_conv1:0.75"`` -> (("conv0", 0.25), ("s1_conv1", 0.75)); "" -> ()."""
-    layers = []
-    for part in filter(None, text.split(",")):
-        name, sep, share = part.partition(":")
-        try:
-            layers.append((name.strip(), float(share)))
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise SystemExit(f"error: a cut's layer must be LAYER:SHARE (e.g. conv0:0.25), got '{part}'")
-    return tuple(layers)
 
 
 def main(argv=None):
@@ -66,25 +53,31 @@ def main(argv=None):
     from edgedl import _io, zoo
     from edgedl.convert import to_tflite
     from edgedl.errors import EdgeDLError
+    from edgedl.optimize import structured
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet8", help="zoo model (%(default)s)")
     p.add_argument("--ratio", type=float, default=0.5, help="share removed where no layer is named (%(default)s)")
     p.add_argument("--residual", default="keep", help="as --structured-residual: prune, keep or a share (%(default)s)")
-    p.add_argument("--cut", action="append", metavar="NAME=LAYER:SHARE[,LAYER:SHARE]",
+    p.add_argument("--cut", action="append", metavar="NAME:LAYER=SHARE[,LAYER=SHARE]",
                    help="a cut to time (repeatable; default: the ResNet-8 cuts in CUTS)")
     p.add_argument("--repeats", type=int, default=15, help="latency repeats (median taken) (%(default)s)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON to write (%(default)s)")
     args = p.parse_args(argv)
-    cuts = dict(c.partition("=")[::2] for c in args.cut) if args.cut else CUTS
-    residual = args.residual if args.residual in ("prune", "keep") else float(args.residual)
+    cuts = dict(c.partition(":")[::2] for c in args.cut) if args.cut else CUTS
+    try:  # the project's own parsing, so a bad option is the one line the CLI would print
+        structured.residual_ratio(args.residual)
+        layers = {name: tuple(structured.layer_shares(filter(None, text.split(","))).items())
+                  for name, text in cuts.items()}
+    except EdgeDLError as error:
+        raise SystemExit(f"error: {error}") from None
 
     model = zoo.get_model(args.model).build()
     reference = to_tflite(model, "none")
     rows = []
     for name, text in cuts.items():
         try:
-            row = cut_row(model, reference, args.ratio, residual, layers=parse_layers(text), repeats=args.repeats)
+            row = cut_row(model, reference, args.ratio, args.residual, layers=layers[name], repeats=args.repeats)
         except EdgeDLError as error:  # a layer the model does not have: recorded, not measured
             rows.append({"cut": name, "layers": text, "error": str(error)})
             print(f"{name:<32} {error}", flush=True)
