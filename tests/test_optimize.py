@@ -442,10 +442,30 @@ def test_distillation_fine_tunes_the_student_and_leaves_the_teacher_alone(lenet,
         distiller(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))), lenet.model)
 
 
+def test_with_distill_alpha_0_the_labels_carry_no_weight_and_the_teacher_alone_teaches(lenet, digits):
+    from edgedl.optimize.finetune import Teacher, finetune
+
+    wrong = (digits.y_train + 1 + np.arange(len(digits.y_train)) % 9) % 10  # no label is right
+    cut = structured.plan(lenet.model, 0.5)
+    start = evaluate(structured.rebuild(lenet.model, cut), digits.x_test, digits.y_test)[1]
+
+    def tuned(labels, alpha):
+        student = structured.rebuild(lenet.model, cut)
+        finetune(student, digits.x_train, labels, LENET_RECIPE, 2, teacher=Teacher(lenet.model, alpha=alpha),
+                 progress=False)
+        return student
+
+    right, wrong_0, wrong_half = tuned(digits.y_train, 0.0), tuned(wrong, 0.0), tuned(wrong, 0.5)
+    for a, b in zip(right.get_weights(), wrong_0.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert evaluate(wrong_0, digits.x_test, digits.y_test)[1] > start + 0.3  # it learns, from the teacher
+    assert any(not np.allclose(a, b, atol=1e-3) for a, b in zip(right.get_weights(), wrong_half.get_weights()))
+
+
 def test_the_pipeline_distils_every_fine_tuning_stage_from_the_baseline_when_asked(lenet):
     report = optimize(lenet.model, prune=0.5, dataset="digits", epochs=1, distill=True, progress=False)
-    assert report.options["distill"] is True
-    assert report.finetuning["distillation"]["teacher"] == "the float baseline"
+    assert report.options["distill"] is True and report.options["distill_alpha"] is None
+    assert report.finetuning["distillation"] == {"teacher": "the float baseline", "alpha": 0.5, "temperature": 4.0}
     assert report.stage("pruned")["sparsity"] >= 0.45
     assert report.stage("pruned")["accuracy"] > 0.6, report.stages  # one epoch on digits: it still classifies
     with pytest.raises(OptionError, match="--distill teaches fine-tuning: use it with --prune, --structured or --qat"):
@@ -774,6 +794,10 @@ def _write_custom_layer_model(path):
      "--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got 0.0"),
     ("learning-rate scale without pruning", ["{lenet}", "--quantize", "int8", "--lr-scale", "1"],
      "--lr-scale sets the fine-tuning rate after pruning: use it with --prune or --structured"),
+    ("distillation weight", ["{lenet}", "--structured", "0.5", "--distill", "--distill-alpha", "1"],
+     "--distill-alpha must be in [0, 1), the share of the loss on the labels"),
+    ("distillation weight without --distill", ["{lenet}", "--structured", "0.5", "--distill-alpha", "0.2"],
+     "--distill-alpha weighs the labels against the teacher: give --distill too"),
     ("prune block", ["{lenet}", "--prune", "0.5", "--prune-block", "0"], "--prune-block must be a whole number from 1 to 64"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),

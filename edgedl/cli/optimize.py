@@ -51,6 +51,9 @@ def _whole(value):
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
+@click.option("--distill-alpha", type=float, metavar="FRACTION",
+              help="With --distill, the share of the loss on the labels, in [0, 1) [default: 0.5]; the rest is on "
+                   "the baseline's predictions (softened at temperature 4), and 0 learns from the baseline alone.")
 @click.option("--lr-scale", type=float, metavar="FACTOR",
               help="Fine-tuning after pruning starts at this multiple of the recipe's learning rate and decays it "
                    "with a cosine [default: 0.5]; 1 retrains at the full rate, which recovers more after a deep cut.")
@@ -83,7 +86,7 @@ def _whole(value):
                    "apart (sums across threads round differently).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
-             structured_align, distill, lr_scale, quantize, qat, io_type, num_calibration,
+             structured_align, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
              per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, deterministic,
              as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
@@ -129,8 +132,8 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     report = run(model, prune=prune, structured=structured, quantize=quantize, qat=qat,
                  dataset=dataset, epochs=epochs, data_dir=data_dir, limit=limit, num_calibration=num_calibration,
                  io_type=io_type, representative=representative, per_channel=not per_tensor,
-                 strip_names=strip_names, distill=distill, lr_scale=lr_scale, out_dir=out_dir, seed=seed,
-                 deterministic=deterministic, progress=not as_json)
+                 strip_names=strip_names, distill=distill, distill_alpha=distill_alpha, lr_scale=lr_scale,
+                 out_dir=out_dir, seed=seed, deterministic=deterministic, progress=not as_json)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=_plain))
         return

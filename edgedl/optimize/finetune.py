@@ -9,6 +9,7 @@ trained and only has to recover.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +27,24 @@ MIN_STEPS = 2000
 # the teacher's predictions softened at TEMPERATURE (scaled by TEMPERATURE**2, Hinton et al. 2015).
 DISTILL_ALPHA = 0.5
 DISTILL_TEMPERATURE = 4.0
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A model to distil from while fine-tuning, and how: ``alpha`` is the share of the loss on the
+    labels (the rest is on the teacher's predictions softened at ``temperature``)."""
+
+    model: object
+    alpha: float = DISTILL_ALPHA
+    temperature: float = DISTILL_TEMPERATURE
+
+
+def check_distill_alpha(alpha) -> float:
+    """``alpha`` as a float in [0, 1), or an OptionError that names ``--distill-alpha``."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+        raise OptionError(f"--distill-alpha must be in [0, 1), the share of the loss on the labels "
+                          f"(the rest is on the teacher; 0: the teacher alone), got {alpha!r}")
+    return float(alpha)
 
 
 def default_epochs(recipe: dict, num_samples: int | None = None) -> int:
@@ -60,9 +79,9 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
         progress: show a rich progress bar.
         seed: seeds shuffling and augmentation.
         lr_scale: the fraction of the recipe's learning rate to start from (None: ``LR_SCALE``).
-        teacher: a Keras model with the same outputs (e.g. the model before pruning) to distil from:
-            ``model`` then also learns to match the teacher's softened predictions. The teacher
-            is not changed.
+        teacher: a Keras model with the same outputs (e.g. the model before pruning) to distil from,
+            or a :class:`Teacher` that also sets the loss's weights: ``model`` then also learns to
+            match the teacher's softened predictions. The teacher is not changed.
 
     Returns:
         The Keras ``History``.
@@ -78,7 +97,9 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
     # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate
     lr_scale = LR_SCALE if lr_scale is None else float(lr_scale)
     tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale, warmup_epochs=0)
-    trainee = model if teacher is None else distiller(model, teacher)
+    if teacher is not None and not isinstance(teacher, Teacher):
+        teacher = Teacher(teacher)
+    trainee = model if teacher is None else distiller(model, teacher.model, teacher.alpha, teacher.temperature)
     compile_for_training(trainee, tuned, steps * epochs)
     data = make_dataset(x, y, batch_size, recipe.get("augment"), seed)
     callbacks = list(callbacks)

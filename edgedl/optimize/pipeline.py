@@ -20,6 +20,7 @@ import numpy as np
 from edgedl import _io, _lazy
 from edgedl.errors import InputFileError, ModelError, OptionError, UnsupportedOperatorError
 from edgedl.optimize import metrics
+from edgedl.optimize.finetune import DISTILL_ALPHA, Teacher, check_distill_alpha
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,8 @@ def _options_text(o: dict) -> str:
     if o.get("qat"):
         parts.append("QAT")
     if o.get("distill"):
-        parts.append("distilled from the baseline")
+        weight = o.get("distill_alpha")
+        parts.append("distilled from the baseline" + ("" if weight is None else f" ({weight:g} of the loss on the labels)"))
     parts.append(f"quantize {o['quantize'] or 'none (float32)'}")
     if o.get("io_type", "float") != "float":
         parts.append(f"I/O {o['io_type']}")
@@ -444,7 +446,7 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, dataset=None, epochs=None,
              data_dir=None, limit=None, num_calibration=200, io_type="float", representative=None,
-             per_channel=True, strip_names=False, distill=False, lr_scale=None, out_dir=None, seed=0,
+             per_channel=True, strip_names=False, distill=False, distill_alpha=None, lr_scale=None, out_dir=None, seed=0,
              deterministic=False, progress=True) -> OptimizeReport:
     """Prune and quantize a trained Keras model; measure every stage; optionally write the results.
 
@@ -483,6 +485,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             is stripped too, so sizes compare like with like. Inputs, outputs and signatures keep their names.
         distill: every fine-tuning stage also learns from the float baseline's predictions
             (knowledge distillation), which recovers more of the accuracy pruning costs.
+        distill_alpha: with ``distill``, the share of the fine-tuning loss on the labels, in [0, 1)
+            (the rest is on the baseline's predictions; default
+            :data:`edgedl.optimize.finetune.DISTILL_ALPHA`).
         lr_scale: pruning fine-tuning starts at this multiple of the recipe's learning rate and decays
             it with a cosine (default :data:`edgedl.optimize.finetune.LR_SCALE`); QAT keeps its own.
         out_dir: if given, write ``model.keras``, ``model.tflite``, ``report.json``, ``report.md`` and
@@ -518,6 +523,10 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         raise OptionError(f"--per-tensor needs --quantize int8 or int16x8, not '{mode or 'none'}'")
     if distill and prune is None and structured is None and not qat:
         raise OptionError("--distill teaches fine-tuning: use it with --prune, --structured or --qat")
+    if distill_alpha is not None:
+        if not distill:
+            raise OptionError("--distill-alpha weighs the labels against the teacher: give --distill too")
+        distill_alpha = check_distill_alpha(distill_alpha)
     if not per_channel and qat:
         raise OptionError("--per-tensor cannot go with --qat: quantization-aware training fake-quantizes "
                           "kernels per channel; use --per-tensor with post-training --quantize int8")
@@ -540,7 +549,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export,
                lr_scale=lr_scale, deterministic=bool(deterministic))
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
-    run.teacher = current if distill else None
+    run.teacher = None if not distill else Teacher(current, DISTILL_ALPHA if distill_alpha is None else distill_alpha)
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
         f", trained here for {trained_here} epochs" if trained_here else ""), current)]
     parts = {}
@@ -566,6 +575,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
                  "structured_layers": dict(cut.layers) if cut and cut.layers else None,
                  "structured_align": cut and cut.align, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
+                 "distill_alpha": distill_alpha,
                  "epochs": epochs, "lr_scale": lr_scale, "seed": seed},
         finetuning=run.describe(src.recipe_from),
     )
@@ -602,7 +612,7 @@ class _Run:
     seed: int
     progress: bool
     export: "_Export"  # how every .tflite is written, the float32 baselines' included
-    teacher: object = field(default=None, repr=False)  # distil from this model while fine-tuning
+    teacher: object = field(default=None, repr=False)  # a finetune.Teacher: distil from it while fine-tuning
     lr_scale: float | None = None  # pruning fine-tuning rate, x the recipe's (None: finetune.LR_SCALE)
     deterministic: bool = False  # TensorFlow's op determinism: bit-identical fine-tuning
 
@@ -635,7 +645,7 @@ class _Run:
                 "qat_lr_scale": qat.LR_SCALE, "batch_size": r.get("batch_size"), "schedule": r.get("schedule"),
                 "augment": r.get("augment"), "recipe_from": recipe_from, "deterministic": self.deterministic,
                 "distillation": None if self.teacher is None else {
-                    "teacher": "the float baseline", "alpha": ft.DISTILL_ALPHA, "temperature": ft.DISTILL_TEMPERATURE}}
+                    "teacher": "the float baseline", "alpha": self.teacher.alpha, "temperature": self.teacher.temperature}}
 
 
 def _trained_model(src: Source, run: _Run, dataset, split, data_dir, limit):
