@@ -52,9 +52,14 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   ``..._stem12_s1inside6_s2inside12_...`` (6/12/32 inside), ``..._stem10_s1inside6_...`` (10/32/64, 6/16/32)
   and ``..._stem10_s2inside12_...`` (10/32/64, 8/12/32): on an AMD EPYC host, where stem-12 scans at
   0.63x, the cuts that ``benchmarks/structured_scan.py`` puts at 0.57-0.59x float32.
+  ``structured50_keep_residual_stem12_s1inside6_s2inside12_teacher_only_lr1``: that cut distilled from
+  the teacher alone (--distill-alpha 0, no weight on the labels), since distillation gains most from long
+  schedules that match the teacher's function (Beyer et al., "Knowledge distillation: A good teacher is
+  patient and consistent", 2022).
 
 Each entry records the command that produced it. Results merge into the JSON file by
-(model, measurement), so models can be run one at a time.
+(model, measurement, fine-tuning epochs), so models can be run one at a time and a longer run of a
+cut sits beside the shorter one.
 
     EDGEDL_DATA=/work/shared/data python benchmarks/optimize.py --models lenet,ds_cnn,cnn
     EDGEDL_DATA=/work/shared/data python benchmarks/optimize.py --models resnet8 --epochs 10
@@ -117,12 +122,17 @@ def main(argv=None):
                          wall_time_s=round(time.perf_counter() - start, 1), host=host())
             print(json.dumps(entry), flush=True)
             results = json.loads(out.read_text()) if out.is_file() else {"entries": []}  # re-read: runs may overlap
-            results["entries"] = [e for e in results["entries"] if (e["model"], e["measurement"]) != (name, what)]
+            # one entry per measurement and fine-tuning length: a longer run of a cut does not hide the shorter
+            results["entries"] = [e for e in results["entries"] if _key(e) != _key(entry)]
             results["entries"].append(entry)
             results["goals"] = GOALS
             results["host"] = host()
             _io.write_json(out, results)
     print(f"wrote {out}")
+
+
+def _key(entry) -> tuple:
+    return entry["model"], entry["measurement"], entry.get("finetune_epochs")
 
 
 def trained_model(name, args):
@@ -318,10 +328,13 @@ STRUCTURED = {
         {**_KEEP, "layers": (("conv0", 0.375), ("s1_conv1", 0.625)), "lr_scale": 1.0},
     "structured50_keep_residual_stem10_s2inside12_distill_lr1":
         {**_KEEP, "layers": (("conv0", 0.375), ("s2_conv1", 0.625)), "lr_scale": 1.0},
+    "structured50_keep_residual_stem12_s1inside6_s2inside12_teacher_only_lr1":
+        {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.625), ("s2_conv1", 0.625)), "lr_scale": 1.0, "distill_alpha": 0.0},
 }
 
 
-def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None):
+def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None,
+                         distill_alpha=None):
     from edgedl import _io
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
@@ -330,7 +343,7 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     from edgedl.data import load_dataset
 
     r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers), quantize="int8", distill=distill,
-            lr_scale=lr_scale)
+            distill_alpha=distill_alpha, lr_scale=lr_scale)
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
     calibration = _calibration_samples(data.x_train, 200, 0)
@@ -345,13 +358,15 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
         per_layer = "".join(f"-{layer}{share:g}" for layer, share in layers)
-        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{f'-lr{lr_scale:g}' if lr_scale else ''}-{fmt}"
+        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}-{fmt}"
         _io.write_bytes(Path(args.work) / f"{stem}.tflite", after)
     flags = (["--structured", f"{ratio:g}"] + (["--structured-residual", residual_flag] if residual != "prune" else [])
              + [f for layer, share in layers for f in ("--structured-layer", f"{layer}={share:g}")]
-             + (["--distill"] if distill else []) + (["--lr-scale", f"{lr_scale:g}"] if lr_scale else []))
+             + (["--distill"] if distill else []) + ([] if distill_alpha is None else ["--distill-alpha", f"{distill_alpha:g}"])
+             + (["--lr-scale", f"{lr_scale:g}"] if lr_scale else []))
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "ratio": ratio, "residual": residual,
             "layers": dict(layers), "lr_scale": r.finetuning["lr_scale"], "distill": distill,
+            "distillation": r.finetuning["distillation"],
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
             "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
             "int8_drop_points": points(base["accuracy"], q["accuracy"]),
