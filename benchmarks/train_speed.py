@@ -4,8 +4,9 @@ TensorFlow's op determinism (``edgedl train --deterministic``) makes the same se
 weights to the last bit, at the price of running some operators on one thread. This trains zoo models on their
 real data sets (a slice of the training split, the recipe's batch size and augmentation) with it on
 and off, alternating, in the same process, and reports the median time per step of every epoch
-after the first (which traces the graph) and the ratio. Measured here (2 cores): no cost at ResNet-8's
-recipe batch of 64 (1.02x), though a batch-128 step ran 2x slower with determinism on.
+after the first (which traces the graph) and the ratio. Measured on a 2-core AMD EPYC (AVX-512), each at
+its recipe's batch: LeNet/MNIST 1.28x (7.3 against 5.7 ms a step), DS-CNN/FSDD 1.18x, ResNet-8/CIFAR-10
+1.10x; an Intel Xeon earlier gave ResNet-8 1.02x, though a batch-128 step ran 2x slower there.
 
     EDGEDL_DATA=/work/shared/data python benchmarks/train_speed.py --models lenet,ds_cnn,resnet8
 """
