@@ -6,7 +6,7 @@ real data sets (a slice of the training split, the recipe's batch size and augme
 and off, alternating, in the same process, and reports the median time per step of every epoch
 after the first (which traces the graph) and the ratio. Measured on a 2-core AMD EPYC (AVX-512), each at
 its recipe's batch: LeNet/MNIST 1.28x (7.3 against 5.7 ms a step), DS-CNN/FSDD 1.18x, ResNet-8/CIFAR-10
-1.10x; an Intel Xeon earlier gave ResNet-8 1.02x, though a batch-128 step ran 2x slower there.
+1.10x; an earlier host (its CPU not recorded) gave ResNet-8 1.02x and a batch-128 step 2x.
 
     EDGEDL_DATA=/work/shared/data python benchmarks/train_speed.py --models lenet,ds_cnn,resnet8
 """
