@@ -636,7 +636,6 @@ class _Run:
         return tflite_stage(stage, description, tflite, model, self.data.x_test, self.data.y_test, fmt, **extra)
 
     def describe(self, recipe_from: str) -> dict:
-        from edgedl.optimize import finetune as ft
         from edgedl.optimize import qat
 
         r = self.recipe
