@@ -7,10 +7,11 @@ weights' values, so this plans and rebuilds each cut of the untrained zoo model 
 it against the unpruned model: float32, one thread, batch 1, alternating in one process, median of
 repeats (``benchmarks/optimize.py``'s ``paired_latency``). Ratios differ between hosts (ResNet-8's
 stem-12 cut: 0.60x on an Intel Xeon, 0.63x on an AMD EPYC), so scan on the host that will measure.
-int8 is left out for the reason ``structured_align.py`` gives (untrained int8 timings do not stand
-for a trained model's).
+With a data directory (``--data-dir`` or ``$EDGEDL_DATA``) int8 is timed too, calibrated on real
+samples of the recipe's data set, which makes an untrained cut's int8 time stand for a trained one's
+(``structured_align.int8_reference``).
 
-    python benchmarks/structured_scan.py
+    EDGEDL_DATA=/work/shared/data python benchmarks/structured_scan.py
     python benchmarks/structured_scan.py --cut stem12:conv0=0.25 --cut mine:conv0=0.25,s1_conv1=0.75
 """
 
@@ -48,7 +49,7 @@ CUTS = {
 
 def main(argv=None):
     from optimize import host
-    from structured_align import cut_row
+    from structured_align import _int8_text, cut_row, int8_reference
 
     from edgedl import _io, zoo
     from edgedl.convert import to_tflite
@@ -62,6 +63,7 @@ def main(argv=None):
     p.add_argument("--cut", action="append", metavar="NAME:LAYER=SHARE[,LAYER=SHARE]",
                    help="a cut to time (repeatable; default: the ResNet-8 cuts in CUTS)")
     p.add_argument("--repeats", type=int, default=15, help="latency repeats (median taken) (%(default)s)")
+    p.add_argument("--data-dir", help="data directory, to time int8 calibrated on real samples (default: $EDGEDL_DATA)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON to write (%(default)s)")
     args = p.parse_args(argv)
     cuts = dict(c.partition(":")[::2] for c in args.cut) if args.cut else CUTS
@@ -74,17 +76,23 @@ def main(argv=None):
 
     model = zoo.get_model(args.model).build()
     reference = to_tflite(model, "none")
+    try:
+        int8 = int8_reference(model, args.model, args.data_dir)
+    except EdgeDLError as error:  # a data directory without the recipe's data set
+        raise SystemExit(f"error: {error}") from None
+    if int8 is None:
+        print("no data directory (--data-dir or $EDGEDL_DATA): timing float32 only", flush=True)
     rows = []
     for name, text in cuts.items():
         try:
-            row = cut_row(model, reference, args.ratio, args.residual, layers=layers[name], repeats=args.repeats)
+            row = cut_row(model, reference, args.ratio, args.residual, layers=layers[name], repeats=args.repeats, int8=int8)
         except EdgeDLError as error:  # a layer the model does not have: recorded, not measured
             rows.append({"cut": name, "layers": text, "error": str(error)})
             print(f"{name:<32} {error}", flush=True)
             continue
         rows.append({"cut": name, **row})
         print(f"{name:<32} kept {row['kept']}  MACs {row['macs_ratio']:.3f}x  params {row['params_ratio']:.3f}x  "
-              f"float32 {row['float32']['ratio']:.3f}x", flush=True)
+              f"float32 {row['float32']['ratio']:.3f}x{_int8_text(row)}", flush=True)
     command = "python benchmarks/structured_scan.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     _io.write_json(Path(args.out), {"command": command, "model": args.model, "ratio": args.ratio,
                                     "residual": args.residual, "rows": rows, "host": host()})
