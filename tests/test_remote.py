@@ -45,7 +45,8 @@ class Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgedl.cli.main", "serve", "--port", str(self.port), "--port-end", str(self.port),
              *args],
-            stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True, start_new_session=True,
+            env=dict(os.environ, TMPDIR=str(log_dir)))  # a bundle a killed session unpacked stays out of /tmp
         self.device = f"127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout=60):
