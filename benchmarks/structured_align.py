@@ -37,7 +37,7 @@ def main(argv=None):
 
     from edgedl import _io, zoo
     from edgedl.convert import to_tflite
-    from edgedl.errors import EdgeDLError, OptionError
+    from edgedl.errors import OptionError
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet8", help="zoo model (%(default)s)")
@@ -48,12 +48,7 @@ def main(argv=None):
 
     model = zoo.get_model(args.model).build()
     reference = to_tflite(model, "none")
-    try:
-        int8 = int8_reference(model, args.model, args.data_dir)
-    except EdgeDLError as error:  # a data directory without the recipe's data set
-        raise SystemExit(f"error: {error}") from None
-    if int8 is None:
-        print("no data directory (--data-dir or $EDGEDL_DATA): timing float32 only", flush=True)
+    int8 = int8_reference(model, args.model, args.data_dir)
     rows = []
     for ratio, residual, align in CUTS:
         try:
@@ -99,7 +94,8 @@ def _int8_text(row) -> str:
 
 def int8_reference(model, name: str, data_dir):
     """(``model``'s int8 .tflite, calibration samples) for :func:`cut_row`, calibrated on 200 samples of the
-    training split of its recipe's data set, as ``edgedl optimize`` does; None without a data directory.
+    training split of its recipe's data set, as ``edgedl optimize`` does; None (said on stdout) without a
+    data directory. A data directory without that data set exits with its one-line error.
 
     Real samples matter: calibrated on random data, every ResNet-8 cut timed 0.95-1.0x of the unpruned
     model in int8, while calibrated on CIFAR-10 the untrained stem-12 / s1-inside-6 / s2-inside-12 cut
@@ -112,11 +108,17 @@ def int8_reference(model, name: str, data_dir):
     from edgedl.data import load_dataset
     from edgedl.optimize.pipeline import _calibration_samples
 
+    from edgedl.errors import EdgeDLError
+
     data_dir = data_dir or os.environ.get("EDGEDL_DATA")
     if not data_dir:
+        print("no data directory (--data-dir or $EDGEDL_DATA): timing float32 only", flush=True)
         return None
     recipe = zoo.get_model(name).recipe
-    data = load_dataset(recipe["dataset"], data_dir=data_dir, split=recipe["split"], limit=2000)
+    try:
+        data = load_dataset(recipe["dataset"], data_dir=data_dir, split=recipe["split"], limit=2000)
+    except EdgeDLError as error:
+        raise SystemExit(f"error: {error}") from None
     calibration = _calibration_samples(data.x_train, 200, 0)
     return to_tflite(model, "int8", calibration), calibration
 
