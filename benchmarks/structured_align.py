@@ -93,8 +93,8 @@ def _int8_text(row) -> str:
 
 
 def int8_reference(model, name: str, data_dir):
-    """(``model``'s int8 .tflite, calibration samples) for :func:`cut_row`, calibrated on 200 samples of the
-    training split of its recipe's data set, as ``edgedl optimize`` does; None (said on stdout) without a
+    """(``model``'s int8 .tflite, calibration samples) for :func:`cut_row`, calibrated on 200 samples drawn from
+    the first 2,000 of its recipe's training split, as ``edgedl optimize --limit 2000`` would; None (said on stdout) without a
     data directory. A data directory without that data set exits with its one-line error.
 
     Real samples matter: calibrated on random data, every ResNet-8 cut timed 0.95-1.0x of the unpruned
@@ -106,9 +106,8 @@ def int8_reference(model, name: str, data_dir):
     from edgedl import zoo
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
-    from edgedl.optimize.pipeline import _calibration_samples
-
     from edgedl.errors import EdgeDLError
+    from edgedl.optimize.pipeline import _calibration_samples
 
     data_dir = data_dir or os.environ.get("EDGEDL_DATA")
     if not data_dir:
