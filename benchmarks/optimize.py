@@ -330,11 +330,15 @@ STRUCTURED = {
         {**_KEEP, "layers": (("conv0", 0.375), ("s2_conv1", 0.625)), "lr_scale": 1.0},
     "structured50_keep_residual_stem12_s1inside6_s2inside12_teacher_only_lr1":
         {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.625), ("s2_conv1", 0.625)), "lr_scale": 1.0, "distill_alpha": 0.0},
+    # The same cut, its channels masked gradually over the first half of fine-tuning (--structured-schedule polynomial)
+    "structured50_keep_residual_stem12_s1inside6_s2inside12_gradual_distill_lr1":
+        {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.625), ("s2_conv1", 0.625)), "lr_scale": 1.0,
+         "schedule": "polynomial"},
 }
 
 
 def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None,
-                         distill_alpha=None):
+                         distill_alpha=None, schedule="oneshot"):
     from edgedl import _io
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
@@ -342,7 +346,8 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     from edgedl.optimize.pipeline import _calibration_samples
     from edgedl.data import load_dataset
 
-    r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers), quantize="int8", distill=distill,
+    r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers, schedule=schedule),
+            quantize="int8", distill=distill,
             distill_alpha=distill_alpha, lr_scale=lr_scale)
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
@@ -358,14 +363,15 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
         per_layer = "".join(f"-{layer}{share:g}" for layer, share in layers)
-        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}-{fmt}"
+        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}{'' if schedule == 'oneshot' else f'-{schedule}'}-{fmt}"
         _io.write_bytes(Path(args.work) / f"{stem}.tflite", after)
     flags = (["--structured", f"{ratio:g}"] + (["--structured-residual", residual_flag] if residual != "prune" else [])
              + [f for layer, share in layers for f in ("--structured-layer", f"{layer}={share:g}")]
              + (["--distill"] if distill else []) + ([] if distill_alpha is None else ["--distill-alpha", f"{distill_alpha:g}"])
-             + (["--lr-scale", f"{lr_scale:g}"] if lr_scale else []))
+             + (["--lr-scale", f"{lr_scale:g}"] if lr_scale else [])
+             + ([] if schedule == "oneshot" else ["--structured-schedule", schedule]))
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "ratio": ratio, "residual": residual,
-            "layers": dict(layers), "lr_scale": r.finetuning["lr_scale"], "distill": distill,
+            "layers": dict(layers), "schedule": schedule, "lr_scale": r.finetuning["lr_scale"], "distill": distill,
             "distillation": r.finetuning["distillation"],
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
             "structured_int8_accuracy": q["accuracy"], "drop_points": drop,

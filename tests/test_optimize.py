@@ -489,6 +489,54 @@ def test_structured_pruning_fine_tunes_a_trained_model(lenet, digits):
     assert evaluate(result.model, digits.x_test, digits.y_test)[1] > 0.5
 
 
+def _randomize(model, seed=0):
+    """Give every weight (batch-norm statistics too) random values, so nothing is zero or one by chance."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) * rng.choice([-1, 1], w.shape)
+                           if "variance" not in v.path else rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+                           for v, w in zip(layer.weights, layer.get_weights())])
+    return model
+
+
+def test_gradual_masking_zeroes_a_growing_share_of_each_group_and_removing_the_masked_channels_is_exact():
+    model = _randomize(small_bn_cnn())
+    the_plan = structured.plan(model, 0.5)
+    masker = structured.ChannelMasker(model, the_plan, Schedule("polynomial", 0, 100, 10))
+    (group,) = masker.targets  # conv1, bn1, dw, dw_bn and pw (joined by the Add): 16 channels, 8 kept
+    masker.update(0.5)
+    masker.apply()
+    assert masker.masks[group].sum() == 12  # half of the 8 channels it loses
+    masked = np.flatnonzero(masker.masks[group] == 0)
+    assert np.all(np.asarray(model.get_layer("conv1").kernel)[..., masked] == 0)
+    assert np.all(np.asarray(model.get_layer("dw").kernel)[..., masked, :] == 0)
+    assert np.all(np.asarray(model.get_layer("bn1").gamma)[masked] == 0)
+    assert np.all(np.asarray(model.get_layer("pw").bias)[masked] == 0)
+    masker.finish()
+    assert masker.masks[group].sum() == 8 and set(masked) <= set(np.flatnonzero(masker.masks[group] == 0))
+    smaller = structured.rebuild(model, masker.final_plan())
+    assert smaller.get_layer("conv1").filters == 8 and smaller.get_layer("probs").kernel.shape == (7 * 7 * 8, 10)
+    x = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(smaller(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_gradual_structured_pruning_fine_tunes_masked_then_smaller_and_says_so(lenet, digits):
+    result = prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=4,
+                              progress=False, schedule="polynomial")
+    assert result.model.count_params() < 0.35 * lenet.model.count_params()
+    assert result.summary["schedule"] == "polynomial" and result.summary["masking_epochs"] == 2
+    assert {g["layers"][0]: g["kept"] for g in result.summary["pruned_groups"]} == {"conv1": 3, "conv2": 8, "fc1": 60,
+                                                                                   "fc2": 42}
+    assert evaluate(result.model, digits.x_test, digits.y_test)[1] > 0.5
+    assert [w.shape for w in lenet.model.get_layer("conv1").get_weights()] == [(5, 5, 1, 6), (6,)]  # left unchanged
+    with pytest.raises(OptionError, match="--structured-schedule polynomial needs at least 2 fine-tuning epochs"):
+        prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1,
+                         progress=False, schedule="polynomial")
+    with pytest.raises(OptionError, match="unknown --structured-schedule 'gradual'; choose one of oneshot, polynomial"):
+        prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2,
+                         progress=False, schedule="gradual")
+
+
 def test_a_custom_layer_stops_structured_pruning_and_is_named():
     class Scale(keras.layers.Layer):
         def build(self, shape):
@@ -790,6 +838,10 @@ def _write_custom_layer_model(path):
      "--structured-align 128 keeps every group of model"),
     ("alignment without --structured", ["{lenet}", "--quantize", "int8", "--structured-align", "16"],
      "--structured-align rounds the channels structured pruning keeps: give --structured too"),
+    ("gradual schedule with one epoch", ["{lenet}", "--structured", "0.5", "--structured-schedule", "polynomial",
+                                         "--epochs", "1"], "--structured-schedule polynomial needs at least 2 fine-tuning"),
+    ("schedule without --structured", ["{lenet}", "--quantize", "int8", "--structured-schedule", "polynomial"],
+     "--structured-schedule says how structured pruning removes channels: give --structured too"),
     ("learning-rate scale", ["{lenet}", "--structured", "0.5", "--lr-scale", "0"],
      "--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got 0.0"),
     ("learning-rate scale without pruning", ["{lenet}", "--quantize", "int8", "--lr-scale", "1"],

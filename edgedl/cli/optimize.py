@@ -49,6 +49,11 @@ def _whole(value):
                    "as given). LiteRT's float32 kernels on x86-64 compute 16 output channels at a time, so the "
                    "extra channels cost their layer nothing, but the layers that read them pay for each one; "
                    "LiteRT's int8 time there moves in steps of 8 channels, so 8 adds capacity at no int8 cost.")
+@click.option("--structured-schedule", type=click.Choice(["oneshot", "polynomial"]),
+              help="oneshot [default]: remove the channels, then fine-tune the smaller model; polynomial: fine-tune "
+                   "the full-width model while the channels to remove are masked a few more at a time (re-ranked by "
+                   "L1 norm at each step) over the first half of fine-tuning, then remove them and recover at the "
+                   "final width.")
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
@@ -87,7 +92,7 @@ def _whole(value):
                    "apart (sums across threads round differently).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
-             structured_align, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
+             structured_align, structured_schedule, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
              per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, deterministic,
              as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
@@ -117,11 +122,14 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     if structured is not None:
         structured = StructuredSpec(structured, residual=_fraction(structured_residual),
                                     layers=tuple(layer_shares(structured_layers).items()),
-                                    align=1 if structured_align is None else _whole(structured_align))
+                                    align=1 if structured_align is None else _whole(structured_align),
+                                    schedule=structured_schedule or "oneshot")
     elif structured_layers:
         raise OptionError("--structured-layer sets shares of structured pruning: give --structured too")
     elif structured_align is not None:
         raise OptionError("--structured-align rounds the channels structured pruning keeps: give --structured too")
+    elif structured_schedule is not None:
+        raise OptionError("--structured-schedule says how structured pruning removes channels: give --structured too")
     check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir, lr_scale=lr_scale)
     if model in zoo.model_names():
         recipe = zoo.get_model(model).recipe

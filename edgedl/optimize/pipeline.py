@@ -114,7 +114,7 @@ class OptimizeReport:
             from edgedl.optimize.structured import describe_cut
 
             residual = describe_cut(self.structured.get("residual", "prune"), self.structured.get("layers"),
-                                    self.structured.get("align", 1))
+                                    self.structured.get("align", 1), self.structured.get("schedule", "oneshot"))
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
                       f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
@@ -199,7 +199,7 @@ def _options_text(o: dict) -> str:
         from edgedl.optimize.structured import describe_cut
 
         residual = describe_cut(o.get("structured_residual", "prune"), o.get("structured_layers"),
-                                o.get("structured_align") or 1)
+                                o.get("structured_align") or 1, o.get("structured_schedule") or "oneshot")
         residual = f", {residual}" if residual else ""
         parts.append(f"structured {o['structured']:g}{residual}")
     if o.get("prune"):
@@ -270,6 +270,10 @@ def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_
             raise OptionError(f"{name} must be a positive integer, got {value}")
     if prune is None and structured is None and quantize is None:
         raise OptionError("nothing to do: give --prune, --structured, --quantize or --qat")
+    cut = structured_spec(structured)
+    if cut is not None and cut.schedule == "polynomial" and epochs is not None and epochs < 2:
+        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
+                          f"recovering at the final width), got --epochs {epochs}")
     if out_dir is not None:
         _io.check_writable(out_dir, "--out", kind="folder")
     return quantize
@@ -466,7 +470,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
             a :class:`~edgedl.optimize.structured.StructuredSpec` that also says whether the channels
             residual adds join are pruned (``prune``), kept whole (``keep``) or lose a smaller
             fraction of their channels (e.g. ``0.25``), sets the share of the groups named layers
-            produce (``layers``), and rounds kept widths up to a multiple (``align``).
+            produce (``layers``), rounds kept widths up to a multiple (``align``), and removes the
+            channels before fine-tuning (``schedule="oneshot"``) or masks them gradually while the
+            full-width model fine-tunes, then removes them (``"polynomial"``).
         quantize: ``dynamic``, ``float16``, ``int8`` or ``int16x8``; None keeps float32.
         qat: quantization-aware training before int8 conversion (implies ``quantize="int8"``).
         dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's or the one
@@ -573,7 +579,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": cut and cut.ratio, "structured_residual": cut and cut.residual,
                  "structured_layers": dict(cut.layers) if cut and cut.layers else None,
-                 "structured_align": cut and cut.align, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "structured_align": cut and cut.align, "structured_schedule": cut and cut.schedule, "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
                  "distill_alpha": distill_alpha,
                  "epochs": epochs, "lr_scale": lr_scale, "seed": seed},
@@ -666,8 +672,8 @@ def _structured_stage(run: _Run, model, spec):
     result = prune_structured(model, ratio, run.data.x_train, run.data.y_train, recipe=run.recipe,
                               residual=spec.residual, layers=spec.layers, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed,
-                              lr_scale=run.tune_lr_scale, align=spec.align)
-    where = describe_cut(spec.residual, spec.layers, spec.align)
+                              lr_scale=run.tune_lr_scale, align=spec.align, schedule=spec.schedule)
+    where = describe_cut(spec.residual, spec.layers, spec.align, spec.schedule)
     where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))

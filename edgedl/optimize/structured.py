@@ -26,7 +26,12 @@ Three small stages:
    weight: kernels (input and output axes), biases, batch-norm gamma/beta/mean/variance, depthwise
    kernels, and the rows of a Dense after Flatten (one block of rows per spatial position).
 
-:func:`prune_structured` runs the three and fine-tunes the result. Custom layers cannot be rebuilt
+:func:`prune_structured` runs the three and fine-tunes the result. With ``schedule="polynomial"``
+it goes gradually instead, as unstructured pruning's polynomial schedule does with weights: a
+:class:`ChannelMasker` holds a growing share of each group's channels at zero while the full-width
+model fine-tunes (re-ranking by L1 at every step, so the channels that go are the ones the model has
+learned to do without), then the masked channels are removed (exactly: they compute zero) and the
+smaller model fine-tunes for the rest of the run. Custom layers cannot be rebuilt
 (their channel semantics are unknown): they raise a ModelError naming the layer.
 """
 
@@ -61,6 +66,14 @@ MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average")
 MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 # What to do with channels that element-wise merges (residual adds) join across branches.
 RESIDUAL = ("prune", "keep")
+# How the channels go: all at once before fine-tuning the smaller model, or a few more at a time while
+# the full-width model fine-tunes with them masked (see :class:`ChannelMasker`).
+SCHEDULES = ("oneshot", "polynomial")
+# The polynomial schedule has masked every channel it will remove this far into fine-tuning; the rest
+# of the run recovers at the final width ...
+GRADUAL_END_FRACTION = 0.5
+# ... re-ranking the channels and masking more this many times on the way.
+GRADUAL_UPDATES = 20
 
 
 @dataclass(frozen=True)
@@ -75,13 +88,16 @@ class StructuredSpec:
     ``align``: every pruned group keeps a multiple of this many channels (its count rounded up,
     at most the group's width; the groups ``layers`` names keep their share as given), the width
     the runtime computes at once (LiteRT's float32 kernels compute 16 output channels at a time on
-    x86-64): the extra channels cost their layer nothing, the layers reading them pay per input.
+    x86-64): the extra channels cost their layer nothing, the layers reading them pay per input;
+    ``schedule``: ``oneshot`` removes the channels before fine-tuning, ``polynomial`` masks them a
+    few at a time while the full-width model fine-tunes (see :class:`ChannelMasker`).
     """
 
     ratio: float
     residual: str | float = "prune"
     layers: tuple = ()
     align: int = 1
+    schedule: str = "oneshot"
 
     def check(self) -> "StructuredSpec":
         """Raise OptionError for anything out of range; return self."""
@@ -89,7 +105,15 @@ class StructuredSpec:
         residual_ratio(self.residual)
         layer_shares(self.layers)
         check_align(self.align)
+        check_schedule(self.schedule)
         return self
+
+
+def check_schedule(schedule) -> str:
+    """``schedule`` if it is one of :data:`SCHEDULES`; OptionError naming ``--structured-schedule`` otherwise."""
+    if schedule not in SCHEDULES:
+        raise OptionError(f"unknown --structured-schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    return schedule
 
 
 def check_align(align) -> int:
@@ -163,11 +187,13 @@ def describe_layers(layers) -> str:
     return "set per layer: " + ", ".join(f"{name} {100 * v:.0f}%" for name, v in shares.items())
 
 
-def describe_cut(residual="prune", layers=(), align=1) -> str:
-    """A few words for reports: how the residual channels were treated, the per-layer shares and the
-    alignment, joined by '; ' ('' when none differs from the plain cut)."""
+def describe_cut(residual="prune", layers=(), align=1, schedule="oneshot") -> str:
+    """A few words for reports: how the residual channels were treated, the per-layer shares, the
+    alignment and the schedule, joined by '; ' ('' when none differs from the plain cut)."""
     align = f"kept channels rounded up to multiples of {align}" if align and align > 1 else ""
-    return "; ".join(w for w in (describe_residual(residual), describe_layers(layers), align) if w)
+    gradual = (f"channels masked gradually over the first {100 * GRADUAL_END_FRACTION:.0f}% of fine-tuning, "
+               "then removed" if schedule == "polynomial" else "")
+    return "; ".join(w for w in (describe_residual(residual), describe_layers(layers), align, gradual) if w)
 
 
 @dataclass
@@ -499,6 +525,84 @@ def _slice_channelwise(w: np.ndarray, idx, kind: str) -> np.ndarray:
     return np.take(w, idx, axis=0)
 
 
+class ChannelMasker:
+    """Masks the channels a plan removes, a few more at a time, while the full-width model fine-tunes.
+
+    The structured counterpart of :class:`edgedl.optimize.prune.Masker`. Each pruned group of
+    ``the_plan`` (made on ``model``) ends with as many channels as the plan keeps; on the way it holds
+    ``schedule.fraction(step)`` of the channels it loses at zero, re-ranking the rest by the L1 norm of
+    their filters at every update (masked filters are zero, so a channel once masked stays masked). A
+    masked channel is zero wherever it goes: its producers' kernel slices and biases, and the scale,
+    offset and depthwise weights of the channel-wise layers on the way, are held at zero after every
+    batch (batch norm with zero scale and offset outputs zero whatever its statistics). Removing the
+    masked channels (:meth:`final_plan`, then :func:`rebuild`) therefore changes no output.
+    """
+
+    def __init__(self, model, the_plan: Plan, schedule):
+        self.plan = the_plan
+        self.schedule = schedule
+        self.step = 0
+        self.layers = {s.name: s.layer for s in the_plan.steps}
+        self.targets = {name: len(g.keep) for name, g in the_plan.groups.items() if g.keep is not None}
+        self.masks = {name: np.ones(self.plan.groups[name].channels, np.float32) for name in self.targets}
+        self.variables: dict[str, list[tuple]] = {name: [] for name in self.targets}  # group -> (variable, axis)
+        for step in the_plan.steps:
+            info = the_plan.tensors.get(step.name)
+            if info is None or info[0] not in self.targets or info[1] != 1:
+                continue
+            layer = step.layer
+            if step.kind in PRODUCERS:
+                pairs = [(layer.kernel, -1), (layer.bias, 0)]
+            elif step.kind == "BatchNormalization":
+                pairs = [(layer.gamma, 0), (layer.beta, 0)]
+            elif step.kind.startswith("DepthwiseConv"):
+                pairs = [(layer.kernel, -2), (layer.bias, 0)]
+            else:
+                continue
+            self.variables[info[0]] += [(v, axis) for v, axis in pairs if v is not None]
+
+    def update(self, fraction: float) -> None:
+        """Mask ``fraction`` of the channels each group loses: the ones with the smallest L1 norm now."""
+        for name, keep in self.targets.items():
+            group = self.plan.groups[name]
+            masked = int(round((group.channels - keep) * min(max(fraction, 0.0), 1.0)))
+            order = _rank(group, self.layers)
+            self.masks[name] = np.zeros(group.channels, np.float32)
+            self.masks[name][order[:group.channels - masked]] = 1.0
+
+    def apply(self) -> None:
+        """Zero the masked channels' weights."""
+        for name, pairs in self.variables.items():
+            for variable, axis in pairs:
+                shape = [1] * len(variable.shape)
+                shape[axis] = -1
+                variable.assign(np.asarray(variable) * self.masks[name].reshape(shape))
+
+    def start(self) -> None:
+        self.update(self.schedule.fraction(0))
+        self.apply()
+
+    def on_batch_end(self) -> None:
+        self.step += 1
+        if self.schedule.updates_at(self.step):
+            self.update(self.schedule.fraction(self.step))
+        self.apply()
+
+    def finish(self) -> None:
+        """Mask every channel the plan removes (also when fine-tuning stopped early)."""
+        self.update(1.0)
+        self.apply()
+
+    def final_plan(self) -> Plan:
+        """The plan with the channels left unmasked as the ones kept: :func:`rebuild` of it is exact."""
+        groups = {name: Group(name=g.name, producers=list(g.producers), channels=g.channels,
+                              keep=[int(i) for i in np.flatnonzero(self.masks[name])] if name in self.masks else None,
+                              reason=g.reason)
+                  for name, g in self.plan.groups.items()}
+        return Plan(ratio=self.plan.ratio, groups=groups, tensors=self.plan.tensors, steps=self.plan.steps,
+                    residual=self.plan.residual, layers=dict(self.plan.layers), align=self.plan.align)
+
+
 @dataclass
 class StructuredResult:
     """A smaller, fine-tuned Keras model and the plan that made it."""
@@ -509,7 +613,8 @@ class StructuredResult:
 
 def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
                      progress: bool = True, seed: int = 0, residual: str | float = "prune",
-                     layers=(), teacher=None, lr_scale: float | None = None, align: int = 1) -> StructuredResult:
+                     layers=(), teacher=None, lr_scale: float | None = None, align: int = 1,
+                     schedule: str = "oneshot") -> StructuredResult:
     """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
 
     Args:
@@ -525,12 +630,17 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
         lr_scale: fine-tuning starts at this multiple of the recipe's rate (default: finetune.LR_SCALE).
         align: every pruned group keeps a multiple of this many channels (see :class:`StructuredSpec`).
+        schedule: ``oneshot``: remove the channels, then fine-tune the smaller model; ``polynomial``:
+            fine-tune the full-width model while a :class:`ChannelMasker` masks the channels a few more at
+            a time (as ``--prune-schedule polynomial`` does weights) until :data:`GRADUAL_END_FRACTION` of
+            the run, then remove them (exactly: they are zero) and fine-tune the rest of the run at the
+            final width. The kept channels are the ones the re-ranking leaves, the counts the plan's.
 
     Returns:
         StructuredResult with the new model and a summary of the pruned and frozen groups.
 
     Raises:
-        OptionError: ``ratio`` outside (0, 1).
+        OptionError: ``ratio`` outside (0, 1), an unknown ``schedule``, ``polynomial`` with fewer than 2 epochs.
         ModelError: a layer that cannot be rebuilt (named in the message).
 
     Example:
@@ -538,10 +648,32 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
         >>> result.model.count_params() < model.count_params()  # doctest: +SKIP
         True
     """
-    from edgedl.optimize.finetune import finetune
+    from edgedl.optimize.finetune import finetune, steps_per_epoch
+    from edgedl.optimize.prune import Schedule, masking_callback
 
-    the_plan = plan(model, ratio, residual, layers, align)
-    smaller = rebuild(model, the_plan)
-    finetune(smaller, x, y, recipe, epochs, title=f"structured pruning ({100 * the_plan.ratio:.0f}% of channels)",
-             progress=progress, seed=seed, teacher=teacher, lr_scale=lr_scale)
-    return StructuredResult(model=graph.copy_model(smaller), summary=the_plan.summary())
+    ratio = StructuredSpec(ratio, residual, tuple(layers), align, schedule).check().ratio
+    if schedule == "polynomial" and epochs < 2:
+        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
+                          f"recovering at the final width), got --epochs {epochs}")
+    title = f"structured pruning ({100 * ratio:.0f}% of channels)"
+    if schedule == "oneshot":
+        the_plan = plan(model, ratio, residual, layers, align)
+        smaller = rebuild(model, the_plan)
+        finetune(smaller, x, y, recipe, epochs, title=title, progress=progress, seed=seed, teacher=teacher,
+                 lr_scale=lr_scale)
+        return StructuredResult(model=graph.copy_model(smaller), summary={**the_plan.summary(), "schedule": schedule})
+
+    # Gradual: mask on a copy of the full-width model, remove the masked channels, recover at the final width.
+    full = graph.copy_model(model)
+    the_plan = plan(full, ratio, residual, layers, align)
+    masking = max(1, min(epochs - 1, int(round(epochs * GRADUAL_END_FRACTION))))
+    end = masking * steps_per_epoch(len(x), recipe)
+    masker = ChannelMasker(full, the_plan, Schedule("polynomial", 0, end, max(1, end // GRADUAL_UPDATES)))
+    finetune(full, x, y, recipe, masking, callbacks=[masking_callback(masker)], progress=progress, seed=seed,
+             teacher=teacher, lr_scale=lr_scale, title=f"{title}, masking gradually")
+    final = masker.final_plan()
+    smaller = rebuild(full, final)
+    finetune(smaller, x, y, recipe, epochs - masking, title=f"{title}, recovering", progress=progress,
+             seed=seed + 1, teacher=teacher, lr_scale=lr_scale)
+    summary = {**final.summary(), "schedule": schedule, "masking_epochs": masking}
+    return StructuredResult(model=graph.copy_model(smaller), summary=summary)
