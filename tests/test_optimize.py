@@ -520,6 +520,30 @@ def test_gradual_masking_zeroes_a_growing_share_of_each_group_and_removing_the_m
     np.testing.assert_allclose(np.asarray(smaller(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
+def odd_cnn():
+    """Layers that do not map zero to zero: a sigmoid conv, batch norm without scale, batch norm after Flatten."""
+    layers = keras.layers
+    inputs = keras.Input((12, 12, 1), name="image")
+    x = layers.Conv2D(8, 3, activation="sigmoid", name="conv1")(inputs)
+    x = layers.BatchNormalization(scale=False, name="bn1")(x)
+    x = layers.Conv2D(8, 3, strides=2, name="conv2")(x)
+    x = layers.BatchNormalization(name="bn2")(layers.Flatten(name="flatten")(x))
+    x = layers.Dense(16, activation="hard_sigmoid", name="fc1")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="odd_cnn")
+
+
+def test_removing_the_masked_channels_is_exact_even_where_a_masked_channel_is_not_zero():
+    model = _randomize(odd_cnn())
+    the_plan = structured.plan(model, 0.5)
+    masker = structured.ChannelMasker(model, the_plan, Schedule("polynomial", 0, 100, 10))
+    assert len(masker.targets) == 3  # conv1 + bn1, conv2 + bn2 (through Flatten), fc1
+    masker.finish()
+    smaller = structured.rebuild(model, masker.final_plan())
+    assert smaller.get_layer("conv1").filters == 4 and smaller.get_layer("fc1").units == 8
+    x = np.random.default_rng(1).random((4, 12, 12, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(smaller(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_gradual_structured_pruning_fine_tunes_masked_then_smaller_and_says_so(lenet, digits):
     result = prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=4,
                               progress=False, schedule="polynomial")
@@ -529,6 +553,8 @@ def test_gradual_structured_pruning_fine_tunes_masked_then_smaller_and_says_so(l
                                                                                    "fc2": 42}
     assert evaluate(result.model, digits.x_test, digits.y_test)[1] > 0.5
     assert [w.shape for w in lenet.model.get_layer("conv1").get_weights()] == [(5, 5, 1, 6), (6,)]  # left unchanged
+    assert (structured.describe_cut("keep", (), 1, "polynomial", 5) ==
+            "residual channels kept; channels masked gradually over the first 3 of 5 fine-tuning epochs, then removed")
     with pytest.raises(OptionError, match="--structured-schedule polynomial needs at least 2 fine-tuning epochs"):
         prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1,
                          progress=False, schedule="polynomial")

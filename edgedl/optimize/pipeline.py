@@ -114,7 +114,8 @@ class OptimizeReport:
             from edgedl.optimize.structured import describe_cut
 
             residual = describe_cut(self.structured.get("residual", "prune"), self.structured.get("layers"),
-                                    self.structured.get("align", 1), self.structured.get("schedule", "oneshot"))
+                                    self.structured.get("align", 1), self.structured.get("schedule", "oneshot"),
+                                    (self.finetuning or {}).get("epochs"))
             lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
                       f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
                       "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
@@ -554,6 +555,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     set_determinism(deterministic)
     run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export,
                lr_scale=lr_scale, deterministic=bool(deterministic))
+    if cut is not None and cut.schedule == "polynomial" and run.tune_epochs < 2:
+        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
+                          f"recovering at the final width); the recipe's default gives {run.tune_epochs}: give --epochs 2 or more")
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     run.teacher = None if not distill else Teacher(current, DISTILL_ALPHA if distill_alpha is None else distill_alpha)
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
@@ -673,7 +677,7 @@ def _structured_stage(run: _Run, model, spec):
                               residual=spec.residual, layers=spec.layers, teacher=run.teacher,
                               epochs=run.tune_epochs, progress=run.progress, seed=run.seed,
                               lr_scale=run.tune_lr_scale, align=spec.align, schedule=spec.schedule)
-    where = describe_cut(spec.residual, spec.layers, spec.align, spec.schedule)
+    where = describe_cut(spec.residual, spec.layers, spec.align, spec.schedule, run.tune_epochs)
     where = f" ({where})" if where else ""
     row = run.keras_stage("structured", f"{100 * ratio:.0f}% of channels removed{where}, fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))

@@ -187,12 +187,13 @@ def describe_layers(layers) -> str:
     return "set per layer: " + ", ".join(f"{name} {100 * v:.0f}%" for name, v in shares.items())
 
 
-def describe_cut(residual="prune", layers=(), align=1, schedule="oneshot") -> str:
+def describe_cut(residual="prune", layers=(), align=1, schedule="oneshot", epochs=None) -> str:
     """A few words for reports: how the residual channels were treated, the per-layer shares, the
-    alignment and the schedule, joined by '; ' ('' when none differs from the plain cut)."""
+    alignment and the schedule (over ``epochs`` of fine-tuning, when known), joined by '; ' ('' when
+    none differs from the plain cut)."""
     align = f"kept channels rounded up to multiples of {align}" if align and align > 1 else ""
-    gradual = (f"channels masked gradually over the first {100 * GRADUAL_END_FRACTION:.0f}% of fine-tuning, "
-               "then removed" if schedule == "polynomial" else "")
+    when = f"the first {masking_epochs(epochs)} of {epochs} fine-tuning epochs" if epochs else "part of fine-tuning"
+    gradual = f"channels masked gradually over {when}, then removed" if schedule == "polynomial" else ""
     return "; ".join(w for w in (describe_residual(residual), describe_layers(layers), align, gradual) if w)
 
 
@@ -531,11 +532,11 @@ class ChannelMasker:
     The structured counterpart of :class:`edgedl.optimize.prune.Masker`. Each pruned group of
     ``the_plan`` (made on ``model``) ends with as many channels as the plan keeps; on the way it holds
     ``schedule.fraction(step)`` of the channels it loses at zero, re-ranking the rest by the L1 norm of
-    their filters at every update (masked filters are zero, so a channel once masked stays masked). A
-    masked channel is zero wherever it goes: its producers' kernel slices and biases, and the scale,
-    offset and depthwise weights of the channel-wise layers on the way, are held at zero after every
-    batch (batch norm with zero scale and offset outputs zero whatever its statistics). Removing the
-    masked channels (:meth:`final_plan`, then :func:`rebuild`) therefore changes no output.
+    their filters at every update (a channel once masked stays masked). After every batch a masked
+    channel's producers' kernel slices and biases, and the scale, offset and depthwise weights of the
+    channel-wise layers on the way, are held at zero, and so are the kernel rows of the layers that
+    read it. Removing the masked channels (:meth:`final_plan`, then :func:`rebuild`) therefore changes
+    no output.
     """
 
     def __init__(self, model, the_plan: Plan, schedule):
@@ -545,38 +546,45 @@ class ChannelMasker:
         self.layers = {s.name: s.layer for s in the_plan.steps}
         self.targets = {name: len(g.keep) for name, g in the_plan.groups.items() if g.keep is not None}
         self.masks = {name: np.ones(self.plan.groups[name].channels, np.float32) for name in self.targets}
-        self.variables: dict[str, list[tuple]] = {name: [] for name in self.targets}  # group -> (variable, axis)
+        # group -> (variable, axis, repeats): the mask, tiled ``repeats`` times, multiplies ``variable`` along ``axis``
+        self.variables: dict[str, list[tuple]] = {name: [] for name in self.targets}
         for step in the_plan.steps:
-            info = the_plan.tensors.get(step.name)
-            if info is None or info[0] not in self.targets or info[1] != 1:
-                continue
             layer = step.layer
-            if step.kind in PRODUCERS:
-                pairs = [(layer.kernel, -1), (layer.bias, 0)]
-            elif step.kind == "BatchNormalization":
-                pairs = [(layer.gamma, 0), (layer.beta, 0)]
-            elif step.kind.startswith("DepthwiseConv"):
-                pairs = [(layer.kernel, -2), (layer.bias, 0)]
-            else:
-                continue
-            self.variables[info[0]] += [(v, axis) for v, axis in pairs if v is not None]
+            info = the_plan.tensors.get(step.name)
+            if info is not None and info[0] in self.targets and info[1] == 1:  # what makes the channel
+                if step.kind in PRODUCERS:
+                    pairs = [(layer.kernel, -1), (layer.bias, 0)]
+                elif step.kind == "BatchNormalization":
+                    pairs = [(layer.gamma, 0), (layer.beta, 0)]
+                elif step.kind.startswith("DepthwiseConv"):
+                    pairs = [(layer.kernel, -2), (layer.bias, 0)]
+                else:
+                    pairs = []
+                self.variables[info[0]] += [(v, axis, 1) for v, axis in pairs if v is not None]
+            read = the_plan.tensors.get(step.inputs[0]) if step.inputs else None
+            if step.kind in PRODUCERS and read is not None and read[0] in self.targets:
+                # What reads it: only producers read a prunable group (any other reader freezes it), so
+                # zero rows here make removal exact whatever value a masked channel carries on the way
+                # (a sigmoid's 0.5, a batch norm without scale's offset).
+                self.variables[read[0]].append((layer.kernel, -2, read[1]))
 
     def update(self, fraction: float) -> None:
-        """Mask ``fraction`` of the channels each group loses: the ones with the smallest L1 norm now."""
+        """Mask ``fraction`` of the channels each group loses: the ones with the smallest L1 norm now
+        (the ones masked already first: the optimizer may have moved their filters off zero since)."""
         for name, keep in self.targets.items():
             group = self.plan.groups[name]
             masked = int(round((group.channels - keep) * min(max(fraction, 0.0), 1.0)))
-            order = _rank(group, self.layers)
+            order = sorted(_rank(group, self.layers), key=lambda c: self.masks[name][c] == 0)  # stable
             self.masks[name] = np.zeros(group.channels, np.float32)
             self.masks[name][order[:group.channels - masked]] = 1.0
 
     def apply(self) -> None:
         """Zero the masked channels' weights."""
         for name, pairs in self.variables.items():
-            for variable, axis in pairs:
+            for variable, axis, repeats in pairs:
                 shape = [1] * len(variable.shape)
                 shape[axis] = -1
-                variable.assign(np.asarray(variable) * self.masks[name].reshape(shape))
+                variable.assign(np.asarray(variable) * np.tile(self.masks[name], repeats).reshape(shape))
 
     def start(self) -> None:
         self.update(self.schedule.fraction(0))
@@ -601,6 +609,11 @@ class ChannelMasker:
                   for name, g in self.plan.groups.items()}
         return Plan(ratio=self.plan.ratio, groups=groups, tensors=self.plan.tensors, steps=self.plan.steps,
                     residual=self.plan.residual, layers=dict(self.plan.layers), align=self.plan.align)
+
+
+def masking_epochs(epochs: int) -> int:
+    """How many of ``epochs`` fine-tuning epochs the polynomial schedule spends masking (the rest recover)."""
+    return max(1, min(epochs - 1, math.floor(epochs * GRADUAL_END_FRACTION + 0.5)))
 
 
 @dataclass
@@ -666,7 +679,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
     # Gradual: mask on a copy of the full-width model, remove the masked channels, recover at the final width.
     full = graph.copy_model(model)
     the_plan = plan(full, ratio, residual, layers, align)
-    masking = max(1, min(epochs - 1, int(round(epochs * GRADUAL_END_FRACTION))))
+    masking = masking_epochs(epochs)
     end = masking * steps_per_epoch(len(x), recipe)
     masker = ChannelMasker(full, the_plan, Schedule("polynomial", 0, end, max(1, end // GRADUAL_UPDATES)))
     finetune(full, x, y, recipe, masking, callbacks=[masking_callback(masker)], progress=progress, seed=seed,
