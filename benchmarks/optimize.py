@@ -56,6 +56,11 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   the teacher alone (--distill-alpha 0, no weight on the labels), since distillation gains most from long
   schedules that match the teacher's function (Beyer et al., "Knowledge distillation: A good teacher is
   patient and consistent", 2022).
+  ``..._stem12_s1inside6_s2inside12_gradual_distill_lr1``: that cut with its channels masked a few more at a
+  time over the first half of fine-tuning, then removed (--structured-schedule polynomial).
+  ``structured60_keep_residual_distill_lr1`` and ``structured60_keep_residual_align8_distill_lr1``: what
+  --structured-align 8 does to accuracy. 60% inside the blocks keeps 6/13/26 channels; aligned to 8 it
+  keeps 8/16/32, which a latency scan put at the same int8 time (benchmarks/structured_align.py).
 
 Each entry records the command that produced it. Results merge into the JSON file by
 (model, measurement, fine-tuning epochs), so models can be run one at a time and a longer run of a
@@ -334,11 +339,14 @@ STRUCTURED = {
     "structured50_keep_residual_stem12_s1inside6_s2inside12_gradual_distill_lr1":
         {**_KEEP, "layers": (_STEM12, ("s1_conv1", 0.625), ("s2_conv1", 0.625)), "lr_scale": 1.0,
          "schedule": "polynomial"},
+    # What --structured-align 8 buys in accuracy (its int8 cost is nothing: benchmarks/structured_align.py)
+    "structured60_keep_residual_distill_lr1": {**_KEEP, "ratio": 0.6, "lr_scale": 1.0},
+    "structured60_keep_residual_align8_distill_lr1": {**_KEEP, "ratio": 0.6, "lr_scale": 1.0, "align": 8},
 }
 
 
 def measure_structured50(name, model_path, args, residual="prune", distill=False, ratio=0.5, layers=(), lr_scale=None,
-                         distill_alpha=None, schedule="oneshot"):
+                         distill_alpha=None, schedule="oneshot", align=1):
     from edgedl import _io
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
@@ -346,7 +354,8 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     from edgedl.optimize.pipeline import _calibration_samples
     from edgedl.data import load_dataset
 
-    r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers, schedule=schedule),
+    r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers, align=align,
+                                                        schedule=schedule),
             quantize="int8", distill=distill,
             distill_alpha=distill_alpha, lr_scale=lr_scale)
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
@@ -363,15 +372,16 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
         per_layer = "".join(f"-{layer}{share:g}" for layer, share in layers)
-        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}{'' if schedule == 'oneshot' else f'-{schedule}'}-{fmt}"
+        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}{'' if schedule == 'oneshot' else f'-{schedule}'}{f'-align{align}' if align > 1 else ''}-{fmt}"
         _io.write_bytes(Path(args.work) / f"{stem}.tflite", after)
     flags = (["--structured", f"{ratio:g}"] + (["--structured-residual", residual_flag] if residual != "prune" else [])
              + [f for layer, share in layers for f in ("--structured-layer", f"{layer}={share:g}")]
              + (["--distill"] if distill else []) + ([] if distill_alpha is None else ["--distill-alpha", f"{distill_alpha:g}"])
              + (["--lr-scale", f"{lr_scale:g}"] if lr_scale else [])
-             + ([] if schedule == "oneshot" else ["--structured-schedule", schedule]))
+             + ([] if schedule == "oneshot" else ["--structured-schedule", schedule])
+             + (["--structured-align", str(align)] if align > 1 else []))
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "ratio": ratio, "residual": residual,
-            "layers": dict(layers), "schedule": schedule, "lr_scale": r.finetuning["lr_scale"], "distill": distill,
+            "layers": dict(layers), "schedule": schedule, "align": align, "lr_scale": r.finetuning["lr_scale"], "distill": distill,
             "distillation": r.finetuning["distillation"],
             "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
             "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
