@@ -502,7 +502,7 @@ def _randomize(model, seed=0):
 def test_gradual_masking_zeroes_a_growing_share_of_each_group_and_removing_the_masked_channels_is_exact():
     model = _randomize(small_bn_cnn())
     the_plan = structured.plan(model, 0.5)
-    masker = structured.ChannelMasker(model, the_plan, Schedule("polynomial", 0, 100, 10))
+    masker = structured.ChannelMasker(the_plan, Schedule("polynomial", 0, 100, 10))
     (group,) = masker.targets  # conv1, bn1, dw, dw_bn and pw (joined by the Add): 16 channels, 8 kept
     masker.update(0.5)
     masker.apply()
@@ -535,7 +535,7 @@ def odd_cnn():
 def test_removing_the_masked_channels_is_exact_even_where_a_masked_channel_is_not_zero():
     model = _randomize(odd_cnn())
     the_plan = structured.plan(model, 0.5)
-    masker = structured.ChannelMasker(model, the_plan, Schedule("polynomial", 0, 100, 10))
+    masker = structured.ChannelMasker(the_plan, Schedule("polynomial", 0, 100, 10))
     assert len(masker.targets) == 3  # conv1 + bn1, conv2 + bn2 (through Flatten), fc1
     masker.finish()
     smaller = structured.rebuild(model, masker.final_plan())

@@ -252,7 +252,7 @@ def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_
                   lr_scale=None) -> str | None:
     """Validate the options; return the quantization mode to use (``None``: float32 ``.tflite``)."""
     prune_spec(prune)
-    structured_spec(structured)
+    cut = structured_spec(structured)
     if lr_scale is not None and (isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float))
                                  or not 0 < lr_scale <= 10):
         raise OptionError(f"--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got {lr_scale!r}")
@@ -271,10 +271,10 @@ def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_
             raise OptionError(f"{name} must be a positive integer, got {value}")
     if prune is None and structured is None and quantize is None:
         raise OptionError("nothing to do: give --prune, --structured, --quantize or --qat")
-    cut = structured_spec(structured)
-    if cut is not None and cut.schedule == "polynomial" and epochs is not None and epochs < 2:
-        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
-                          f"recovering at the final width), got --epochs {epochs}")
+    if cut is not None and epochs is not None:
+        from edgedl.optimize.structured import check_schedule_epochs
+
+        check_schedule_epochs(cut.schedule, epochs)
     if out_dir is not None:
         _io.check_writable(out_dir, "--out", kind="folder")
     return quantize
@@ -555,9 +555,10 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     set_determinism(deterministic)
     run = _Run(data=data, recipe=src.recipe, epochs=epochs, seed=seed, progress=progress, export=export,
                lr_scale=lr_scale, deterministic=bool(deterministic))
-    if cut is not None and cut.schedule == "polynomial" and run.tune_epochs < 2:
-        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
-                          f"recovering at the final width); the recipe's default gives {run.tune_epochs}: give --epochs 2 or more")
+    if cut is not None:
+        from edgedl.optimize.structured import check_schedule_epochs
+
+        check_schedule_epochs(cut.schedule, run.tune_epochs, given=epochs is not None)
     current, trained_here = _trained_model(src, run, dataset, split, data_dir, limit)
     run.teacher = None if not distill else Teacher(current, DISTILL_ALPHA if distill_alpha is None else distill_alpha)
     stages = [run.keras_stage("baseline", "float32 Keras model" + (
@@ -583,7 +584,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": cut and cut.ratio, "structured_residual": cut and cut.residual,
                  "structured_layers": dict(cut.layers) if cut and cut.layers else None,
-                 "structured_align": cut and cut.align, "structured_schedule": cut and cut.schedule, "quantize": mode, "qat": bool(qat), "io_type": io_type,
+                 "structured_align": cut and cut.align, "structured_schedule": cut and cut.schedule,
+                 "quantize": mode, "qat": bool(qat), "io_type": io_type,
                  "per_channel": per_channel, "strip_names": strip_names, "distill": bool(distill),
                  "distill_alpha": distill_alpha,
                  "epochs": epochs, "lr_scale": lr_scale, "seed": seed},

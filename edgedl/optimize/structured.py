@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -114,6 +114,15 @@ def check_schedule(schedule) -> str:
     if schedule not in SCHEDULES:
         raise OptionError(f"unknown --structured-schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     return schedule
+
+
+def check_schedule_epochs(schedule, epochs: int, given: bool = True) -> None:
+    """OptionError when ``schedule`` is ``polynomial`` and ``epochs`` (given with --epochs, or the recipe's
+    default) leaves no epoch to mask and one to recover."""
+    if schedule == "polynomial" and epochs < 2:
+        how = f"got --epochs {epochs}" if given else f"the recipe's default gives {epochs}: give --epochs 2 or more"
+        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
+                          f"recovering at the final width); {how}")
 
 
 def check_align(align) -> int:
@@ -530,7 +539,7 @@ class ChannelMasker:
     """Masks the channels a plan removes, a few more at a time, while the full-width model fine-tunes.
 
     The structured counterpart of :class:`edgedl.optimize.prune.Masker`. Each pruned group of
-    ``the_plan`` (made on ``model``) ends with as many channels as the plan keeps; on the way it holds
+    ``the_plan`` (its layers are the ones masked) ends with as many channels as the plan keeps; on the way it holds
     ``schedule.fraction(step)`` of the channels it loses at zero, re-ranking the rest by the L1 norm of
     their filters at every update (a channel once masked stays masked). After every batch a masked
     channel's producers' kernel slices and biases, and the scale, offset and depthwise weights of the
@@ -539,13 +548,14 @@ class ChannelMasker:
     no output.
     """
 
-    def __init__(self, model, the_plan: Plan, schedule):
+    def __init__(self, the_plan: Plan, schedule):
         self.plan = the_plan
         self.schedule = schedule
         self.step = 0
         self.layers = {s.name: s.layer for s in the_plan.steps}
         self.targets = {name: len(g.keep) for name, g in the_plan.groups.items() if g.keep is not None}
         self.masks = {name: np.ones(self.plan.groups[name].channels, np.float32) for name in self.targets}
+        self.factors: list[tuple] = []  # (variable, what multiplies it): the masks shaped for each variable
         # group -> (variable, axis, repeats): the mask, tiled ``repeats`` times, multiplies ``variable`` along ``axis``
         self.variables: dict[str, list[tuple]] = {name: [] for name in self.targets}
         for step in the_plan.steps:
@@ -577,14 +587,17 @@ class ChannelMasker:
             order = sorted(_rank(group, self.layers), key=lambda c: self.masks[name][c] == 0)  # stable
             self.masks[name] = np.zeros(group.channels, np.float32)
             self.masks[name][order[:group.channels - masked]] = 1.0
-
-    def apply(self) -> None:
-        """Zero the masked channels' weights."""
+        self.factors = []
         for name, pairs in self.variables.items():
             for variable, axis, repeats in pairs:
                 shape = [1] * len(variable.shape)
                 shape[axis] = -1
-                variable.assign(np.asarray(variable) * np.tile(self.masks[name], repeats).reshape(shape))
+                self.factors.append((variable, np.tile(self.masks[name], repeats).reshape(shape)))
+
+    def apply(self) -> None:
+        """Zero the masked channels' weights."""
+        for variable, factor in self.factors:
+            variable.assign(np.asarray(variable) * factor)
 
     def start(self) -> None:
         self.update(self.schedule.fraction(0))
@@ -603,12 +616,9 @@ class ChannelMasker:
 
     def final_plan(self) -> Plan:
         """The plan with the channels left unmasked as the ones kept: :func:`rebuild` of it is exact."""
-        groups = {name: Group(name=g.name, producers=list(g.producers), channels=g.channels,
-                              keep=[int(i) for i in np.flatnonzero(self.masks[name])] if name in self.masks else None,
-                              reason=g.reason)
+        groups = {name: replace(g, keep=[int(i) for i in np.flatnonzero(self.masks[name])]) if name in self.masks else g
                   for name, g in self.plan.groups.items()}
-        return Plan(ratio=self.plan.ratio, groups=groups, tensors=self.plan.tensors, steps=self.plan.steps,
-                    residual=self.plan.residual, layers=dict(self.plan.layers), align=self.plan.align)
+        return replace(self.plan, groups=groups)
 
 
 def masking_epochs(epochs: int) -> int:
@@ -665,9 +675,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
     from edgedl.optimize.prune import Schedule, masking_callback
 
     ratio = StructuredSpec(ratio, residual, tuple(layers), align, schedule).check().ratio
-    if schedule == "polynomial" and epochs < 2:
-        raise OptionError(f"--structured-schedule polynomial needs at least 2 fine-tuning epochs (one masking, one "
-                          f"recovering at the final width), got --epochs {epochs}")
+    check_schedule_epochs(schedule, epochs)
     title = f"structured pruning ({100 * ratio:.0f}% of channels)"
     if schedule == "oneshot":
         the_plan = plan(model, ratio, residual, layers, align)
@@ -681,7 +689,7 @@ def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recip
     the_plan = plan(full, ratio, residual, layers, align)
     masking = masking_epochs(epochs)
     end = masking * steps_per_epoch(len(x), recipe)
-    masker = ChannelMasker(full, the_plan, Schedule("polynomial", 0, end, max(1, end // GRADUAL_UPDATES)))
+    masker = ChannelMasker(the_plan, Schedule("polynomial", 0, end, max(1, end // GRADUAL_UPDATES)))
     finetune(full, x, y, recipe, masking, callbacks=[masking_callback(masker)], progress=progress, seed=seed,
              teacher=teacher, lr_scale=lr_scale, title=f"{title}, masking gradually")
     final = masker.final_plan()
