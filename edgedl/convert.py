@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float", "int8", "uint8")
 
+# Layers TensorFlow's integer calibrator cannot take (it crashes the process on them).
+RECURRENT_KINDS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
+
 
 def to_tflite(model, quantize: str = "none", representative: np.ndarray | None = None,
               io_type: str = "float", num_calibration: int = 200, per_channel: bool = True) -> bytes:
@@ -63,7 +66,7 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize in ("int8", "int16x8"):
-        recurrent = [layer.name for layer in _all_layers(model) if type(layer).__name__ in ("LSTM", "GRU", "SimpleRNN")]
+        recurrent = [layer.name for layer in _all_layers(model) if type(layer).__name__ in RECURRENT_KINDS]
         if recurrent:
             # TF 2.21's calibrator segfaults on Keras 3 recurrent layers; refuse before it can.
             raise UnsupportedOperatorError(
@@ -100,10 +103,15 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
 
 
 def _all_layers(model):
+    """Every layer of ``model``, those of nested models and wrappers (Bidirectional, TimeDistributed) too."""
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):
             yield from _all_layers(layer)
+        for wrapped in ("layer", "forward_layer", "backward_layer"):
+            inner = getattr(layer, wrapped, None)
+            if inner is not None and hasattr(inner, "weights"):
+                yield inner
 
 
 def _representative(data, shape, count):

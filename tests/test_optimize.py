@@ -107,6 +107,36 @@ def test_pruning_targets_can_be_per_layer_or_global(lenet, digits):
     assert len({r["sparsity"] for r in overall.layers}) > 1  # one threshold: layers end up differently sparse
 
 
+def test_per_layer_overrides_set_some_layers_targets_over_the_global_one_and_zero_keeps_a_layer_dense(lenet, digits):
+    x, y = digits.x_train[:512], digits.y_train[:512]
+    result = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, layers=(("fc1", 0.5), ("probs", 0.0)),
+                   progress=False)
+    reached = {row["layer"]: row["sparsity"] for row in result.layers}
+    assert reached == pytest.approx({"conv1": 0.8, "conv2": 0.8, "fc1": 0.5, "fc2": 0.8}, abs=0.005)
+    assert {r["layer"]: r["reason"] for r in result.skipped}["probs"] == "kept dense (--prune-layer probs=0)"
+    assert kernel_sparsity(result.model.get_layer("probs")) < 0.01
+
+    only = prune(lenet.model, None, x, y, recipe=LENET_RECIPE, epochs=1, layers=(("fc1", 0.9),), progress=False)
+    assert [(row["layer"], row["sparsity"]) for row in only.layers] == [("fc1", pytest.approx(0.9, abs=0.005))]
+
+
+def test_per_layer_overrides_are_checked_by_name_scope_and_value(lenet, digits):
+    def run(sparsity, layers, scope="layer"):
+        prune(lenet.model, sparsity, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, scope=scope,
+              layers=layers, progress=False)
+
+    with pytest.raises(OptionError, match="--prune-layer nope: no prunable layer of that name; the prunable layers are conv1"):
+        run(0.5, (("nope", 0.5),))
+    with pytest.raises(OptionError, match="--prune-scope global holds one magnitude threshold"):
+        run(0.5, (("fc1", 0.5),), scope="global")
+    with pytest.raises(OptionError, match=r"--prune-layer fc1 takes a fraction in \[0, 1\) \(0 keeps the layer dense\)"):
+        run(0.5, (("fc1", 1.0),))
+    with pytest.raises(OptionError, match="--prune-layer fc1=0 keeps a layer dense under --prune, but --prune is not given"):
+        run(None, (("fc1", 0.0),))
+    with pytest.raises(OptionError, match="nothing to prune"):
+        run(None, ())
+
+
 def _runs_are_whole(kernel: np.ndarray, block: int) -> bool:
     """Whether every run of ``block`` weights along the input-channel axis is all zero or all non-zero."""
     moved = np.moveaxis(kernel, kernel.ndim - 2, -1)
@@ -208,6 +238,60 @@ def test_layers_that_cannot_be_pruned_are_listed_with_the_reason():
     lstm = zoo.get_model("lstm").build()
     kernels, _ = find_prunable(lstm)
     assert [v.name for v in kernels["lstm"]] == ["kernel", "recurrent_kernel"]
+
+
+def nested_cnn():
+    """A classifier whose convolutions live in a nested backbone model, called with training=False."""
+    layers = keras.layers
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = layers.Conv2D(8, 3, strides=2, name="bb_conv1")(inputs)
+    x = layers.BatchNormalization(name="bb_bn")(x)
+    x = layers.Conv2D(8, 3, strides=2, activation="relu", name="bb_conv2")(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    image = keras.Input((28, 28, 1), name="pixels")
+    y = layers.Flatten(name="flatten")(backbone(image, training=False))
+    return keras.Model(image, layers.Dense(10, activation="softmax", name="probs")(y), name="nested")
+
+
+def test_a_nested_backbone_is_read_as_one_flat_graph_so_its_layers_are_pruned_and_counted(digits):
+    model = nested_cnn()
+    flat = graph.as_functional(model)
+    assert [s.name for s in graph.trace(model)] == ["pixels", "bb_conv1", "bb_bn", "bb_conv2", "flatten", "probs"]
+    x = digits.x_test[:4]
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), atol=1e-6)
+    assert metrics.count_macs(model) == 13 * 13 * 9 * 8 + 6 * 6 * 72 * 8 + 288 * 10
+
+    kernels, _ = find_prunable(model)
+    assert set(kernels) == {"bb_conv1", "bb_conv2", "probs"}
+    result = prune(model, 0.5, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
+                   progress=False)
+    assert {row["layer"]: row["sparsity"] for row in result.layers} == pytest.approx(
+        {"bb_conv1": 0.5, "bb_conv2": 0.5, "probs": 0.5}, abs=0.02)
+    smaller = prune_structured(model, 0.5, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE,
+                               epochs=1, progress=False).model
+    assert smaller.get_layer("bb_conv2").kernel.shape == (3, 3, 4, 4)
+
+
+def test_nested_models_whose_layer_names_clash_are_refused_by_name():
+    def block(name):
+        inputs = keras.Input((8, 8, 1))
+        return keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs), name=name)
+
+    image = keras.Input((8, 8, 1))
+    twin = keras.Model(image, keras.layers.Add()([block("left")(image), block("right")(image)]), name="twin")
+    with pytest.raises(ModelError, match="model 'twin' nests model\\(s\\) 'left', 'right' whose layers cannot be joined"):
+        graph.trace(twin)
+
+
+def test_macs_count_transposed_convolutions_and_both_directions_of_a_bidirectional_layer():
+    def macs(layer, shape):
+        inputs = keras.Input(shape)
+        return metrics.count_macs(keras.Model(inputs, layer(inputs)))
+
+    assert macs(keras.layers.Conv2DTranspose(5, 3, strides=2, padding="same"), (8, 8, 3)) == 8 * 8 * 3 * 3 * 5 * 3
+    one_way = macs(keras.layers.LSTM(8), (10, 4))
+    assert one_way == 10 * (4 * 32 + 8 * 32)
+    assert macs(keras.layers.Bidirectional(keras.layers.LSTM(8)), (10, 4)) == 2 * one_way
 
 
 def test_a_sparsity_outside_zero_to_one_is_refused(lenet, digits):
@@ -702,6 +786,16 @@ def test_recurrent_models_are_refused_for_integer_quantization_naming_the_operat
         check_quantizable(zoo.get_model("gru").build(), "int8")
     check_quantizable(zoo.get_model("gru").build(), "dynamic")  # fine
 
+    # inside a wrapper, inside a nested model: found all the same, before TensorFlow's calibrator crashes on it
+    inner_in = keras.Input((28, 28))
+    inner = keras.Model(inner_in, keras.layers.Bidirectional(keras.layers.LSTM(4), name="bi")(inner_in), name="encoder")
+    outer_in = keras.Input((28, 28))
+    outer = keras.Model(outer_in, keras.layers.Dense(10)(inner(outer_in)), name="outer")
+    with pytest.raises(UnsupportedOperatorError, match=r"operator\(s\) Bidirectional \(layer 'bi'\)"):
+        check_quantizable(outer, "int8")
+    with pytest.raises(UnsupportedOperatorError, match="recurrent layer"):
+        to_tflite(outer, "int8", np.zeros((4, 28, 28), np.float32))
+
 
 def test_batch_norm_folding_is_exact():
     model = small_bn_cnn()
@@ -790,6 +884,38 @@ def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp
     assert report["files"]["plot"] == str(out / "stages.png")
 
 
+def test_the_pipeline_reports_per_layer_pruning_targets(lenet):
+    from edgedl.optimize.prune import PruneSpec
+
+    report = optimize(lenet.model, prune=PruneSpec(0.8, layers=(("fc1", 0.5), ("probs", 0.0))), dataset="digits",
+                      epochs=1, limit=256, progress=False)
+    assert report.options["prune_layers"] == {"fc1": 0.5, "probs": 0.0}
+    assert {r["layer"]: r["target"] for r in report.pruned_layers} == {"conv1": 0.8, "conv2": 0.8, "fc1": 0.5, "fc2": 0.8}
+    assert "prune 0.8, fc1=0.5, probs=0 (layer, polynomial)" in report.to_markdown()
+    pruned = next(s for s in report.stages if s["stage"] == "pruned")
+    assert "of the pruned layers' kernel weights zeroed (targets per layer)" in pruned["description"]
+
+
+def test_the_report_folder_is_written_all_at_once_and_a_second_run_replaces_it_whole(lenet, tmp_path):
+    from edgedl.optimize.pipeline import FILES
+
+    out = tmp_path / "out"
+    optimize(lenet.model, quantize="float16", dataset="digits", limit=64, out_dir=out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not the staging folder's 0700
+
+    optimize(lenet.model, quantize="dynamic", dataset="digits", limit=64, out_dir=out, progress=False)
+    assert json.loads((out / "report.json").read_text())["options"]["quantize"] == "dynamic"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
+
+    (out / "model.tflite").unlink()
+    (out / "model.tflite").mkdir()
+    with pytest.raises(OptionError, match="--out .* holds a folder named 'model.tflite', where edgedl writes a file"):
+        optimize(lenet.model, quantize="float16", dataset="digits", limit=64, out_dir=out, progress=False)
+
+
 def test_the_stage_plot_is_a_png_that_widens_with_the_stages_and_draws_the_same_bytes_twice():
     from matplotlib.image import imread
 
@@ -818,6 +944,9 @@ def bad_inputs(tmp_path_factory):
     x = keras.layers.LSTM(8, name="lstm")(x)
     keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x), name="rnn").save(folder / "rnn.keras")
     _write_custom_layer_model(folder / "custom.keras")
+    left, right = keras.Input((28, 28, 1)), keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(keras.layers.Add()([left, right]))
+    keras.Model([left, right], keras.layers.Dense(10, activation="softmax")(x), name="two").save(folder / "two.keras")
     return folder
 
 
@@ -877,6 +1006,14 @@ def _write_custom_layer_model(path):
     ("distillation weight without --distill", ["{lenet}", "--structured", "0.5", "--distill-alpha", "0.2"],
      "--distill-alpha weighs the labels against the teacher: give --distill too"),
     ("prune block", ["{lenet}", "--prune", "0.5", "--prune-block", "0"], "--prune-block must be a whole number from 1 to 64"),
+    ("prune layer of no layer", ["{lenet}", "--prune", "0.5", "--prune-layer", "nope=0.5"],
+     "--prune-layer nope: no prunable layer of that name; the prunable layers are conv1, conv2, fc1, fc2, probs"),
+    ("prune layer not NAME=FRACTION", ["{lenet}", "--prune-layer", "fc1"], "--prune-layer takes NAME=FRACTION"),
+    ("representative without integer quantization", ["{lenet}", "--quantize", "float16", "--representative",
+                                                     "{bad}/small.npy"],
+     "--representative is calibration data for --quantize int8 or int16x8, but --quantize float16 calibrates nothing"),
+    ("two inputs", ["{bad}/two.keras", "--quantize", "float16"],
+     "model 'two' has 2 input(s) and 1 output(s); edgedl trains and measures models with one input"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
      "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),
     ("unknown mode", ["{lenet}", "--quantize", "int4"], "unknown quantization 'int4'"),

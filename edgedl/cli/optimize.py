@@ -26,6 +26,9 @@ def _whole(value):
 @click.command()
 @click.argument("model")
 @click.option("--prune", "prune", metavar="FRACTION", help="Unstructured pruning: fraction of kernel weights to zero, in (0, 1), e.g. 0.8.")
+@click.option("--prune-layer", "prune_layers", multiple=True, metavar="NAME=FRACTION",
+              help="Zero this fraction of layer NAME's kernel weights instead (0 keeps it dense); repeat for more "
+                   "layers. Without --prune, only the named layers are pruned.")
 @click.option("--prune-scope", type=click.Choice(["layer", "global", "erk"]), default="layer", show_default=True,
               help="layer: every layer reaches the sparsity; global: one magnitude threshold over all layers; "
                    "erk: the sparsity on average, small layers (depthwise, classifier) kept denser.")
@@ -91,7 +94,7 @@ def _whole(value):
                    "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "
                    "apart (sums across threads round differently).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
+def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, structured_schedule, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
              per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, deterministic,
              as_json):
@@ -105,6 +108,7 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     Examples:
       edgedl train lenet --out lenet.keras
       edgedl optimize lenet.keras --prune 0.8 --quantize int8 --out lenet-opt
+      edgedl optimize lenet.keras --prune 0.8 --prune-layer dense_1=0.5 --out lenet-sparse
       edgedl optimize lenet.keras --structured 0.5 --qat --out lenet-small
       edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 --out kws-tiny
       edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names --out kws-small
@@ -117,8 +121,9 @@ def optimize(model, prune, prune_scope, prune_schedule, prune_block, structured,
     from edgedl.optimize.structured import StructuredSpec, layer_shares
 
     prune, structured = _fraction(prune), _fraction(structured)
-    if prune is not None:
-        prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block)
+    if prune is not None or prune_layers:
+        prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block,
+                          layers=tuple(layer_shares(prune_layers, "--prune-layer", "keeps the layer dense").items()))
     if structured is not None:
         structured = StructuredSpec(structured, residual=_fraction(structured_residual),
                                     layers=tuple(layer_shares(structured_layers).items()),

@@ -27,7 +27,53 @@ class Step:
 
 
 def as_functional(model):
-    """The model as a Functional model (a Sequential one is re-wired onto the same layers)."""
+    """The model as one flat Functional model: a Sequential one is re-wired onto the same layers, and
+    nested sub-models (a backbone inside a classifier) are inlined, so that every pass sees every layer.
+
+    Raises:
+        ModelError: the model is subclassed, not built, or its sub-models cannot share one graph.
+    """
+    model = _functional(model)
+    keras = _lazy.keras()
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name)
+              for t in model.inputs]
+    try:
+        outputs = _inline(model, inputs, {})
+        return keras.Model(_single(inputs), outputs, name=model.name)
+    except ModelError:
+        raise
+    except Exception as e:  # e.g. two sub-models with layers of the same name
+        nested = ", ".join(f"'{layer.name}'" for layer in model.layers if isinstance(layer, keras.Model))
+        raise ModelError(f"model '{model.name}' nests model(s) {nested} whose layers cannot be joined into one "
+                         f"graph ({_first_line(e)}); build it as one flat Functional model") from None
+
+
+def _inline(model, inputs, context: dict):
+    """Call ``model``'s layers (and those of the models it nests) on ``inputs``, one layer at a time.
+
+    ``context`` carries the call-context arguments (``training``) a nested model was called with to
+    its layers, as Keras does when it calls the nested model itself.
+    """
+    keras = _lazy.keras()
+    model = _functional(model)
+
+    def operation(op):
+        def call(*args, **kwargs):
+            kwargs.update({k: v for k, v in context.items() if k in getattr(op, "_call_context_args", ()) and v is not None})
+            if isinstance(op, keras.Model):
+                inner = {**context, **{k: kwargs[k] for k in ("training",) if kwargs.get(k) is not None}}
+                return _inline(op, args[0], inner)
+            return op(*args, **kwargs)
+        return call
+
+    # Keras' own graph walk (private, but the one Functional.call uses), with nested models expanded
+    return model._run_through_graph(inputs, operation_fn=operation)
+
+
+def _functional(model):
+    """The model as a Functional model (a Sequential one re-wired onto the same layers), not flattened."""
     keras = _lazy.keras()
     if isinstance(model, keras.Sequential):
         if not model.built or model.inputs is None:

@@ -1,8 +1,10 @@
 """What an optimization changed, measured: parameters (all and non-zero), MACs, sparsity, sizes.
 
 Plain functions over a Keras model or a byte string; the optimization report is built from them.
-MACs count the multiply-accumulates of one inference (batch 1) in convolutions, dense and recurrent
-layers; element-wise layers, pooling and batch norm (folded away on export) count zero.
+MACs count the multiply-accumulates of one inference (batch 1) in convolutions (transposed ones too),
+dense and recurrent layers (bidirectional ones too); element-wise layers, pooling and batch norm
+(folded away on export) count zero, and so, for now, do attention and EinsumDense layers. Nested
+models count with their layers (the graph is read flattened).
 """
 
 from __future__ import annotations
@@ -34,13 +36,25 @@ def layer_macs(step) -> int:
     if kind in ("SeparableConv1D", "SeparableConv2D"):
         dw, pw = layer.depthwise_kernel.shape, layer.pointwise_kernel.shape
         return _prod(out[:-1]) * (_prod(dw) + _prod(pw))
+    if kind in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
+        # every input position scatters one window: kernel (*window, cout, cin)
+        return _prod(step.input_shapes[0][1:-1]) * _prod(layer.kernel.shape)
     if kind == "Dense":
         return _prod(out[:-1]) * _prod(layer.kernel.shape)
     if kind in ("LSTM", "GRU", "SimpleRNN"):
-        cell = layer.cell
-        timesteps = step.input_shapes[0][1] or 1
-        return int(timesteps) * (_prod(cell.kernel.shape) + _prod(cell.recurrent_kernel.shape))
+        return int(step.input_shapes[0][1] or 1) * _recurrent_macs(layer)
+    if kind == "Bidirectional":
+        steps = int(step.input_shapes[0][1] or 1)
+        return steps * (_recurrent_macs(layer.forward_layer) + _recurrent_macs(layer.backward_layer))
     return 0
+
+
+def _recurrent_macs(layer) -> int:
+    """Multiply-accumulates of one time step of an LSTM, GRU or SimpleRNN layer."""
+    cell = getattr(layer, "cell", None)
+    if cell is None or not hasattr(cell, "recurrent_kernel"):
+        return 0
+    return _prod(cell.kernel.shape) + _prod(cell.recurrent_kernel.shape)
 
 
 def count_macs(model) -> int:

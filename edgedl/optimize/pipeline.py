@@ -10,6 +10,8 @@ final Keras model and ``.tflite`` and knows how to save and format itself.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import _io, _lazy
+from edgedl.convert import RECURRENT_KINDS
 from edgedl.errors import InputFileError, ModelError, OptionError, UnsupportedOperatorError
 from edgedl.optimize import metrics
 from edgedl.optimize.finetune import DISTILL_ALPHA, Teacher, check_distill_alpha
@@ -26,7 +29,6 @@ log = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("dynamic", "float16", "int8", "int16x8")
 IO_TYPES = ("float", "int8", "uint8")
-RECURRENT_KINDS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
 FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.json", "markdown": "report.md",
          "plot": "stages.png"}
 
@@ -133,7 +135,11 @@ class OptimizeReport:
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> dict:
-        """Write the Keras model, the .tflite, report.md, report.json and stages.png into ``out_dir``, each atomically.
+        """Write the Keras model, the .tflite, report.md, report.json and stages.png into ``out_dir``.
+
+        All or nothing: the files are written into a new folder beside ``out_dir`` and moved into it
+        only once every one is complete (the whole folder in one rename when ``out_dir`` is new), so a
+        failure leaves neither a partial set nor old files mixed with new ones.
 
         Returns:
             ``{"model": path, "tflite": path, "report": path, "markdown": path, "plot": path}`` (also kept
@@ -142,16 +148,36 @@ class OptimizeReport:
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise OptionError(f"--out must be a folder, but '{out}' is a file")
-        out.mkdir(parents=True, exist_ok=True)
+        _check_out_files(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         files = {k: str(out / name) for k, name in FILES.items()}
-        with _io.atomic_path(files["model"], suffix=".keras") as tmp:
-            self.model.save(tmp)
-        _io.write_bytes(files["tflite"], self.tflite)
-        _io.write_bytes(files["plot"], plot_stages(self.stages))
-        self.files = files
-        _io.write_text(files["markdown"], self.to_markdown())
-        _io.write_json(files["report"], self.to_dict())
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become --out's
+        try:
+            self.model.save(staging / FILES["model"])
+            (staging / FILES["tflite"]).write_bytes(self.tflite)
+            (staging / FILES["plot"]).write_bytes(plot_stages(self.stages))
+            self.files = files
+            (staging / FILES["markdown"]).write_text(self.to_markdown())
+            _io.write_json(staging / FILES["report"], self.to_dict())
+            if not out.exists():
+                os.replace(staging, out)
+            else:
+                for name in FILES.values():
+                    os.replace(staging / name, out / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return files
+
+
+def _check_out_files(out: Path) -> None:
+    """OptionError if a file the report writes into ``out`` would replace a folder."""
+    for name in FILES.values():
+        if (out / name).is_dir():
+            raise OptionError(f"--out '{out}' holds a folder named '{name}', where edgedl writes a file: "
+                              "move it away or choose another --out")
 
 
 def plot_stages(stages: list[dict]) -> bytes:
@@ -203,9 +229,11 @@ def _options_text(o: dict) -> str:
                                 o.get("structured_align") or 1, o.get("structured_schedule") or "oneshot")
         residual = f", {residual}" if residual else ""
         parts.append(f"structured {o['structured']:g}{residual}")
-    if o.get("prune"):
+    if o.get("prune") or o.get("prune_layers"):
         block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
-        what = f"{o['prune']:g}" if not isinstance(o["prune"], dict) else "per layer"
+        what = "per layer" if isinstance(o["prune"], dict) or o["prune"] is None else f"{o['prune']:g}"
+        if o.get("prune_layers"):
+            what += ", " + ", ".join(f"{name}={share:g}" for name, share in o["prune_layers"].items())
         parts.append(f"prune {what} ({o['prune_scope']}, {o['prune_schedule']}{block})")
     if o.get("qat"):
         parts.append("QAT")
@@ -277,6 +305,7 @@ def check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_
         check_schedule_epochs(cut.schedule, epochs)
     if out_dir is not None:
         _io.check_writable(out_dir, "--out", kind="folder")
+        _check_out_files(Path(out_dir))
     return quantize
 
 
@@ -528,6 +557,9 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         raise OptionError("--lr-scale sets the fine-tuning rate after pruning: use it with --prune or --structured")
     if not per_channel and mode not in ("int8", "int16x8"):
         raise OptionError(f"--per-tensor needs --quantize int8 or int16x8, not '{mode or 'none'}'")
+    if representative is not None and mode not in ("int8", "int16x8"):
+        raise OptionError(f"--representative is calibration data for --quantize int8 or int16x8, but "
+                          f"{'--quantize ' + mode if mode else 'no --quantize'} calibrates nothing: leave it out")
     if distill and prune is None and structured is None and not qat:
         raise OptionError("--distill teaches fine-tuning: use it with --prune, --structured or --qat")
     if distill_alpha is not None:
@@ -546,7 +578,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     split = src.split if dataset == src.dataset else None
     probe = src.model if src.model is not None else _zoo_build(src.zoo_name, dataset)
     retraining = [flag for flag, on in (("--prune", prune), ("--structured", structured), ("--qat", qat)) if on]
-    check_architecture(probe, mode, cut, rep, retraining)  # before anything slow
+    check_architecture(probe, mode, cut, rep, retraining, spec)  # before anything slow
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
     _check_shapes(probe, data)
 
@@ -580,7 +612,8 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
               "num_test": int(len(data.x_test)), "limit": limit,
               "num_calibration": int(min(len(calibration), num_calibration)) if mode in ("int8", "int16x8") else 0,
               "calibration_from": "--representative" if rep is not None else "training split"},
-        options={"prune": spec and spec.sparsity, "prune_scope": spec and spec.scope,
+        options={"prune": spec and spec.sparsity, "prune_layers": dict(spec.layers) if spec and spec.layers else None,
+                 "prune_scope": spec and spec.scope,
                  "prune_schedule": spec and spec.schedule, "prune_block": spec.block if spec else None,
                  "structured": cut and cut.ratio, "structured_residual": cut and cut.residual,
                  "structured_layers": dict(cut.layers) if cut and cut.layers else None,
@@ -597,12 +630,15 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     return report
 
 
-def check_architecture(model, mode, structured: "StructuredSpec | None", representative, retraining: list[str]) -> None:
-    """The checks that need only the architecture: quantizable ops, rebuildable layers, calibration data.
+def check_architecture(model, mode, structured: "StructuredSpec | None", representative, retraining: list[str],
+                       prune: "PruneSpec | None" = None) -> None:
+    """The checks that need only the architecture: quantizable ops, rebuildable layers, pruning
+    targets (layer names), calibration data.
 
     ``retraining`` names the options that rewrite weights (``--prune``, ``--structured``, ``--qat``).
     """
     from edgedl.optimize.graph import require_keras_layers
+    from edgedl.optimize.prune import find_prunable, resolve_targets
     from edgedl.optimize.structured import plan
 
     if retraining:
@@ -610,6 +646,9 @@ def check_architecture(model, mode, structured: "StructuredSpec | None", represe
     check_quantizable(model, mode)
     if structured is not None:
         plan(model, structured.ratio, structured.residual, structured.layers, structured.align)
+    if prune is not None:
+        kernels, _ = find_prunable(model)
+        resolve_targets(kernels, prune.sparsity, scope=prune.scope, layers=prune.layers)
     if representative is not None:
         check_representative(representative, model)
 
@@ -692,9 +731,12 @@ def _prune_stage(run: _Run, model, spec):
     t = time.perf_counter()
     result = prune(model, spec.sparsity, run.data.x_train, run.data.y_train, recipe=run.recipe,
                    epochs=run.tune_epochs, scope=spec.scope, schedule=spec.schedule, block=spec.block,
-                   progress=run.progress, seed=run.seed, teacher=run.teacher, lr_scale=run.tune_lr_scale)
-    what = ("kernels pruned per layer" if isinstance(spec.sparsity, dict)
-            else f"{100 * spec.sparsity:.0f}% of kernel weights zeroed")
+                   layers=spec.layers, progress=run.progress, seed=run.seed, teacher=run.teacher, lr_scale=run.tune_lr_scale)
+    zeros = sum(r["total"] - r["nonzero"] for r in result.layers)
+    total = sum(r["total"] for r in result.layers)
+    uniform = isinstance(spec.sparsity, float) and not spec.layers
+    whose = "" if uniform else "the pruned layers' "
+    what = f"{100 * zeros / max(total, 1):.0f}% of {whose}kernel weights zeroed" + ("" if uniform else " (targets per layer)")
     how = f"{spec.scope}, {spec.schedule}" + (f", blocks of {spec.block}" if spec.block > 1 else "")
     row = run.keras_stage("pruned", f"{what} ({how}), fine-tuned", result.model,
                           wall_s=round(time.perf_counter() - t, 2))

@@ -64,6 +64,29 @@ def check_fraction(value, option: str) -> float:
     return v
 
 
+def layer_shares(layers, option: str = "--structured-layer", zero: str = "keeps its channels whole") -> dict[str, float]:
+    """``layers`` ((name, fraction) pairs, or ``NAME=FRACTION`` strings) as {name: fraction in [0, 1)};
+    OptionError naming ``option`` and the entry otherwise (``zero`` says what a share of 0 means)."""
+    shares: dict[str, float] = {}
+    for entry in layers or ():
+        if isinstance(entry, str):
+            name, sep, value = entry.partition("=")
+            if not sep or not name.strip():
+                raise OptionError(f"{option} takes NAME=FRACTION (e.g. conv0=0.5), got '{entry}'")
+            entry = (name.strip(), value.strip())
+        name, value = entry
+        try:
+            share = 0.0 if value == "keep" else float(value)
+        except (TypeError, ValueError):
+            share = -1.0
+        if not 0.0 <= share < 1.0:
+            raise OptionError(f"{option} {name} takes a fraction in [0, 1) (0 {zero}), got {value!r}")
+        if name in shares and shares[name] != share:
+            raise OptionError(f"{option} {name} is given twice ({shares[name]:g} and {share:g})")
+        shares[name] = share
+    return shares
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How sparsity grows over fine-tuning steps.
@@ -111,17 +134,31 @@ class PruneSpec:
 
     ``sparsity``: the fraction of kernel weights to zero, in (0, 1), for every prunable layer, or
     ``{layer_name: sparsity}``; ``scope``: ``layer``, ``global`` or ``erk``; ``schedule``: ``polynomial`` or
-    ``constant``; ``block``: prune runs of this many weights along the input channels (1: single weights).
+    ``constant``; ``block``: prune runs of this many weights along the input channels (1: single weights);
+    ``layers``: ``(name, sparsity)`` pairs that override ``sparsity`` for those layers (0 keeps a layer
+    dense); with ``sparsity`` None only these layers are pruned.
     """
 
-    sparsity: float | dict
+    sparsity: float | dict | None
     scope: str = "layer"
     schedule: str = "polynomial"
     block: int = 1
+    layers: tuple = ()
 
     def check(self, option: str = "--prune") -> "PruneSpec":
         """Raise OptionError for anything out of range; return self."""
-        if isinstance(self.sparsity, dict):
+        shares = layer_shares(self.layers, "--prune-layer", "keeps the layer dense")
+        if shares and self.scope == "global":
+            raise OptionError("--prune-layer sets one layer's sparsity, but --prune-scope global holds one magnitude "
+                              "threshold over all layers: use --prune-scope layer or erk")
+        if self.sparsity is None:
+            if not shares:
+                raise OptionError("nothing to prune: give --prune FRACTION or --prune-layer NAME=FRACTION")
+            dense = [name for name, share in shares.items() if share == 0]
+            if dense:
+                raise OptionError(f"--prune-layer {dense[0]}=0 keeps a layer dense under --prune, but --prune is not "
+                                  "given (without it only the named layers are pruned): leave the layer out")
+        elif isinstance(self.sparsity, dict):
             if self.scope in ("global", "erk"):
                 raise OptionError(f"{self.scope} pruning takes one sparsity for all layers, not one per layer")
             for name, v in self.sparsity.items():
@@ -197,12 +234,28 @@ def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
     return kernels, skipped
 
 
-def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune", scope: str = "layer") -> dict[str, float]:
-    """Per-layer target sparsity from one number or a {layer: sparsity} dict.
+def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune", scope: str = "layer",
+                    layers=()) -> dict[str, float]:
+    """Per-layer target sparsity from one number or a {layer: sparsity} dict, then ``layers``.
 
     One number applies to every prunable layer, except with ``scope="erk"``, where it is the
-    average and :func:`erk_targets` shares it out by layer shape.
+    average and :func:`erk_targets` shares it out by layer shape. ``layers`` (``(name, sparsity)``
+    pairs, as --prune-layer gives them) then set those layers' targets, 0 keeping a layer dense; with
+    ``sparsity`` None they are the only targets.
     """
+    targets = {} if sparsity is None else _base_targets(kernels, sparsity, option, scope)
+    for name, share in layer_shares(layers, "--prune-layer", "keeps the layer dense").items():
+        if name not in kernels:
+            raise OptionError(f"--prune-layer {name}: no prunable layer of that name; the prunable layers are "
+                              f"{', '.join(kernels) or 'none'}")
+        if share == 0:
+            targets.pop(name, None)
+        else:
+            targets[name] = check_fraction(share, f"--prune-layer {name}")
+    return targets
+
+
+def _base_targets(kernels: dict[str, list], sparsity, option: str, scope: str) -> dict[str, float]:
     if isinstance(sparsity, dict):
         unknown = sorted(set(sparsity) - set(kernels))
         if unknown:
@@ -400,7 +453,7 @@ class PruneResult:
 
 
 def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int, scope: str = "layer",
-          schedule: str = "polynomial", block: int = 1, progress: bool = True, seed: int = 0,
+          schedule: str = "polynomial", block: int = 1, layers=(), progress: bool = True, seed: int = 0,
           teacher=None, lr_scale: float | None = None) -> PruneResult:
     """Prune ``model``'s kernels by magnitude while fine-tuning it, and return the stripped result.
 
@@ -416,6 +469,8 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
             :func:`erk_targets`).
         schedule: ``polynomial`` (sparsity grows over the first 70% of the steps) or ``constant``.
         block: prune runs of this many weights along the input channels together (1: single weights).
+        layers: ``(name, sparsity)`` pairs that override ``sparsity`` for those layers (0 keeps a
+            layer dense); with ``sparsity`` None only these layers are pruned.
         progress: show a progress bar.
         seed: seeds shuffling.
         teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
@@ -434,15 +489,17 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     """
     from edgedl.optimize.finetune import finetune, steps_per_epoch
 
-    PruneSpec(sparsity, scope, schedule, block).check()
+    PruneSpec(sparsity, scope, schedule, block, tuple(layers)).check()
     graph.require_keras_layers(model, "pruning")
     work = graph.copy_model(model)
     kernels, skipped = find_prunable(work)
-    targets = resolve_targets(kernels, sparsity, scope=scope)
+    targets = resolve_targets(kernels, sparsity, scope=scope, layers=layers)
     if not targets:
         raise ModelError(f"model '{model.name}' has no layer edgedl can prune (it prunes {', '.join(PRUNABLE_KINDS)})")
     kinds = {s.name: s.kind for s in graph.trace(work)}
-    skipped += [{"layer": n, "kind": kinds[n], "reason": "not among the requested layers"}
+    kept = {name for name, share in layer_shares(layers, "--prune-layer").items() if share == 0}
+    skipped += [{"layer": n, "kind": kinds[n],
+                 "reason": f"kept dense (--prune-layer {n}=0)" if n in kept else "not among the requested layers"}
                 for n in kernels if n not in targets]
     plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
     masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)

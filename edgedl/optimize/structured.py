@@ -46,7 +46,7 @@ import numpy as np
 from edgedl import _lazy
 from edgedl.errors import ModelError, OptionError
 from edgedl.optimize import graph
-from edgedl.optimize.prune import check_fraction
+from edgedl.optimize.prune import check_fraction, layer_shares
 
 log = logging.getLogger(__name__)
 
@@ -135,30 +135,6 @@ def check_align(align) -> int:
 def aligned(keep: int, channels: int, align: int) -> int:
     """``keep`` rounded up to a multiple of ``align``, at most ``channels``."""
     return min(channels, -(-keep // align) * align)
-
-
-def layer_shares(layers) -> dict[str, float]:
-    """``layers`` ((name, fraction) pairs, or ``NAME=FRACTION`` strings) as {name: fraction in [0, 1)};
-    OptionError naming the entry otherwise."""
-    shares: dict[str, float] = {}
-    for entry in layers or ():
-        if isinstance(entry, str):
-            name, sep, value = entry.partition("=")
-            if not sep or not name.strip():
-                raise OptionError(f"--structured-layer takes NAME=FRACTION (e.g. conv0=0.5), got '{entry}'")
-            entry = (name.strip(), value.strip())
-        name, value = entry
-        try:
-            share = 0.0 if value == "keep" else float(value)
-        except (TypeError, ValueError):
-            share = -1.0
-        if not 0.0 <= share < 1.0:
-            raise OptionError(f"--structured-layer {name} takes a fraction in [0, 1) (0 keeps its channels whole), "
-                              f"got {value!r}")
-        if name in shares and shares[name] != share:
-            raise OptionError(f"--structured-layer {name} is given twice ({shares[name]:g} and {share:g})")
-        shares[name] = share
-    return shares
 
 
 def residual_ratio(residual) -> float | None:
