@@ -838,6 +838,18 @@ def test_qat_folds_batch_norm_keeps_sparsity_and_exports_an_int8_model_at_least_
     # A few steps on digits are noisy; the benchmark measures QAT against PTQ on real data.
     assert report.stage("qat")["accuracy"] >= report.stage("ptq")["accuracy"] - 0.03, report.stages
     assert report.stage("qat")["accuracy"] > 0.5, report.stages
+    assert report.qat["not_fake_quantized"] == []
+
+
+def test_qat_names_the_kernels_it_trains_without_fake_quantization():
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.SeparableConv2D(4, 3, name="sep")(inputs)
+    x = keras.layers.Conv2D(4, 3, groups=2, name="grouped")(x)
+    x = keras.layers.Conv2D(4, 3, name="plain")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="probs")(keras.layers.Flatten()(x)))
+    rows = qat_module.not_fake_quantized(model)
+    assert [(r["layer"], r["kind"]) for r in rows] == [("sep", "SeparableConv2D"), ("grouped", "Conv2D")]
+    assert rows[1]["reason"] == "a grouped convolution"
 
 
 def test_recurrent_kernels_are_pruned_too(digits):

@@ -128,6 +128,9 @@ class OptimizeReport:
             lines += ["## Quantization-aware training", "", self.qat["method"], ""]
             if self.qat.get("folded"):
                 lines += ["Batch norm folded: " + ", ".join(f"{b} into {p}" for p, b in self.qat["folded"]), ""]
+            if self.qat.get("not_fake_quantized"):
+                lines += ["Kernels trained without fake quantization (the int8 export quantizes them all the same): "
+                          + ", ".join(f"{r['layer']} ({r['kind']}: {r['reason']})" for r in self.qat["not_fake_quantized"]), ""]
         if self.files.get("plot"):
             lines += [f"![accuracy, size and MACs after each stage]({Path(self.files['plot']).name})", ""]
         if self.files:
@@ -790,7 +793,7 @@ def _convert_stage(run: _Run, model, mode, qat, keep_sparsity):
     rows.append(run.tflite_stage("qat", f"int8 after quantization-aware training{scales}", tflite, result.model,
                                  "int8 tflite", fake_quant_accuracy=fq_accuracy, wall_s=round(time.perf_counter() - t, 2)))
     summary = {"method": QAT_METHOD, "folded": result.folded, "fake_quant_accuracy": fq_accuracy,
-               "lr_scale": qat_module.LR_SCALE}
+               "lr_scale": qat_module.LR_SCALE, "not_fake_quantized": result.plain}
     return result.model, tflite, rows, summary
 
 

@@ -304,6 +304,7 @@ class QATResult:
     model: object = field(repr=False)  # folded architecture, plain Keras layers
     fake_quant_model: object = field(repr=False)  # the training model (fake quantization inside)
     folded: list  # (layer, batch norm) pairs folded
+    plain: list = field(default_factory=list)  # {"layer", "kind", "reason"}: kernels trained without fake quantization
 
 
 def quantization_aware_training(model, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
@@ -342,4 +343,25 @@ def quantization_aware_training(model, x: np.ndarray, y: np.ndarray, *, recipe: 
     for layer in export.layers:
         if layer.weights:
             layer.set_weights(qmodel.get_layer(layer.name).get_weights())
-    return QATResult(model=export, fake_quant_model=qmodel, folded=pairs)
+    return QATResult(model=export, fake_quant_model=qmodel, folded=pairs, plain=not_fake_quantized(folded))
+
+
+def not_fake_quantized(model) -> list[dict]:
+    """The layers with kernels that QAT trains in float (the int8 export still quantizes them, after
+    training that did not see it): kinds other than Conv1D/Conv2D/DepthwiseConv2D/Dense, grouped or
+    channels-first convolutions."""
+    rows = []
+    for step in graph.trace(model):
+        layer = step.layer
+        if not any(w.name in ("kernel", "depthwise_kernel", "pointwise_kernel") for w in layer.weights):
+            continue
+        if step.kind not in FOLDABLE:
+            reason = f"QAT fake-quantizes the kernels of {', '.join(FOLDABLE)} only"
+        elif getattr(layer, "groups", 1) != 1:
+            reason = "a grouped convolution"
+        elif getattr(layer, "data_format", "channels_last") != "channels_last":
+            reason = "channels first"
+        else:
+            continue
+        rows.append({"layer": step.name, "kind": step.kind, "reason": reason})
+    return rows
