@@ -108,7 +108,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
     Examples:
       edgedl train lenet --out lenet.keras
       edgedl optimize lenet.keras --prune 0.8 --quantize int8 --out lenet-opt
-      edgedl optimize lenet.keras --prune 0.8 --prune-layer dense_1=0.5 --out lenet-sparse
+      edgedl optimize lenet.keras --prune 0.8 --prune-layer probs=0 --out lenet-sparse
       edgedl optimize lenet.keras --structured 0.5 --qat --out lenet-small
       edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 --out kws-tiny
       edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names --out kws-small
