@@ -66,8 +66,8 @@ measurements of the optimization issue through ``edgedl.optimize.optimize``:
   keeps 8/16/32, which a latency scan put at the same int8 time (benchmarks/structured_align.py).
 
 Each entry records the command that produced it. Results merge into the JSON file by
-(model, measurement, fine-tuning epochs), so models can be run one at a time and a longer run of a
-cut sits beside the shorter one.
+(model, measurement, fine-tuning epochs, --seed), so models can be run one at a time, and a longer
+run of a cut, or another seed of it, sits beside the first.
 
     EDGEDL_DATA=/work/shared/data python benchmarks/optimize.py --models lenet,ds_cnn,cnn
     EDGEDL_DATA=/work/shared/data python benchmarks/optimize.py --models resnet8 --epochs 10
@@ -110,6 +110,9 @@ def main(argv=None):
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps)")
     p.add_argument("--limit", type=int, help="at most this many samples per split")
     p.add_argument("--data-dir", help="data directory (default: $EDGEDL_DATA)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="fine-tuning seed (shuffling, augmentation, calibration samples): a second seed of a cut "
+                        "sits beside the first in the JSON (%(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="latency repeats (median taken) (%(default)s)")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "edgedl-bench-optimize"),
                    help="where trained models are kept between runs (%(default)s)")
@@ -126,11 +129,11 @@ def main(argv=None):
         for what in wanted:
             start = time.perf_counter()
             entry = MEASURE[what](name, model_path, args)
-            entry.update(model=name, measurement=what, command=command, training=trained,
+            entry.update(model=name, measurement=what, seed=args.seed, command=command, training=trained,
                          wall_time_s=round(time.perf_counter() - start, 1), host=host())
             print(json.dumps(entry), flush=True)
             results = json.loads(out.read_text()) if out.is_file() else {"entries": []}  # re-read: runs may overlap
-            # one entry per measurement and fine-tuning length: a longer run of a cut does not hide the shorter
+            # one entry per measurement, fine-tuning length and seed: a longer run of a cut does not hide the shorter
             results["entries"] = [e for e in results["entries"] if _key(e) != _key(entry)]
             results["entries"].append(entry)
             results["goals"] = GOALS
@@ -140,7 +143,7 @@ def main(argv=None):
 
 
 def _key(entry) -> tuple:
-    return entry["model"], entry["measurement"], entry.get("finetune_epochs")
+    return entry["model"], entry["measurement"], entry.get("finetune_epochs"), entry.get("seed", 0)
 
 
 def trained_model(name, args):
@@ -167,7 +170,7 @@ def run(model_path, args, **options):
     from edgedl.optimize import optimize
 
     return optimize(model_path, epochs=args.finetune_epochs, data_dir=args.data_dir, limit=args.limit,
-                    progress=False, **options)
+                    seed=args.seed, progress=False, **options)
 
 
 def cli(model_path, args, *flags):
@@ -176,6 +179,8 @@ def cli(model_path, args, *flags):
         parts += ["--epochs", str(args.finetune_epochs)]
     if args.limit:
         parts += ["--limit", str(args.limit)]
+    if args.seed:
+        parts += ["--seed", str(args.seed)]
     return " ".join(parts)
 
 
@@ -378,7 +383,7 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
         per_layer = "".join(f"-{layer}{share:g}" for layer, share in layers)
-        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}{'' if schedule == 'oneshot' else f'-{schedule}'}{f'-align{align}' if align > 1 else ''}-{fmt}"
+        stem = f"{name}-structured{ratio:g}-residual-{residual_flag}{per_layer}{'-distill' if distill else ''}{'' if distill_alpha is None else f'-alpha{distill_alpha:g}'}{f'-lr{lr_scale:g}' if lr_scale else ''}{'' if schedule == 'oneshot' else f'-{schedule}'}{f'-align{align}' if align > 1 else ''}{f'-seed{args.seed}' if args.seed else ''}-{fmt}"
         _io.write_bytes(Path(args.work) / f"{stem}.tflite", after)
     flags = (["--structured", f"{ratio:g}"] + (["--structured-residual", residual_flag] if residual != "prune" else [])
              + [f for layer, share in layers for f in ("--structured-layer", f"{layer}={share:g}")]
