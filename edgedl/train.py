@@ -177,9 +177,10 @@ def set_determinism(deterministic: bool) -> None:
 
 
 def _check_shapes(model, data):
-    if len(model.inputs or ()) != 1 or len(model.outputs or ()) != 1:
+    inputs, outputs = len(model.inputs or ()), len(model.outputs or ())
+    if (inputs, outputs) != (1, 1):
         raise ModelError(
-            f"model '{model.name}' has {len(model.inputs or ())} input(s) and {len(model.outputs or ())} output(s); "
+            f"model '{model.name}' has {inputs} input(s) and {outputs} output(s); "
             f"edgedl trains and measures models with one input (data set '{data.name}' gives {tuple(data.input_shape)}) "
             "and one output (the class scores)"
         )

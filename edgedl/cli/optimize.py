@@ -116,14 +116,14 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
     from edgedl import zoo
     from edgedl.optimize import optimize as run
     from edgedl.optimize.pipeline import check_options
-    from edgedl.optimize.prune import PruneSpec
+    from edgedl.optimize.prune import PruneSpec, prune_layer_shares
     from edgedl.errors import OptionError
     from edgedl.optimize.structured import StructuredSpec, layer_shares
 
     prune, structured = _fraction(prune), _fraction(structured)
     if prune is not None or prune_layers:
         prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block,
-                          layers=tuple(layer_shares(prune_layers, "--prune-layer", "keeps the layer dense").items()))
+                          layers=tuple(prune_layer_shares(prune_layers).items()))
     if structured is not None:
         structured = StructuredSpec(structured, residual=_fraction(structured_residual),
                                     layers=tuple(layer_shares(structured_layers).items()),

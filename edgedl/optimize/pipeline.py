@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -154,10 +155,8 @@ class OptimizeReport:
         _check_out_files(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         files = {k: str(out / name) for k, name in FILES.items()}
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become --out's
+        staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
+        staging.mkdir()  # not mkdtemp: its 0700 would become --out's when the folder is renamed into place
         try:
             self.model.save(staging / FILES["model"])
             (staging / FILES["tflite"]).write_bytes(self.tflite)

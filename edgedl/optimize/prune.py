@@ -87,6 +87,11 @@ def layer_shares(layers, option: str = "--structured-layer", zero: str = "keeps 
     return shares
 
 
+def prune_layer_shares(layers) -> dict[str, float]:
+    """--prune-layer's ``(name, sparsity)`` pairs or ``NAME=FRACTION`` strings as {name: sparsity in [0, 1)}."""
+    return layer_shares(layers, "--prune-layer", "keeps the layer dense")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How sparsity grows over fine-tuning steps.
@@ -147,7 +152,7 @@ class PruneSpec:
 
     def check(self, option: str = "--prune") -> "PruneSpec":
         """Raise OptionError for anything out of range; return self."""
-        shares = layer_shares(self.layers, "--prune-layer", "keeps the layer dense")
+        shares = prune_layer_shares(self.layers)
         if shares and self.scope == "global":
             raise OptionError("--prune-layer sets one layer's sparsity, but --prune-scope global holds one magnitude "
                               "threshold over all layers: use --prune-scope layer or erk")
@@ -244,14 +249,14 @@ def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune",
     ``sparsity`` None they are the only targets.
     """
     targets = {} if sparsity is None else _base_targets(kernels, sparsity, option, scope)
-    for name, share in layer_shares(layers, "--prune-layer", "keeps the layer dense").items():
+    for name, share in prune_layer_shares(layers).items():
         if name not in kernels:
             raise OptionError(f"--prune-layer {name}: no prunable layer of that name; the prunable layers are "
                               f"{', '.join(kernels) or 'none'}")
         if share == 0:
             targets.pop(name, None)
         else:
-            targets[name] = check_fraction(share, f"--prune-layer {name}")
+            targets[name] = share
     return targets
 
 
@@ -497,7 +502,7 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
     if not targets:
         raise ModelError(f"model '{model.name}' has no layer edgedl can prune (it prunes {', '.join(PRUNABLE_KINDS)})")
     kinds = {s.name: s.kind for s in graph.trace(work)}
-    kept = {name for name, share in layer_shares(layers, "--prune-layer").items() if share == 0}
+    kept = {name for name, share in prune_layer_shares(layers).items() if share == 0}
     skipped += [{"layer": n, "kind": kinds[n],
                  "reason": f"kept dense (--prune-layer {n}=0)" if n in kept else "not among the requested layers"}
                 for n in kernels if n not in targets]
