@@ -26,10 +26,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     tmp = Path(tmp)
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+        if (path.is_dir() and not path.is_symlink()) or (tmp.is_dir() and path.exists()):
+            # A folder cannot be renamed over (or onto a file): the old one steps aside only once the
+            # new one is complete, and goes when the new one is in place.
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

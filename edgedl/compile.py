@@ -41,11 +41,13 @@ class CompileOptions:
     tuning_db: str | None = None
     num_threads: int = 1
     archive: bool = False
+    force: bool = False               # replace an existing bundle at the output path (never anything else)
+    sign_key: str | None = None       # Ed25519 private key file: sign the bundle's digest
     backend_options: dict = field(default_factory=dict)
 
     def manifest_view(self) -> dict:
         d = asdict(self)
-        for k in ("data_dir", "archive"):
+        for k in ("data_dir", "archive", "force", "sign_key"):
             d.pop(k)
         return d
 
@@ -177,6 +179,7 @@ def runs_here(target) -> tuple[bool, str]:
 class CompileResult:
     path: Path
     manifest: dict
+    digest: str = ""       # the bundle digest (sha256 of manifest.json), what a signature signs
 
 
 def compile_model(model: str, target: str, out: str, options: CompileOptions | None = None,
@@ -209,6 +212,16 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         raise OptionError(f"--max-disagreement must be between 0 and 1, got {options.max_disagreement}")
     if options.num_samples < 1:
         raise OptionError(f"--samples must be a positive integer, got {options.num_samples}")
+    if options.data_dir is not None and not Path(options.data_dir).is_dir():
+        raise OptionError(f"--data-dir '{options.data_dir}' is not a folder; give the folder holding the data sets "
+                          "(mnist/, fsdd/, cifar10/) or leave it out")
+    from edgedl.bundle import check_output
+
+    check_output(out, force=options.force)
+    if options.sign_key:
+        from edgedl.signing import load_private_key
+
+        load_private_key(options.sign_key)
     tgt = load_target(target)
     with tempfile.TemporaryDirectory(prefix="edgedl-compile-") as tmp:
         work = Path(tmp)
@@ -286,10 +299,11 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
                 f"(max abs error {f['max_abs_error']:.4g}); raise --max-disagreement to accept it"
             )
         say(f"writing {out}")
-        from edgedl.bundle import write_bundle
+        from edgedl.bundle import check_output, digest_of, write_bundle
 
-        written = write_bundle(out, manifest, compiled.directory, archive=options.archive)
-        return CompileResult(Path(out), written)
+        check_output(out, force=options.force)  # again: something may have appeared there meanwhile
+        written = write_bundle(out, manifest, compiled.directory, archive=options.archive, sign_key=options.sign_key)
+        return CompileResult(Path(out), written, digest_of(out))
 
 
 def _who_takes(source: Source, failed: str) -> str:

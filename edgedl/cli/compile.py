@@ -12,12 +12,16 @@ import click
               help="litert, tvm, vela, tflm, onnxruntime, or auto (measure what runs here, pick the fastest that passes).")
 @click.option("--output", "-o", "out", help="Bundle path (default: MODEL's stem + .edgedl).")
 @click.option("--archive", is_flag=True, help="Write the bundle as one tar file instead of a folder.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at the output path (never anything else).")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False),
+              help="Sign the bundle's digest with this Ed25519 private key (`edgedl keygen NAME` makes NAME.key).")
 @click.option("--quantize", "-q", type=click.Choice(["none", "dynamic", "float16", "int8", "int16x8"]), default="none",
               show_default=True, help="Quantization of a Keras model on its way to .tflite.")
 @click.option("--io", "io_type", type=click.Choice(["float", "int8", "uint8"]), default="float", show_default=True,
               help="Input/output type of an int8 model.")
 @click.option("--dataset", "-d", help="Data set for calibration and the fidelity check (default: the model's).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="Data directory (default: $EDGEDL_DATA).")
 @click.option("--samples", "num_samples", type=int, default=100, show_default=True, help="Samples for the fidelity check.")
 @click.option("--max-disagreement", type=float, default=0.02, show_default=True,
               help="Fail when top-1 agreement with the reference falls below 1 minus this.")
@@ -26,7 +30,7 @@ import click
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
 @click.option("--threads", "num_threads", type=int, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def compile_command(model, target, backend, out, archive, quantize, io_type, dataset, data_dir, num_samples,
+def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data_dir, num_samples,
                     max_disagreement, tune, trials, tuning_db, num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
@@ -40,14 +44,19 @@ def compile_command(model, target, backend, out, archive, quantize, io_type, dat
 
     from rich.console import Console
 
-    from edgedl._io import check_writable
+    from edgedl.bundle import check_output
     from edgedl.compile import CompileOptions, compile_model
 
     options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, data_dir=data_dir,
                              num_samples=num_samples, max_disagreement=max_disagreement, tune=tune, trials=trials,
-                             tuning_db=tuning_db, num_threads=num_threads, archive=archive)
-    out = out or f"{Path(model.rstrip('/')).stem}.edgedl"
-    check_writable(out, "--output")
+                             tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
+                             sign_key=sign_key)
+    out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out
+    check_output(out, force=force)  # before any heavy import: never after minutes of work
+    if sign_key:
+        from edgedl.signing import load_private_key
+
+        load_private_key(sign_key)
     console = Console(stderr=True)
     status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))
     result = compile_model(model, target, out, options, status=status)
@@ -62,6 +71,7 @@ def compile_command(model, target, backend, out, archive, quantize, io_type, dat
         check = (f"top-1 agreement {100 * f['top1_agreement']:.1f}% on {f['samples']} samples, "
                  f"max abs error {f['max_abs_error']:.3g}")
     click.echo(f"wrote {result.path} ({m['backend']} for {m['target']['name']})")
+    click.echo(f"  digest: sha256:{result.digest}" + (" (signed)" if sign_key else ""))
     click.echo(f"  why {m['backend']}: {m['selection']['reason']}")
     click.echo(f"  fidelity: {check}")
     for k, v in (m.get("estimates") or {}).items():

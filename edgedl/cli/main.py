@@ -19,6 +19,7 @@ COMMANDS = {
     "compile": "edgedl.cli.compile:compile_command",
     "data": "edgedl.cli.data:data",
     "inspect": "edgedl.cli.inspect:inspect_command",
+    "keygen": "edgedl.cli.keygen:keygen",
     "models": "edgedl.cli.models:models",
     "train": "edgedl.cli.train:train",
     "optimize": "edgedl.cli.optimize:optimize",
@@ -80,6 +81,10 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # a bad option or argument: one line, with where to read more
+        command = e.ctx.command_path if e.ctx else "edgedl"
+        click.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

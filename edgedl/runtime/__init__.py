@@ -108,21 +108,24 @@ class Model:
         return self.engine.invoke(x)
 
 
-def load(bundle: str | Path, num_threads: int = 1) -> Model:
+def load(bundle: str | Path, num_threads: int = 1, trusted: list[bytes] | None = None) -> Model:
     """Load a bundle (folder or archive) after verifying every file against the manifest.
 
     Args:
         bundle: the path ``edgedl compile`` wrote.
         num_threads: engine threads.
+        trusted: Ed25519 public keys (``edgedl.signing.load_public_keys``); when given, only a bundle
+            signed by one of them is loaded (checked before anything is unpacked).
 
     Raises:
-        InputFileError: not a bundle, a newer format, or a file whose sha256 does not match (named).
+        InputFileError: not a bundle, a newer format, a manifest that fails the schema (the field named),
+            a file whose sha256 does not match (named), or an unsigned/untrusted bundle with ``trusted``.
         OptionError: the bundle is for another CPU architecture.
         BackendError: the engine cannot run here (e.g. an NPU bundle).
     """
-    if num_threads < 1:
-        raise OptionError(f"num_threads must be a positive integer, got {num_threads}")
-    manifest, directory, holder = open_bundle(bundle)
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads <= 1024:
+        raise OptionError(f"num_threads must be an integer from 1 to 1024, got {num_threads!r}")
+    manifest, directory, holder = open_bundle(bundle, trusted=trusted)
     _check_target(manifest, bundle)
     inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
     outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
