@@ -114,8 +114,11 @@ def samples_for(source: Source, options: CompileOptions) -> tuple[np.ndarray, np
     The data set is ``--dataset``, else the one the model was trained on, else the first data set
     whose input shape matches. Without any, the check runs on seeded uniform noise and says so.
     """
+    from edgedl.backends.base import check_one_input
     from edgedl.data import DATASETS, load_dataset
 
+    if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
+        check_one_input(source.path, [getattr(t, "name", "?") for t in source.keras_model.inputs])
     name = options.dataset or source.metadata.get("dataset")
     candidates = [name] if name else [n for n in DATASETS]
     for n in candidates:

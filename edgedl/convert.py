@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from edgedl import _lazy
-from edgedl.errors import OptionError, UnsupportedOperatorError
+from edgedl.errors import ModelError, OptionError, UnsupportedOperatorError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         raise OptionError(f"unknown I/O type '{io_type}'; choose one of {', '.join(IO_TYPES)}")
     if not per_channel and quantize not in ("int8", "int16x8"):
         raise OptionError(f"per-tensor weights are an option of int8 and int16x8 quantization, not '{quantize}'")
+    if len(model.inputs or ()) != 1:
+        names = ", ".join(repr(getattr(t, "name", "?")) for t in model.inputs or ())
+        raise ModelError(f"model '{model.name}' has {len(model.inputs or ())} inputs ({names}); edgedl converts "
+                         "one-input models for now")
     shape = (1,) + tuple(model.input_shape[1:])
     dtype = getattr(model.inputs[0], "dtype", "float32") or "float32"
     keras = _lazy.keras()

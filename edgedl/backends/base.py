@@ -5,8 +5,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgedl.errors import InputFileError
 from edgedl.runtime.engines import Engine, TensorSpec
 from edgedl.targets import Target
+
+
+def check_one_input(path, names) -> None:
+    """Refuse a model whose input count is not one, naming its inputs.
+
+    edgedl's compile, fidelity check, bench and runtime feed one input tensor per inference; a
+    model with two inputs would otherwise fail deep inside a toolchain.
+
+    Raises:
+        InputFileError: ``names`` (the model's input names) is not exactly one name.
+    """
+    names = [str(n) for n in names]
+    if len(names) == 1:
+        return
+    if not names:
+        raise InputFileError(path, "the model declares no inputs; edgedl's compile and bench take one-input models")
+    listed = ", ".join(repr(n[:60]) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    raise InputFileError(path, f"the model has {len(names)} inputs ({listed}); edgedl's compile and bench take "
+                               "one-input models for now (merge the inputs into one tensor, or fix the others "
+                               "as constants, and export again)")
+
+
+def check_outputs(path, names) -> None:
+    """Refuse a model that declares no outputs (nothing to run or compare).
+
+    Raises:
+        InputFileError: ``names`` is empty.
+    """
+    if not list(names):
+        raise InputFileError(path, "the model declares no outputs; edgedl needs at least one (its first output "
+                                   "is the class scores)")
 
 
 @dataclass

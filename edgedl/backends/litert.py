@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edgedl.backends.base import Backend, CompiledModel
+from edgedl.backends.base import Backend, CompiledModel, check_one_input, check_outputs
 from edgedl.runtime.engines import LiteRTEngine
 
 
@@ -16,6 +16,9 @@ class LiteRTBackend(Backend):
 
     def compile(self, tflite_path, target, out_dir, options):
         start = time.perf_counter()
+        source = LiteRTEngine(tflite_path)
+        check_one_input(tflite_path, [s.name for s in source.inputs])
+        check_outputs(tflite_path, [s.name for s in source.outputs])
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tflite_path, out_dir / "model.tflite")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import _io, _lazy
-from edgedl.backends.base import Backend, CompiledModel
+from edgedl.backends.base import Backend, CompiledModel, check_one_input, check_outputs
 from edgedl.errors import InputFileError, MissingDependencyError, OptionError, UnsupportedOperatorError
 
 DEFAULT_OPSET = 17
@@ -88,34 +88,71 @@ def onnx_reference(path) -> tuple[object, tuple]:
         >>> reference(x_test[:8]).shape  # doctest: +SKIP
         (8, 10)
     """
-    from edgedl.runtime.onnx import session
+    from edgedl.runtime.onnx import ort_message, session
 
     path = Path(path)
     sess = session(path)
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    if len(inputs) != 1:
-        raise InputFileError(path, f"has {len(inputs)} inputs; edgedl compiles one-input models")
+    check_one_input(path, [n.name for n in inputs])
+    check_outputs(path, [n.name for n in outputs])
     node = inputs[0]
     if node.type not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
         raise InputFileError(path, f"its input '{node.name}' is {node.type}; the reference needs a float-input "
                                    "model (export the float model, quantize with --quantize)")
     dims = list(node.shape)
-    if any(not isinstance(d, int) for d in dims[1:]):
-        raise InputFileError(path, f"its input '{node.name}' has the dynamic shape {dims}; only the batch may be "
-                                   "dynamic")
+    if not dims or any(not isinstance(d, int) or d < 1 for d in dims[1:]):
+        raise InputFileError(path, f"its input '{node.name}' has the shape {dims}; edgedl needs a batch axis and "
+                                   "fixed, positive sizes on the others (only the batch may be dynamic)")
+    if isinstance(dims[0], int) and dims[0] != 1:
+        raise InputFileError(path, f"its input '{node.name}' has a fixed batch of {dims[0]}; edgedl runs one sample "
+                                   "per inference: export the model with batch 1 or a dynamic batch")
     fixed_batch = isinstance(dims[0], int)
     dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}[node.type]
     first = [outputs[0].name]
 
     def reference(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=dtype)
-        step = dims[0] if fixed_batch else 256
-        if fixed_batch and step != 1 and len(x) % step:
-            raise InputFileError(path, f"has a fixed batch of {step}; give a multiple of {step} samples")
-        parts = [sess.run(first, {node.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+        step = 1 if fixed_batch else 256
+        try:
+            parts = [sess.run(first, {node.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
+            raise InputFileError(path, f"ONNX Runtime cannot run it on inputs of the shape it declares "
+                                       f"{[step, *x.shape[1:]]} ({ort_message(e)})") from None
         return np.concatenate(parts).astype(np.float32)
 
     return reference, tuple(int(d) for d in dims[1:])
+
+
+def onnx_io_specs(path) -> tuple[list, list]:
+    """(inputs, outputs): the ``TensorSpec`` lists of a one-input ``.onnx`` file, with batch 1.
+
+    A dynamic first dimension becomes 1; any other dynamic dimension is refused.
+
+    Raises:
+        InputFileError: ONNX Runtime cannot load the file, it has more or fewer than one input, no
+            output, or a dynamic dimension past the batch.
+
+    Example:
+        >>> inputs, outputs = onnx_io_specs("lenet.onnx")  # doctest: +SKIP
+        >>> inputs[0].shape
+        (1, 28, 28, 1)
+    """
+    from edgedl.errors import BackendError
+    from edgedl.runtime.onnx import session, session_specs
+
+    path = Path(path)
+    sess = session(path)
+    check_one_input(path, [n.name for n in sess.get_inputs()])
+    check_outputs(path, [n.name for n in sess.get_outputs()])
+    try:
+        specs_in, specs_out = session_specs(sess)
+    except BackendError as e:
+        raise InputFileError(path, str(e)) from None
+    if specs_in[0].shape[:1] != (1,):
+        raise InputFileError(path, f"its input '{specs_in[0].name}' has a fixed batch of {specs_in[0].shape[0]}; "
+                                   "edgedl runs one sample per inference: export the model with batch 1 or a "
+                                   "dynamic batch")
+    return specs_in, specs_out
 
 
 class ONNXRuntimeBackend(Backend):
@@ -156,11 +193,14 @@ class ONNXRuntimeBackend(Backend):
         toolchain = {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
         specs_in = specs_out = None
         if model_path.suffix == ".onnx":
+            onnx_io_specs(model_path)  # one input, an output, fixed shapes past the batch: say so by name
             shutil.copyfile(model_path, onnx_path)
             converted = "given"
         elif model_path.suffix == ".tflite":
-            toolchain["tf2onnx"] = _from_tflite(model_path, onnx_path, opset)
             specs_in, specs_out = _tflite_io(model_path)
+            check_one_input(model_path, [s.name for s in specs_in])
+            check_outputs(model_path, [s.name for s in specs_out])
+            toolchain["tf2onnx"] = _from_tflite(model_path, onnx_path, opset)
             converted = "tflite via tf2onnx"
         else:
             raise InputFileError(model_path, "onnxruntime compiles .onnx models (or a .tflite, converted with tf2onnx)")

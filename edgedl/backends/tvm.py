@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from edgedl import _lazy
-from edgedl.backends.base import Backend, CompiledModel
-from edgedl.errors import BackendError, OptionError, UnsupportedOperatorError
+from edgedl.backends.base import Backend, CompiledModel, check_one_input, check_outputs
+from edgedl.errors import BackendError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.runtime.engines import TVMEngine
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,13 @@ def import_model(path: Path, exact_int8: bool = True):
 
         specs_in, specs_out = onnx_io_specs(path)
         try:
-            mod = from_onnx(onnx.load(str(path)), shape_dict={s.name: list(s.shape) for s in specs_in})
+            proto = onnx.load(str(path))
+        except Exception as e:
+            raise InputFileError(path, f"not a readable ONNX model ({' '.join(str(e).split())[:200]})") from None
+        try:
+            with _lazy.quiet():
+                mod = from_onnx(proto, shape_dict={s.name: list(s.shape) for s in specs_in},
+                                dtype_dict={s.name: s.dtype for s in specs_in})
         except Exception as e:
             raise UnsupportedOperatorError(f"TVM's ONNX frontend cannot import {path.name}: "
                                            f"{' '.join(str(e).split())[:300]}") from None
@@ -136,6 +142,8 @@ def import_model(path: Path, exact_int8: bool = True):
     from edgedl.runtime.engines import LiteRTEngine
 
     engine = LiteRTEngine(path)
+    check_one_input(path, [s.name for s in engine.inputs])
+    check_outputs(path, [s.name for s in engine.outputs])
     buf = path.read_bytes()
     kwargs = {}
     if exact_int8:

@@ -6,6 +6,7 @@ Like the rest of ``edgedl.runtime`` this imports numpy and, lazily, ``onnxruntim
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,20 @@ def session(model_path: str | os.PathLike, num_threads: int = 1, device: str = "
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(num_threads)
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures come back as exceptions (and one-line errors), not as log lines
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-        raise InputFileError(path, f"ONNX Runtime cannot load it ({' '.join(str(e).split())[:200]})") from None
+        raise InputFileError(path, f"ONNX Runtime cannot load it ({ort_message(e)})") from None
+
+
+def ort_message(error: Exception, limit: int = 240) -> str:
+    """ONNX Runtime's message on one line, without its status prefix and its source file paths."""
+    text = " ".join(str(error).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    # "/onnxruntime_src/.../reshape_helper.h:91 onnxruntime::ReshapeHelper::ReshapeHelper(...) <check> was false. "
+    text = re.sub(r"\S+\.(?:cc|h|cpp):\d+ (?:\S+\(.*?\) )?(?:.*? was false\. )?", "", text)
+    return text[:limit]
 
 
 def session_specs(sess) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -95,14 +105,24 @@ class ONNXRuntimeEngine(Engine):
     def __init__(self, model_path: str | os.PathLike, num_threads: int = 1, device: str = "cpu",
                  inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None):
         self.session = session(model_path, num_threads=num_threads, device=device)
+        self.path = Path(model_path)
         found_in, found_out = session_specs(self.session)
+        if len(found_in) != 1 or not found_out:
+            names = ", ".join(repr(s.name) for s in found_in)
+            raise InputFileError(model_path, f"the model has {len(found_in)} input(s) ({names}) and {len(found_out)} "
+                                             "output(s); edgedl's runtime runs models with one input and at least one "
+                                             "output")
         self.inputs = _agree(found_in, inputs, "input")
         self.outputs = _agree(found_out, outputs, "output")
         self._in = found_in[0].name
         self._out = [found_out[0].name]
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(self._out, {self._in: self.check_input(x)})[0]
+        x = self.check_input(x)
+        try:
+            return self.session.run(self._out, {self._in: x})[0]
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
+            raise BackendError(f"{self.path.name}: ONNX Runtime failed to run it ({ort_message(e)})") from None
 
 
 def _agree(found: list[TensorSpec], given: list[TensorSpec] | None, what: str) -> list[TensorSpec]:
