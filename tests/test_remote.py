@@ -248,8 +248,9 @@ def test_a_tampered_bundle_is_refused_on_the_device_with_the_file_named(bundles,
 
     copy = tmp_path / "tampered.edgedl"
     shutil.copytree(bundles["litert"], copy)
-    with open(copy / "model.tflite", "ab") as f:
-        f.write(b"x")
+    data = bytearray((copy / "model.tflite").read_bytes())
+    data[-1] ^= 0xFF  # same size, another sha256
+    (copy / "model.tflite").write_bytes(bytes(data))
     # run_remote directly: `edgedl bench` would already refuse it here, before uploading.
     with pytest.raises(InputFileError, match=r"tampered.edgedl: bundle file 'model.tflite' does not match its sha256"
                                              r".*checked on the device 127.0.0.1"):

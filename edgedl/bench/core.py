@@ -34,9 +34,13 @@ def peak_rss_bytes() -> int:
 
 
 def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5, num_threads: int = 1,
-            x: np.ndarray | None = None, y: np.ndarray | None = None, progress=None) -> dict:
+            x: np.ndarray | None = None, y: np.ndarray | None = None, progress=None,
+            trusted: list[bytes] | None = None) -> dict:
     """Load ``bundle`` and measure it: init time, first inference, warm latency over ``repeats`` x
     ``runs`` (after ``warmup``), throughput, memory, and accuracy on ``x``/``y`` when given.
+
+    ``trusted``: Ed25519 public keys; when given, only a bundle signed by one of them is loaded
+    (the agent's ``--trust``; see :func:`edgedl.runtime.load`).
 
     ``progress`` is an optional callable(done, total) for a progress bar.
     """
@@ -45,7 +49,7 @@ def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5,
 
     rss_before = rss_bytes()
     t0 = time.perf_counter()
-    model = rt.load(bundle, num_threads=num_threads)
+    model = rt.load(bundle, num_threads=num_threads, trusted=trusted)
     load_s = time.perf_counter() - t0
     spec = model.inputs[0]
     sample = x[:1] if x is not None and len(x) else np.zeros(model.input_shape, np.float32)

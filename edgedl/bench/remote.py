@@ -1,14 +1,16 @@
 """Benchmarks on a remote device: the client side of ``edgedl bench --device``.
 
 Where it sits: :func:`edgedl.bench.harness.bench` calls :func:`run_remote` when a device is named.
-The device runs ``edgedl serve`` (:mod:`edgedl.serve`), a TVM RPC server with edgedl's measurement
-registered as remote functions. The connection is TVM's RPC (``tvm.rpc.connect``); a fleet is
-reached through TVM's tracker (``tracker://HOST:PORT/KEY``), which hands out a free device under the
-key and queues requests while all are busy.
+The device runs ``edgedl serve`` (:mod:`edgedl.serve`), which offers edgedl's measurement and
+nothing else. A connection opens with TVM's RPC handshake and then speaks the agent's own small
+protocol (described in :mod:`edgedl.serve`); a fleet is reached through TVM's tracker
+(``tracker://HOST:PORT/KEY``), which hands out a free device under the key and queues requests while
+all are busy.
 
 One run is a few remote calls on one session, each with a deadline:
 
-1. upload the bundle (each file and ``manifest.json``, or the one archive) and the samples;
+1. upload the bundle (each file, ``manifest.json`` and ``signature.json`` when it is signed, or the
+   one archive) and the samples;
 2. ``edgedl.bench.measure``: load (verifying every sha256 on the device), first inference, memory,
    accuracy on the samples;
 3. ``edgedl.bench.repeat`` once per repeat: warm-up on the first, then the raw times of ``runs``
@@ -17,8 +19,8 @@ One run is a few remote calls on one session, each with a deadline:
 Finished repeats are kept: a device lost mid-run is reconnected and the failed repeat run again
 (``retries`` times); when it cannot be, the :class:`~edgedl.errors.DeviceError` says how many
 repeats finished and where their result was written (also on the error as ``partial`` and
-``partial_path``). Every call has a deadline (``timeout``) watched from another thread, so a hung
-device cannot block the caller.
+``partial_path``). Every read and write has the run's deadline (``timeout``) as its socket
+timeout, so a hung device cannot block the caller.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import re
 import socket
 import struct
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,15 +107,7 @@ def run_remote(bundle, request: dict, options, progress=None) -> dict:
         ...            BenchOptions(device="127.0.0.1:9090", timeout=60))  # doctest: +SKIP
     """
     device = parse_device(options.device)
-    _require_tvm()
     return _Run(Path(bundle), request, device, float(options.timeout), int(options.retries or 0), progress).run()
-
-
-def _require_tvm():
-    try:
-        import tvm.rpc  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("apache-tvm", "tvm") from None
 
 
 def _lost(message: str) -> DeviceError:
@@ -128,6 +121,86 @@ def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("File ", "  "))]
     text = next((ln for ln in reversed(lines) if ":" in ln), lines[-1] if lines else type(e).__name__)
     return text[:300]
+
+
+class _Mismatch(ConnectionError):
+    """The agent refused the handshake's key (it takes clients from a tracker only)."""
+
+
+class _NotAgent(ConnectionError):
+    """The peer answered the handshake but is not an edgedl agent."""
+
+
+class _Connection:
+    """One session with an agent: TVM's RPC handshake, then the agent's framed JSON requests.
+
+    Every read and write is bounded by ``deadline`` (a ``time.monotonic()`` value).
+    """
+
+    MAX_ANSWER_BYTES = 1 << 28  # a measure result with the top-1 of many samples
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    @classmethod
+    def open(cls, host: str, port: int, matchkey: str, session_timeout: int, deadline: float) -> "_Connection":
+        from edgedl.serve import PROTOCOL, RPC_CODE_MISMATCH, RPC_CODE_SUCCESS, RPC_MAGIC, recv_exact
+
+        sock = socket.create_connection((host, port), timeout=max(0.1, min(10.0, deadline - time.monotonic())))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            key = f"client:{matchkey} -timeout={session_timeout}".encode()
+            sock.sendall(struct.pack("<ii", RPC_MAGIC, len(key)) + key)
+            try:
+                (code,) = struct.unpack("<i", recv_exact(sock, 4, deadline))
+            except ConnectionResetError as e:
+                raise ConnectionError(f"the agent closed the connection during the handshake ({e})") from None
+            if code == RPC_CODE_MISMATCH:
+                raise _Mismatch("mismatched key")
+            if code != RPC_CODE_SUCCESS:
+                raise _NotAgent("did not answer as an edgedl agent")
+            (size,) = struct.unpack("<i", recv_exact(sock, 4, deadline))
+            if not 0 < size <= 4096:
+                raise _NotAgent("did not answer as an edgedl agent")
+            server_key = recv_exact(sock, size, deadline).decode("utf-8", "replace")
+            if PROTOCOL not in server_key.split():
+                raise _NotAgent(f"is a TVM RPC server ('{server_key[:60]}') without edgedl's functions")
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def call(self, name: str, request: dict, deadline: float) -> dict:
+        from edgedl.serve import recv_json, send_json
+
+        send_json(self.sock, {"call": name, "args": request}, deadline)
+        return self._answer(recv_json(self.sock, deadline, limit=self.MAX_ANSWER_BYTES))
+
+    def upload(self, name: str, data: bytes, deadline: float) -> dict:
+        """Send ``data`` as the session file ``name``; the agent's error JSON when it refuses."""
+        from edgedl.serve import UPLOAD, recv_json, send_frame, send_json
+
+        send_json(self.sock, {"call": UPLOAD, "args": {"name": name, "bytes": len(data)}}, deadline)
+        go = self._answer(recv_json(self.sock, deadline))
+        if "error" in go:
+            return go
+        send_frame(self.sock, data, deadline)
+        return self._answer(recv_json(self.sock, deadline))
+
+    @staticmethod
+    def _answer(value) -> dict:
+        if not isinstance(value, dict):
+            raise _NotAgent("answered with something that is not a JSON object")
+        return value
+
+    def close(self) -> None:
+        from edgedl.serve import send_json
+
+        try:
+            send_json(self.sock, {"call": "bye"}, time.monotonic() + 0.5)
+        except (OSError, ValueError):
+            pass
+        self.sock.close()
 
 
 class _Run:
@@ -170,13 +243,13 @@ class _Run:
                     self._report()
                 break
             except DeviceError as e:
-                self.session = None
+                self._close()
                 if not getattr(e, "retryable", False) or retries_left <= 0 or time.monotonic() >= self.deadline:
                     raise self._failed(str(e)) from None
                 retries_left -= 1
                 log.warning("%s; reconnecting (%d retr%s left)", e, retries_left, "y" if retries_left == 1 else "ies")
                 time.sleep(min(1.0, max(0.0, self.deadline - time.monotonic())))
-        self.session = None  # closes the RPC session
+        self._close()
         return self._result()
 
     def _report(self):
@@ -191,8 +264,6 @@ class _Run:
 
     def _open(self):
         """Connect (directly or through the tracker), check it is an edgedl agent, upload."""
-        from tvm import rpc
-
         session_timeout = int(self.timeout) + 10  # the agent ends a session we gave up on by itself
         if self.device.key:
             host, port, matchkey = self._ask_tracker()
@@ -200,22 +271,30 @@ class _Run:
         else:
             host, port, matchkey = self.device.host, self.device.port, ""
             what = "connecting"
-        self.session = self._call(what, lambda: rpc.connect(host, port, key=matchkey, session_timeout=session_timeout))
+        self.agent = {"address": f"{host}:{port}"}
+        self.session = self._call(what, lambda: _Connection.open(host, port, matchkey, session_timeout,
+                                                                 self.deadline))
         self.sessions += 1
-        self.agent = self._remote("edgedl.agent.hello", "checking the agent", {})
-        self.agent["address"] = f"{host}:{port}"
+        self.agent = dict(self._remote("edgedl.agent.hello", "checking the agent", {}), address=f"{host}:{port}")
         t0 = time.monotonic()
         self._call("uploading the bundle", self._upload)
         self.upload["seconds"] += time.monotonic() - t0
 
+    def _close(self):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
     def _upload(self):
-        from edgedl.bundle import MANIFEST, read_manifest
+        from edgedl.bundle import MANIFEST, SIGNATURE, read_manifest
 
         session = self.session
         sent = 0
         if self.bundle.is_dir():
             manifest = read_manifest(self.bundle)
             names = [MANIFEST] + [e["path"] for e in manifest.get("files", [])]
+            if (self.bundle / SIGNATURE).is_file():
+                names.insert(1, SIGNATURE)
             files = {}
             for i, name in enumerate(names):
                 path = self.bundle / name
@@ -223,26 +302,29 @@ class _Run:
                     raise InputFileError(self.bundle, f"bundle file '{name}' is missing")
                 data = path.read_bytes()
                 files[name] = f"upload-{i}"  # uploads are flat; the agent puts them in place
-                session.upload(bytearray(data), target=files[name])
+                self._check(session.upload(files[name], data, self.deadline))
                 sent += len(data)
             self._check(self._remote_now("edgedl.agent.assemble", {"dir": "bundle", "files": files}))
             self.remote_bundle = "bundle"
         else:
             data = self.bundle.read_bytes()
-            session.upload(bytearray(data), target="bundle.edgedl")
+            self._check(session.upload("bundle.edgedl", data, self.deadline))
             sent += len(data)
             self.remote_bundle = "bundle.edgedl"
         self.remote_samples = None
         if self.request.get("samples"):
             data = Path(self.request["samples"]).read_bytes()
-            session.upload(bytearray(data), target="samples.npz")
+            self._check(session.upload("samples.npz", data, self.deadline))
             sent += len(data)
             self.remote_samples = "samples.npz"
         self.upload["bytes"] += sent
 
     def _ask_tracker(self) -> tuple[str, int, str]:
         """Ask TVM's tracker for a free device under the key (it queues us while all are busy)."""
-        from tvm.rpc import base
+        try:
+            from tvm.rpc import base
+        except ImportError:
+            raise MissingDependencyError("apache-tvm", "tvm") from None
 
         d = self.device
         left = self.deadline - time.monotonic()
@@ -293,39 +375,23 @@ class _Run:
     # -- calls with a deadline ----------------------------------------------------------------------
 
     def _call(self, what: str, fn):
-        """Run ``fn`` in a daemon thread; give up at the deadline (the thread is abandoned)."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
+        """Run ``fn`` (socket work bounded by the run's deadline); turn its failures into DeviceErrors."""
+        if time.monotonic() >= self.deadline:
             raise self._timed_out(what)
-        box = {}
-
-        def target(session):
-            try:
-                box["value"] = fn()
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                box["error"] = e
-
-        # The thread holds its own reference to the session (its argument, released when the thread
-        # ends): dropping the last one here while a call blocks in it would deadlock, as TVM frees
-        # remote handles under the session's lock while holding the GIL.
-        thread = threading.Thread(target=target, args=(self.session,), daemon=True,
-                                  name=f"edgedl-remote-{self.device}")
-        thread.start()
-        thread.join(left)
-        if thread.is_alive():
-            self.session = None  # the blocked call holds it until the device answers or goes away
-            raise self._timed_out(what)
-        error = box.get("error")
-        if error is None:
-            return box.get("value")
-        if isinstance(error, EdgeDLError):
-            raise error
-        raise self._classify(error, what)
+        try:
+            return fn()
+        except EdgeDLError:
+            raise
+        except TimeoutError:
+            self._close()
+            raise self._timed_out(what) from None
+        except (OSError, ValueError) as e:
+            self._close()
+            raise self._classify(e, what) from None
 
     def _remote_now(self, name: str, request: dict) -> dict:
-        """Call a remote edgedl function on this thread (inside a ``_call``)."""
-        func = self.session.get_function(name)
-        return json.loads(func(json.dumps(request)))
+        """Call a remote edgedl function (inside a ``_call``)."""
+        return self.session.call(name, request, self.deadline)
 
     def _remote(self, name: str, what: str, request: dict) -> dict:
         return self._check(self._call(what, lambda: self._remote_now(name, request)))
@@ -349,29 +415,26 @@ class _Run:
         raise err
 
     def _classify(self, error: BaseException, what: str) -> Exception:
-        text = str(error)
-        line = _first_line(error)
         d = self.device
-        if "RPCSessionTimeoutError" in text:
-            return self._timed_out(what)
-        if "Connect to" in text and "failed" in text:
+        if isinstance(error, _Mismatch):
+            return DeviceError(f"the agent at {d.address} is registered with a TVM tracker and takes no direct "
+                               "connections; use --device tracker://TRACKER_HOST:PORT/KEY")
+        if isinstance(error, _NotAgent):
+            return DeviceError(f"{d} {error}; run `edgedl serve` on the device (a plain TVM RPC server, "
+                               "tvm.exec.rpc_server, cannot measure bundles)")
+        if what.startswith("connecting") and isinstance(error, ConnectionRefusedError):
             if d.key:
                 return _lost(f"cannot reach the device {self.agent.get('address', '')} that the tracker {d.address} "
                              f"gave for '{d.key}'")
             return _lost(f"cannot reach an edgedl agent at {d.address} (connection refused); start one on the "
-                         f"device with: edgedl serve --host 0.0.0.0 --port {d.port} (or check the address)")
-        if "mismatch" in text.lower() or "matches key" in text:
-            return DeviceError(f"the agent at {d.address} is registered with a TVM tracker and takes no direct "
-                               "connections; use --device tracker://TRACKER_HOST:PORT/KEY")
-        if "edgedl." in text and any(w in text.lower() for w in ("not found", "cannot find", "has no function")):
-            return DeviceError(f"{d} is a TVM RPC server without edgedl's functions; run `edgedl serve` on the "
-                               "device instead of tvm.exec.rpc_server")
-        return _lost(f"lost the connection to the device {d} while {what} ({line}): the agent stopped or the "
-                     "device went away")
+                         f"device with: edgedl serve --host 0.0.0.0 --port {d.port} --trust KEY.pub (or check the "
+                         "address)")
+        return _lost(f"lost the connection to the device {d} while {what} ({_first_line(error)}): the agent "
+                     "stopped, refused the connection or the device went away")
 
     def _timed_out(self, what: str) -> DeviceError:
-        why = ("it hung, or the agent is busy: it runs one benchmark at a time" if what.startswith("connecting")
-               else "it hung or the run is too slow")
+        why = ("it hung, or the agent is busy: all its sessions are taken" if what.startswith("connecting")
+               else "it hung, the run is too slow, or another client's measurement held the device")
         return DeviceError(f"the device {self.device} did not answer within {self.timeout:g} s ({what}): {why}; "
                            "raise --timeout or lower --runs")
 
