@@ -74,7 +74,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgedl.errors import DeviceError, EdgeDLError, InputFileError, MissingDependencyError, OptionError
+from edgedl.errors import DeviceError, EdgeDLError, InputFileError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -425,10 +425,6 @@ def repeat(request: str) -> str:
 _FUNCTIONS = dict(zip(FUNCTIONS, (hello, assemble, measure, repeat)))
 
 
-def register() -> None:
-    """Kept for callers of the TVM-RPC agent: the functions are now served by :func:`serve` itself."""
-
-
 # ---------------------------------------------------------------------------------------------------
 # One session (a forked process; cwd = its folder)
 
@@ -477,8 +473,9 @@ def _upload(conn: socket.socket, args: dict, uploaded: dict, cap: int, idle: flo
     elif uploaded["files"] + 1 > MAX_FILES:
         refusal = InputFileError(name, f"one file too many: a session may upload at most {MAX_FILES} files")
     elif uploaded["bytes"] + size > cap:
-        refusal = InputFileError(name, f"uploading {size} bytes would take the session to {uploaded['bytes'] + size} "
-                                       f"bytes, over the agent's limit of {cap} (edgedl serve --max-upload-mb)")
+        refusal = InputFileError(name, f"uploading '{name}' ({size} bytes) would take the session to "
+                                       f"{uploaded['bytes'] + size} bytes, over the agent's limit of {cap} "
+                                       "(edgedl serve --max-upload-mb)")
     if refusal is not None:
         send_json(conn, json.loads(_error(refusal)), idle=idle)
         raise _SessionEnd(f"refused an upload: {refusal}")

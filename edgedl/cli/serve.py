@@ -22,7 +22,8 @@ import click
                    "--device tracker://HOST:PORT/KEY and the tracker hands out free devices.")
 @click.option("--key", default="edgedl", show_default=True, help="Device key to register under (with --tracker).")
 @click.option("--max-sessions", type=int, default=4, show_default=True,
-              help="Clients served at once (their measurements take turns on the device); more wait for a free one.")
+              help="Clients served at once (their measurements take turns on the device); more wait for a free one. "
+                   "With --tracker the agent asks the tracker for one client at a time, as one free device.")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True,
               help="End a session that sends nothing for this many seconds.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True,
