@@ -120,7 +120,9 @@ def samples_for(source: Source, options: CompileOptions) -> tuple[np.ndarray, np
     if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
         check_one_input(source.path, [getattr(t, "name", "?") for t in source.keras_model.inputs])
     name = options.dataset or source.metadata.get("dataset")
-    candidates = [name] if name else [n for n in DATASETS]
+    # unnamed: only data sets whose inputs can fit (loading FSDD or CIFAR-10 to find they do not costs seconds)
+    candidates = [name] if name else [n for n, info in DATASETS.items()
+                                      if tuple(info.input_shape) == tuple(source.input_shape)]
     for n in candidates:
         try:
             data = load_dataset(n, data_dir=options.data_dir, limit=max(options.num_samples, 10),

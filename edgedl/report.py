@@ -45,6 +45,12 @@ REQUIRED = (
     ("timing", "latency", "p50_us"), ("timing", "latency", "p90_us"), ("timing", "latency", "p99_us"),
     ("timing", "latency", "min_us"), ("timing", "latency", "max_us"),
 )
+# Optional figures: absent or null is fine, anything else must be a finite number (a list of them for lists).
+OPTIONAL_NUMBERS = (
+    ("timing", "spread", "relative"), ("timing", "throughput_per_s"), ("accuracy", "accuracy"),
+    ("bundle", "size_bytes"), ("memory", "peak_rss_bytes"), ("memory", "arena_bytes"),
+)
+OPTIONAL_NUMBER_LISTS = (("timing", "repeat_p50_us"),)
 HOW_TO_MAKE = "expected a result of `edgedl bench BUNDLE -o run.json` (schema edgedl.bench/1)"
 
 
@@ -186,6 +192,10 @@ def load_results(paths) -> list[Run]:
             raise InputFileError(p, f"is not a text file; {HOW_TO_MAKE}") from None
         except json.JSONDecodeError as e:
             raise InputFileError(p, f"is not JSON (line {e.lineno}: {e.msg}); {HOW_TO_MAKE}") from None
+        except RecursionError:
+            raise InputFileError(p, f"nests JSON arrays or objects too deeply to read; {HOW_TO_MAKE}") from None
+        except ValueError as e:  # an integer of more digits than Python converts (4300)
+            raise InputFileError(p, f"is not JSON this reads ({str(e).split(':')[0][:80]}); {HOW_TO_MAKE}") from None
         items = data if isinstance(data, list) else [data]
         if not items:
             raise InputFileError(p, f"holds an empty list; {HOW_TO_MAKE}")
@@ -216,10 +226,50 @@ def _problem(item) -> str | None:
             if not isinstance(node, dict) or part not in node:
                 return f"it lacks {'.'.join(path)}"
             node = node[part]
-        if path[0] == "timing" and (not isinstance(node, (int, float)) or isinstance(node, bool) or
-                                    not math.isfinite(node)):
-            return f"{'.'.join(path)} is {node!r}, not a number"
+        if path[0] == "timing":
+            problem = _not_a_number(".".join(path), node)
+            if problem:
+                return problem
+    for path in OPTIONAL_NUMBERS + OPTIONAL_NUMBER_LISTS:
+        node = item
+        for i, part in enumerate(path):
+            if node is None:
+                break
+            if not isinstance(node, dict):
+                return f"{'.'.join(path[:i]) } is {_kind(node)}, not an object"
+            node = node.get(part)
+        if node is None:
+            continue
+        name = ".".join(path)
+        if path in OPTIONAL_NUMBER_LISTS:
+            if not isinstance(node, list):
+                return f"{name} is {_kind(node)}, not a list of numbers"
+            problem = next((p for p in (_not_a_number(f"{name}[{j}]", v) for j, v in enumerate(node)) if p), None)
+        else:
+            problem = _not_a_number(name, node)
+        if problem:
+            return problem
     return None
+
+
+def _not_a_number(name: str, node) -> str | None:
+    """Why ``node`` is not a finite number (named ``name``), or None."""
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return f"{name} is {_kind(node)}, not a number"
+    try:
+        if math.isfinite(float(node)):
+            return None
+    except OverflowError:
+        return f"{name} is an integer too large for a float, not a finite number"
+    return f"{name} is {node}, not a finite number"
+
+
+def _kind(node) -> str:
+    """A short description of a JSON value for a message (never the whole of a big one)."""
+    if isinstance(node, (dict, list)):
+        return f"a JSON {'object' if isinstance(node, dict) else 'array'}"
+    text = repr(node)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _label(runs: list[Run]) -> None:

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from edgedl import _io, _lazy
 from edgedl.errors import ModelError, OptionError
 
 log = logging.getLogger(__name__)
+
+#: seeds NumPy, TensorFlow and Python's random all take
+SEED_MAX = 2**32 - 1
 
 DEFAULT_RECIPE = {
     "epochs": 5, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001,
@@ -107,8 +111,11 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
     """
     from edgedl.data import load_dataset
 
-    if epochs is not None and epochs < 1:
-        raise OptionError(f"--epochs must be a positive integer, got {epochs}")
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+            raise OptionError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= SEED_MAX:
+        raise OptionError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
     overrides = recipe or {}
     keras_model, recipe, zoo_name = resolve(model, dataset)
     recipe.update(overrides)
@@ -116,6 +123,10 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
     split = split or recipe.get("split") or None
     epochs = epochs or recipe["epochs"]
     batch_size = batch_size or recipe["batch_size"]
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):  # a recipe from a metrics JSON may say anything
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise OptionError(f"the recipe's {name} must be a positive integer, got {value!r}; "
+                              f"give --{name.replace('_', '-')}")
 
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
     keras = _lazy.keras()

@@ -97,6 +97,30 @@ def test_an_onnx_file_compiles_into_a_bundle_with_opset_and_versions(dense_onnx,
     assert backend.runs_here(load_target("x86_64")) == (True, "")
 
 
+def test_an_onnx_file_compiles_with_tvm_and_runs_from_its_bundle(dense_onnx, tmp_path):
+    """ONNX through TVM's Relax frontend: batch fixed to 1, the library loads and matches the math."""
+    pytest.importorskip("tvm")
+    from edgedl.runtime import load
+
+    path, expected = dense_onnx
+    r = compile_model(str(path), "x86_64", str(tmp_path / "tvm.edgedl"), CompileOptions(backend="tvm", num_samples=20))
+    m = r.manifest
+    assert m["backend"] == "tvm" and m["source"]["kind"] == "onnx" and m["runtime"]["library"] == "model.so"
+    assert m["inputs"][0]["shape"] == [1, 6] and m["outputs"][0]["shape"] == [1, 4]
+    assert m["fidelity"]["top1_agreement"] == 1.0 and m["fidelity"]["max_abs_error"] < 1e-5
+    x = np.random.default_rng(3).random((16, 6), dtype=np.float32)
+    np.testing.assert_allclose(load(r.path).predict(x), expected(x), atol=1e-5)
+
+
+def test_auto_measures_both_onnx_backends_and_keeps_the_faster(dense_onnx, tmp_path):
+    pytest.importorskip("tvm")
+    path, _ = dense_onnx
+    m = compile_model(str(path), "x86_64", str(tmp_path / "auto.edgedl"), CompileOptions(num_samples=20)).manifest
+    candidates = {c["backend"]: c for c in m["selection"]["candidates"]}
+    assert set(candidates) == {"onnxruntime", "tvm"} and all(c["ok"] for c in candidates.values())
+    assert m["backend"] == min(candidates, key=lambda b: candidates[b]["p50_us"])
+
+
 def test_a_model_onnx_runtime_cannot_load_is_an_input_file_error(tmp_path):
     from edgedl.backends.onnxruntime import onnx_reference
 

@@ -37,16 +37,21 @@ class BenchOptions:
     reference: str | None = None       # float model (.keras/.tflite) for the agreement figure
 
     def validate(self):
-        for name in ("warmup", "repeats", "threads"):
-            if getattr(self, name) < (0 if name == "warmup" else 1):
-                raise OptionError(f"--{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, "
-                                  f"got {getattr(self, name)}")
-        if self.runs < 1:
-            raise OptionError(f"--runs must be a positive integer, got {self.runs}")
-        if self.timeout <= 0:
-            raise OptionError(f"--timeout must be positive, got {self.timeout}")
-        if self.retries < 0:
-            raise OptionError(f"--retries must be a non-negative integer, got {self.retries}")
+        """Refuse settings no benchmark can use, by option name, before anything is loaded."""
+        import math
+        from numbers import Integral, Real
+
+        for name, low in (("warmup", 0), ("runs", 1), ("repeats", 1), ("threads", 1), ("retries", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+                raise OptionError(f"--{name} must be a {'non-negative' if low == 0 else 'positive'} integer, "
+                                  f"got {value!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, Integral)
+                                       or self.limit < 1):
+            raise OptionError(f"--limit must be a positive integer (test samples to score), got {self.limit!r}")
+        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, Real) or not math.isfinite(self.timeout)
+                or self.timeout <= 0):
+            raise OptionError(f"--timeout must be a positive, finite number of seconds, got {self.timeout!r}")
         if self.device:
             from edgedl.bench.remote import parse_device
 

@@ -4,19 +4,21 @@ import json
 
 import click
 
+from edgedl.cli._options import COUNT, COUNT_OR_ZERO, SECONDS
+
 
 @click.command("bench")
 @click.argument("bundle")
 @click.option("--dataset", "-d", help="Score accuracy on this data set (default: the one the bundle was checked on).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA).")
-@click.option("--limit", type=int, default=500, show_default=True, help="Test samples to score.")
-@click.option("--warmup", type=int, default=20, show_default=True, help="Untimed runs first.")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per repeat.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Repeats (their spread is reported).")
-@click.option("--threads", type=int, default=1, show_default=True, help="Engine threads.")
+@click.option("--limit", type=COUNT, default=500, show_default=True, help="Test samples to score.")
+@click.option("--warmup", type=COUNT_OR_ZERO, default=20, show_default=True, help="Untimed runs first.")
+@click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed runs per repeat.")
+@click.option("--repeats", type=COUNT, default=5, show_default=True, help="Repeats (their spread is reported).")
+@click.option("--threads", type=COUNT, default=1, show_default=True, help="Engine threads.")
 @click.option("--device", help="HOST:PORT of an `edgedl serve` agent, or tracker://HOST:PORT/KEY (default: here).")
-@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds before a run counts as hung.")
-@click.option("--retries", type=int, default=0, show_default=True, help="Retries on a lost remote device.")
+@click.option("--timeout", type=SECONDS, default=600, show_default=True, help="Seconds before a run counts as hung.")
+@click.option("--retries", type=COUNT_OR_ZERO, default=0, show_default=True, help="Retries on a lost remote device.")
 @click.option("--reference", type=click.Path(exists=True), help="Float model for top-1 agreement (.keras or .tflite).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema edgedl.bench/1).")

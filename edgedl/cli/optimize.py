@@ -4,6 +4,8 @@ import json
 
 import click
 
+from edgedl.cli._options import COUNT, SEED, Number, Whole
+
 
 def _fraction(value):
     """Leave range checks to the API (one message for both); only make it a number here."""
@@ -34,7 +36,7 @@ def _whole(value):
                    "erk: the sparsity on average, small layers (depthwise, classifier) kept denser.")
 @click.option("--prune-schedule", type=click.Choice(["polynomial", "constant"]), default="polynomial",
               show_default=True, help="Sparsity grows over fine-tuning (polynomial) or starts at the target.")
-@click.option("--prune-block", type=int, default=1, show_default=True, metavar="N",
+@click.option("--prune-block", type=Whole(1, 64), default=1, show_default=True, metavar="N",
               help="Prune runs of N weights along the input channels together (contiguous in the .tflite: "
                    "the zeros gzip far better); 1 prunes single weights.")
 @click.option("--structured", metavar="FRACTION", help="Structured pruning: fraction of Conv filters / Dense units to remove, in (0, 1).")
@@ -60,17 +62,17 @@ def _whole(value):
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
-@click.option("--distill-alpha", type=float, metavar="FRACTION",
+@click.option("--distill-alpha", type=Number(0, 1, max_open=True), metavar="FRACTION",
               help="With --distill, the share of the loss on the labels, in [0, 1) [default: 0.5]; the rest is on "
                    "the baseline's predictions (softened at temperature 4), and 0 learns from the baseline alone.")
-@click.option("--lr-scale", type=float, metavar="FACTOR",
+@click.option("--lr-scale", type=Number(0, 10, min_open=True), metavar="FACTOR",
               help="Fine-tuning after pruning starts at this multiple of the recipe's learning rate and decays it "
                    "with a cosine [default: 0.5]; 1 retrains at the full rate, which recovers more after a deep cut.")
 @click.option("--quantize", "-q", metavar="MODE", help="Quantization: int8, int16x8, float16 or dynamic (default: keep float32).")
 @click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion (implies --quantize int8).")
 @click.option("--io", "io_type", default="float", metavar="TYPE", show_default=True,
               help="Input/output type of an int8 model: float, int8 or uint8.")
-@click.option("--num-calibration", type=int, default=200, show_default=True,
+@click.option("--num-calibration", type=COUNT, default=200, show_default=True,
               help="Representative samples from the training split for int8/int16x8.")
 @click.option("--per-tensor", is_flag=True,
               help="int8/int16x8 weights with one scale per tensor, not per output channel: a smaller file on "
@@ -84,11 +86,11 @@ def _whole(value):
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Folder for model.keras, model.tflite, report.json, report.md and stages.png (a plot of every stage).")
 @click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
-@click.option("--epochs", "-e", type=int,
+@click.option("--epochs", "-e", type=COUNT,
               help="Fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps); for a zoo name, also the training epochs.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
-@click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
+@click.option("--limit", type=COUNT, help="Use at most this many samples per split (quick runs).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
 @click.option("--deterministic", is_flag=True,
               help="Bit-identical fine-tuning for the same seed (TensorFlow's op determinism; can be slower, "
                    "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "

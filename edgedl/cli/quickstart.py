@@ -4,15 +4,17 @@ import json
 
 import click
 
+from edgedl.cli._options import COUNT, SEED
+
 
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Data directory with mnist/ (default: $EDGEDL_DATA; without either, scikit-learn's digits).")
 @click.option("--dataset", "-d", help="Data set to train on (default: mnist with a data directory, else digits).")
 @click.option("--model", "-m", default="lenet", show_default=True, help="Zoo model to train.")
-@click.option("--epochs", "-e", type=int, help="Training epochs (default: 8 on digits, 3 otherwise).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed inferences per variant and repeat.")
+@click.option("--epochs", "-e", type=COUNT, help="Training epochs (default: 8 on digits, 3 otherwise).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed inferences per variant and repeat.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="edgedl-quickstart",
               show_default=True, help="Folder for the model, the .tflite files and results.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")

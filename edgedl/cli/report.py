@@ -4,6 +4,8 @@ import json
 
 import click
 
+from edgedl.cli._options import Number
+
 
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, metavar="RUN.json...")
@@ -11,7 +13,7 @@ import click
               help="Write the report here: .html (self-contained, with plots) or .md (default: Markdown to stdout).")
 @click.option("--baseline", "-b", multiple=True, metavar="BASE.json",
               help="Baseline results to check against (repeat for several files).")
-@click.option("--threshold", type=float, default=0.10, show_default=True,
+@click.option("--threshold", type=Number(min=0, min_open=True), default=0.10, show_default=True,
               help="Relative p50 slowdown that counts as a regression (0.10: 10% slower).")
 @click.option("--fail-on-regression", is_flag=True, help="Exit non-zero when the check finds a regression.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (runs, Pareto front, check) as JSON.")

@@ -4,15 +4,17 @@ import json
 
 import click
 
+from edgedl.cli._options import COUNT, SEED
+
 
 @click.command()
 @click.argument("model")
 @click.option("--dataset", "-d", help="Data set (default: the model's recipe). See `edgedl data list`.")
 @click.option("--split", help="Data set split, e.g. official or speaker:theo (FSDD).")
-@click.option("--epochs", "-e", type=int, help="Epochs (default: the recipe's).")
-@click.option("--batch-size", type=int, help="Batch size (default: the recipe's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
-@click.option("--limit", type=int, help="Use at most this many samples per split (quick runs).")
+@click.option("--epochs", "-e", type=COUNT, help="Epochs (default: the recipe's).")
+@click.option("--batch-size", type=COUNT, help="Batch size (default: the recipe's).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
+@click.option("--limit", type=COUNT, help="Use at most this many samples per split (quick runs).")
 @click.option("--deterministic", is_flag=True,
               help="Bit-identical model for the same seed (TensorFlow's op determinism; can be slower, "
                    "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "
