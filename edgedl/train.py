@@ -115,7 +115,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
             raise OptionError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= SEED_MAX:
-        raise OptionError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
+        raise OptionError(f"--seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
     overrides = recipe or {}
     keras_model, recipe, zoo_name = resolve(model, dataset)
     recipe.update(overrides)

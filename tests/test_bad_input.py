@@ -31,7 +31,7 @@ def the_error(code, err) -> str:
 
 # --- numbers out of range: refused as click parses them, before any model, data set or bundle is read ---
 
-SEED_RANGE = "--seed must be an integer from 0 to 4294967295"
+SEED_RANGE = "--seed must be a whole number from 0 to 4294967295"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -45,17 +45,18 @@ SEED_RANGE = "--seed must be an integer from 0 to 4294967295"
     (["train", "lenet", "--limit", "0"], "--limit must be a positive integer, got 0"),
     (["optimize", "lenet", "-q", "int8", "-o", "out", "--seed", "-1"], f"{SEED_RANGE}, got -1"),
     (["optimize", "lenet", "-q", "int8", "-o", "out", "--prune-block", "0"],
-     "--prune-block must be an integer from 1 to 64, got 0"),
+     "--prune-block must be a whole number from 1 to 64, got 0"),
     (["optimize", "lenet", "-q", "int8", "-o", "out", "--num-calibration", "0"],
      "--num-calibration must be a positive integer, got 0"),
     (["optimize", "lenet", "-q", "int8", "-o", "out", "--epochs", "-2"], "--epochs must be a positive integer, got -2"),
     (["optimize", "lenet", "-q", "int8", "-o", "out", "--limit", "0"], "--limit must be a positive integer, got 0"),
     (["optimize", "lenet", "--prune", "0.5", "-o", "out", "--distill", "--distill-alpha", "nan"],
-     "--distill-alpha must be a finite number in [0, 1), got nan"),
+     "--distill-alpha must be in [0, 1), the share of the loss on the labels (the rest is on the teacher; 0: the "
+     "teacher alone), got nan"),
     (["optimize", "lenet", "--prune", "0.5", "-o", "out", "--lr-scale", "inf"],
-     "--lr-scale must be a finite number in (0, 10], got inf"),
+     "--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got inf"),
     (["optimize", "lenet", "--prune", "0.5", "-o", "out", "--lr-scale", "0"],
-     "--lr-scale must be a number in (0, 10], got 0"),
+     "--lr-scale must be a number in (0, 10], a multiple of the recipe's learning rate, got 0.0"),
     (["optimize", "lenet", "-o", "out", "--prune", "nan"], "--prune must be between 0 and 1 (exclusive), got nan"),
     (["bench", "b.edgedl", "--timeout", "nan"], "--timeout must be a finite number more than 0, got nan"),
     (["bench", "b.edgedl", "--timeout", "inf"], "--timeout must be a finite number more than 0, got inf"),

@@ -1,7 +1,7 @@
 """Numeric option types for the CLI: each value is range-checked as click parses it, before any work.
 
 A bad value is an :class:`~edgedl.errors.OptionError` naming the option, what it takes and what it got
-(``--seed must be an integer from 0 to 4294967295, got -1``): one ``error:`` line and exit 2, like
+(``--seed must be a whole number from 0 to 4294967295, got -1``): one ``error:`` line and exit 2, like
 every other option error, instead of a traceback from deep inside NumPy or TensorFlow minutes later.
 
 Example:
@@ -37,7 +37,7 @@ class Whole(click.ParamType):
 
     def expected(self) -> str:
         if self.min is not None and self.max is not None:
-            return f"an integer from {self.min} to {self.max}"
+            return f"a whole number from {self.min} to {self.max}"
         if self.min == 1:
             return "a positive integer"
         if self.min == 0:

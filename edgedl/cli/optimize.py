@@ -4,7 +4,7 @@ import json
 
 import click
 
-from edgedl.cli._options import COUNT, SEED, Number, Whole
+from edgedl.cli._options import COUNT, SEED, Whole
 
 
 def _fraction(value):
@@ -62,10 +62,10 @@ def _whole(value):
 @click.option("--distill", is_flag=True,
               help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
                    "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
-@click.option("--distill-alpha", type=Number(0, 1, max_open=True), metavar="FRACTION",
+@click.option("--distill-alpha", type=float, metavar="FRACTION",
               help="With --distill, the share of the loss on the labels, in [0, 1) [default: 0.5]; the rest is on "
                    "the baseline's predictions (softened at temperature 4), and 0 learns from the baseline alone.")
-@click.option("--lr-scale", type=Number(0, 10, min_open=True), metavar="FACTOR",
+@click.option("--lr-scale", type=float, metavar="FACTOR",
               help="Fine-tuning after pruning starts at this multiple of the recipe's learning rate and decays it "
                    "with a cosine [default: 0.5]; 1 retrains at the full rate, which recovers more after a deep cut.")
 @click.option("--quantize", "-q", metavar="MODE", help="Quantization: int8, int16x8, float16 or dynamic (default: keep float32).")
