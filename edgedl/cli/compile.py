@@ -4,6 +4,8 @@ import json
 
 import click
 
+from edgedl.cli._options import COUNT, Number
+
 
 @click.command("compile")
 @click.argument("model")
@@ -22,13 +24,13 @@ import click
 @click.option("--dataset", "-d", help="Data set for calibration and the fidelity check (default: the model's).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Data directory (default: $EDGEDL_DATA).")
-@click.option("--samples", "num_samples", type=int, default=100, show_default=True, help="Samples for the fidelity check.")
-@click.option("--max-disagreement", type=float, default=0.02, show_default=True,
+@click.option("--samples", "num_samples", type=COUNT, default=100, show_default=True, help="Samples for the fidelity check.")
+@click.option("--max-disagreement", type=Number(0, 1), default=0.02, show_default=True,
               help="Fail when top-1 agreement with the reference falls below 1 minus this.")
 @click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (tuning database kept and reused).")
-@click.option("--trials", type=int, default=64, show_default=True, help="TVM: MetaSchedule trials in total.")
+@click.option("--trials", type=COUNT, default=64, show_default=True, help="TVM: MetaSchedule trials in total.")
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
-@click.option("--threads", "num_threads", type=int, default=1, show_default=True, help="Threads for the checks.")
+@click.option("--threads", "num_threads", type=COUNT, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data_dir, num_samples,
                     max_disagreement, tune, trials, tuning_db, num_threads, as_json):

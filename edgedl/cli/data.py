@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import click
+
+from edgedl.cli._options import COUNT
 from rich.console import Console
 from rich.table import Table
 
@@ -76,7 +78,7 @@ def list_command(as_json, data_dir):
 @DATA_DIR
 @click.option("--split", default=None, help="official (default); for fsdd also speaker:NAME.")
 @click.option("--features", default=None, help="fsdd only: logmel (default) or mfcc.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many samples per split.")
+@click.option("--limit", type=COUNT, default=None, help="At most this many samples per split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_command(name, data_dir, split, features, limit, as_json):
     """Load data set NAME and show its sizes, shapes, classes and preprocessing."""

@@ -2,14 +2,16 @@
 
 import click
 
+from edgedl.cli._options import COUNT, SECONDS, Number, Whole
+
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. The default takes connections from this machine only. Any other address "
                    "(0.0.0.0: every interface) needs --trust or --insecure: the agent runs the native code of the "
                    "bundles it is sent.")
-@click.option("--port", type=int, default=9090, show_default=True, help="Port to listen on.")
-@click.option("--port-end", type=int,
+@click.option("--port", type=Whole(1, 65535), default=9090, show_default=True, help="Port to listen on.")
+@click.option("--port-end", type=Whole(1, 65535),
               help="Last port to try when --port and the ones after it are taken [default: --port + 109, so 9199].")
 @click.option("--trust", "trust", multiple=True, metavar="KEY.pub",
               help="Accept only bundles signed by this public key (from `edgedl keygen`; sign with "
@@ -21,14 +23,14 @@ import click
               help="Register with this TVM tracker (python -m tvm.exec.rpc_tracker); clients then use "
                    "--device tracker://HOST:PORT/KEY and the tracker hands out free devices.")
 @click.option("--key", default="edgedl", show_default=True, help="Device key to register under (with --tracker).")
-@click.option("--max-sessions", type=int, default=4, show_default=True,
+@click.option("--max-sessions", type=COUNT, default=4, show_default=True,
               help="Clients served at once (their measurements take turns on the device); more wait for a free one. "
                    "With --tracker the agent asks the tracker for one client at a time, as one free device.")
-@click.option("--idle-timeout", type=float, default=60.0, show_default=True,
+@click.option("--idle-timeout", type=SECONDS, default=60.0, show_default=True,
               help="End a session that sends nothing for this many seconds.")
-@click.option("--handshake-timeout", type=float, default=10.0, show_default=True,
+@click.option("--handshake-timeout", type=SECONDS, default=10.0, show_default=True,
               help="Close a new connection that has not completed the handshake within this many seconds.")
-@click.option("--max-upload-mb", type=float, default=1024.0, show_default=True,
+@click.option("--max-upload-mb", type=Number(min=0, min_open=True), default=1024.0, show_default=True,
               help="The most one session may upload (bundle and samples), in MiB.")
 def serve(host, port, port_end, trust, insecure, tracker, key, max_sessions, idle_timeout, handshake_timeout,
           max_upload_mb):
