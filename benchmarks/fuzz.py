@@ -872,7 +872,7 @@ def prepare(case: dict, seeds: dict, case_dir: Path) -> dict:
             target = case_dir / "input" / "r.json"
             target.write_text("[" * 100_000 + "]" * 100_000 if case["how"] == "deeply_nested_json"
                               else '{"schema": "edgedl.bench/1", "x": ' + "9" * 5000 + "}")
-    run["must_refuse"] = run["how"] in MUST_REFUSE
+    run["must_refuse"] = kind in ("output", "options") and run["how"] in MUST_REFUSE
     if runner == "inspect":
         argv = [PY, "-c", CLI, "inspect", str(target)] + (["--target", case["target"]] if case.get("target") else [])
     elif runner == "bench":
@@ -976,7 +976,8 @@ def run_case(case: dict, seeds: dict, work: Path, repo: Path, data: str | None, 
         shutil.rmtree(case_dir, ignore_errors=True)
         return dict(case, outcome="skipped", how="?", detail=f"could not make the case: {type(e).__name__}: {e}")
     before = snapshot(case_dir)
-    limit = timeout * (4 if case["runner"] in ("compile", "train") else 1)
+    slow = case["runner"] in ("compile", "train") or case["kind"] in ("keras", "h5")  # these import TensorFlow
+    limit = timeout * (4 if slow else 1)
     start = time.monotonic()
     proc = subprocess.Popen(run["argv"], cwd=case_dir / "home", env=child_env(repo, case_dir, data),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -1155,7 +1156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=30, help="seconds per case (compile and train get 4x)")
+    ap.add_argument("--timeout", type=float, default=30,
+                    help="seconds per case (compile, train and Keras models get 4x: they import TensorFlow)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
     ap.add_argument("--seeds-dir", type=Path, help="seed cache (default: ~/.cache/edgedl-fuzz/<commit of --repo>)")
     ap.add_argument("--subset", help=f"comma-separated kinds ({', '.join(KINDS)}); default all")
