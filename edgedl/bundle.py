@@ -471,8 +471,9 @@ def _verify_dir(manifest: dict, directory: Path, where) -> None:
         if os.path.commonpath([root, os.path.realpath(f)]) != root:
             raise InputFileError(where, f"bundle file path '{rel}' escapes the bundle")
         if st.st_size != e["bytes"]:
-            raise InputFileError(where, f"bundle file '{rel}' has {st.st_size} bytes, the manifest says {e['bytes']}: "
-                                        "the bundle was changed after compiling; refusing to load it")
+            raise InputFileError(where, f"bundle file '{rel}' does not match its size in the manifest ({st.st_size} "
+                                        f"bytes, listed with {e['bytes']}): the bundle was changed after compiling; "
+                                        "refusing to load it")
         digest = _io.sha256_file(f)
         if digest != e["sha256"]:
             raise InputFileError(where, f"bundle file '{rel}' does not match its sha256 in the manifest "
@@ -508,8 +509,9 @@ def _unpack(path: Path, manifest: dict, directory: Path) -> None:
                 if name in found:
                     raise InputFileError(path, f"archive member '{name[:80]}' appears twice; refusing the bundle")
                 if m.size != wanted[name]["bytes"]:
-                    raise InputFileError(path, f"bundle file '{name}' has {m.size} bytes, the manifest says "
-                                               f"{wanted[name]['bytes']}: the bundle was changed after compiling")
+                    raise InputFileError(path, f"bundle file '{name}' does not match its size in the manifest "
+                                               f"({m.size} bytes, listed with {wanted[name]['bytes']}): the bundle "
+                                               "was changed after compiling; refusing to load it")
                 found[name] = m
             missing = sorted(set(wanted) - set(found))
             if missing:
