@@ -87,8 +87,10 @@ class LiteRTEngine(Engine):
             with quiet():  # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on stderr
                 self.interpreter = Interpreter(**kwargs)
                 self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise InputFileError(model_path, f"LiteRT cannot load it ({' '.join(str(e).split())[:200]})") from None
+        except Exception as e:  # noqa: BLE001 - a malformed model fails in LiteRT's C++ or its flatbuffer reader
+            # (ValueError, RuntimeError, struct.error, IndexError, ... as the bytes fall)
+            raise InputFileError(model_path, f"LiteRT cannot load it ({' '.join(str(e).split())[:200] or type(e).__name__})"
+                                 ) from None
         self.inputs = [_litert_spec(d) for d in self.interpreter.get_input_details()]
         self.outputs = [_litert_spec(d) for d in self.interpreter.get_output_details()]
         self._in = self.interpreter.get_input_details()[0]["index"]
