@@ -12,17 +12,20 @@ import logging
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from edgedl import __version__, _io
+from edgedl import __version__, _io, _isolate
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.modelio import metrics_beside
 
 log = logging.getLogger(__name__)
 
 SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
+CHECK_TIMEOUT_S = 300.0   # the first load, the reference and each fidelity run of an untrusted model, in a child
+ENGINE_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "tvm": "TVM", "onnxruntime": "ONNX Runtime"}
 
 
 @dataclass
@@ -72,22 +75,20 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> Source:
         raise InputFileError(p, "no such file or folder; expected .keras, .h5, SavedModel, .tflite or .onnx")
     sha = _io.sha256_file(p) if p.is_file() else _dir_sha(p)
     meta = metrics_beside(p) if p.is_file() else {}
+    # A .tflite or .onnx from elsewhere is parsed, allocated and run for the first time in a child
+    # process (edgedl._isolate): a native crash on a malformed file is one error line naming it.
     if p.suffix == ".tflite":
-        from edgedl.graph import read_tflite
-        from edgedl.runtime.engines import LiteRTEngine
-        from edgedl.runtime.quant import predict
-
-        graph = read_tflite(p)
+        probe = _isolate.run(_probe_tflite, p, file=p, tool="LiteRT", action="loading it", timeout=CHECK_TIMEOUT_S)
         if options.quantize != "none":
             raise OptionError(f"--quantize applies to Keras models; {p.name} is already a .tflite "
-                              f"({'quantized' if graph.is_quantized else 'float'})")
-        engine = LiteRTEngine(p)
-        return Source(p, "tflite", sha, p, lambda x: predict(engine, x), tuple(engine.inputs[0].shape[1:]), meta)
+                              f"({'quantized' if probe['quantized'] else 'float'})")
+        reference = partial(_isolated_reference, _reference_tflite, p, "LiteRT")
+        return Source(p, "tflite", sha, p, reference, probe["input_shape"], meta)
     if p.suffix == ".onnx":
-        from edgedl.backends.onnxruntime import onnx_reference
-
-        ref, shape = onnx_reference(p)
-        return Source(p, "onnx", sha, None, ref, shape, meta)
+        shape = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
+                             timeout=CHECK_TIMEOUT_S)
+        return Source(p, "onnx", sha, None, partial(_isolated_reference, _reference_onnx, p, "ONNX Runtime"),
+                      shape, meta)
     from edgedl.modelio import load_model
     from edgedl.train import predict as keras_predict
 
@@ -96,6 +97,87 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> Source:
     source = Source(p, "keras", sha, None, lambda x: keras_predict(model, x), shape, meta)
     source.keras_model = model
     return source
+
+
+def _probe_tflite(path: Path) -> dict:
+    """Parse and allocate a ``.tflite`` with LiteRT (in a child process): whether it is quantized and
+    its input shape without the batch."""
+    from edgedl.graph import read_tflite
+    from edgedl.runtime.engines import LiteRTEngine
+
+    graph = read_tflite(path)
+    if not graph.inputs or not graph.outputs:
+        raise InputFileError(path, f"the model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
+                                   "edgedl needs one input and at least one output")
+    engine = LiteRTEngine(path)
+    problem = _io_problem(engine)
+    if problem:
+        raise InputFileError(path, problem)
+    return {"quantized": graph.is_quantized, "input_shape": tuple(engine.inputs[0].shape[1:])}
+
+
+def _io_problem(engine) -> str:
+    """What is wrong with an engine's first input and output for edgedl, or "" (one input and an
+    output, each with a batch axis of 1 and fixed, positive sizes)."""
+    if not engine.inputs or not engine.outputs:
+        return (f"the model has {len(engine.inputs)} inputs and {len(engine.outputs)} outputs; edgedl needs one "
+                "input and at least one output")
+    for kind, spec in (("input", engine.inputs[0]), ("output", engine.outputs[0])):
+        if len(spec.shape) < 1 or spec.shape[0] != 1 or min(spec.shape) < 1:
+            return (f"its {kind} '{spec.name[:80]}' has the shape {list(spec.shape)}; edgedl needs a batch axis "
+                    "of 1 first and fixed, positive sizes")
+    return ""
+
+
+def _reference_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    """LiteRT's outputs of a ``.tflite`` on float samples (in a child process)."""
+    from edgedl.runtime.engines import LiteRTEngine
+    from edgedl.runtime.quant import predict
+
+    engine = LiteRTEngine(path)
+    try:
+        return predict(engine, x)
+    except (ValueError, RuntimeError) as e:  # "Tensor data is null": no operator writes the output
+        raise InputFileError(path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})") from None
+
+
+def _probe_onnx(path: Path) -> tuple:
+    from edgedl.backends.onnxruntime import onnx_reference
+
+    return tuple(onnx_reference(path)[1])
+
+
+def _reference_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    from edgedl.backends.onnxruntime import onnx_reference
+
+    return onnx_reference(path)[0](x)
+
+
+def _isolated_reference(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:
+    return _isolate.run(fn, path, x, file=path, tool=tool, action=f"computing the reference on {len(x)} samples",
+                        timeout=CHECK_TIMEOUT_S)
+
+
+def _check_compiled(source: Path, name: str, compiled, x: np.ndarray, num_threads: int, timed: bool) -> dict:
+    """Run a compiled model on the samples (in a child process): its float outputs, and its median
+    latency on one sample where ``timed``."""
+    from edgedl.backends import get_backend
+    from edgedl.runtime.quant import predict
+
+    engine = get_backend(name).load(compiled, num_threads=num_threads)
+    problem = _io_problem(engine)
+    if problem:
+        raise BackendError(f"{source}: built with {name}, {problem}")
+    try:
+        result = {"outputs": predict(engine, x)}
+    except (ValueError, RuntimeError) as e:
+        raise BackendError(f"{source}: {name} cannot run its build ({' '.join(str(e).split())[:200]})") from None
+    if timed:
+        from edgedl.bench import measure_latency
+        from edgedl.runtime.quant import quantize
+
+        result["p50_us"] = measure_latency(engine, quantize(x[:1], engine.inputs[0]), 10, 100)["p50_us"]
+    return result
 
 
 def _dir_sha(p: Path) -> str:
@@ -265,16 +347,25 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
                 entry["not_checked"] = why_not
             else:
                 say(f"checking {name} against the reference on {len(x)} samples")
-                engine = backend.load(compiled, num_threads=options.num_threads)
-                from edgedl.runtime.quant import predict
-
-                entry["fidelity"] = fidelity(reference, predict(engine, x), y)
+                # The compiled model's first run is in a child process, like the source's.
+                try:
+                    timed = len(names) > 1 and target_here
+                    checked = _isolate.run(_check_compiled, source.path, name, compiled, x, options.num_threads, timed,
+                                           file=source.path, tool=ENGINE_NAMES.get(name, name),
+                                           action=f"running its {name} build on {len(x)} samples",
+                                           timeout=CHECK_TIMEOUT_S)
+                    if np.shape(checked["outputs"]) != np.shape(reference):
+                        raise BackendError(f"{name}'s build of {source.path.name} gives outputs of shape "
+                                           f"{np.shape(checked['outputs'])}, the reference {np.shape(reference)}")
+                except EdgeDLError as e:
+                    if len(names) == 1:
+                        raise
+                    results.append({"backend": name, "ok": False, "error": str(e)})
+                    continue
+                entry["fidelity"] = fidelity(reference, checked["outputs"], y)
                 entry["ok"] = entry["fidelity"]["top1_agreement"] >= 1.0 - options.max_disagreement
-                if len(names) > 1 and target_here:
-                    from edgedl.bench import measure_latency
-                    from edgedl.runtime.quant import quantize
-
-                    entry["p50_us"] = measure_latency(engine, quantize(x[:1], engine.inputs[0]), 10, 100)["p50_us"]
+                if "p50_us" in checked:
+                    entry["p50_us"] = checked["p50_us"]
             results.append(entry)
         chosen, reason = _choose(results, options)
         compiled = chosen["compiled"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ class Graph:
 
     @property
     def num_params(self) -> int:
-        return sum(int(np.prod(t["shape"])) for t in self.tensors.values() if t["constant"] and t["shape"] is not None)
+        return sum(prod(t["shape"]) for t in self.tensors.values()
+                   if t["constant"] and t["shape"] is not None and all(d >= 0 for d in t["shape"]))
 
     @property
     def is_quantized(self) -> bool:
@@ -78,12 +80,13 @@ def read_tflite(path: str | Path) -> Graph:
             interp = Interpreter(model_content=data)
             ops_details = interp._get_ops_details()
             tensor_details = interp.get_tensor_details()
-    except (ValueError, RuntimeError) as e:
+            input_details, output_details = interp.get_input_details(), interp.get_output_details()
+    except (ValueError, RuntimeError, IndexError) as e:  # IndexError: an input or output index out of range
         raise InputFileError(path, f"corrupt or unsupported TFLite model ({' '.join(str(e).split())[:160]})") from None
     produced = set()
     for d in ops_details:
         produced.update(int(i) for i in d["outputs"])
-    input_ids = {d["index"] for d in interp.get_input_details()}
+    input_ids = {d["index"] for d in input_details}
     tensors = {}
     for t in tensor_details:
         idx = int(t["index"])
@@ -99,38 +102,52 @@ def read_tflite(path: str | Path) -> Graph:
         op.macs = _macs(op, tensors)
     io = lambda details: [{"name": d["name"], "shape": [int(s) for s in d["shape"]],  # noqa: E731
                            "dtype": np.dtype(d["dtype"]).name} for d in details]
-    return Graph(str(path), len(data), ops, tensors, io(interp.get_input_details()), io(interp.get_output_details()))
+    return Graph(str(path), len(data), ops, tensors, io(input_details), io(output_details))
 
 
-def _shape(tensors, i):
-    return tensors[i]["shape"] if i >= 0 and i in tensors else None
+def _shape(tensors, op: Op, k: int, rank: int = 0) -> list | None:
+    """The shape of input ``k`` of ``op`` when it has one of at least ``rank`` known, non-negative
+    dimensions; None otherwise (a malformed or optional input counts no MACs rather than failing)."""
+    if k >= len(op.inputs):
+        return None
+    t = tensors.get(op.inputs[k]) if op.inputs[k] >= 0 else None
+    shape = t["shape"] if t else None
+    if shape is None or len(shape) < rank or any(d < 0 for d in shape):
+        return None
+    return shape
 
 
 def _macs(op: Op, tensors) -> int:
-    """Multiply-accumulates of one operator, from its output and weight shapes."""
-    out = _shape(tensors, op.outputs[0]) if op.outputs else None
-    if not out:
+    """Multiply-accumulates of one operator, from its output and weight shapes.
+
+    Counted with Python integers (no overflow on absurd shapes) and only from shapes of the rank the
+    operator's schema gives: a malformed model counts 0 for an operator rather than failing.
+    """
+    t = tensors.get(op.outputs[0]) if op.outputs and op.outputs[0] >= 0 else None
+    out = t["shape"] if t else None
+    if not out or any(d < 0 for d in out):
         return 0
+    size = prod(out)
     if op.name in ("CONV_2D",):
-        w = _shape(tensors, op.inputs[1])  # [cout, kh, kw, cin]
-        return int(np.prod(out) * w[1] * w[2] * w[3]) if w else 0
+        w = _shape(tensors, op, 1, 4)  # [cout, kh, kw, cin]
+        return size * w[1] * w[2] * w[3] if w else 0
     if op.name == "DEPTHWISE_CONV_2D":
-        w = _shape(tensors, op.inputs[1])  # [1, kh, kw, cout]
-        return int(np.prod(out) * w[1] * w[2]) if w else 0
+        w = _shape(tensors, op, 1, 4)  # [1, kh, kw, cout]
+        return size * w[1] * w[2] if w else 0
     if op.name == "TRANSPOSE_CONV":
-        w = _shape(tensors, op.inputs[1])
-        x = _shape(tensors, op.inputs[2])
-        return int(np.prod(x) * w[0] * w[1] * w[2]) if w and x else 0
+        w = _shape(tensors, op, 1, 3)
+        x = _shape(tensors, op, 2)
+        return prod(x) * w[0] * w[1] * w[2] if w and x else 0
     if op.name == "FULLY_CONNECTED":
-        w = _shape(tensors, op.inputs[1])  # [units, in]
-        return int(np.prod(out[:-1]) * w[0] * w[1]) if w else 0
+        w = _shape(tensors, op, 1, 2)  # [units, in]
+        return prod(out[:-1]) * w[0] * w[1] if w else 0
     if op.name == "BATCH_MATMUL":
-        a = _shape(tensors, op.inputs[0])
-        return int(np.prod(out) * a[-1]) if a else 0
+        a = _shape(tensors, op, 0, 1)
+        return size * a[-1] if a else 0
     if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM":
-        x = _shape(tensors, op.inputs[0])  # [batch, time, in]
-        w = _shape(tensors, op.inputs[1])  # input-to-input weights [units, in]
-        wr = _shape(tensors, op.inputs[5])  # recurrent weights [units, units]
+        x = _shape(tensors, op, 0, 2)  # [batch, time, in]
+        w = _shape(tensors, op, 1, 2)  # input-to-input weights [units, in]
+        wr = _shape(tensors, op, 5, 2)  # recurrent weights [units, units]
         if x and w and wr:
-            return int(x[0] * x[1] * 4 * (w[0] * w[1] + wr[0] * wr[1]))
+            return x[0] * x[1] * 4 * (w[0] * w[1] + wr[0] * wr[1])
     return 0

@@ -7,7 +7,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from edgedl import _isolate
 from edgedl.errors import EdgeDLError, InputFileError
+
+READ_TIMEOUT_S = 120.0  # parsing, allocating and the support checks of one model; seconds for real ones
 
 
 def inspect_path(path: str, target: str | None = None) -> dict:
@@ -21,7 +24,6 @@ def inspect_path(path: str, target: str | None = None) -> dict:
         A JSON-able dict: kind, size, operators with counts and MACs, parameters, inputs/outputs,
         and per-backend support (``{backend: {"ok": bool, "unsupported": {op: reason}}}``).
     """
-    from edgedl.graph import read_tflite
     from edgedl.targets import host_target, load_target
 
     p = Path(path)
@@ -34,18 +36,19 @@ def inspect_path(path: str, target: str | None = None) -> dict:
             from edgedl.bundle import open_bundle
 
             bundle_manifest, directory, holder = open_bundle(p)
-            info["kind"] = "bundle"
+            kind = info["kind"] = "bundle"
             info["bundle"] = {k: bundle_manifest[k] for k in ("backend", "source", "fidelity", "estimates", "files")}
             info["bundle"]["target"] = bundle_manifest["target"]["name"]
             tfl = next((directory / f["path"] for f in bundle_manifest["files"] if f["path"].endswith(".tflite")), None)
             if tfl is None:
                 info["size_bytes"] = sum(f["bytes"] for f in bundle_manifest["files"])
                 return info
+            tfl_name = p / tfl.relative_to(directory)
             tfl_copy = Path(tmp) / "model.tflite"
             tfl_copy.write_bytes(tfl.read_bytes())
             tfl = tfl_copy
         elif p.suffix == ".tflite":
-            info["kind"] = "tflite"
+            kind = info["kind"] = "tflite"
             tfl = p
         elif p.suffix == ".onnx":
             return _inspect_onnx(p, info)
@@ -54,25 +57,38 @@ def inspect_path(path: str, target: str | None = None) -> dict:
             from edgedl.modelio import load_model
 
             model = load_model(str(p))
-            info["kind"] = "keras"
+            kind = info["kind"] = "keras"
             info["keras"] = {"name": model.name, "num_params": int(model.count_params()),
                              "layers": len(model.layers)}
             tfl = Path(tmp) / "model.tflite"
             tfl.write_bytes(to_tflite(model, "none"))
-        graph = read_tflite(tfl)
-        info.update(graph.summary())
-        info["path"] = str(p)
-        info["size_bytes"] = p.stat().st_size if p.is_file() else graph.size_bytes
-        ops = {}
-        for op in graph.ops:
-            entry = ops.setdefault(op.name, {"count": 0, "macs": 0})
-            entry["count"] += 1
-            entry["macs"] += op.macs
-        info["operators"] = ops
         tgt = load_target(target) if target else (
             load_target(bundle_manifest["target"]["name"]) if bundle_manifest else host_target())
+        # The first parse of an untrusted .tflite runs in a child process: a native crash there is
+        # one error line, not a dead edgedl (TFLite Micro's support check forks its own child, and a
+        # crash there is noted in the support table).
+        info.update(_isolate.run(_describe_tflite, tfl, tgt, file=p if kind != "bundle" else tfl_name,
+                                 tool="LiteRT", action="reading its operators", timeout=READ_TIMEOUT_S))
+        info["path"] = str(p)
+        info["size_bytes"] = p.stat().st_size if p.is_file() else info["size_bytes"]
         info["target"] = tgt.name
-        info["support"] = backend_support(graph, tgt)
+    return info
+
+
+def _describe_tflite(path: Path, target) -> dict:
+    """Graph summary, operators with counts and MACs, and backend support of one ``.tflite`` (run in a
+    child process by :func:`inspect_path`)."""
+    from edgedl.graph import read_tflite
+
+    graph = read_tflite(path)
+    info = graph.summary()
+    ops = {}
+    for op in graph.ops:
+        entry = ops.setdefault(op.name, {"count": 0, "macs": 0})
+        entry["count"] += 1
+        entry["macs"] += op.macs
+    info["operators"] = ops
+    info["support"] = backend_support(graph, target)
     return info
 
 

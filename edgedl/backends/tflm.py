@@ -10,12 +10,11 @@ for every target.
 from __future__ import annotations
 
 import os
-
 import re
 import time
 from pathlib import Path
 
-from edgedl import _io
+from edgedl import _io, _isolate
 from edgedl.backends.base import Backend, CompiledModel
 from edgedl.errors import BackendError, OptionError, UnsupportedOperatorError
 
@@ -30,6 +29,7 @@ KERNEL_FLASH_BYTES = 4 * KIB      # ... plus about this much per distinct operat
 ARENA_ALIGNMENT = 16              # TFLM aligns the arena to 16 bytes; sizes are searched in these steps
 MAX_ARENA_BYTES = 1 << 30
 OPTIONS = ("array_name", "runtime_ram_kb", "code_flash_kb")
+STEP_TIMEOUT_S = 120.0            # one build or run of TFLM's interpreter in a child process
 
 
 class TFLMBackend(Backend):
@@ -45,24 +45,28 @@ class TFLMBackend(Backend):
         path = Path(graph.path)
         if not path.is_file():
             return {}
-        missing = find_missing_operators(path.read_bytes())
+        missing = _isolate.run(find_missing_operators, path.read_bytes(), file=path, tool="TFLite Micro",
+                               action="looking up its operators", timeout=STEP_TIMEOUT_S,
+                               error=BackendError)
         return {op: "TFLite Micro's op resolver has no kernel for it" for op in missing}
 
     def compile(self, tflite_path, target, out_dir, options):
-        from edgedl.runtime.tflm import TFLMEngine
-
         start = time.perf_counter()
         opts = _check_options(options)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model = Path(tflite_path).read_bytes()
-        _crash_guard(Path(tflite_path))
-        missing = find_missing_operators(model)
+        # TFLite Micro is native code reading an untrusted model: every step that builds or runs its
+        # interpreter here does so in a child process; a crash is a BackendError naming the file, so
+        # that a target with other backends can still try them.
+        missing = _isolate.run(find_missing_operators, model, file=tflite_path, tool="TFLite Micro",
+                               action="looking up its operators", timeout=STEP_TIMEOUT_S,
+                               error=BackendError)
         if missing:
             raise UnsupportedOperatorError(
                 f"TFLite Micro has no kernel for operator(s) {', '.join(missing)}; replace them in the model "
                 "or run it with another backend")
-        arena = find_arena_size(model)
+        arena = find_arena_size(model, name=tflite_path)
         fit = fit_check(target, arena["arena_bytes"], len(model), arena["num_kernels"],
                         opts["runtime_ram_bytes"], opts["code_flash_bytes"])
         if not fit["fits"]:
@@ -72,7 +76,6 @@ class TFLMBackend(Backend):
         source, header = c_array(model, opts["array_name"], sha, arena["arena_bytes"])
         (out_dir / "model_data.cc").write_text(source)
         (out_dir / "model_data.h").write_text(header)
-        engine = TFLMEngine(out_dir / "model.tflite", arena_size=arena["arena_bytes"])
         import tflite_micro
 
         estimates = {
@@ -92,7 +95,7 @@ class TFLMBackend(Backend):
             backend=self.name, target=target.name, directory=out_dir,
             files=["model.tflite", "model_data.cc", "model_data.h"],
             runtime={"engine": "tflm", "model": "model.tflite", "arena_size": arena["arena_bytes"]},
-            inputs=engine.inputs, outputs=engine.outputs,
+            inputs=arena["inputs"], outputs=arena["outputs"],
             options={"array_name": opts["array_name"], "runtime_ram_bytes": opts["runtime_ram_bytes"],
                      "code_flash_bytes": opts["code_flash_bytes"]},
             toolchain={"tflite-micro": getattr(tflite_micro, "__version__", "unknown")},
@@ -149,7 +152,8 @@ def _without_operators(model: bytes, names: set[str]) -> bytes:
     obj = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(model, 0))
     codes = [_op_name(c) for c in obj.operatorCodes]
     for subgraph in obj.subgraphs:
-        subgraph.operators = [op for op in (subgraph.operators or []) if codes[op.opcodeIndex] not in names]
+        subgraph.operators = [op for op in (subgraph.operators or [])
+                              if op.opcodeIndex >= len(codes) or codes[op.opcodeIndex] not in names]
     builder = flatbuffers.Builder(len(model) + 1024)
     builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -180,95 +184,97 @@ def _kernels(model: bytes) -> list[str]:
     return sorted({_op_name(obj.OperatorCodes(i)) for i in range(obj.OperatorCodesLength())})
 
 
-def _crash_guard(path: Path) -> None:
-    """Set the model up once in a child process: TFLM's Python interpreter aborts or segfaults on
-    some models (seen on DS-CNN) instead of raising, which must not take edgedl down with it."""
-    import subprocess
-    import sys
-
-    probe = ("import sys; from edgedl.runtime.tflm import build_interpreter; "
-             "build_interpreter(open(sys.argv[1], 'rb').read(), 64 << 20)")
-    proc = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300)
-    if proc.returncode < 0:
-        raise BackendError(f"TFLite Micro's interpreter crashes (signal {-proc.returncode}) while setting up this "
-                           "model; compile it with another backend (vela, litert, tvm)")
-
-
-def find_arena_size(model: bytes) -> dict:
+def find_arena_size(model: bytes, name: str | os.PathLike = "model.tflite") -> dict:
     """The smallest tensor arena (a multiple of 16 bytes) TFLM builds and runs ``model`` in.
 
     Doubles from 4 KiB until the interpreter builds, then bisects between the last failure and the
-    first success. The found size is checked with one inference on zeros; the size 16 bytes
-    smaller is a recorded failure.
+    first success. Each size is tried in a child process: TFLM can crash (SIGSEGV, seen on DS-CNN)
+    on an arena that is too small instead of failing, and such a crash counts as "too small". The
+    found size is checked in one more child with an inference on zeros, which also reads the
+    allocation breakdown and the input and output specs; the size 16 bytes smaller is a recorded
+    failure.
+
+    Args:
+        model: the ``.tflite`` flatbuffer.
+        name: the file it came from, for messages.
 
     Returns:
-        {"arena_bytes", "search": {...}, "breakdown": [...], "kernels": [...], "num_kernels"}.
+        {"arena_bytes", "search": {...}, "breakdown": [...], "kernels": [...], "num_kernels",
+        "inputs", "outputs"}.
 
     Raises:
-        BackendError: TFLM does not build the model even in a 1 GiB arena (its log says why).
+        BackendError: TFLM does not build the model even in a 1 GiB arena (its log, or the signal
+            it died of, says why).
+            A crash or a hang of TFLM running the model in the arena it was built in is one too (another
+            backend may still take the model).
     """
-    import numpy as np
-
-    from edgedl.runtime.tflm import allocation_report, build_interpreter
-
     attempts = 0
-    import subprocess
-    import sys
-    import tempfile
-
-    # Each size is tried in a child process: TFLM's Python interpreter can crash the process (SIGSEGV)
-    # on an arena that is too small instead of raising, seen on DS-CNN; a crash there counts as "no".
-    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
-    tmp.write(model)
-    tmp.close()
-    probe = ("import sys; from edgedl.runtime.tflm import build_interpreter; "
-             "i, log = build_interpreter(open(sys.argv[1], 'rb').read(), int(sys.argv[2])); "
-             "sys.stdout.write(log[-300:]); sys.exit(0 if i is not None else 3)")
+    crashes: list[str] = []
 
     def works(size):
         nonlocal attempts
         attempts += 1
-        proc = subprocess.run([sys.executable, "-c", probe, tmp.name, str(size)], capture_output=True, text=True,
-                              timeout=300)
-        return (True if proc.returncode == 0 else None), proc.stdout
+        answer, died = _isolate.died(_try_arena, model, size, timeout=STEP_TIMEOUT_S)
+        if died:
+            crashes.append(died)
+            return False, f"TFLite Micro died of {died}"
+        return answer
 
     low, high = 0, 4 * KIB                          # low fails (or is 0), high is being tried
-    try:
-        interpreter, log = works(high)
-        while interpreter is None:
-            if high >= MAX_ARENA_BYTES:
-                raise BackendError(f"TFLite Micro cannot set up the model even in a {MAX_ARENA_BYTES >> 20} MiB "
-                                   f"arena ({' '.join(log.split())[-200:]})")
-            low, high = high, high * 2
-            interpreter, log = works(high)
-        while high - low > ARENA_ALIGNMENT:
-            mid = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-            if mid <= low:
-                break
-            interpreter, _ = works(mid)
-            if interpreter is None:
-                low = mid
-            else:
-                high = mid
-    finally:
-        os.unlink(tmp.name)
-    best, log = build_interpreter(model, high)
-    if best is None:
-        raise BackendError(f"TFLite Micro did not rebuild the model in its {high}-byte arena: {' '.join(log.split())[-200:]}")
-    # The found arena must also run an inference.
-    from edgedl.runtime.tflm import io_specs
+    ok, log = works(high)
+    while not ok:
+        if high >= MAX_ARENA_BYTES:
+            why = (f"it crashed with {crashes[-1]} in every arena tried" if len(crashes) == attempts
+                   else ' '.join(log.split())[-200:])
+            raise BackendError(f"TFLite Micro cannot set up {Path(name).name} even in a {MAX_ARENA_BYTES >> 20} "
+                               f"MiB arena ({why}); the file is malformed or needs another backend")
+        low, high = high, high * 2
+        ok, log = works(high)
+    while high - low > ARENA_ALIGNMENT:
+        mid = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+        if mid <= low:
+            break
+        ok, _ = works(mid)
+        if ok:
+            high = mid
+        else:
+            low = mid
+    checked = _isolate.run(_check_arena, model, high, file=name, tool="TFLite Micro",
+                           action=f"running it in its {high}-byte arena", timeout=STEP_TIMEOUT_S, error=BackendError)
+    kernels = _kernels(model)
+    return {"arena_bytes": high, "breakdown": checked["breakdown"], "kernels": kernels, "num_kernels": len(kernels),
+            "search": {"step_bytes": ARENA_ALIGNMENT, "attempts": attempts, "largest_failing_bytes": low},
+            "inputs": checked["inputs"], "outputs": checked["outputs"]}
 
-    inputs, _ = io_specs(model, best)
+
+def _try_arena(model: bytes, size: int) -> tuple[bool, str]:
+    """(builds, TFLM's log tail) for one arena size (run in a child process)."""
+    from edgedl.runtime.tflm import build_interpreter
+
+    interpreter, log = build_interpreter(model, size)
+    return interpreter is not None, log[-300:]
+
+
+def _check_arena(model: bytes, size: int) -> dict:
+    """Build TFLM in ``size`` bytes, run it once on zeros, and read its allocations and I/O specs
+    (run in a child process)."""
+    import numpy as np
+
+    from edgedl.runtime.tflm import allocation_report, build_interpreter, io_specs
+
+    best, log = build_interpreter(model, size)
+    if best is None:
+        raise BackendError(f"TFLite Micro did not rebuild the model in its {size}-byte arena: "
+                           f"{' '.join(log.split())[-200:]}")
+    inputs, outputs = io_specs(model, best)
     for i, spec in enumerate(inputs):
         best.set_input(np.zeros(spec.shape, dtype=spec.dtype), i)
     try:
         best.invoke()
     except RuntimeError as e:
-        raise BackendError(f"TFLite Micro failed to run the model in its {high}-byte arena: {e}") from None
+        raise BackendError(f"TFLite Micro failed to run the model in its {size}-byte arena: {e}") from None
     breakdown, _ = allocation_report(best)
-    kernels = _kernels(model)
-    return {"arena_bytes": high, "breakdown": breakdown, "kernels": kernels, "num_kernels": len(kernels),
-            "search": {"step_bytes": ARENA_ALIGNMENT, "attempts": attempts, "largest_failing_bytes": low}}
+    return {"breakdown": breakdown, "inputs": inputs, "outputs": outputs}
 
 
 def fit_check(target, arena_bytes: int, model_bytes: int, num_kernels: int,

@@ -13,12 +13,13 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from edgedl import _lazy
+from edgedl import _isolate, _lazy
 from edgedl.backends.base import Backend, CompiledModel
 from edgedl.errors import BackendError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.runtime.engines import TensorSpec
@@ -29,6 +30,7 @@ OPTIMISE = ("Performance", "Size")
 NPU_OPERATOR = "ethos-u"
 FLOAT_TYPES = ("float16", "float32", "float64")
 PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE")   # float only at the edges: a full-integer model with float I/O
+VELA_TIMEOUT_S = 600.0                     # one Vela run; real models take seconds
 
 
 class VelaBackend(Backend):
@@ -93,8 +95,17 @@ class VelaBackend(Backend):
         if npu.get("memory_mode"):
             command += ["--memory-mode", npu["memory_mode"]]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, cwd=work)
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, cwd=work, timeout=VELA_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise InputFileError(tflite_path, f"Vela did not finish compiling it for {accelerator} within "
+                                                  f"{VELA_TIMEOUT_S:g} s and was stopped; the file is malformed or "
+                                                  "too large for Vela") from None
             report = done.stdout + ("\n" + done.stderr if done.stderr.strip() else "")
+            if done.returncode < 0:  # Vela runs in its own process: a native crash there is its exit status
+                raise InputFileError(tflite_path, f"Vela crashed with {_isolate.signal_name(-done.returncode)} while "
+                                                  f"compiling it for {accelerator}; the file is malformed or not one "
+                                                  "Vela can read")
             if done.returncode != 0:
                 lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
                 tail = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip()).strip("'\"")
@@ -144,18 +155,34 @@ def _family_name(family: str) -> str:
 
 def read_flatbuffer(path: Path) -> dict:
     """The operators (name, output tensor names and dtypes) and I/O specs of a ``.tflite``, read with
-    Vela's own flatbuffer schema (so this backend needs no TFLite interpreter)."""
-    from ethosu.vela.tflite import BuiltinOperator, Model, TensorType
+    Vela's own flatbuffer schema (so this backend needs no TFLite interpreter).
 
+    Raises:
+        InputFileError: not a TFLite flatbuffer, or one whose offsets or indices point outside it.
+    """
     data = Path(path).read_bytes()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        return _read_flatbuffer(data)
+    except (IndexError, ValueError, TypeError, AttributeError, struct.error) as e:
+        # The generated reader follows offsets without checks: what it raises on a corrupt file varies.
+        raise InputFileError(path, f"corrupt TFLite flatbuffer ({' '.join(str(e).split())[:160]})") from None
+
+
+def _read_flatbuffer(data: bytes) -> dict:
+    from ethosu.vela.tflite import BuiltinOperator, Model, TensorType
+
     names = {v: k for k, v in vars(BuiltinOperator.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k.lower() for k, v in vars(TensorType.TensorType).items() if not k.startswith("_")}
     model = Model.Model.GetRootAsModel(data, 0)
+    if model.SubgraphsLength() < 1:
+        raise ValueError("it has no subgraph")
     subgraph = model.Subgraphs(0)
 
     def tensor(i):
+        if not 0 <= i < subgraph.TensorsLength():
+            raise IndexError(f"tensor index {i} is out of range (the subgraph has {subgraph.TensorsLength()})")
         return subgraph.Tensors(i)
 
     def op_name(code):
@@ -176,6 +203,9 @@ def read_flatbuffer(path: Path) -> dict:
     for k in range(subgraph.OperatorsLength()):
         op = subgraph.Operators(k)
         outs = [op.Outputs(j) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
+        if op.OpcodeIndex() >= model.OperatorCodesLength():
+            raise IndexError(f"operator {k} has opcode index {op.OpcodeIndex()}, the model has "
+                             f"{model.OperatorCodesLength()} operator codes")
         ops.append({"op": op_name(model.OperatorCodes(op.OpcodeIndex())),
                     "outputs": [tensor_name(tensor(i), i) for i in outs],
                     "output_dtypes": [types.get(tensor(i).Type(), "unknown") for i in outs]})

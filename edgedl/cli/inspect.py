@@ -4,6 +4,26 @@ import json
 
 import click
 
+MAX_NAME_CHARS = 80  # names come from the model file: cut for the terminal (the JSON keeps them whole)
+
+
+def shown(text, limit: int = MAX_NAME_CHARS) -> str:
+    """``text`` from a model or bundle made safe to print with rich: cut to ``limit`` characters and
+    with its square brackets escaped, so a name is never read as markup.
+
+    Example:
+        >>> shown("[bold]x[/]")
+        '\\[bold]x\\[/]'
+        >>> len(shown("a" * 1000))
+        80
+    """
+    from rich.markup import escape
+
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit - 22]}... ({len(text):,} chars)"
+    return escape(text)
+
 
 @click.command("inspect")
 @click.argument("path")
@@ -20,36 +40,40 @@ def inspect_command(path, target, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
-    console = Console() if Console().is_terminal else Console(width=120)
-    console.print(f"[bold]{info['path']}[/] ({info['kind']}, {info.get('size_bytes', 0) / 1024:.1f} KiB)")
+    # No highlighter: its regular expressions take minutes on a 100,000-character name, and every
+    # string from the file goes through shown() anyway.
+    console = Console(highlight=False) if Console().is_terminal else Console(width=120, highlight=False)
+    console.print(f"[bold]{shown(info['path'], 400)}[/] ({info['kind']}, {info.get('size_bytes', 0) / 1024:.1f} KiB)")
     if "bundle" in info:
         b = info["bundle"]
-        console.print(f"bundle: backend {b['backend']} for {b['target']}, source {b['source']['path']}")
+        console.print(f"bundle: backend {shown(b['backend'])} for {shown(b['target'])}, "
+                      f"source {shown(b['source']['path'])}")
     if "operators" not in info:
         if "op_counts" in info:
-            console.print(f"operators: {info['op_counts']}; parameters: {info['num_params']}")
+            counts = ", ".join(f"{shown(op)}: {n}" for op, n in info["op_counts"].items())
+            console.print(f"operators: {{{counts}}}; parameters: {info['num_params']}")
         return
     console.print(f"parameters: {info['num_params']:,}   MACs: {info['macs']:,}   "
                   f"quantized: {'yes' if info['quantized'] else 'no'}")
     for io in ("inputs", "outputs"):
         for t in info[io]:
-            console.print(f"{io[:-1]}: {t['name']} {t['shape']} {t['dtype']}")
+            console.print(f"{io[:-1]}: {shown(t['name'])} {t['shape']} {t['dtype']}")
     support = info["support"]
-    table = Table(title=f"operators and support on {info['target']}")
+    table = Table(title=f"operators and support on {shown(info['target'])}")
     table.add_column("operator")
     table.add_column("count", justify="right")
     table.add_column("MACs", justify="right")
     for b in support:
-        table.add_column(b)
+        table.add_column(shown(b))
     for op, e in sorted(info["operators"].items(), key=lambda kv: -kv[1]["macs"]):
         marks = []
         for b, s in support.items():
             reason = s["unsupported"].get(op)
             marks.append("[red]no[/]" if reason else ("?" if s.get("note") else "[green]yes[/]"))
-        table.add_row(op, str(e["count"]), f"{e['macs']:,}", *marks)
+        table.add_row(shown(op), str(e["count"]), f"{e['macs']:,}", *marks)
     console.print(table)
     for b, s in support.items():
         for op, reason in s["unsupported"].items():
-            console.print(f"  {b}: {op}: {reason}")
+            console.print(f"  {shown(b)}: {shown(op)}: {shown(reason, 400)}")
         if s.get("note"):
-            console.print(f"  {b}: {s['note']}")
+            console.print(f"  {shown(b)}: {shown(s['note'], 400)}")
