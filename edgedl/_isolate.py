@@ -57,7 +57,8 @@ def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: flo
     """``fn(*args, **kwargs)`` in a forked child; its (picklable) result, or its error, here.
 
     Args:
-        fn: a module-level function (it runs in the child; its result is pickled back).
+        fn: any callable (the child is a fork: nothing is pickled on the way in); its result is
+            pickled back.
         file: the untrusted file the step reads, named in the error.
         tool: what does the native work, for the message ("LiteRT", "TFLite Micro").
         action: what the step does, in words that read after "while" ("loading it").

@@ -208,6 +208,7 @@ def test_a_100000_character_tensor_name_is_cut_for_the_terminal(lenet, tmp_path)
     assert "(100,000 chars)" in line and len(line) < 200
 
 
+@pytest.mark.slow  # about 10 s: the arena search runs before TFLM's crash in the found arena
 def test_an_empty_shape_that_crashes_tflite_micro_is_one_error_in_compile(lenet, tmp_path):
     def empty_pool_output(model):
         subgraph = model.subgraphs[0]
@@ -246,3 +247,22 @@ def test_a_model_without_inputs_or_outputs_is_one_error_in_compile(lenet, tmp_pa
     bad = mutated(lenet, tmp_path / f"no_{field}.tflite", drop)
     proc = edgedl(tmp_path, "compile", bad, "--target", "x86_64", "--backend", "litert", "-o", tmp_path / "n.edgedl")
     assert "edgedl needs one input and at least one output" in one_error_line(proc, tmp_path, bad)
+
+
+@pytest.fixture(scope="module")
+def lenet_float(trained_lenet, tmp_path_factory):
+    from edgedl.convert import to_tflite
+
+    path = tmp_path_factory.mktemp("float") / "lenet_float.tflite"
+    path.write_bytes(to_tflite(trained_lenet["model"], "none"))
+    return path
+
+
+def test_a_mutated_tensor_type_that_crashes_litert_is_one_error_in_compile(lenet_float, tmp_path):
+    def string_output(model):
+        model.subgraphs[0].tensors[model.subgraphs[0].outputs[0]].type = 5  # STRING
+
+    bad = mutated(lenet_float, tmp_path / "string_output.tflite", string_output)
+    proc = edgedl(tmp_path, "compile", bad, "--target", "x86_64", "--backend", "litert", "-o", tmp_path / "s.edgedl")
+    line = one_error_line(proc, tmp_path, bad)
+    assert "LiteRT crashed with SIGSEGV" in line and "computing the reference" in line
