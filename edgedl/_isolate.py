@@ -53,7 +53,7 @@ def signal_name(number: int) -> str:
 
 
 def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: float | None = DEFAULT_TIMEOUT_S,
-        error: type[EdgeDLError] = InputFileError, **kwargs):
+        error: type[EdgeDLError] = InputFileError, fresh: bool = False, **kwargs):
     """``fn(*args, **kwargs)`` in a forked child; its (picklable) result, or its error, here.
 
     Args:
@@ -65,6 +65,9 @@ def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: flo
         timeout: seconds before the child is killed and the step fails (None: no limit).
         error: the EdgeDLError subclass raised when the child dies: InputFileError (the file is at
             fault, the default) or BackendError (a compiled artifact).
+        fresh: run in a new interpreter instead of a fork (``fn`` and its arguments are pickled, so
+            ``fn`` must be a module-level function). TFLite Micro crashes in a child forked from a
+            process that has run TensorFlow's converter; see :func:`fork_is_safe_for_tflm`.
 
     Returns:
         What ``fn`` returned.
@@ -79,7 +82,7 @@ def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: flo
         >>> run(len, "abc", file="x.tflite", tool="Python", action="counting it")
         3
     """
-    outcome, native = _fork(fn, args, kwargs, timeout)
+    outcome, native = (_spawn if fresh else _fork)(fn, args, kwargs, timeout)
     kind = outcome[0]
     if kind == "ok":
         return outcome[1]
@@ -100,14 +103,14 @@ def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: flo
     raise error(f"{file}: {message}")
 
 
-def died(fn, *args, timeout: float | None = DEFAULT_TIMEOUT_S, **kwargs):
+def died(fn, *args, timeout: float | None = DEFAULT_TIMEOUT_S, fresh: bool = False, **kwargs):
     """``(result, None)`` from ``fn`` in a child, or ``(None, what)`` when it died or timed out, where
     ``what`` names the signal ("SIGSEGV (a segmentation fault)") or says "timed out".
 
     For steps where a crash is an answer rather than an error (one probe of a search). Errors that
     ``fn`` raises are raised here as with :func:`run`.
     """
-    outcome, native = _fork(fn, args, kwargs, timeout)
+    outcome, native = (_spawn if fresh else _fork)(fn, args, kwargs, timeout)
     kind = outcome[0]
     if kind == "ok":
         return outcome[1], None
@@ -150,29 +153,84 @@ def _fork(fn, args, kwargs, timeout):
         finally:
             os._exit(70)
     os.close(write_end)
+    return _collect(read_end, native, timeout, lambda: os.waitpid(pid, 0)[1], lambda: _kill(pid))
+
+
+def fork_is_safe_for_tflm() -> bool:
+    """False once TensorFlow is imported here: TFLite Micro then dies with SIGSEGV in a forked child
+    (seen after an int8 conversion in the same process), so its steps run in a fresh interpreter."""
+    return "tensorflow" not in sys.modules
+
+
+def _spawn(fn, args, kwargs, timeout):
+    """As :func:`_fork`, in a new interpreter: ``fn`` (module-level) and its arguments are pickled to it."""
+    import subprocess
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    payload = pickle.dumps((fn, args, kwargs))
+    native = tempfile.TemporaryFile()
+    read_end, write_end = os.pipe()
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # the edgedl this process runs, whatever sys.path says
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(payload)
+        stdin.seek(0)
+        proc = subprocess.Popen([sys.executable, "-c", f"from edgedl._isolate import _fresh_main; _fresh_main({write_end})"],
+                                stdin=stdin, stdout=native, stderr=native, pass_fds=(write_end,), env=env)
+    os.close(write_end)
+
+    def wait():
+        proc.wait()
+        return proc.returncode if proc.returncode >= 0 else -proc.returncode  # as a wait status: signal number
+
+    def kill():
+        proc.kill()
+        proc.wait()
+
+    outcome, text = _collect(read_end, native, timeout, wait, kill, spawned=proc)
+    return outcome, text
+
+
+def _fresh_main(write_end: int) -> None:
+    """The body of a fresh interpreter started by :func:`_spawn`."""
+    fn, args, kwargs = pickle.loads(sys.stdin.buffer.read())
+    _child(fn, args, kwargs, write_end)
+
+
+def _collect(read_end, native, timeout, reap, kill, spawned=None):
+    """Read a child's pickled answer until it closes the pipe; its outcome and native output."""
     chunks, status, deadline = [], None, None if timeout is None else time.monotonic() + timeout
     try:
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([read_end], [], [], wait)
             if not ready:  # the deadline passed with the child still running
-                _kill(pid)
+                kill()
                 status = "timeout"
                 break
             chunk = os.read(read_end, 1 << 20)
             if not chunk:  # the child closed its end: it finished or died
-                status = os.waitpid(pid, 0)[1]
+                status = reap()
                 break
             chunks.append(chunk)
     finally:
         os.close(read_end)
         if status is None:  # interrupted (Ctrl-C) or failed here: the child must not outlive this call
-            _kill(pid)
+            kill()
     native.seek(0)
     text = native.read().decode("utf-8", "replace")
     native.close()
     if status == "timeout":
         return ("timeout",), text
+    if spawned is not None:
+        if spawned.returncode < 0:
+            return ("signal", -spawned.returncode), text
+        status = (spawned.returncode & 0xFF) << 8  # an exit status in os.wait's encoding
     if os.WIFSIGNALED(status):
         return ("signal", os.WTERMSIG(status)), text
     data = b"".join(chunks)

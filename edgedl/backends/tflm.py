@@ -47,7 +47,7 @@ class TFLMBackend(Backend):
             return {}
         missing = _isolate.run(find_missing_operators, path.read_bytes(), file=path, tool="TFLite Micro",
                                action="looking up its operators", timeout=STEP_TIMEOUT_S,
-                               error=BackendError)
+                               error=BackendError, fresh=not _isolate.fork_is_safe_for_tflm())
         return {op: "TFLite Micro's op resolver has no kernel for it" for op in missing}
 
     def compile(self, tflite_path, target, out_dir, options):
@@ -59,14 +59,11 @@ class TFLMBackend(Backend):
         # TFLite Micro is native code reading an untrusted model: every step that builds or runs its
         # interpreter here does so in a child process; a crash is a BackendError naming the file, so
         # that a target with other backends can still try them.
-        missing = _isolate.run(find_missing_operators, model, file=tflite_path, tool="TFLite Micro",
-                               action="looking up its operators", timeout=STEP_TIMEOUT_S,
-                               error=BackendError)
-        if missing:
-            raise UnsupportedOperatorError(
-                f"TFLite Micro has no kernel for operator(s) {', '.join(missing)}; replace them in the model "
-                "or run it with another backend")
-        arena = find_arena_size(model, name=tflite_path)
+        if _isolate.fork_is_safe_for_tflm():
+            arena = _analyse(model, tflite_path)
+        else:  # forks of this process would crash TFLite Micro: one fresh interpreter forks them instead
+            arena = _isolate.run(_analyse, model, tflite_path, file=tflite_path, tool="TFLite Micro",
+                                 action="analysing it", timeout=20 * STEP_TIMEOUT_S, error=BackendError, fresh=True)
         fit = fit_check(target, arena["arena_bytes"], len(model), arena["num_kernels"],
                         opts["runtime_ram_bytes"], opts["code_flash_bytes"])
         if not fit["fits"]:
@@ -107,6 +104,17 @@ class TFLMBackend(Backend):
 
         return TFLMEngine(Path(compiled.directory) / compiled.runtime["model"],
                           arena_size=compiled.runtime["arena_size"], num_threads=num_threads)
+
+
+def _analyse(model: bytes, name) -> dict:
+    """The operators TFLite Micro lacks (an UnsupportedOperatorError), else :func:`find_arena_size`."""
+    missing = _isolate.run(find_missing_operators, model, file=name, tool="TFLite Micro",
+                           action="looking up its operators", timeout=STEP_TIMEOUT_S, error=BackendError)
+    if missing:
+        raise UnsupportedOperatorError(
+            f"TFLite Micro has no kernel for operator(s) {', '.join(missing)}; replace them in the model "
+            "or run it with another backend")
+    return find_arena_size(model, name=name)
 
 
 def _check_options(options: dict) -> dict:
