@@ -39,6 +39,11 @@ def inspect_path(path: str, target: str | None = None) -> dict:
             kind = info["kind"] = "bundle"
             info["bundle"] = {k: bundle_manifest[k] for k in ("backend", "source", "fidelity", "estimates", "files")}
             info["bundle"]["target"] = bundle_manifest["target"]["name"]
+            from edgedl.bundle import digest_of, signature_of
+
+            info["bundle"]["digest"] = digest_of(p)  # sha256 of manifest.json: what a signature signs
+            signature = signature_of(p)
+            info["bundle"]["signed_by"] = signature["public_key"] if signature else None
             tfl = next((directory / f["path"] for f in bundle_manifest["files"] if f["path"].endswith(".tflite")), None)
             if tfl is None:
                 info["size_bytes"] = sum(f["bytes"] for f in bundle_manifest["files"])

@@ -251,6 +251,10 @@ def test_a_signed_bundle_opens_only_with_a_trusted_key(trained_lenet, keys, tmp_
         with pytest.raises(InputFileError, match="not trusted here"):
             open_bundle(out, trusted=[keys["other_pub"]])
         rt.load(out)  # without trusted keys a signature is not needed
+        code, text, err = edgedl("inspect", out)
+        from edgedl.signing import key_id
+
+        assert code == 0 and f"digest: sha256:{r.digest} (signed by key {key_id(keys['release_pub'])}" in text, err
 
 
 def trained_lenet_sample():

@@ -48,6 +48,13 @@ def inspect_command(path, target, as_json):
         b = info["bundle"]
         console.print(f"bundle: backend {shown(b['backend'])} for {shown(b['target'])}, "
                       f"source {shown(b['source']['path'])}")
+        if b.get("signed_by"):
+            from edgedl.signing import key_id
+
+            signed = f"signed by key {key_id(bytes.fromhex(b['signed_by']))}; serve --trust checks it"
+        else:
+            signed = "unsigned"
+        console.print(f"digest: sha256:{b['digest']} ({signed})")
     if "operators" not in info:
         if "op_counts" in info:
             counts = ", ".join(f"{shown(op)}: {n}" for op, n in info["op_counts"].items())
