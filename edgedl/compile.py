@@ -456,7 +456,26 @@ def _backend_candidates(tgt, source, options) -> list[str]:
         names = onnx_ok
     if not names:
         raise OptionError(f"no installed backend serves target '{tgt.name}' (it lists {', '.join(tgt.backends)})")
+    if options.backend == "auto" and source.kind != "onnx":
+        from edgedl.graph import read_tflite
+
+        problem = float_for_npu(tgt, read_tflite(source.tflite).is_quantized)
+        if problem:
+            raise OptionError(problem)
     return names
+
+
+def float_for_npu(tgt, quantized: bool) -> str:
+    """Why a float model must not go to an NPU target with ``--backend auto`` ("" when it may): Vela,
+    the only backend there that uses the NPU, takes full-integer models, and the model would silently
+    run on the CPU beside it instead."""
+    if tgt.kind != "npu" or quantized or "vela" not in tgt.backends:
+        return ""
+    cpu_backends = [b for b in tgt.backends if b != "vela"]
+    fallback = (f", or --backend {cpu_backends[0]} to run it in float on its {tgt.cpu.get('arch', 'CPU')}"
+                if cpu_backends else "")
+    return (f"target '{tgt.name}' runs a model on its NPU only when the model is full-integer, and this one is "
+            f"float: add -q int8 (calibrated on the model's data set){fallback}")
 
 
 def _choose(results, options):

@@ -35,3 +35,30 @@ def test_quickstart_on_bundled_digits_compares_every_variant(tmp_path):
     written = json.loads((tmp_path / "qs" / "results.json").read_text())
     assert written["rows"] == result["rows"]
     assert (tmp_path / "qs" / "lenet_int8.tflite").stat().st_size < (tmp_path / "qs" / "lenet_float32.tflite").stat().st_size * 0.3
+
+
+def test_the_quickstart_says_tvm_ran_untuned_and_ends_with_next_steps():
+    from edgedl.cli.quickstart import next_steps
+
+    rows = [{"variant": "int8", "backend": "litert"}, {"variant": "int8", "backend": "tvm"}]
+    text = next_steps({"out_dir": "edgedl-quickstart", "model": "lenet", "rows": rows})
+    assert "note: TVM ran untuned" in text and "--tune" in text and "MetaSchedule" in text
+    lines = text.splitlines()
+    assert lines[0] == "results: edgedl-quickstart/results.json"
+    steps = lines[lines.index("next:") + 1:]
+    assert steps[0].split("#")[0].split() == ["edgedl", "compile", "edgedl-quickstart/lenet.keras", "-t", "x86_64",
+                                              "-q", "int8", "-o", "lenet.edgedl"]
+    assert steps[1].split("#")[0].split() == ["edgedl", "bench", "lenet.edgedl"]
+
+
+def test_the_quickstart_folder_is_ignored_by_git():
+    from pathlib import Path
+
+    from edgedl.cli.quickstart import quickstart
+
+    default = next(p.default for p in quickstart.params if p.name == "out_dir")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(["git", "check-ignore", "-q", f"{default}/results.json"], cwd=root)
+    if proc.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert proc.returncode == 0, f"{default}/ would show up in git status after `make quickstart`"

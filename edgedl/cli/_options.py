@@ -109,3 +109,18 @@ COUNT = Whole(min=1)
 COUNT_OR_ZERO = Whole(min=0)
 #: seconds to wait: positive and finite
 SECONDS = Number(min=0, min_open=True)
+
+
+class OutputOption(click.Option):
+    """``-o/--output`` with older spellings (``--out``) that still work but stay out of ``--help``."""
+
+    def __init__(self, *args, hidden_aliases=("--out",), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = tuple(hidden_aliases)
+
+    def get_help_record(self, ctx):
+        shown, self.opts = self.opts, [o for o in self.opts if o not in self.hidden_aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown

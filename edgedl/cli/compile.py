@@ -47,6 +47,8 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     from rich.console import Console
 
     from edgedl.bundle import check_output
+
+    _check_cheap(model, target, backend, quantize)  # a typo answered in a second, not after loading TensorFlow
     from edgedl.compile import CompileOptions, compile_model
 
     options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, data_dir=data_dir,
@@ -76,5 +78,80 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     click.echo(f"  digest: sha256:{result.digest}" + (" (signed)" if sign_key else ""))
     click.echo(f"  why {m['backend']}: {m['selection']['reason']}")
     click.echo(f"  fidelity: {check}")
-    for k, v in (m.get("estimates") or {}).items():
-        click.echo(f"  estimate {k}: {v}")
+    lines = estimate_lines(m.get("estimates") or {})
+    if lines:
+        click.echo("  estimates:")
+        for line in lines:
+            click.echo(f"    {line}")
+
+
+MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
+ACCEPTED = ".keras, .h5, a SavedModel folder, .tflite or .onnx"
+
+
+def _check_cheap(model, target, backend, quantize):
+    """What can be checked without TensorFlow: the backend's name, the model's kind, and that a float
+    Keras model is not about to miss the NPU it was compiled for."""
+    from pathlib import Path
+
+    from edgedl.backends import backend_names
+    from edgedl.errors import InputFileError, OptionError
+
+    if backend != "auto" and backend not in backend_names():
+        import difflib
+
+        close = difflib.get_close_matches(backend, backend_names(), n=1)
+        raise OptionError(f"unknown backend '{backend}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                          + f"; --backend takes {', '.join(backend_names())} or auto")
+    path = Path(model)
+    if path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES:
+        raise InputFileError(path, f"unknown model format '{path.suffix or '(no suffix)'}'; expected {ACCEPTED}")
+    if backend == "auto" and quantize not in ("int8", "int16x8") and (path.is_dir() or path.suffix in (".keras", ".h5")):
+        from edgedl.compile import float_for_npu
+        from edgedl.targets import load_target
+
+        problem = float_for_npu(load_target(target), quantized=False)
+        if problem:
+            raise OptionError(problem)
+
+
+def _bytes(n) -> str:
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB ({n:,} B)"
+
+
+def _number(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
+        return f"{int(v):,}"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return str(v)
+
+
+def _value(key: str, v) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_bytes"):
+        return _bytes(int(v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(k, x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, dict) and "op" in x for x in v):  # Vela's CPU fallback operators
+            return "; ".join(f"{x['op']}" + (f" ({x['reason']})" if x.get("reason") else "") for x in v)
+        return ", ".join(_value(key, x) for x in v) or "none"
+    return _number(v)
+
+
+def estimate_lines(estimates: dict) -> list[str]:
+    """A backend's estimates as lines a person reads: sizes in KiB and bytes, rounded numbers, lists
+    and tables written out (never a Python repr); the note last."""
+    import textwrap
+
+    lines = []
+    for key, v in estimates.items():
+        if v is None or key == "note":
+            continue
+        label = key.removesuffix("_bytes").replace("_", " ")
+        lines.append(f"{label}: {_value(key, v)}")
+    if estimates.get("note"):
+        lines += textwrap.wrap(f"note: {estimates['note']}", width=96, subsequent_indent="  ")
+    return lines

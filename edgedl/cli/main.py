@@ -40,6 +40,16 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name in COMMANDS or name.startswith("-"):
+            return super().resolve_command(ctx, args)
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(COMMANDS), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"the commands are: {', '.join(sorted(COMMANDS))}"
+        raise click.UsageError(f"no such command '{name}'; {hint}", ctx)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgedl")
@@ -53,7 +63,7 @@ def cli(ctx, verbose, debug):
     Start with:   edgedl quickstart
     Data sets:    edgedl data list
     Model zoo:    edgedl models
-    Train:        edgedl train lenet --epochs 3 --out lenet.keras
+    Train:        edgedl train lenet --epochs 3 -o lenet.keras
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")

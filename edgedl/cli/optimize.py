@@ -4,7 +4,7 @@ import json
 
 import click
 
-from edgedl.cli._options import COUNT, SEED, Whole
+from edgedl.cli._options import COUNT, SEED, OutputOption, Whole
 
 
 def _fraction(value):
@@ -83,7 +83,7 @@ def _whole(value):
                    "outputs and signatures keep their names. Sizes in the report compare stripped files throughout.")
 @click.option("--representative", type=click.Path(dir_okay=False),
               help="Calibration inputs as a .npy array (N, *input_shape) instead of training samples.")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+@click.option("--output", "-o", "--out", "out_dir", cls=OutputOption, required=True, type=click.Path(),
               help="Folder for model.keras, model.tflite, report.json, report.md and stages.png (a plot of every stage).")
 @click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
 @click.option("--epochs", "-e", type=COUNT,
@@ -108,12 +108,12 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
 
     \b
     Examples:
-      edgedl train lenet --out lenet.keras
-      edgedl optimize lenet.keras --prune 0.8 --quantize int8 --out lenet-opt
-      edgedl optimize lenet.keras --prune 0.8 --prune-layer probs=0 --out lenet-sparse
-      edgedl optimize lenet.keras --structured 0.5 --qat --out lenet-small
-      edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 --out kws-tiny
-      edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names --out kws-small
+      edgedl train lenet -o lenet.keras
+      edgedl optimize lenet.keras --prune 0.8 --quantize int8 -o lenet-opt
+      edgedl optimize lenet.keras --prune 0.8 --prune-layer probs=0 -o lenet-sparse
+      edgedl optimize lenet.keras --structured 0.5 --qat -o lenet-small
+      edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 -o kws-tiny
+      edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names -o kws-small
     """
     from edgedl import zoo
     from edgedl.optimize import optimize as run
@@ -143,7 +143,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
         click.echo(f"note: '{model}' is a zoo name, not a trained model: it will first be trained on "
                    f"{dataset or recipe['dataset']} for {epochs or recipe['epochs']} epoch(s) "
                    f"({'--epochs' if epochs else 'the recipe; set --epochs to change'}). "
-                   f"To optimize a trained model, give its file: edgedl train {model} --out {model}.keras",
+                   f"To optimize a trained model, give its file: edgedl train {model} -o {model}.keras",
                    err=True)
     report = run(model, prune=prune, structured=structured, quantize=quantize, qat=qat,
                  dataset=dataset, epochs=epochs, data_dir=data_dir, limit=limit, num_calibration=num_calibration,

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from edgedl.cli._options import COUNT, SEED
+from edgedl.cli._options import COUNT, SEED, OutputOption
 
 
 @click.command()
@@ -15,8 +15,8 @@ from edgedl.cli._options import COUNT, SEED
 @click.option("--epochs", "-e", type=COUNT, help="Training epochs (default: 8 on digits, 3 otherwise).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed inferences per variant and repeat.")
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="edgedl-quickstart",
-              show_default=True, help="Folder for the model, the .tflite files and results.json.")
+@click.option("--output", "-o", "--out", "out_dir", cls=OutputOption, type=click.Path(file_okay=False), default="edgedl-quickstart",
+              show_default=True, help="Folder for the model, the .tflite files and results.json (ignored by git in a checkout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     """Train LeNet, quantize it to int8, compile it for this host with LiteRT and TVM, benchmark both.
@@ -31,7 +31,7 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     from edgedl.quickstart import run
 
     console = Console(stderr=True)
-    check_writable(out_dir, "--out", kind="folder")
+    check_writable(out_dir, "--output", kind="folder")
     result = run(data_dir=data_dir, dataset=dataset, model=model, epochs=epochs, seed=seed, out_dir=out_dir,
                  runs=runs, progress=not as_json, status=None if as_json else (lambda m: console.print(f"[bold]>[/] {m}")))
     if as_json:
@@ -49,4 +49,25 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     if not out.is_terminal:
         out = Console(width=120)
     out.print(table)
-    click.echo(f"results: {result['out_dir']}/results.json")
+    click.echo(next_steps(result))
+
+
+def next_steps(result: dict) -> str:
+    """What the table does not say (TVM ran untuned) and what to try next, with the files just written."""
+    folder, model = result["out_dir"], result["model"]
+    lines = [f"results: {folder}/results.json"]
+    if any(r["backend"] == "tvm" for r in result["rows"]):
+        lines += ["note: TVM ran untuned, on its default schedules. `edgedl compile ... --backend tvm --tune` searches "
+                  "schedules for this model and this CPU with MetaSchedule (--trials, 64 by default; minutes, the "
+                  "tuning database is kept and reused), which is how TVM is meant to be compared."]
+    lines += [
+        "next:",
+        f"  edgedl compile {folder}/{model}.keras -t x86_64 -q int8 -o {model}.edgedl   # the fastest backend "
+        "here that passes the fidelity check, as one bundle",
+        f"  edgedl bench {model}.edgedl                         # latency, memory and accuracy of that bundle",
+        f"  edgedl optimize {folder}/{model}.keras --prune 0.8 -q int8 -o {model}-opt   # prune, quantize, "
+        "measure each stage",
+        "  edgedl targets                                      # devices to compile for (-t NAME)",
+        "  README.md, 'Ten lines, end to end': the whole walk, remote devices included",
+    ]
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from edgedl.cli._options import COUNT, SEED
+from edgedl.cli._options import COUNT, SEED, OutputOption
 
 
 @click.command()
@@ -20,23 +20,23 @@ from edgedl.cli._options import COUNT, SEED
                    "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "
                    "apart (sums across threads round differently).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the model here (.keras) and its metrics beside it (.json).")
+@click.option("--output", "-o", "--out", "out", cls=OutputOption, type=click.Path(dir_okay=False), help="Write the model here (.keras) and its metrics beside it (.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def train(model, dataset, split, epochs, batch_size, seed, limit, deterministic, data_dir, out, as_json):
     """Train MODEL (a zoo name or a .keras/.h5/SavedModel path) and report its test accuracy.
 
     \b
     Example:
-      edgedl train lenet --epochs 3 --out lenet.keras
+      edgedl train lenet --epochs 3 -o lenet.keras
     """
     from edgedl.train import train as run
 
     if out is not None and not out.endswith(".keras"):
-        raise click.BadParameter(f"must end in .keras, got '{out}'", param_hint="--out")
+        raise click.BadParameter(f"must end in .keras, got '{out}'", param_hint="--output")
     if out is not None:
         from edgedl._io import check_writable
 
-        check_writable(out, "--out", kind="file")
+        check_writable(out, "--output", kind="file")
     result = run(model, dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit,
                  batch_size=batch_size, split=split, progress=not as_json,
                  deterministic=deterministic)
