@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -43,10 +44,26 @@ def test_bench_json_has_the_stable_schema_and_real_numbers(bundle, tmp_path):
     assert acc["reference_agreement"] > 0.95
 
 
-def test_bench_prints_a_readable_summary(bundle):
+def test_the_summary_prints_measured_latencies_and_the_accuracy_the_bundle_gives_on_the_same_samples(bundle):
+    import re
+
+    import edgedl.runtime as rt
+    from edgedl.data import load_dataset
+
     proc = edgedl("bench", bundle["bundle"], "--runs", 20, "--repeats", 2, "--limit", 50)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    assert "latency p50" in proc.stdout and "accuracy" in proc.stdout
+    latency = re.search(r"latency p50 ([\d.]+) us\s+p90 ([\d.]+)\s+p99 ([\d.]+)", proc.stdout)
+    assert latency, proc.stdout
+    p50, p90, p99 = map(float, latency.groups())
+    assert 0 < p50 <= p90 <= p99
+    accuracy = re.search(r"accuracy ([\d.]+)% on (\d+) digits samples", proc.stdout)
+    assert accuracy, proc.stdout
+    # The same 50 samples bench scores (the data set and split the bundle was checked on, --limit 50),
+    # through the bundle's own runtime.
+    model = rt.load(bundle["bundle"])
+    data = load_dataset("digits", limit=50, split=model.manifest["samples"]["split"])
+    expected = 100 * float(np.mean(model.predict(data.x_test).argmax(-1) == data.y_test))
+    assert int(accuracy.group(2)) == 50 and float(accuracy.group(1)) == pytest.approx(expected, abs=0.005)
 
 
 def test_a_run_past_its_timeout_is_stopped_with_a_clear_error(bundle):
