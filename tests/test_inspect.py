@@ -49,9 +49,43 @@ def test_inspect_a_keras_model_shows_backend_support_for_a_target(models):
     assert info["support"]["tflm"]["ok"] is False and "GELU" in info["support"]["tflm"]["unsupported"]
 
 
-def test_inspect_table_is_readable(models):
+def table_rows(stdout: str) -> tuple[list[str], dict]:
+    """The operator table's header cells and {operator: [the other cells]} from inspect's output."""
+    import re
+
+    header, rows = [], {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line)[1:-1]]
+        if not cells:
+            continue
+        if cells[0] == "operator":
+            header = cells
+        elif header and len(cells) == len(header):
+            rows[cells[0]] = cells[1:]
+    return header, rows
+
+
+def test_the_table_gives_each_operators_count_macs_and_support_by_every_backend_of_the_target(models):
     proc = edgedl("inspect", models / "lenet_int8.tflite", "--target", "ethos_u55_128")
-    assert proc.returncode == 0 and "CONV_2D" in proc.stdout and "vela" in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    header, rows = table_rows(proc.stdout)
+    assert header == ["operator", "count", "MACs", "vela", "tflm"]
+    assert rows == {"CONV_2D": ["2", "357,600", "yes", "yes"], "FULLY_CONNECTED": ["3", "58,920", "yes", "yes"],
+                    "MAX_POOL_2D": ["2", "0", "yes", "yes"], "RESHAPE": ["1", "0", "yes", "yes"],
+                    "SOFTMAX": ["1", "0", "yes", "yes"]}
+
+
+def test_the_table_marks_what_each_backend_cannot_take_and_says_why(models):
+    # A float model on an Ethos-U55: Vela takes none of it (float tensors), TFLite Micro all but GELU.
+    proc = edgedl("inspect", models / "gelu.tflite", "--target", "ethos_u55_128")
+    assert proc.returncode == 0, proc.stderr
+    header, rows = table_rows(proc.stdout)
+    assert header[-2:] == ["vela", "tflm"]
+    assert {op: cells[-2:] for op, cells in rows.items()} == {
+        "FULLY_CONNECTED": ["no", "yes"], "RESHAPE": ["no", "yes"], "GELU": ["no", "no"], "SOFTMAX": ["no", "yes"]}
+    reasons = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith(("vela:", "tflm:"))]
+    assert sum(r.startswith("vela:") and "float tensors" in r for r in reasons) == 4
+    assert [r for r in reasons if r.startswith("tflm:")] == ["tflm: GELU: TFLite Micro's op resolver has no kernel for it"]
 
 
 def test_an_operator_the_backend_lacks_is_named_with_the_backends_that_take_it(models, tmp_path):
