@@ -62,3 +62,25 @@ def test_the_quickstart_folder_is_ignored_by_git():
     if proc.returncode == 128:
         pytest.skip("not a git checkout")
     assert proc.returncode == 0, f"{default}/ would show up in git status after `make quickstart`"
+
+
+def test_make_test_says_what_it_installs_and_how_long_before_it_starts(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parent.parent
+    venv = tmp_path / "venv"  # not there yet: a fresh checkout
+    plan = subprocess.run(["make", "-s", "plan-test", f"VENV={venv}"], cwd=root, capture_output=True, text=True,
+                          timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.splitlines()
+    assert lines[0] == f"first: {venv} with edgedl and its toolchains (about 3 GB download, a few minutes; once)"
+    assert lines[1].startswith("Debian packages")  # to install, missing (and why those tests skip), or all there
+    assert lines[2].startswith("then: the test suite, about 15 minutes on two cores")
+    assert not venv.exists()  # saying is not doing
+    steps = subprocess.run(["make", "-n", "test", f"VENV={venv}"], cwd=root, capture_output=True, text=True,
+                           timeout=60).stdout.splitlines()
+    first_work = min(i for i, s in enumerate(steps) if s.startswith("python3 -m venv") or s == "sh scripts/system-deps.sh")
+    assert any("system-deps.sh --plan" in s for s in steps[:first_work])
