@@ -176,12 +176,18 @@ def test_estimates_read_as_sizes_and_rounded_numbers_not_python_reprs():
 
     lines = estimate_lines({"cycles": 123456, "clock_mhz": 500.0, "inference_time_ms": 0.17772400000000002,
                             "sram_used_bytes": 51234.0, "model_bytes": 900, "fits": True, "memory_mode": None,
+                            "ram_budget_bytes": 2097152,
                             "cpu_fallback": [{"op": "QUANTIZE", "output": "x", "reason": "float input"}],
                             "cpu_fallback_ops": ["QUANTIZE"], "op_counts": {"Conv": 2, "Gemm": 1},
                             "note": "Vela's static model. " * 8})
     assert lines[:8] == ["cycles: 123,456", "clock mhz: 500.0", "inference time ms: 0.1777",
                          "sram used: 50.0 KiB (51,234 B)", "model: 900 B", "fits: yes",
-                         "cpu fallback: QUANTIZE (float input)", "cpu fallback ops: QUANTIZE"]
-    assert lines[8] == "op counts: Conv 2, Gemm 1"
-    assert lines[9].startswith("note: Vela's static model.") and all(len(line) <= 96 for line in lines)
-    assert not any("{" in line or "[" in line or "'" in line.split(":", 1)[1] for line in lines[:9])
+                         "ram budget: 2 MiB (2,097,152 B)", "cpu fallback: QUANTIZE (float input)"]
+    assert lines[8:10] == ["cpu fallback ops: QUANTIZE", "op counts: Conv 2, Gemm 1"]
+    assert lines[10].startswith("note: Vela's static model.") and all(len(line) <= 96 for line in lines)
+    assert not any("{" in line or "[" in line or "'" in line.split(":", 1)[1] for line in lines[:10])
+
+
+def test_optimize_help_fits_on_two_screens():
+    text = CliRunner().invoke(cli, ["optimize", "--help"]).output
+    assert len(text.splitlines()) <= 105  # the details live in benchmarks/README.md, not in option help

@@ -116,7 +116,11 @@ def _check_cheap(model, target, backend, quantize):
 
 
 def _bytes(n) -> str:
-    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB ({n:,} B)"
+    if n < 1024:
+        return f"{n:,} B"
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:  # a budget: 2 MiB, not 2,048.0 KiB
+        return f"{n // (1024 * 1024):,} MiB ({n:,} B)"
+    return f"{n / 1024:,.1f} KiB ({n:,} B)"
 
 
 def _number(v) -> str:

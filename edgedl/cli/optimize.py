@@ -41,33 +41,24 @@ def _whole(value):
                    "the zeros gzip far better); 1 prunes single weights.")
 @click.option("--structured", metavar="FRACTION", help="Structured pruning: fraction of Conv filters / Dense units to remove, in (0, 1).")
 @click.option("--structured-residual", default="prune", show_default=True, metavar="prune|keep|FRACTION",
-              help="Channels joined by residual adds: prune them like the rest, keep them whole and prune "
-                   "only inside the residual blocks (less accuracy lost, fewer MACs saved), or remove this "
+              help="Channels joined by residual adds: prune them like the rest, keep them whole, or remove this "
                    "smaller fraction of them, e.g. 0.25.")
 @click.option("--structured-layer", "structured_layers", multiple=True, metavar="NAME=FRACTION",
-              help="Remove this fraction (0 keeps it whole) of the channels of the group layer NAME produces, "
-                   "over --structured and --structured-residual; repeat for more layers. The layers pruned "
-                   "together are listed in the report.")
+              help="Remove this fraction (0 keeps it whole) of the channels layer NAME produces; repeat for more "
+                   "layers.")
 @click.option("--structured-align", metavar="N",
-              help="Round each pruned group's kept channels up to a multiple of N (at most its width; a group "
-                   "that would round up to its full width is kept whole, and --structured-layer shares are taken "
-                   "as given). LiteRT's float32 kernels on x86-64 compute 16 output channels at a time, so the "
-                   "extra channels cost their layer nothing, but the layers that read them pay for each one; "
-                   "LiteRT's int8 time there moves in steps of 8 channels, so 8 adds capacity at no int8 cost.")
+              help="Round each pruned group's kept channels up to a multiple of N, the channel tile of the "
+                   "runtime's kernels (see benchmarks/README.md).")
 @click.option("--structured-schedule", type=click.Choice(["oneshot", "polynomial"]),
-              help="oneshot [default]: remove the channels, then fine-tune the smaller model; polynomial: fine-tune "
-                   "the full-width model while the channels to remove are masked a few more at a time (re-ranked by "
-                   "L1 norm at each step) over the first half of fine-tuning, then remove them and recover at the "
-                   "final width.")
+              help="oneshot [default]: remove the channels, then fine-tune; polynomial: mask them a few more at a "
+                   "time over the first half of fine-tuning, then remove them.")
 @click.option("--distill", is_flag=True,
-              help="Fine-tune every stage on the labels and on the float baseline's predictions (knowledge "
-                   "distillation): recovers more of what pruning costs, at the baseline's inference cost per step.")
+              help="Fine-tune on the labels and on the float baseline's predictions (knowledge distillation).")
 @click.option("--distill-alpha", type=float, metavar="FRACTION",
-              help="With --distill, the share of the loss on the labels, in [0, 1) [default: 0.5]; the rest is on "
-                   "the baseline's predictions (softened at temperature 4), and 0 learns from the baseline alone.")
+              help="With --distill, the share of the loss on the labels, in [0, 1) [default: 0.5].")
 @click.option("--lr-scale", type=float, metavar="FACTOR",
-              help="Fine-tuning after pruning starts at this multiple of the recipe's learning rate and decays it "
-                   "with a cosine [default: 0.5]; 1 retrains at the full rate, which recovers more after a deep cut.")
+              help="Fine-tuning starts at this multiple of the recipe's learning rate [default: 0.5]; 1 recovers "
+                   "more after a deep cut.")
 @click.option("--quantize", "-q", metavar="MODE", help="Quantization: int8, int16x8, float16 or dynamic (default: keep float32).")
 @click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion (implies --quantize int8).")
 @click.option("--io", "io_type", default="float", metavar="TYPE", show_default=True,
@@ -75,12 +66,10 @@ def _whole(value):
 @click.option("--num-calibration", type=COUNT, default=200, show_default=True,
               help="Representative samples from the training split for int8/int16x8.")
 @click.option("--per-tensor", is_flag=True,
-              help="int8/int16x8 weights with one scale per tensor, not per output channel: a smaller file on "
-                   "small models (each channel costs a float32 scale and an int64 zero point), at some risk to accuracy.")
+              help="One weight scale per tensor instead of per channel: a smaller file, at some risk to accuracy.")
 @click.option("--strip-names", is_flag=True,
-              help="Drop what no runtime reads from the .tflite (names of intermediate tensors, the converter's "
-                   "metadata) and store repeated shapes, quantization parameters and operator options once; inputs, "
-                   "outputs and signatures keep their names. Sizes in the report compare stripped files throughout.")
+              help="Drop what no runtime reads from the .tflite (intermediate tensor names, metadata) and store "
+                   "repeated tables once.")
 @click.option("--representative", type=click.Path(dir_okay=False),
               help="Calibration inputs as a .npy array (N, *input_shape) instead of training samples.")
 @click.option("--output", "-o", "--out", "out_dir", cls=OutputOption, required=True, type=click.Path(),
@@ -92,9 +81,7 @@ def _whole(value):
 @click.option("--limit", type=COUNT, help="Use at most this many samples per split (quick runs).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
 @click.option("--deterministic", is_flag=True,
-              help="Bit-identical fine-tuning for the same seed (TensorFlow's op determinism; can be slower, "
-                   "benchmarks/train_speed.py measures it). Off, two runs with the same seed can end slightly "
-                   "apart (sums across threads round differently).")
+              help="Bit-identical fine-tuning for the same seed (can be slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, structured_schedule, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
