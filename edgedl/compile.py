@@ -9,6 +9,7 @@ run the result -> write the bundle with its manifest.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from edgedl.modelio import metrics_beside
 
 log = logging.getLogger(__name__)
 
+MAX_SAMPLE_ELEMENTS = 1 << 26  # one input sample; beyond this a shape is a malformed file, not a model to check
 SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
 CHECK_TIMEOUT_S = 300.0   # the first load, the reference and each fidelity run of an untrusted model, in a child
 ENGINE_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "tvm": "TVM", "onnxruntime": "ONNX Runtime"}
@@ -221,6 +223,11 @@ def samples_for(source: Source, options: CompileOptions) -> tuple[np.ndarray, np
         if name:
             raise OptionError(f"data set '{n}' gives inputs of shape {tuple(data.input_shape)}, "
                               f"the model takes {tuple(source.input_shape)}")
+    per_sample = math.prod(int(d) for d in source.input_shape)
+    if per_sample > MAX_SAMPLE_ELEMENTS:
+        raise InputFileError(source.path, f"its input shape {tuple(source.input_shape)} has {per_sample:,} elements per "
+                                          f"sample (more than {MAX_SAMPLE_ELEMENTS:,}); the file is malformed or not "
+                                          "a model edgedl can check")
     rng = np.random.default_rng(0)
     x = rng.random((options.num_samples, *source.input_shape), dtype=np.float32)
     return x, None, {"dataset": None, "num_samples": len(x), "note": "no data set matches; uniform noise in [0, 1)"}, x

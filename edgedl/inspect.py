@@ -37,7 +37,7 @@ def inspect_path(path: str, target: str | None = None) -> dict:
 
             bundle_manifest, directory, holder = open_bundle(p)
             kind = info["kind"] = "bundle"
-            info["bundle"] = {k: bundle_manifest[k] for k in ("backend", "source", "fidelity", "estimates", "files")}
+            info["bundle"] = {k: bundle_manifest.get(k) for k in ("backend", "source", "fidelity", "estimates", "files")}
             info["bundle"]["target"] = bundle_manifest["target"]["name"]
             from edgedl.bundle import digest_of, signature_of
 

@@ -80,7 +80,7 @@ def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5,
     result = {
         "schema": SCHEMA,
         "bundle": {"path": str(bundle), "backend": model.manifest["backend"], "target": model.manifest["target"]["name"],
-                   "source": model.manifest["source"], "size_bytes": sum(f["bytes"] for f in model.manifest["files"]),
+                   "source": model.manifest.get("source") or {}, "size_bytes": sum(f["bytes"] for f in model.manifest["files"]),
                    "engine": model.manifest["runtime"]["engine"]},
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
                  "node": platform.node(), "cpus": os.cpu_count()},

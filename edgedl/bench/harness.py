@@ -78,9 +78,11 @@ def run_local(bundle: str, request: dict, timeout: float, progress=None) -> dict
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         req_path, res_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
         _io.write_json(req_path, request)
+        scratch = Path(tmp) / "tmp"  # the worker's temp folder (an unpacked archive): goes with ours, even if it dies
+        scratch.mkdir()
         proc = subprocess.Popen([sys.executable, "-m", "edgedl.bench.worker", str(req_path), str(res_path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(scratch)))
         deadline = time.monotonic() + timeout
         import selectors
 
@@ -108,6 +110,11 @@ def run_local(bundle: str, request: dict, timeout: float, progress=None) -> dict
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         stderr = proc.stderr.read()
         if not res_path.exists():
+            if proc.returncode < 0:
+                from edgedl._isolate import signal_name
+
+                raise DeviceError(f"the benchmark process for {bundle} died of {signal_name(-proc.returncode)} while "
+                                  "running the bundle's model; the model is malformed or the engine failed on it")
             tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
             raise DeviceError(f"benchmark process for {bundle} died ({tail[:300]})")
         result = json.loads(res_path.read_text())

@@ -47,7 +47,7 @@ def inspect_command(path, target, as_json):
     if "bundle" in info:
         b = info["bundle"]
         console.print(f"bundle: backend {shown(b['backend'])} for {shown(b['target'])}, "
-                      f"source {shown(b['source']['path'])}")
+                      f"source {shown(str((b.get('source') or {}).get('path', 'not recorded')))}")
         if b.get("signed_by"):
             from edgedl.signing import key_id
 

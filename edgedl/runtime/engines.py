@@ -132,10 +132,18 @@ class TVMEngine(Engine):
             lib = tvm.runtime.load_module(str(library_path))
         except Exception as e:
             raise InputFileError(library_path, f"TVM cannot load it ({' '.join(str(e).split())[:200]})") from None
-        self.device = tvm.device(device, 0)
-        if not self.device.exist:
+        try:
+            self.device = tvm.device(device, 0)
+            present = self.device.exist
+        except Exception as e:  # noqa: BLE001 - an unknown device name in the manifest
+            raise InputFileError(library_path, f"TVM does not know the device '{device}' ({str(e)[:120]})") from None
+        if not present:
             raise BackendError(f"TVM device '{device}' is not present on this machine")
-        self.vm = tvm.relax.VirtualMachine(lib, self.device)
+        try:
+            self.vm = tvm.relax.VirtualMachine(lib, self.device)
+        except Exception as e:  # noqa: BLE001 - a library that loads but is not a Relax executable
+            raise InputFileError(library_path, f"TVM cannot run it as a Relax virtual machine "
+                                               f"({' '.join(str(e).split())[:200] or type(e).__name__})") from None
         self._tvm = tvm
         self.inputs = list(inputs)
         self.outputs = list(outputs)
