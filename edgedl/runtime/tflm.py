@@ -168,7 +168,11 @@ class TFLMEngine(Engine):
                     f"TFLite Micro has no kernel for operator(s) {', '.join(missing)} in {path.name}")
             detail = "; ".join(ARENA_SHORT.findall(log)) or " ".join(log.split())[-200:] or "no log"
             raise BackendError(f"TFLite Micro cannot set up {path.name} in a {self.arena_size}-byte arena ({detail})")
-        self.inputs, self.outputs = io_specs(model, self.interpreter)
+        try:
+            self.inputs, self.outputs = io_specs(model, self.interpreter)
+        except Exception as e:  # noqa: BLE001 - the flatbuffer reader on a malformed file (struct.error, ...)
+            raise InputFileError(path, f"its tensors cannot be read ({type(e).__name__}: {str(e)[:160]}); the file is "
+                                       "malformed") from None
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_input(self.check_input(x), 0)
