@@ -215,17 +215,22 @@ def test_default_fine_tuning_is_a_quarter_of_the_recipe_but_at_least_two_thousan
     assert default_epochs(lenet, 100) == lenet["epochs"]  # never longer than the recipe's own training
 
 
-def test_masks_hold_pruned_weights_at_zero_while_fine_tuning(lenet, digits):
+def test_fine_tuning_under_the_masks_moves_the_kept_weights_and_holds_the_pruned_ones_at_zero(lenet, digits):
     from edgedl.optimize.finetune import finetune
 
     pruned = prune(lenet.model, 0.6, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
                    progress=False).model
-    zeros_before = np.asarray(pruned.get_layer("fc1").kernel) == 0
+    before = np.array(pruned.get_layer("fc1").kernel)
+    pruned_mask = before == 0
+    assert pruned_mask.mean() == pytest.approx(0.6, abs=0.01)
     masker = Masker.keep_zeros(pruned)
     finetune(pruned, digits.x_train[:512], digits.y_train[:512], LENET_RECIPE, 1,
              callbacks=[masking_callback(masker)], progress=False)
-    zeros_after = np.asarray(pruned.get_layer("fc1").kernel) == 0
-    assert np.array_equal(zeros_before, zeros_after)
+    after = np.array(pruned.get_layer("fc1").kernel)
+    assert np.all(after[pruned_mask] == 0)
+    # Fine-tuning ran: the weights the masks keep have moved (about 65% of them, measured, in one epoch on
+    # 512 digits; a weight whose input ReLU holds at zero on every sample gets no gradient).
+    assert np.mean(after[~pruned_mask] != before[~pruned_mask]) > 0.4
 
 
 def test_layers_that_cannot_be_pruned_are_listed_with_the_reason():
@@ -873,7 +878,9 @@ def edgedl(*args):
 
 
 @pytest.mark.slow
-def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp_path):
+def test_the_cli_writes_the_pruned_model_an_int8_tflite_and_a_report(lenet_file, tmp_path):
+    from edgedl.graph import read_tflite
+
     out = tmp_path / "out"
     code, stdout, stderr = edgedl("optimize", str(lenet_file), "--prune", "0.5", "--prune-block", "2",
                                   "--quantize", "int8", "--epochs", "1", "--deterministic", "--out", str(out), "--json")
@@ -890,7 +897,17 @@ def test_the_cli_writes_the_pruned_model_the_tflite_and_a_report(lenet_file, tmp
     assert sorted(p.name for p in out.iterdir()) == ["model.keras", "model.tflite", "report.json", "report.md",
                                                      "stages.png"]
     assert keras.saving.load_model(out / "model.keras").count_params() == report["stages"][0]["params_total"]
-    LiteRTEngine(out / "model.tflite")
+    # --quantize int8 wrote the int8 model: int8 weights and activations in every convolution and dense
+    # layer, int32 biases, float only at the edges (float I/O by default, quantized on the way in).
+    graph = read_tflite(out / "model.tflite")
+    compute = [op for op in graph.ops if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    assert len(compute) == 5
+    for op in compute:
+        weights, bias = (graph.tensors[i] for i in op.inputs[1:3])
+        assert weights["dtype"] == "int8" and bias["dtype"] == "int32", op
+        assert [graph.tensors[i]["dtype"] for i in op.outputs] == ["int8"], op
+    assert graph.is_quantized and graph.op_counts["QUANTIZE"] == 1 and graph.op_counts["DEQUANTIZE"] == 1
+    assert graph.inputs[0]["dtype"] == "float32" and graph.size_bytes < 0.4 * report["stages"][0]["size_bytes"]
     markdown = (out / "report.md").read_text()
     assert "| pruned |" in markdown and "](stages.png)" in markdown
     assert report["files"]["plot"] == str(out / "stages.png")
