@@ -41,14 +41,15 @@ def test_the_quickstart_says_tvm_ran_untuned_and_ends_with_next_steps():
     from edgedl.cli.quickstart import next_steps
 
     rows = [{"variant": "int8", "backend": "litert"}, {"variant": "int8", "backend": "tvm"}]
-    text = next_steps({"out_dir": "edgedl-quickstart", "model": "lenet", "rows": rows})
+    text = next_steps({"out_dir": "edgedl-quickstart", "model": "lenet", "target": "x86_64_avx512", "rows": rows})
     assert "note: TVM ran untuned" in text and "--tune" in text and "MetaSchedule" in text
     lines = text.splitlines()
     assert lines[0] == "results: edgedl-quickstart/results.json"
     steps = lines[lines.index("next:") + 1:]
-    assert steps[0].split("#")[0].split() == ["edgedl", "compile", "edgedl-quickstart/lenet.keras", "-t", "x86_64",
+    assert steps[0].split(":", 1)[1].split() == ["edgedl", "compile", "edgedl-quickstart/lenet.keras", "-t", "x86_64_avx512",
                                               "-q", "int8", "-o", "lenet.edgedl"]
-    assert steps[1].split("#")[0].split() == ["edgedl", "bench", "lenet.edgedl"]
+    assert steps[1].split(":", 1)[1].split() == ["edgedl", "bench", "lenet.edgedl"]
+    assert all(len(line) <= 100 for line in lines)
 
 
 def test_the_quickstart_folder_is_ignored_by_git():

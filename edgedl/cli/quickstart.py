@@ -38,7 +38,8 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
         click.echo(json.dumps(result, indent=2))
         return
     table = Table(title=f"{result['model']} on {result['dataset']} ({result['num_test']} test samples), "
-                        f"target {result['target']}, batch 1, one thread")
+                        f"target {result['target']}, batch 1, one thread" + (", TVM untuned" if any(
+                            r["backend"] == "tvm" for r in result["rows"]) else ""))
     for col in ("variant", "backend", "accuracy", "agreement", "p50 latency", "vs fastest", "size"):
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
     for r in result["rows"]:
@@ -54,20 +55,22 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
 
 def next_steps(result: dict) -> str:
     """What the table does not say (TVM ran untuned) and what to try next, with the files just written."""
-    folder, model = result["out_dir"], result["model"]
+    import textwrap
+
+    folder, model, target = result["out_dir"], result["model"], result["target"]
     lines = [f"results: {folder}/results.json"]
     if any(r["backend"] == "tvm" for r in result["rows"]):
-        lines += ["note: TVM ran untuned, on its default schedules. `edgedl compile ... --backend tvm --tune` searches "
-                  "schedules for this model and this CPU with MetaSchedule (--trials, 64 by default; minutes, the "
-                  "tuning database is kept and reused), which is how TVM is meant to be compared."]
-    lines += [
-        "next:",
-        f"  edgedl compile {folder}/{model}.keras -t x86_64 -q int8 -o {model}.edgedl   # the fastest backend "
-        "here that passes the fidelity check, as one bundle",
-        f"  edgedl bench {model}.edgedl                         # latency, memory and accuracy of that bundle",
-        f"  edgedl optimize {folder}/{model}.keras --prune 0.8 -q int8 -o {model}-opt   # prune, quantize, "
-        "measure each stage",
-        "  edgedl targets                                      # devices to compile for (-t NAME)",
-        "  README.md, 'Ten lines, end to end': the whole walk, remote devices included",
+        lines += textwrap.wrap(
+            "note: TVM ran untuned, on its default schedules. `edgedl compile MODEL --backend tvm --tune` searches "
+            f"schedules for this model on this CPU with MetaSchedule (--trials, 64 by default; minutes; the tuning "
+            "database is kept and reused): tune before comparing TVM's latency with the others.",
+            width=100, subsequent_indent="  ")
+    steps = [
+        ("bundle", f"edgedl compile {folder}/{model}.keras -t {target} -q int8 -o {model}.edgedl"),
+        ("measure", f"edgedl bench {model}.edgedl"),
+        ("compress", f"edgedl optimize {folder}/{model}.keras --prune 0.8 -q int8 -o {model}-opt"),
+        ("devices", "edgedl targets"),
     ]
+    lines += ["next:"] + [f"  {(what + ':').ljust(10)}{command}" for what, command in steps]
+    lines += ["  README.md, 'Ten lines, end to end', walks through the rest, remote devices included."]
     return "\n".join(lines)
