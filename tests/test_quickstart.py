@@ -85,3 +85,22 @@ def test_make_test_says_what_it_installs_and_how_long_before_it_starts(tmp_path)
                            timeout=60).stdout.splitlines()
     first_work = min(i for i, s in enumerate(steps) if s.startswith("python3 -m venv") or s == "sh scripts/system-deps.sh")
     assert any("system-deps.sh --plan" in s for s in steps[:first_work])
+
+
+def test_the_quickstart_table_says_tvm_ran_untuned_and_its_title_fits_one_line():
+    from rich.console import Console
+
+    from edgedl.cli.quickstart import results_table
+
+    row = {"accuracy": 0.98, "agreement": 1.0, "p50_us": 100.0, "vs_fastest": 1.0, "size_bytes": 72_000}
+    result = {"model": "lenet", "dataset": "digits", "num_test": 359, "target": "x86_64_avx512",
+              "rows": [dict(row, variant="int8", backend="litert"), dict(row, variant="int8", backend="tvm")]}
+    console = Console(record=True, width=120)
+    console.print(results_table(result))
+    lines = console.export_text().splitlines()
+    assert lines[0].strip() == "lenet on digits (359 test samples), target x86_64_avx512, batch 1, one thread"
+    assert lines[-1].strip() == "TVM untuned: see the note below"
+    result["rows"] = result["rows"][:1]
+    console = Console(record=True, width=120)
+    console.print(results_table(result))
+    assert "untuned" not in console.export_text()

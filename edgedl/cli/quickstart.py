@@ -25,7 +25,6 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     median latency (batch 1, one thread) and size of every variant.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from edgedl._io import check_writable
     from edgedl.quickstart import run
@@ -37,20 +36,28 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    table = results_table(result)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    out.print(table)
+    click.echo(next_steps(result))
+
+
+def results_table(result: dict):
+    """The comparison as a rich table: one row per variant and backend; the caption says when TVM ran untuned."""
+    from rich.table import Table
+
     table = Table(title=f"{result['model']} on {result['dataset']} ({result['num_test']} test samples), "
-                        f"target {result['target']}, batch 1, one thread" + (", TVM untuned" if any(
-                            r["backend"] == "tvm" for r in result["rows"]) else ""))
+                        f"target {result['target']}, batch 1, one thread",
+                  caption="TVM untuned: see the note below" if any(r["backend"] == "tvm" for r in result["rows"]) else None)
     for col in ("variant", "backend", "accuracy", "agreement", "p50 latency", "vs fastest", "size"):
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
     for r in result["rows"]:
         table.add_row(r["variant"], r["backend"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['agreement']:.2f}%",
                       "-" if r["p50_us"] is None else f"{r['p50_us']:.1f} us",
                       "-" if r["vs_fastest"] is None else f"{r['vs_fastest']:.2f}x", f"{r['size_bytes'] / 1024:.0f} KiB")
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=120)
-    out.print(table)
-    click.echo(next_steps(result))
+    return table
 
 
 def next_steps(result: dict) -> str:
