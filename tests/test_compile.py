@@ -24,7 +24,9 @@ def opts(**kw):
     return CompileOptions(**kw)
 
 
-def test_keras_to_litert_bundle_records_everything(lenet, tmp_path):
+def test_a_keras_model_compiled_for_litert_records_its_source_options_samples_and_preprocessing(lenet, tmp_path):
+    from edgedl.data import load_dataset
+
     r = compile_model(str(lenet["keras"]), "x86_64", str(tmp_path / "a.edgedl"), opts(backend="litert", quantize="int8"))
     m = read_manifest(tmp_path / "a.edgedl")
     assert m == r.manifest
@@ -34,7 +36,11 @@ def test_keras_to_litert_bundle_records_everything(lenet, tmp_path):
     assert m["inputs"][0]["shape"] == [1, 28, 28, 1]
     assert m["samples"]["dataset"] == "digits"  # from the metrics JSON beside the model
     assert m["fidelity"]["top1_agreement"] >= 0.98 and m["fidelity"]["samples"] == 60
-    assert m["preprocessing"]
+    # How to feed the bundle on a device: the data set's own description, as training recorded it.
+    pre = m["preprocessing"]
+    assert pre == load_dataset("digits").preprocessing
+    assert pre["scale"] == "x / 16" and pre["range"] == [0.0, 1.0] and pre["layout"] == "NHWC"
+    assert pre["dtype"] == "float32" and pre["resize"]["to"] == [28, 28]
     assert [f["path"] for f in m["files"]] == ["model.tflite"]
 
 
