@@ -87,7 +87,9 @@ def litert_reference(tflite_path, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def references(trained_lenet, samples):
-    """The reference outputs on the samples, by source kind (computed once)."""
+    """The reference outputs on the samples, by source kind (computed once, before anything compiles:
+    the Keras run here also keeps the first .tflite compile clear of the forked-probe crash that
+    test_backend_litert.py's xfail pins)."""
     x, _ = samples
     return {"int8": litert_reference(trained_lenet["int8"], x),
             "float": np.asarray(trained_lenet["model"].predict(x, batch_size=64, verbose=0), np.float32)}
