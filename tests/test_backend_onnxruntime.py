@@ -155,7 +155,7 @@ def test_keras_through_the_pipeline_matches_the_keras_reference(lenet, tmp_path)
     assert "tf2onnx" in m["toolchain"] and m["estimates"]["opset"] == 17
 
 
-def test_an_onnx_source_through_the_pipeline(lenet_onnx, tmp_path):
+def test_an_onnx_source_compiles_for_onnx_runtime_and_matches_its_reference_exactly(lenet_onnx, tmp_path):
     r = compile_model(str(lenet_onnx), "x86_64", str(tmp_path / "o.edgedl"),
                       CompileOptions(backend="onnxruntime", dataset="digits", num_samples=60))
     m = r.manifest

@@ -123,7 +123,7 @@ def test_cuda_code_is_generated_and_assembled_without_a_gpu(lenet, tmp_path):
     assert check["ok"] is True and check["cubin_bytes"] > 0 and check["arch"] == "sm_80"
 
 
-def test_opencl_source_for_a_mobile_gpu(lenet, tmp_path):
+def test_tvm_writes_opencl_kernels_for_a_mobile_gpu_and_records_that_they_were_not_run(lenet, tmp_path):
     r = compile_model(str(lenet["int8"]), "mali_g78", str(tmp_path / "m.edgedl"), opts(backend="tvm"))
     assert "__kernel" in (tmp_path / "m.edgedl" / "model.cl").read_text()
     assert r.manifest["fidelity"]["checked"] is False
