@@ -85,11 +85,11 @@ def litert_reference(tflite_path, x: np.ndarray) -> np.ndarray:
     return np.stack(outputs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def references(trained_lenet, samples):
     """The reference outputs on the samples, by source kind (computed once, before anything compiles:
     the Keras run here also keeps the first .tflite compile clear of the forked-probe crash that
-    test_backend_litert.py's xfail pins)."""
+    test_backend_litert.py's xfail pins, whichever test runs first)."""
     x, _ = samples
     return {"int8": litert_reference(trained_lenet["int8"], x),
             "float": np.asarray(trained_lenet["model"].predict(x, batch_size=64, verbose=0), np.float32)}
