@@ -53,7 +53,7 @@ def signal_name(number: int) -> str:
 
 
 def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: float | None = DEFAULT_TIMEOUT_S,
-        error: type[EdgeDLError] = InputFileError, fresh: bool = False, **kwargs):
+        error: type[EdgeDLError] = InputFileError, fresh: bool | None = None, **kwargs):
     """``fn(*args, **kwargs)`` in a forked child; its (picklable) result, or its error, here.
 
     Args:
@@ -66,8 +66,8 @@ def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: flo
         error: the EdgeDLError subclass raised when the child dies: InputFileError (the file is at
             fault, the default) or BackendError (a compiled artifact).
         fresh: run in a new interpreter instead of a fork (``fn`` and its arguments are pickled, so
-            ``fn`` must be a module-level function). TFLite Micro crashes in a child forked from a
-            process that has run TensorFlow's converter; see :func:`fork_is_safe_for_tflm`.
+            ``fn`` must be a module-level function). None (the default): fresh where a fork is not
+            safe for ``tool`` (:func:`fork_is_safe`).
 
     Returns:
         What ``fn`` returned.
@@ -82,6 +82,8 @@ def run(fn, *args, file: str | os.PathLike, tool: str, action: str, timeout: flo
         >>> run(len, "abc", file="x.tflite", tool="Python", action="counting it")
         3
     """
+    if fresh is None:
+        fresh = not fork_is_safe(tool)
     outcome, native = (_spawn if fresh else _fork)(fn, args, kwargs, timeout)
     kind = outcome[0]
     if kind == "ok":
@@ -160,6 +162,16 @@ def fork_is_safe_for_tflm() -> bool:
     """False once TensorFlow is imported here: TFLite Micro then dies with SIGSEGV in a forked child
     (seen after an int8 conversion in the same process), so its steps run in a fresh interpreter."""
     return "tensorflow" not in sys.modules
+
+
+FORK_UNSAFE_AFTER_TENSORFLOW = ("LiteRT", "TFLite Micro")
+
+
+def fork_is_safe(tool: str) -> bool:
+    """Whether ``tool`` may run in a fork of this process. LiteRT and TFLite Micro (TFLite kernels, like
+    the ones TensorFlow's converter loads) have died with SIGSEGV on valid models in children forked
+    after an int8 conversion here; once TensorFlow is imported, they get a fresh interpreter."""
+    return tool not in FORK_UNSAFE_AFTER_TENSORFLOW or "tensorflow" not in sys.modules
 
 
 def _spawn(fn, args, kwargs, timeout):

@@ -360,8 +360,7 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
                     checked = _isolate.run(_check_compiled, source.path, name, compiled, x, options.num_threads, timed,
                                            file=source.path, tool=ENGINE_NAMES.get(name, name),
                                            action=f"running its {name} build on {len(x)} samples",
-                                           timeout=CHECK_TIMEOUT_S,
-                                           fresh=name == "tflm" and not _isolate.fork_is_safe_for_tflm())
+                                           timeout=CHECK_TIMEOUT_S)
                     if np.shape(checked["outputs"]) != np.shape(reference):
                         raise BackendError(f"{name}'s build of {source.path.name} gives outputs of shape "
                                            f"{np.shape(checked['outputs'])}, the reference {np.shape(reference)}")

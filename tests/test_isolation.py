@@ -32,8 +32,15 @@ def _die_of(number):
 def test_a_child_killed_by_a_signal_is_one_error_naming_the_file_and_the_signal(number):
     with pytest.raises(InputFileError, match=rf"^m\.tflite: LiteRT crashed with {signal.Signals(number).name} "
                                              r"\(.*\) while loading it; the file is malformed") as e:
-        _isolate.run(_die_of, number, file="m.tflite", tool="LiteRT", action="loading it")
+        _isolate.run(_die_of, number, file="m.tflite", tool="LiteRT", action="loading it", fresh=False)
     assert e.value.path == "m.tflite" and "\n" not in str(e.value)
+
+
+def test_a_fresh_interpreter_child_that_dies_is_one_error_too():
+    """The path LiteRT and TFLite Micro take once TensorFlow is loaded here (a fork would crash them)."""
+    with pytest.raises(InputFileError, match=r"^m\.tflite: LiteRT crashed with SIGABRT .* while loading it"):
+        _isolate.run(os.abort, file="m.tflite", tool="LiteRT", action="loading it", fresh=True)
+    assert _isolate.run(np.arange, 3, file="m", tool="numpy", action="counting", fresh=True).tolist() == [0, 1, 2]
 
 
 def test_a_child_that_dies_on_a_compiled_model_is_a_backend_error():
@@ -50,7 +57,7 @@ def test_a_child_past_its_timeout_is_stopped_and_reaped(tmp_path):
 
     start = time.monotonic()
     with pytest.raises(InputFileError, match=r"m\.tflite: LiteRT did not finish loading it within 0\.5 s"):
-        _isolate.run(hang, file="m.tflite", tool="LiteRT", action="loading it", timeout=0.5)
+        _isolate.run(hang, file="m.tflite", tool="LiteRT", action="loading it", timeout=0.5, fresh=False)
     assert time.monotonic() - start < 10
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left running or a zombie
         os.kill(int(pid_file.read_text()), 0)
@@ -63,7 +70,7 @@ def test_the_childs_result_and_its_edgedl_error_come_back_as_they_were():
         raise InputFileError("/data/m.tflite", "not a TFLite flatbuffer")
 
     with pytest.raises(InputFileError, match=r"^/data/m\.tflite: not a TFLite flatbuffer$") as e:
-        _isolate.run(refuse, file="m", tool="LiteRT", action="loading it")
+        _isolate.run(refuse, file="m", tool="LiteRT", action="loading it", fresh=False)
     assert e.value.path == "/data/m.tflite"
 
 
@@ -72,7 +79,7 @@ def test_a_bug_in_the_child_is_raised_here_with_the_childs_traceback():
         return [][1]
 
     with pytest.raises(IndexError) as e:
-        _isolate.run(bug, file="m", tool="LiteRT", action="loading it")
+        _isolate.run(bug, file="m", tool="LiteRT", action="loading it", fresh=False)
     assert any("in bug" in note for note in e.value.__notes__)
 
 
@@ -82,7 +89,7 @@ def test_what_the_child_prints_natively_stays_out_of_the_terminal(capfd):
         os.abort()
 
     with pytest.raises(InputFileError, match=r"SIGABRT .*\(malloc\(\): invalid size \(unsorted\)\)$"):
-        _isolate.run(noisy, file="m.tflite", tool="LiteRT", action="running it")
+        _isolate.run(noisy, file="m.tflite", tool="LiteRT", action="running it", fresh=False)
     assert "malloc" not in capfd.readouterr().err
 
 

@@ -410,9 +410,10 @@ def test_good_devices_parse():
 # -- the agent itself ------------------------------------------------------------------------------
 
 
-def test_serve_help_says_it_listens_on_loopback_by_default():
+def test_serve_help_says_it_listens_on_loopback_by_default_and_how_to_trust_bundles():
     proc = edgedl("serve", "--help", timeout=60)
-    assert proc.returncode == 0 and "127.0.0.1" in proc.stdout and "trusted networks" in proc.stdout
+    assert proc.returncode == 0 and "It listens on 127.0.0.1 unless --host" in proc.stdout
+    assert "--trust" in proc.stdout and "--insecure" in proc.stdout
 
 
 def test_serve_refuses_a_taken_port_and_an_unreachable_tracker(agent):
