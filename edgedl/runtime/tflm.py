@@ -88,6 +88,9 @@ def build_interpreter(model: bytes, arena_size: int):
             interpreter = runtime.Interpreter.from_bytes(model, arena_size=int(arena_size))
         except (RuntimeError, ValueError):
             interpreter = None
+        except Exception as e:  # noqa: BLE001 - TFLM's Python flatbuffer reader on a malformed file (struct.error...)
+            raise InputFileError("model", f"TFLite Micro cannot read it ({str(e)[:120]}); the "
+                                          "file is malformed") from None
     return interpreter, out.text.replace("\r", "")
 
 
@@ -160,7 +163,10 @@ class TFLMEngine(Engine):
         if len(model) < 8 or model[4:8] != b"TFL3":
             raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
         self.arena_size = int(arena_size or 10 * len(model))
-        self.interpreter, log = build_interpreter(model, self.arena_size)
+        try:
+            self.interpreter, log = build_interpreter(model, self.arena_size)
+        except InputFileError as e:
+            raise InputFileError(path, str(e).removeprefix("model: ")) from None
         if self.interpreter is None:
             missing = missing_operators(log)
             if missing:
