@@ -97,9 +97,13 @@ class LiteRTEngine(Engine):
         self._out = self.interpreter.get_output_details()[0]["index"]
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self._in, self.check_input(x))
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out)
+        x = self.check_input(x)
+        try:
+            self.interpreter.set_tensor(self._in, x)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._out)
+        except (ValueError, RuntimeError) as e:  # e.g. a model whose tensors have no data ("Tensor data is null")
+            raise BackendError(f"LiteRT failed to run the model: {' '.join(str(e).split())[:200]}") from None
 
     def invoke_fast(self, x: np.ndarray) -> None:
         """Invoke without copying the output back (for latency loops)."""
@@ -147,17 +151,24 @@ class TVMEngine(Engine):
         self._tvm = tvm
         self.inputs = list(inputs)
         self.outputs = list(outputs)
-        self._main = self.vm["main"]
+        try:
+            self._main = self.vm["main"]
+        except Exception as e:  # noqa: BLE001 - a library without the entry point edgedl compiles
+            raise InputFileError(library_path, f"TVM finds no 'main' function in it ({str(e)[:160]})") from None
 
     def _tensor(self, x):
         rt = self._tvm.runtime
         return rt.tensor(x, self.device) if hasattr(rt, "tensor") else self._tvm.nd.array(x, self.device)
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
-        out = self._main(self._tensor(self.check_input(x)))
-        if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple"):
-            out = out[0]
-        return out.numpy()
+        x = self.check_input(x)
+        try:
+            out = self._main(self._tensor(x))
+            if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple"):
+                out = out[0]
+            return out.numpy()
+        except Exception as e:  # noqa: BLE001 - TVM's InternalError on a corrupt executable, and the like
+            raise BackendError(f"TVM failed to run the model: {' '.join(str(e).split())[:200]}") from None
 
     def time_evaluator(self, x: np.ndarray, number: int, repeat: int):
         """TVM's own timer: (per-repeat mean seconds list)."""
