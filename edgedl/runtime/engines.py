@@ -78,6 +78,7 @@ class LiteRTEngine(Engine):
 
     def __init__(self, model_path: str, num_threads: int = 1, xnnpack: bool = True):
         Interpreter = litert_interpreter_class()
+        self.model_path = str(model_path)
         kwargs = {"model_path": str(model_path), "num_threads": num_threads}
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = _no_delegate_resolver()
@@ -103,7 +104,8 @@ class LiteRTEngine(Engine):
             self.interpreter.invoke()
             return self.interpreter.get_tensor(self._out)
         except (ValueError, RuntimeError) as e:  # e.g. a model whose tensors have no data ("Tensor data is null")
-            raise BackendError(f"LiteRT failed to run the model: {' '.join(str(e).split())[:200]}") from None
+            raise InputFileError(self.model_path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})"
+                                 ) from None
 
     def invoke_fast(self, x: np.ndarray) -> None:
         """Invoke without copying the output back (for latency loops)."""
