@@ -158,12 +158,6 @@ def _fork(fn, args, kwargs, timeout):
     return _collect(read_end, native, timeout, lambda: os.waitpid(pid, 0)[1], lambda: _kill(pid))
 
 
-def fork_is_safe_for_tflm() -> bool:
-    """False once TensorFlow is imported here: TFLite Micro then dies with SIGSEGV in a forked child
-    (seen after an int8 conversion in the same process), so its steps run in a fresh interpreter."""
-    return "tensorflow" not in sys.modules
-
-
 FORK_UNSAFE_AFTER_TENSORFLOW = ("LiteRT", "TFLite Micro")
 
 

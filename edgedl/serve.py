@@ -787,20 +787,14 @@ class _Server:
             self._release_slot()
 
     def stop_sessions(self) -> None:
-        for pid in self.sessions:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while self.sessions and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(0.05)
-        for pid in list(self.sessions):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while self.sessions and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(0.05)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # ask, then insist
+            for pid in list(self.sessions):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while self.sessions and time.monotonic() < deadline:
+                self.reap()
+                time.sleep(0.05)
         while True:
             try:
                 conn, where, _ = self.ready.get_nowait()

@@ -47,7 +47,7 @@ class TFLMBackend(Backend):
             return {}
         missing = _isolate.run(find_missing_operators, path.read_bytes(), file=path, tool="TFLite Micro",
                                action="looking up its operators", timeout=STEP_TIMEOUT_S,
-                               error=BackendError, fresh=not _isolate.fork_is_safe_for_tflm())
+                               error=BackendError)
         return {op: "TFLite Micro's op resolver has no kernel for it" for op in missing}
 
     def compile(self, tflite_path, target, out_dir, options):
@@ -59,7 +59,7 @@ class TFLMBackend(Backend):
         # TFLite Micro is native code reading an untrusted model: every step that builds or runs its
         # interpreter here does so in a child process; a crash is a BackendError naming the file, so
         # that a target with other backends can still try them.
-        if _isolate.fork_is_safe_for_tflm():
+        if _isolate.fork_is_safe("TFLite Micro"):
             arena = _analyse(model, tflite_path)
         else:  # forks of this process would crash TFLite Micro: one fresh interpreter forks them instead
             arena = _isolate.run(_analyse, model, tflite_path, file=tflite_path, tool="TFLite Micro",

@@ -46,8 +46,6 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
 
     from rich.console import Console
 
-    from edgedl.bundle import check_output
-
     _check_cheap(model, target, backend, quantize)  # a typo answered in a second, not after loading TensorFlow
     from edgedl.compile import CompileOptions, compile_model
 
@@ -55,12 +53,7 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
                              num_samples=num_samples, max_disagreement=max_disagreement, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
                              sign_key=sign_key)
-    out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out
-    check_output(out, force=force)  # before any heavy import: never after minutes of work
-    if sign_key:
-        from edgedl.signing import load_private_key
-
-        load_private_key(sign_key)
+    out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out  # compile_model checks it before any work
     console = Console(stderr=True)
     status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))
     result = compile_model(model, target, out, options, status=status)
