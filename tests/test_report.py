@@ -298,7 +298,7 @@ def test_bad_options_are_refused(runs, tmp_path):
 
 
 def test_the_report_is_written_atomically(runs, tmp_path, monkeypatch):
-    import edgedl.report as report_module
+    import edgedl.report.bench as report_module
 
     out = tmp_path / "report.html"
     build_report(runs).save(out)

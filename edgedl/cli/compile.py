@@ -108,14 +108,6 @@ def _check_cheap(model, target, backend, quantize):
             raise OptionError(problem)
 
 
-def _bytes(n) -> str:
-    if n < 1024:
-        return f"{n:,} B"
-    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:  # a budget: 2 MiB, not 2,048.0 KiB
-        return f"{n // (1024 * 1024):,} MiB ({n:,} B)"
-    return f"{n / 1024:,.1f} KiB ({n:,} B)"
-
-
 def _number(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -128,7 +120,9 @@ def _number(v) -> str:
 
 def _value(key: str, v) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_bytes"):
-        return _bytes(int(v))
+        from edgedl.report.format import size
+
+        return size(v)
     if isinstance(v, dict):
         return ", ".join(f"{k} {_value(k, x)}" for k, x in v.items()) or "none"
     if isinstance(v, (list, tuple)):

@@ -190,7 +190,7 @@ def plot_stages(stages: list[dict]) -> bytes:
     """
     from matplotlib.figure import Figure
 
-    from edgedl.report import png_bytes
+    from edgedl.report.plots import png_bytes
 
     names = [r["stage"] for r in stages]
     xs = np.arange(len(stages))

@@ -1,4 +1,4 @@
-"""Reports, the last stage of the pipeline: benchmark results side by side, with a regression check.
+"""Benchmark reports: results side by side, with a regression check.
 
 ``edgedl bench -o run.json`` writes one result (schema ``edgedl.bench/1``); a report reads any
 number of them and shows
@@ -22,9 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import statistics
@@ -34,6 +32,8 @@ from pathlib import Path
 
 from edgedl import __version__, _io
 from edgedl.errors import InputFileError, OptionError
+from edgedl.report.format import figure_html, html_table, md_table, mib, num, percent
+from edgedl.report.plots import MARKERS, new_figure, png_bytes
 
 SCHEMA = "edgedl.bench/1"
 DEFAULT_THRESHOLD = 0.10
@@ -362,13 +362,13 @@ class Report:
         for r in self.runs:
             lat = r.latency
             machine = (r.result.get("host") or {}).get("machine")
-            memory = _mib(r.peak_memory_bytes) + " RSS" if r.peak_memory_bytes else "–"
+            memory = mib(r.peak_memory_bytes) + " RSS" if r.peak_memory_bytes else "–"
             if r.arena_bytes:
                 memory += f", arena {r.arena_bytes / 1024:.1f} KiB"
             rows.append([r.label, r.backend, r.target, r.device + (f" ({machine})" if machine else ""),
-                         _num(lat["p50_us"]), _num(lat["p90_us"]), _num(lat["p99_us"]),
-                         _num(r.throughput, 0), _percent(r.accuracy),
-                         _num(r.size_bytes / 1024) if r.size_bytes is not None else "–", memory])
+                         num(lat["p50_us"]), num(lat["p90_us"]), num(lat["p99_us"]),
+                         num(r.throughput, 0), percent(r.accuracy),
+                         num(r.size_bytes / 1024) if r.size_bytes is not None else "–", memory])
         return head, rows
 
     def detail_rows(self) -> tuple[list[str], list[list[str]]]:
@@ -381,17 +381,17 @@ class Report:
             on = f"{acc.get('samples', '?')} {acc.get('dataset', '')}".strip() if acc else "–"
             rows.append([
                 r.label, f"{s.get('runs', '?')} × {s.get('repeats', '?')}",
-                ", ".join(_num(v) for v in r.repeat_p50) or "–",
-                _percent(r.spread), _num(t["load_s"] * 1000) if "load_s" in t else "–",
-                _num(t.get("first_inference_us")),
-                f"{_num(lat.get('mean_us'))} ± {_num(lat.get('std_us'))}" if "mean_us" in lat else "–",
-                on, _percent(acc.get("reference_agreement")), str(r.result.get("created", "–")),
+                ", ".join(num(v) for v in r.repeat_p50) or "–",
+                percent(r.spread), num(t["load_s"] * 1000) if "load_s" in t else "–",
+                num(t.get("first_inference_us")),
+                f"{num(lat.get('mean_us'))} ± {num(lat.get('std_us'))}" if "mean_us" in lat else "–",
+                on, percent(acc.get("reference_agreement")), str(r.result.get("created", "–")),
                 Path(r.source).name])
         return head, rows
 
     def comparison_rows(self) -> tuple[list[str], list[list[str]]]:
         head = ["bundle", "target", "device", "baseline p50 (µs)", "new p50 (µs)", "change", "verdict"]
-        rows = [[c.name, c.target, c.device, _num(c.baseline_p50), _num(c.p50),
+        rows = [[c.name, c.target, c.device, num(c.baseline_p50), num(c.p50),
                  f"{100 * c.change:+.1f}%" if c.change is not None else "–", c.verdict] for c in self.comparisons]
         return head, rows
 
@@ -400,8 +400,8 @@ class Report:
         rows = []
         for r in self.runs:
             for quantity, v in (r.result.get("estimates_vs_measured") or {}).items():
-                rows.append([r.label, quantity, _num(v.get("estimated")),
-                             _num(v.get("measured_p50", v.get("measured"))), str(v.get("note") or "")])
+                rows.append([r.label, quantity, num(v.get("estimated")),
+                             num(v.get("measured_p50", v.get("measured"))), str(v.get("note") or "")])
         return head, rows
 
     def _sources(self) -> str:
@@ -414,7 +414,7 @@ class Report:
         return text
 
     def _pareto_items(self) -> list[str]:
-        return [f"{r.label}: {_percent(r.accuracy)} at p50 {_num(r.p50)} µs, {_num((r.size_bytes or 0) / 1024)} KiB "
+        return [f"{r.label}: {percent(r.accuracy)} at p50 {num(r.p50)} µs, {num((r.size_bytes or 0) / 1024)} KiB "
                 f"({r.backend}, {r.target}, {r.device})" for r in self.pareto]
 
     def regression_summary(self) -> str:
@@ -433,18 +433,18 @@ class Report:
     def to_markdown(self) -> str:
         """The report as Markdown: the tables and the Pareto front (the plots are in the HTML report)."""
         out = ["# Benchmark report", "", self._sources() + f". Written by edgedl {__version__}.", "", "## Runs", ""]
-        out += _md_table(*self.run_rows())
+        out += md_table(*self.run_rows())
         out += ["", "## Pareto front: accuracy vs p50 latency", ""]
         items = self._pareto_items()
         out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or ["No run has an accuracy."]
         out += ["", "## Regression check", "", self.regression_summary()]
         if self.baseline:
             out += ["", f"Threshold: a p50 more than {100 * self.threshold:g}% above the baseline's is a regression.",
-                    ""] + _md_table(*self.comparison_rows())
-        out += ["", "## Measurement details", ""] + _md_table(*self.detail_rows())
+                    ""] + md_table(*self.comparison_rows())
+        out += ["", "## Measurement details", ""] + md_table(*self.detail_rows())
         head, rows = self.estimate_rows()
         if rows:
-            out += ["", "## Estimates vs measurements", ""] + _md_table(head, rows)
+            out += ["", "## Estimates vs measurements", ""] + md_table(head, rows)
         out += ["", "Plots (accuracy vs latency vs size, latency distributions) are in the HTML report: "
                 "`edgedl report ... -o report.html`.", ""]
         return "\n".join(out)
@@ -462,13 +462,13 @@ class Report:
 
         head, rows = self.run_rows()
         parts += ['<section id="runs"><h2>Runs</h2>',
-                  _html_table(head, rows, "runs-table", "run", [r.label for r in self.runs],
+                  html_table(head, rows, "runs-table", "run", [r.label for r in self.runs],
                               numeric=range(4, 10)), "</section>"]
 
         parts.append('<section id="tradeoff"><h2>Accuracy, latency and size</h2>')
         scored = [r for r in self.runs if r.accuracy is not None]
         if scored:
-            parts.append(_figure(plot_tradeoff(self.runs, self.pareto), "plot-tradeoff",
+            parts.append(figure_html(plot_tradeoff(self.runs, self.pareto), "plot-tradeoff",
                                  "Accuracy against p50 latency; marker area is proportional to bundle size, colour is "
                                  "the target, shape the backend. The dashed line joins the Pareto front (ringed).",
                                  "accuracy against p50 latency, marker size by bundle size"))
@@ -483,7 +483,7 @@ class Report:
         parts.append("</section>")
 
         parts += ['<section id="latency"><h2>Latency distributions</h2>',
-                  _figure(plot_latency(self.runs), "plot-latency",
+                  figure_html(plot_latency(self.runs), "plot-latency",
                           "Per run: whiskers from min to max, box from p50 to p90, a bar at p99, dots at the median of "
                           "each repeat. Log scale.", "latency distribution of each run"), "</section>"]
 
@@ -491,23 +491,23 @@ class Report:
         parts.append(f'<p class="verdict{" bad" if self.regressions else ""}">{e(self.regression_summary())}</p>')
         if self.baseline:
             head, rows = self.comparison_rows()
-            parts.append(_html_table(head, rows, "regression-table", "comparison", [c.label for c in self.comparisons],
+            parts.append(html_table(head, rows, "regression-table", "comparison", [c.label for c in self.comparisons],
                                      numeric=range(3, 6),
                                      row_class=[c.verdict.replace(" ", "-") for c in self.comparisons]))
             if any(c.change is not None for c in self.comparisons):
-                parts.append(_figure(plot_changes(self.comparisons, self.threshold), "plot-regression",
+                parts.append(figure_html(plot_changes(self.comparisons, self.threshold), "plot-regression",
                                      f"Change of the p50 latency against the baseline; dashed lines at "
                                      f"±{100 * self.threshold:g}%.", "p50 change against the baseline"))
         parts.append("</section>")
 
         head, rows = self.detail_rows()
         parts += ['<section id="details"><h2>Measurement details</h2>',
-                  _html_table(head, rows, "details-table", "detail", [r.label for r in self.runs], numeric=range(4, 7)),
+                  html_table(head, rows, "details-table", "detail", [r.label for r in self.runs], numeric=range(4, 7)),
                   "</section>"]
         head, rows = self.estimate_rows()
         if rows:
             parts += ['<section id="estimates"><h2>Estimates vs measurements</h2>',
-                      _html_table(head, rows, "estimates-table", "estimate", [r[0] for r in rows], numeric=range(2, 4)),
+                      html_table(head, rows, "estimates-table", "estimate", [r[0] for r in rows], numeric=range(2, 4)),
                       "</section>"]
         parts.append("</body>\n</html>\n")
         return "\n".join(parts)
@@ -544,34 +544,13 @@ def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Re
 
 # ----- plots -----
 
-_MARKERS = "osD^vPX<>*hp"
-
-
-def new_figure(width: float, height: float):
-    """A matplotlib figure (Agg, no screen needed) with one axes."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def png_bytes(fig) -> bytes:
-    """The figure as PNG bytes, without a timestamp or software tag (the same plot gives the same bytes)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
 def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
     """Accuracy (%) against p50 latency (µs); area ∝ bundle size, colour = target, marker = backend. PNG."""
     from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
     scored = [r for r in runs if r.accuracy is not None]
-    fig, ax = new_figure(8.0, 5.0)
+    fig, ax = newfigure_html(8.0, 5.0)
     targets = sorted({r.target for r in scored})
     backends = sorted({r.backend for r in scored})
     colours = colormaps["tab10"]
@@ -582,7 +561,7 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
 
     for r in scored:
         ax.scatter(r.p50, 100 * r.accuracy, s=area(r), color=colours(targets.index(r.target) % 10),
-                   marker=_MARKERS[backends.index(r.backend) % len(_MARKERS)], alpha=0.7, edgecolors="black",
+                   marker=MARKERS[backends.index(r.backend) % len(MARKERS)], alpha=0.7, edgecolors="black",
                    linewidths=0.5, zorder=3)
     if pareto:
         xs, ys = [r.p50 for r in pareto], [100 * r.accuracy for r in pareto]
@@ -605,7 +584,7 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
     ax.set_ylabel("accuracy (%)")
     ax.grid(True, alpha=0.3)
     handles = [Line2D([], [], linestyle="", marker="o", color=colours(i % 10), label=t) for i, t in enumerate(targets)]
-    handles += [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)], color="grey", label=b)
+    handles += [Line2D([], [], linestyle="", marker=MARKERS[i % len(MARKERS)], color="grey", label=b)
                 for i, b in enumerate(backends)]
     handles.append(Line2D([], [], linestyle="--", color="black", marker="o", markerfacecolor="none",
                           markeredgecolor="crimson", label="Pareto front"))
@@ -639,7 +618,7 @@ def plot_latency(runs: list[Run]) -> bytes:
     """One row per run: min–max whiskers, p50–p90 box, p99 bar, repeat medians as dots (log x). PNG."""
     from matplotlib.patches import Rectangle
 
-    fig, ax = new_figure(8.0, 1.2 + 0.55 * len(runs))
+    fig, ax = newfigure_html(8.0, 1.2 + 0.55 * len(runs))
     for i, r in enumerate(runs):
         lat, y = r.latency, len(runs) - 1 - i
         ax.hlines(y, lat["min_us"], lat["max_us"], color="grey", linewidth=1, zorder=1)
@@ -674,7 +653,7 @@ def plot_latency(runs: list[Run]) -> bytes:
 def plot_changes(comparisons: list[Comparison], threshold: float) -> bytes:
     """Horizontal bars of the p50 change against the baseline, red beyond +threshold, green below -threshold. PNG."""
     matched = [c for c in comparisons if c.change is not None]
-    fig, ax = new_figure(8.0, 1.0 + 0.45 * len(matched))
+    fig, ax = newfigure_html(8.0, 1.0 + 0.45 * len(matched))
     colours = {"regression": "#d62728", "faster": "#2ca02c"}
     for i, c in enumerate(matched):
         y = len(matched) - 1 - i
@@ -688,50 +667,6 @@ def plot_changes(comparisons: list[Comparison], threshold: float) -> bytes:
     ax.set_xlabel("p50 change against the baseline (%)")
     ax.grid(True, axis="x", alpha=0.3)
     return png_bytes(fig)
-
-
-# ----- rendering helpers -----
-
-def _num(value, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    return f"{float(value):,.{digits}f}"
-
-
-def _percent(value) -> str:
-    return "–" if value is None else f"{100 * float(value):.1f}%"
-
-
-def _mib(n) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
-    return lines
-
-
-def _html_table(head, rows, table_id, row_kind, keys, numeric=(), row_class=None) -> str:
-    e = html.escape
-    numeric = set(numeric)
-    out = [f'<table id="{table_id}"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    for i, (row, key) in enumerate(zip(rows, keys)):
-        cls = row_kind + (f" {row_class[i]}" if row_class else "")
-        cells = "".join(f'<td{" class=num" if j in numeric else ""}>{e(c)}</td>' for j, c in enumerate(row))
-        out.append(f'<tr class="{e(cls)}" data-run="{e(key)}">{cells}</tr>')
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-def _figure(png: bytes, fig_id: str, caption: str, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img id="{fig_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 _HTML_HEAD = """<!DOCTYPE html>

@@ -1,0 +1,61 @@
+"""Formatting shared by every report and table: numbers, percentages and sizes for people, Markdown
+and HTML tables, inline figures. Pure Python, no plotting or TensorFlow imports."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+
+def num(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{float(value):,.{digits}f}"
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{100 * float(value):.1f}%"
+
+
+def mib(n) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def size(n) -> str:
+    """A byte count for people: ``512 B``, ``2 MiB (2,097,152 B)``, ``4.3 KiB (4,400 B)``."""
+    n = int(n)
+    if n < 1024:
+        return f"{n:,} B"
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:  # a budget: 2 MiB, not 2,048.0 KiB
+        return f"{n // (1024 * 1024):,} MiB ({n:,} B)"
+    if n >= 1024 * 1024:
+        return f"{n / 2**20:,.1f} MiB ({n:,} B)"
+    return f"{n / 1024:,.1f} KiB ({n:,} B)"
+
+
+def md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(map(md_cell, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in rows]
+    return lines
+
+
+def html_table(head, rows, table_id, row_kind, keys, numeric=(), row_class=None) -> str:
+    e = html.escape
+    numeric = set(numeric)
+    out = [f'<table id="{table_id}"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for i, (row, key) in enumerate(zip(rows, keys)):
+        cls = row_kind + (f" {row_class[i]}" if row_class else "")
+        cells = "".join(f'<td{" class=num" if j in numeric else ""}>{e(c)}</td>' for j, c in enumerate(row))
+        out.append(f'<tr class="{e(cls)}" data-run="{e(key)}">{cells}</tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def figure_html(png: bytes, fig_id: str, caption: str, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img id="{fig_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
