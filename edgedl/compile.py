@@ -92,7 +92,7 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> Source:
         return Source(p, "onnx", sha, None, partial(_isolated_reference, _reference_onnx, p, "ONNX Runtime"),
                       shape, meta)
     from edgedl.modelio import load_model
-    from edgedl.train import predict as keras_predict
+    from edgedl.keras_utils import predict as keras_predict
 
     model = load_model(str(p))
     shape = tuple(model.input_shape[1:])

@@ -48,7 +48,7 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
     from edgedl.data import load_dataset
     from edgedl.runtime.quant import predict, quantize
     from edgedl.targets import host_target
-    from edgedl.train import predict as keras_predict
+    from edgedl.keras_utils import predict as keras_predict
     from edgedl.train import train
 
     say = status or (lambda msg: log.info(msg))

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
 
-import numpy as np
-
 from edgedl import _io, _lazy
 from edgedl.errors import ModelError, OptionError
+from edgedl.keras_utils import ProgressBar, check_shapes, compile_for_training, evaluate, make_dataset, set_determinism
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class TrainResult:
         """Write ``out`` (.keras) and ``out`` with ``.json`` (the metrics), each atomically."""
         out = Path(out)
         if out.suffix != ".keras":
-            raise OptionError(f"--out must end in .keras, got '{out.name}'")
+            raise OptionError(f"-o/--output must end in .keras, got '{out.name}'")
         with _io.atomic_path(out, suffix=".keras") as tmp:
             self.model.save(tmp)
         metrics_path = out.with_suffix(".json")
@@ -136,7 +135,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         from edgedl import zoo
 
         keras_model = zoo.get_model(zoo_name).build(input_shape=data.input_shape, num_classes=data.num_classes)
-    _check_shapes(keras_model, data)
+    check_shapes(keras_model, data)
 
     steps = math.ceil(len(data.x_train) / batch_size)
     compile_for_training(keras_model, recipe, steps * epochs, steps)
@@ -169,135 +168,3 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
         "recipe": {k: recipe[k] for k in TRAINING_KEYS if k in recipe},
     }
     return TrainResult(model=keras_model, metrics=metrics)
-
-
-def set_determinism(deterministic: bool) -> None:
-    """Turn TensorFlow's op determinism on or off for this process.
-
-    On, every operator gives bit-identical results from run to run, which TensorFlow buys by
-    running some on a single thread; off (TensorFlow's default), sums across threads may round
-    differently from run to run. The setting is process-wide, so each training entry
-    point sets it, rather than inheriting whatever the last one left.
-    """
-    from tensorflow.python.framework import config  # the public API has only enable_op_determinism
-
-    if deterministic:
-        config.enable_op_determinism()
-    else:
-        config.disable_op_determinism()
-
-
-def _check_shapes(model, data):
-    inputs, outputs = len(model.inputs or ()), len(model.outputs or ())
-    if (inputs, outputs) != (1, 1):
-        raise ModelError(
-            f"model '{model.name}' has {inputs} input(s) and {outputs} output(s); "
-            f"edgedl trains and measures models with one input (data set '{data.name}' gives {tuple(data.input_shape)}) "
-            "and one output (the class scores)"
-        )
-    want = tuple(model.input_shape[1:])
-    if want != tuple(data.input_shape):
-        raise ModelError(
-            f"model '{model.name}' takes inputs of shape {want}, but data set '{data.name}' gives {tuple(data.input_shape)}"
-        )
-
-
-def compile_for_training(model, recipe: dict, total_steps: int, steps_per_epoch: int = 1):
-    """Compile ``model`` with the recipe's optimizer, learning rate and schedule.
-
-    Recipe keys: ``optimizer`` (adam or sgd), ``learning_rate``, ``schedule`` (cosine or constant),
-    ``warmup_epochs`` (linear warm-up before the cosine), ``momentum`` and ``nesterov`` (sgd),
-    ``weight_decay`` (decoupled, applied by the optimizer to kernels, not to biases or batch norm).
-    """
-    keras = _lazy.keras()
-    lr = recipe.get("learning_rate", 1e-3)
-    warmup = min(int(recipe.get("warmup_epochs", 0) * steps_per_epoch), max(total_steps - 1, 0))
-    if recipe.get("schedule", "cosine") not in ("cosine", "constant"):
-        raise OptionError(f"unknown schedule '{recipe['schedule']}'; known: cosine, constant")
-    if recipe.get("schedule") == "cosine" and total_steps > 1:
-        if warmup:
-            lr = keras.optimizers.schedules.CosineDecay(lr / 100, decay_steps=total_steps - warmup, alpha=0.01,
-                                                        warmup_target=lr, warmup_steps=warmup)
-        else:
-            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps, alpha=0.01)
-    name = recipe.get("optimizer", "adam")
-    kwargs = {"learning_rate": lr}
-    if recipe.get("weight_decay"):
-        kwargs["weight_decay"] = recipe["weight_decay"]
-    if name == "sgd":
-        kwargs.update(momentum=recipe.get("momentum", 0.9), nesterov=bool(recipe.get("nesterov", False)))
-    optimizers = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
-    if name not in optimizers:
-        raise OptionError(f"unknown optimizer '{name}'; known: {', '.join(optimizers)}")
-    optimizer = optimizers[name](**kwargs)
-    if recipe.get("weight_decay"):
-        # decay kernels only: biases, batch norm scales and shifts stay free
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-
-def make_dataset(x, y, batch_size: int, augment: str | None, seed: int):
-    """A shuffled, batched tf.data pipeline; ``augment="flip_crop"`` adds random flips and 4-pixel crops."""
-    tf = _lazy.tf()
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if augment == "flip_crop":
-        h, w = x.shape[1:3]
-
-        def aug(img, label):
-            img = tf.image.random_flip_left_right(img)
-            img = tf.pad(img, [[4, 4], [4, 4], [0, 0]], mode="REFLECT")
-            img = tf.image.random_crop(img, (h, w, x.shape[3]))
-            return img, label
-
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    elif augment:
-        raise OptionError(f"unknown augmentation '{augment}'; known: flip_crop")
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def evaluate(model, x, y, batch_size: int = 256) -> tuple[float, float]:
-    """(loss, top-1 accuracy) of a Keras classifier on arrays."""
-    probs = predict(model, x, batch_size)
-    eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
-    accuracy = float(np.mean(np.argmax(probs, axis=1) == y))
-    return round(loss, 6), round(accuracy, 6)
-
-
-def predict(model, x, batch_size: int = 256) -> np.ndarray:
-    outs = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
-
-
-def _keras_callback_base():
-    return _lazy.keras().callbacks.Callback
-
-
-class ProgressBar:
-    """A rich progress bar as a Keras callback (built lazily so this module imports without Keras)."""
-
-    def __new__(cls, epochs: int, steps: int, title: str = "training"):
-        base = _keras_callback_base()
-
-        class _Bar(base):
-            def on_train_begin(self, logs=None):
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
-                                         transient=False)
-                self.progress.start()
-                self.task = self.progress.add_task(title, total=epochs * steps, status="")
-
-            def on_train_batch_end(self, batch, logs=None):
-                logs = logs or {}
-                status = f"loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.4f}"
-                self.progress.update(self.task, advance=1, status=status)
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.progress.update(self.task, description=f"{title} (epoch {epoch + 1}/{epochs})")
-
-            def on_train_end(self, logs=None):
-                self.progress.stop()
-
-        return _Bar()

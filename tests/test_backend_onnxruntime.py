@@ -133,7 +133,7 @@ def test_a_model_onnx_runtime_cannot_load_is_an_input_file_error(tmp_path):
 def test_keras_exports_with_batch_one_and_matches_keras(lenet, lenet_onnx):
     from edgedl.backends.onnxruntime import onnx_reference
     from edgedl.data import load_dataset
-    from edgedl.train import predict
+    from edgedl.keras_utils import predict
 
     proto = onnx.load(str(lenet_onnx))
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

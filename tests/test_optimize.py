@@ -26,7 +26,8 @@ from edgedl.optimize import qat as qat_module  # noqa: E402
 from edgedl.optimize import structured  # noqa: E402
 from edgedl.optimize.prune import Masker, Schedule, find_prunable, masking_callback  # noqa: E402
 from edgedl.runtime.engines import LiteRTEngine  # noqa: E402
-from edgedl.train import evaluate, train  # noqa: E402
+from edgedl.keras_utils import evaluate  # noqa: E402
+from edgedl.train import train  # noqa: E402
 
 LENET_RECIPE = zoo.get_model("lenet").recipe
 

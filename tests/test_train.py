@@ -7,7 +7,8 @@ import pytest
 
 from edgedl.errors import ModelError, OptionError
 from edgedl.modelio import load_model
-from edgedl.train import predict, train
+from edgedl.keras_utils import predict
+from edgedl.train import train
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +105,17 @@ def test_a_model_whose_input_does_not_fit_the_data_set_is_refused():
     import keras
 
     from edgedl.data import load_dataset
-    from edgedl.train import _check_shapes
+    from edgedl.keras_utils import check_shapes
 
     digits = load_dataset("digits")
     inputs = keras.Input((61, 40, 1))
     spectrogram = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)), name="kws")
     with pytest.raises(ModelError, match=r"takes inputs of shape \(61, 40, 1\).*'digits' gives \(28, 28, 1\)"):
-        _check_shapes(spectrogram, digits)
+        check_shapes(spectrogram, digits)
     left, right = keras.Input((28, 28, 1)), keras.Input((28, 28, 1))
     two = keras.Model([left, right], keras.layers.Add()([left, right]), name="two")
     with pytest.raises(ModelError, match=r"model 'two' has 2 input\(s\) and 1 output\(s\)"):
-        _check_shapes(two, digits)
+        check_shapes(two, digits)
 
 
 @pytest.mark.slow

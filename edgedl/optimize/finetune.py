@@ -86,7 +86,7 @@ def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, 
     Returns:
         The Keras ``History``.
     """
-    from edgedl.train import ProgressBar, compile_for_training, make_dataset
+    from edgedl.keras_utils import ProgressBar, compile_for_training, make_dataset
 
     if epochs < 1:
         raise OptionError(f"--epochs must be a positive integer, got {epochs}")

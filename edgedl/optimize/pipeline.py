@@ -443,7 +443,7 @@ def keras_stage(stage: str, description: str, model, x, y, *, strip: bool = Fals
     """Accuracy of a Keras model, and the size of its float32 .tflite (its intermediate tensor names
     stripped if ``strip``), its parameters, MACs and sparsity."""
     from edgedl.convert import strip_names, to_tflite
-    from edgedl.train import evaluate
+    from edgedl.keras_utils import evaluate
 
     _, accuracy = evaluate(model, x, y)
     row = {"stage": stage, "description": description, "format": "float32 tflite", "accuracy": accuracy}
@@ -550,7 +550,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
         True
     """
     from edgedl.data import load_dataset
-    from edgedl.train import _check_shapes, set_determinism
+    from edgedl.keras_utils import check_shapes, set_determinism
 
     start = time.perf_counter()
     mode = check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir,
@@ -582,7 +582,7 @@ def optimize(model, *, prune=None, structured=None, quantize=None, qat=False, da
     retraining = [flag for flag, on in (("--prune", prune), ("--structured", structured), ("--qat", qat)) if on]
     check_architecture(probe, mode, cut, rep, retraining, spec)  # before anything slow
     data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
-    _check_shapes(probe, data)
+    check_shapes(probe, data)
 
     calibration = rep if rep is not None else _calibration_samples(data.x_train, num_calibration, seed)
     export = _Export(calibration, io_type, num_calibration, per_channel, strip_names)
@@ -778,7 +778,7 @@ def _convert_stage(run: _Run, model, mode, qat, keep_sparsity):
                                                 f"{mode} tflite")], None
 
     from edgedl.optimize import qat as qat_module
-    from edgedl.train import evaluate
+    from edgedl.keras_utils import evaluate
 
     t = time.perf_counter()
     ptq = export(model, "int8")
