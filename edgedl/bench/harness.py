@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import _io
-from edgedl.bench.result import BenchResult
 from edgedl.errors import DeviceError, EdgeDLError, OptionError
 
 log = logging.getLogger(__name__)
@@ -60,17 +59,18 @@ class BenchOptions:
 
 
 def samples(manifest: dict, options: BenchOptions):
-    """(x, y, description) from the data set asked for, or the one the bundle was checked on
-    (:func:`edgedl.reference.choose_samples`); (None, None, None) when neither names one."""
-    from edgedl.reference import choose_samples
+    """(x, y, description) from the data set asked for, or the one the bundle was checked on."""
+    from edgedl.data import load_dataset
 
-    chosen = choose_samples(manifest["inputs"][0]["shape"][1:], dataset=options.dataset,
-                            trained_on=manifest.get("samples"), data_dir=options.data_dir, limit=options.limit,
-                            taker="the bundle")
-    if chosen is None:
+    name = options.dataset or (manifest.get("samples") or {}).get("dataset")
+    if not name:
         return None, None, None
-    d = chosen.description
-    return chosen.x, chosen.y, {"dataset": d["dataset"], "split": d["split"], "samples": d["num_samples"]}
+    split = (manifest.get("samples") or {}).get("split") if not options.dataset else None
+    data = load_dataset(name, data_dir=options.data_dir, limit=options.limit, split=split)
+    want = tuple(manifest["inputs"][0]["shape"][1:])
+    if tuple(data.input_shape) != want:
+        raise OptionError(f"data set '{name}' gives inputs of shape {tuple(data.input_shape)}; the bundle takes {want}")
+    return data.x_test, data.y_test, {"dataset": data.name, "split": data.split, "samples": int(len(data.y_test))}
 
 
 def run_local(bundle: str, request: dict, timeout: float, progress=None) -> dict:
@@ -132,32 +132,19 @@ def _rebuild_error(result: dict) -> EdgeDLError:
     return err
 
 
-def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> BenchResult:
-    """Benchmark a bundle here or on a remote device.
-
-    Args:
-        bundle: the bundle (folder or archive).
-        options: data set, timing settings, device, timeout, retries, float reference.
-        progress: optional callable(done, total) for a progress bar.
-
-    Returns:
-        BenchResult in the stable JSON schema edgedl.bench/1 (``save()`` writes it, ``to_text()``
-        prints it).
+def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> dict:
+    """Benchmark a bundle here or on a remote device; return the result in the stable JSON schema.
 
     Raises:
         InputFileError: not a bundle / tampered; DeviceError: hung, killed or unreachable device;
         OptionError: bad settings or a data set that does not fit the bundle.
-
-    Example:
-        >>> result = bench("lenet.edgedl", BenchOptions(dataset="mnist", runs=100))  # doctest: +SKIP
-        >>> result.p50, result.accuracy                                             # doctest: +SKIP
     """
     from edgedl.bundle import open_bundle
 
     options = options or BenchOptions()
     options.validate()
-    opened = open_bundle(bundle)  # verify before anything runs
-    x, y, desc = samples(opened.manifest, options)
+    manifest, _, holder = open_bundle(bundle)  # verify before anything runs
+    x, y, desc = samples(manifest, options)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
                    "repeats": options.repeats, "threads": options.threads, "samples": None}
@@ -182,14 +169,20 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
             result["accuracy"]["reference_accuracy"] = float(np.mean(ref == y))
     result["estimates_vs_measured"] = _estimates_vs_measured(result)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return BenchResult(result)
+    return result
 
 
 def reference_top1(path: str, x: np.ndarray) -> np.ndarray:
-    """Top-1 classes of the float reference model (Keras, .tflite or .onnx) on ``x``."""
-    from edgedl.reference import reference_outputs
+    """Top-1 classes of the float reference model (Keras or .tflite) on ``x``."""
+    if str(path).endswith(".tflite"):
+        from edgedl.runtime.engines import LiteRTEngine
+        from edgedl.runtime.quant import predict
 
-    return reference_outputs(path, x).argmax(-1)
+        return predict(LiteRTEngine(path), x).argmax(-1)
+    from edgedl.modelio import load_model
+    from edgedl.keras_utils import predict
+
+    return predict(load_model(str(path)), x).argmax(-1)
 
 
 def _estimates_vs_measured(result: dict) -> dict:
