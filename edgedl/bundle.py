@@ -36,6 +36,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl import _io
@@ -158,9 +159,7 @@ def read_manifest(bundle: str | os.PathLike) -> dict:
     """The manifest of a bundle directory or archive, schema-checked (files are not verified: see
     :func:`open_bundle`)."""
     path = Path(bundle)
-    manifest = _parse(_manifest_bytes(path), path)
-    validate_manifest(manifest, path)
-    return manifest
+    return Manifest.parse(_manifest_bytes(path), path)
 
 
 def digest_of(bundle: str | os.PathLike) -> str:
@@ -179,28 +178,182 @@ def signature_of(bundle: str | os.PathLike) -> dict | None:
     return parse_signature(data, path)
 
 
-def open_bundle(bundle: str | os.PathLike, trusted: list[bytes] | None = None
-                ) -> tuple[dict, Path, "tempfile.TemporaryDirectory | None"]:
-    """Check a bundle against the trust model and return (manifest, directory, tempdir).
+class Manifest(dict):
+    """A bundle's ``manifest.json``, schema-checked: the JSON object itself, with names for what
+    readers ask of it most.
 
-    An archive is unpacked into a temporary directory (returned so the caller keeps it alive), after
-    every member has been checked. ``trusted``: Ed25519 public keys (raw 32 bytes); when given, the
-    bundle must be signed by one of them, and that is checked before anything is unpacked.
+    Example:
+        >>> bundle = open_bundle("lenet.edgedl")                     # doctest: +SKIP
+        >>> bundle.manifest.backend, bundle.manifest.target_name     # doctest: +SKIP
+        ('litert', 'x86_64')
+    """
+
+    @classmethod
+    def parse(cls, text: bytes, where) -> Manifest:
+        """The manifest in ``text`` (the bytes of ``manifest.json``), after the schema check.
+
+        Raises:
+            InputFileError: not JSON, or a field the schema refuses (named).
+        """
+        manifest = _parse(text, where)
+        validate_manifest(manifest, where)
+        return cls(manifest)
+
+    @property
+    def backend(self) -> str:
+        return self["backend"]
+
+    @property
+    def target_name(self) -> str:
+        return self["target"]["name"]
+
+    @property
+    def engine(self) -> str:
+        return self["runtime"]["engine"]
+
+    @property
+    def files(self) -> list[dict]:
+        return self["files"]
+
+    @property
+    def size_bytes(self) -> int:
+        """The bytes of every listed file together (what the device stores)."""
+        return sum(f["bytes"] for f in self["files"])
+
+    @property
+    def fidelity(self) -> dict:
+        return self.get("fidelity") or {}
+
+    @property
+    def estimates(self) -> dict:
+        return self.get("estimates") or {}
+
+    def target(self):
+        """The recorded target as a :class:`edgedl.targets.Target` (checked as a target file is)."""
+        from edgedl.targets import Target
+
+        return Target.from_dict(self["target"])
+
+    def fidelity_line(self) -> str:
+        """What the fidelity check found, in a line: agreement and error, or why it did not run."""
+        f = self.fidelity
+        if f.get("checked") is False or "top1_agreement" not in f:
+            return f"not run here ({f.get('reason') or 'no check recorded'})"
+        line = f"top-1 agreement {100 * f['top1_agreement']:.1f}% on {f['samples']} samples"
+        if "max_abs_error" in f:
+            line += f", max abs error {f['max_abs_error']:.3g}"
+        return line
+
+
+@dataclass
+class Bundle:
+    """A bundle on disk: where it is, its manifest, its digest and signer, and (once opened) the
+    folder holding its verified files.
+
+    :func:`open_bundle` (``Bundle.open``) checks a bundle against the trust model; ``compile_model``
+    returns the Bundle it wrote. An opened archive is unpacked into a temporary folder that lives as
+    long as the Bundle (or until :meth:`close`).
+
+    Example:
+        >>> with open_bundle("lenet.edgedl") as bundle:              # doctest: +SKIP
+        ...     print("\n".join(bundle.summary()))
+        lenet.edgedl: litert for x86_64, 62.3 KiB (63,812 B)
+          digest: sha256:3f5c...
+    """
+
+    path: Path
+    manifest: Manifest
+    digest: str
+    signed_by: str | None = None          # the key signature.json names (verified only when opened with trusted keys)
+    directory: Path | None = None         # the verified files (None: written, not opened)
+    _holder: tempfile.TemporaryDirectory | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, trusted: list[bytes] | None = None) -> Bundle:
+        """Check a bundle against the trust model and open it (see :func:`open_bundle`)."""
+        return open_bundle(path, trusted=trusted)
+
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> Bundle:
+        """The bundle at ``path`` as written: manifest schema-checked, files not verified or unpacked."""
+        path = Path(path)
+        text = _manifest_bytes(path)
+        return cls(path, Manifest.parse(text, path), bundle_digest(text),
+                   _signer(_member_bytes(path, SIGNATURE, required=False), path))
+
+    def file(self, name: str) -> Path:
+        """The verified file ``name`` (a path the manifest lists) of an opened bundle."""
+        if self.directory is None:
+            raise OptionError(f"bundle {self.path} is not open; open it with edgedl.bundle.open_bundle first")
+        if name not in {f["path"] for f in self.manifest.files}:
+            raise InputFileError(self.path, f"lists no file '{name}'")
+        return self.directory / name
+
+    def close(self) -> None:
+        """Remove the temporary folder an archive was unpacked into (nothing for a folder bundle)."""
+        if self._holder is not None:
+            self._holder.cleanup()
+            self._holder = None
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def summary(self) -> list[str]:
+        """What a person wants to know of the bundle, a line each: what it is, its digest and signer,
+        why its backend was chosen, its fidelity and the backend's estimates."""
+        from edgedl.report.format import estimate_lines, size
+
+        m = self.manifest
+        signer = ""
+        if self.signed_by:
+            from edgedl.signing import key_id
+
+            signer = f" (signed by key {key_id(bytes.fromhex(self.signed_by))})"
+        lines = [f"{self.path}: {m.backend} for {m.target_name}, {size(m.size_bytes)}",
+                 f"  digest: sha256:{self.digest}{signer}"]
+        reason = (m.get("selection") or {}).get("reason")
+        if reason:
+            lines.append(f"  why {m.backend}: {reason}")
+        lines.append(f"  fidelity: {m.fidelity_line()}")
+        estimates = estimate_lines(m.estimates)
+        if estimates:
+            lines += ["  estimates:"] + [f"    {line}" for line in estimates]
+        return lines
+
+
+def open_bundle(bundle: str | os.PathLike, trusted: list[bytes] | None = None) -> Bundle:
+    """Check a bundle against the trust model and open it.
+
+    An archive is unpacked into a temporary folder (kept for as long as the returned Bundle, or
+    until its ``close()``), after every member has been checked. ``trusted``: Ed25519 public keys
+    (raw 32 bytes); when given, the bundle must be signed by one of them, and that is checked before
+    anything is unpacked.
+
+    Returns:
+        The :class:`Bundle`, with ``directory`` holding its verified files.
 
     Raises:
         InputFileError: not a bundle, a manifest that fails the schema (the field named), a path that
             leaves the bundle, a link, a missing file or a hash mismatch (the file named), a missing or
             untrusted signature; nothing is loaded then.
+
+    Example:
+        >>> with open_bundle("lenet.edgedl") as bundle:              # doctest: +SKIP
+        ...     model_file = bundle.file(bundle.manifest["runtime"]["model"])
     """
     path = Path(bundle)
     text = _manifest_bytes(path)
+    signature = _member_bytes(path, SIGNATURE, required=False)
     if trusted is not None:
-        check_trust(text, _member_bytes(path, SIGNATURE, required=False), trusted, path)
-    manifest = _parse(text, path)
-    validate_manifest(manifest, path)
+        check_trust(text, signature, trusted, path)
+    manifest = Manifest.parse(text, path)
+    signed_by = _signer(signature, path)
     if path.is_dir():
         _verify_dir(manifest, path, path)
-        return manifest, path, None
+        return Bundle(path, manifest, bundle_digest(text), signed_by, path)
     holder = tempfile.TemporaryDirectory(prefix="edgedl-bundle-")
     try:
         directory = Path(holder.name)
@@ -209,7 +362,20 @@ def open_bundle(bundle: str | os.PathLike, trusted: list[bytes] | None = None
     except BaseException:
         holder.cleanup()
         raise
-    return manifest, directory, holder
+    return Bundle(path, manifest, bundle_digest(text), signed_by, directory, holder)
+
+
+def _signer(signature: bytes | None, where) -> str | None:
+    """The public key (hex) a ``signature.json`` names, or None when there is none or it is malformed
+    (which matters only with trusted keys, and :func:`check_trust` refuses it then)."""
+    if signature is None:
+        return None
+    from edgedl.signing import parse_signature
+
+    try:
+        return parse_signature(signature, where)["public_key"]
+    except InputFileError:
+        return None
 
 
 def check_trust(manifest_bytes: bytes, signature_bytes: bytes | None, trusted: list[bytes], where) -> None:

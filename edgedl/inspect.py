@@ -35,18 +35,16 @@ def inspect_path(path: str, target: str | None = None) -> dict:
         if p.is_dir() and (p / "manifest.json").exists() or (p.is_file() and p.suffix == ".edgedl"):
             from edgedl.bundle import open_bundle
 
-            bundle_manifest, directory, holder = open_bundle(p)
+            bundle = open_bundle(p)
+            bundle_manifest, directory = bundle.manifest, bundle.directory
             kind = info["kind"] = "bundle"
             info["bundle"] = {k: bundle_manifest.get(k) for k in ("backend", "source", "fidelity", "estimates", "files")}
-            info["bundle"]["target"] = bundle_manifest["target"]["name"]
-            from edgedl.bundle import digest_of, signature_of
-
-            info["bundle"]["digest"] = digest_of(p)  # sha256 of manifest.json: what a signature signs
-            signature = signature_of(p)
-            info["bundle"]["signed_by"] = signature["public_key"] if signature else None
+            info["bundle"]["target"] = bundle_manifest.target_name
+            info["bundle"]["digest"] = bundle.digest  # sha256 of manifest.json: what a signature signs
+            info["bundle"]["signed_by"] = bundle.signed_by
             tfl = next((directory / f["path"] for f in bundle_manifest["files"] if f["path"].endswith(".tflite")), None)
             if tfl is None:
-                info["size_bytes"] = sum(f["bytes"] for f in bundle_manifest["files"])
+                info["size_bytes"] = bundle_manifest.size_bytes
                 return info
             tfl_name = p / tfl.relative_to(directory)
             tfl_copy = Path(tmp) / "model.tflite"

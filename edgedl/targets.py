@@ -49,6 +49,48 @@ class Target:
                 "backends": list(self.backends), "cpu": self.cpu, "gpu": self.gpu, "tvm": self.tvm,
                 "npu": self.npu, "memory": self.memory}
 
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "the manifest's target") -> Target:
+        """The target recorded in a bundle's manifest (what :meth:`to_dict` wrote), checked as a file is.
+
+        Raises:
+            TargetError: the record is not a valid target.
+        """
+        if not isinstance(data, dict):
+            raise TargetError(f"{where}: expected a table of target facts, got {type(data).__name__}")
+        return _validate(Path(where), data)
+
+    def runs_here(self) -> tuple[bool, str]:
+        """(ok, reason): whether code compiled for this target can run on this machine.
+
+        A CPU target runs here when its architecture is this machine's; a GPU target also needs its
+        API's device (checked through TVM's runtime); NPU and microcontroller code never runs here.
+
+        Example:
+            >>> load_target("rpi4").runs_here()  # doctest: +SKIP
+            (False, 'rpi4 is aarch64, this machine is x86_64')
+        """
+        import platform
+
+        machine = platform.machine()
+        arch = self.cpu.get("arch")
+        if self.kind in ("npu", "mcu"):
+            return False, f"{self.name} is a{'n' if self.kind == 'npu' else ''} {self.kind}; this host cannot run its code"
+        if arch != machine:
+            where = f"{self.name}'s host" if self.kind == "gpu" else self.name
+            return False, f"{where} is {arch}, this machine is {machine}"
+        if self.kind == "gpu":
+            api = self.gpu.get("api", "cuda")
+            try:
+                import tvm
+
+                if tvm.device(api, 0).exist:
+                    return True, ""
+            except Exception:  # no TVM, or a TVM built without this API: either way there is no device
+                pass
+            return False, f"no {api} device on this machine"
+        return True, ""
+
 
 def targets_dir() -> Path:
     from edgedl.zoo import resource_dir

@@ -172,7 +172,7 @@ def test_targets_piped_never_cut_a_name_and_wrap_only_descriptions():
 
 
 def test_estimates_read_as_sizes_and_rounded_numbers_not_python_reprs():
-    from edgedl.cli.compile import estimate_lines
+    from edgedl.report.format import estimate_lines
 
     lines = estimate_lines({"cycles": 123456, "clock_mhz": 500.0, "inference_time_ms": 0.17772400000000002,
                             "sram_used_bytes": 51234.0, "model_bytes": 900, "fits": True, "memory_mode": None,

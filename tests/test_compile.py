@@ -72,8 +72,10 @@ def test_archive_is_one_file_and_loads_with_hash_checks(lenet, tmp_path):
     out = tmp_path / "a.edgedl"
     compile_model(str(lenet["int8"]), "x86_64", str(out), opts(backend="litert", archive=True))
     assert out.is_file() and tarfile.is_tarfile(out)
-    manifest, directory, holder = open_bundle(out)
-    assert (directory / "model.tflite").is_file()
+    with open_bundle(out) as bundle:
+        unpacked = bundle.directory
+        assert bundle.file("model.tflite").is_file() and unpacked != out
+    assert not unpacked.exists()  # closing the bundle removes what the archive was unpacked into
 
 
 def test_a_tampered_bundle_is_refused_naming_the_file(lenet, tmp_path):

@@ -95,5 +95,5 @@ def test_a_bundle_for_another_cpu_is_refused(bundles, tmp_path):
     m = json.loads((copy / "manifest.json").read_text())
     m["target"]["name"], m["target"]["cpu"]["arch"] = "rpi4", "aarch64"
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(OptionError, match="compiled for target 'rpi4' \\(aarch64\\); this machine is x86_64"):
+    with pytest.raises(OptionError, match="compiled for target 'rpi4' \\(aarch64\\) and cannot run here \\(rpi4 is aarch64, this machine is x86_64\\)"):
         rt.load(copy)

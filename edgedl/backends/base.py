@@ -76,10 +76,9 @@ class Backend:
         return {}
 
     def runs_here(self, target: Target) -> tuple[bool, str]:
-        """(ok, reason): whether this machine can run what this backend compiles for ``target``."""
-        from edgedl.compile import runs_here
-
-        return runs_here(target)
+        """(ok, reason): whether this machine can run what this backend compiles for ``target``
+        (by default: whether the target's code runs here, :meth:`Target.runs_here`)."""
+        return target.runs_here()
 
     def compile(self, tflite_path: Path, target: Target, out_dir: Path, options: dict) -> CompiledModel:
         raise NotImplementedError

@@ -59,18 +59,17 @@ class BenchOptions:
 
 
 def samples(manifest: dict, options: BenchOptions):
-    """(x, y, description) from the data set asked for, or the one the bundle was checked on."""
-    from edgedl.data import load_dataset
+    """(x, y, description) from the data set asked for, or the one the bundle was checked on
+    (:func:`edgedl.reference.choose_samples`); (None, None, None) when neither names one."""
+    from edgedl.reference import choose_samples
 
-    name = options.dataset or (manifest.get("samples") or {}).get("dataset")
-    if not name:
+    chosen = choose_samples(manifest["inputs"][0]["shape"][1:], dataset=options.dataset,
+                            trained_on=manifest.get("samples"), data_dir=options.data_dir, limit=options.limit,
+                            taker="the bundle")
+    if chosen is None:
         return None, None, None
-    split = (manifest.get("samples") or {}).get("split") if not options.dataset else None
-    data = load_dataset(name, data_dir=options.data_dir, limit=options.limit, split=split)
-    want = tuple(manifest["inputs"][0]["shape"][1:])
-    if tuple(data.input_shape) != want:
-        raise OptionError(f"data set '{name}' gives inputs of shape {tuple(data.input_shape)}; the bundle takes {want}")
-    return data.x_test, data.y_test, {"dataset": data.name, "split": data.split, "samples": int(len(data.y_test))}
+    d = chosen.description
+    return chosen.x, chosen.y, {"dataset": d["dataset"], "split": d["split"], "samples": d["num_samples"]}
 
 
 def run_local(bundle: str, request: dict, timeout: float, progress=None) -> dict:
@@ -143,8 +142,8 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> di
 
     options = options or BenchOptions()
     options.validate()
-    manifest, _, holder = open_bundle(bundle)  # verify before anything runs
-    x, y, desc = samples(manifest, options)
+    opened = open_bundle(bundle)  # verify before anything runs
+    x, y, desc = samples(opened.manifest, options)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
                    "repeats": options.repeats, "threads": options.threads, "samples": None}
@@ -173,16 +172,10 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> di
 
 
 def reference_top1(path: str, x: np.ndarray) -> np.ndarray:
-    """Top-1 classes of the float reference model (Keras or .tflite) on ``x``."""
-    if str(path).endswith(".tflite"):
-        from edgedl.runtime.engines import LiteRTEngine
-        from edgedl.runtime.quant import predict
+    """Top-1 classes of the float reference model (Keras, .tflite or .onnx) on ``x``."""
+    from edgedl.reference import reference_outputs
 
-        return predict(LiteRTEngine(path), x).argmax(-1)
-    from edgedl.modelio import load_model
-    from edgedl.keras_utils import predict
-
-    return predict(load_model(str(path)), x).argmax(-1)
+    return reference_outputs(path, x).argmax(-1)
 
 
 def _estimates_vs_measured(result: dict) -> dict:

@@ -57,25 +57,13 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     console = Console(stderr=True)
     status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))
     result = compile_model(model, target, out, options, status=status)
-    m = result.manifest
     if as_json:
-        click.echo(json.dumps(m, indent=2))
+        click.echo(json.dumps(result.manifest, indent=2))
         return
-    f = m["fidelity"]
-    if f.get("checked") is False:
-        check = f"not run here ({f['reason']})"
-    else:
-        check = (f"top-1 agreement {100 * f['top1_agreement']:.1f}% on {f['samples']} samples, "
-                 f"max abs error {f['max_abs_error']:.3g}")
-    click.echo(f"wrote {result.path} ({m['backend']} for {m['target']['name']})")
-    click.echo(f"  digest: sha256:{result.digest}" + (" (signed)" if sign_key else ""))
-    click.echo(f"  why {m['backend']}: {m['selection']['reason']}")
-    click.echo(f"  fidelity: {check}")
-    lines = estimate_lines(m.get("estimates") or {})
-    if lines:
-        click.echo("  estimates:")
-        for line in lines:
-            click.echo(f"    {line}")
+    lines = result.summary()
+    click.echo(f"wrote {lines[0]}")
+    for line in lines[1:]:
+        click.echo(line)
 
 
 MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
@@ -106,43 +94,3 @@ def _check_cheap(model, target, backend, quantize):
         problem = float_for_npu(load_target(target), quantized=False)
         if problem:
             raise OptionError(problem)
-
-
-def _number(v) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
-        return f"{int(v):,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
-
-
-def _value(key: str, v) -> str:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_bytes"):
-        from edgedl.report.format import size
-
-        return size(v)
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {_value(k, x)}" for k, x in v.items()) or "none"
-    if isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, dict) and "op" in x for x in v):  # Vela's CPU fallback operators
-            return "; ".join(f"{x['op']}" + (f" ({x['reason']})" if x.get("reason") else "") for x in v)
-        return ", ".join(_value(key, x) for x in v) or "none"
-    return _number(v)
-
-
-def estimate_lines(estimates: dict) -> list[str]:
-    """A backend's estimates as lines a person reads: sizes in KiB and bytes, rounded numbers, lists
-    and tables written out (never a Python repr); the note last."""
-    import textwrap
-
-    lines = []
-    for key, v in estimates.items():
-        if v is None or key == "note":
-            continue
-        label = key.removesuffix("_bytes").replace("_", " ")
-        lines.append(f"{label}: {_value(key, v)}")
-    if estimates.get("note"):
-        lines += textwrap.wrap(f"note: {estimates['note']}", width=96, subsequent_indent="  ")
-    return lines

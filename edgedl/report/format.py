@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 
 
 def num(value, digits: int = 1) -> str:
@@ -59,3 +60,39 @@ def figure_html(png: bytes, fig_id: str, caption: str, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return (f'<figure><img id="{fig_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _number(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
+        return f"{int(v):,}"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return str(v)
+
+
+def _estimate(key: str, v) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_bytes"):
+        return size(v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_estimate(k, x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, dict) and "op" in x for x in v):  # Vela's CPU fallback operators
+            return "; ".join(f"{x['op']}" + (f" ({x['reason']})" if x.get("reason") else "") for x in v)
+        return ", ".join(_estimate(key, x) for x in v) or "none"
+    return _number(v)
+
+
+def estimate_lines(estimates: dict) -> list[str]:
+    """A backend's estimates as lines a person reads: sizes in KiB and bytes, rounded numbers, lists
+    and tables written out (never a Python repr); the note last."""
+    lines = []
+    for key, v in estimates.items():
+        if v is None or key == "note":
+            continue
+        label = key.removesuffix("_bytes").replace("_", " ")
+        lines.append(f"{label}: {_estimate(key, v)}")
+    if estimates.get("note"):
+        lines += textwrap.wrap(f"note: {estimates['note']}", width=96, subsequent_indent="  ")
+    return lines

@@ -11,12 +11,11 @@ native code). Nothing here imports TensorFlow, Keras or click.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 
-from edgedl.bundle import open_bundle
+from edgedl.bundle import Bundle, open_bundle
 from edgedl.errors import BackendError, InputFileError, OptionError
 from edgedl.runtime.engines import Engine, TensorSpec
 from edgedl.runtime.quant import dequantize, quantize
@@ -50,23 +49,26 @@ def _engine(directory: Path, runtime: dict, inputs, outputs, num_threads: int) -
     raise InputFileError(directory, f"unknown engine '{name}' in the manifest")
 
 
-def _check_target(manifest: dict, bundle) -> None:
-    target = manifest.get("target", {})
-    arch = target.get("cpu", {}).get("arch")
-    machine = platform.machine()
-    if arch and arch != machine and manifest.get("runtime", {}).get("engine") == "tvm":
-        raise OptionError(f"bundle {bundle} was compiled for target '{target.get('name')}' ({arch}); this machine "
-                          f"is {machine}: compile for a target of this machine or run it on the device")
+def _check_target(bundle: Bundle) -> None:
+    """Native code (a TVM library) runs only where its target runs; a ``.tflite`` or ``.onnx`` runs anywhere."""
+    if bundle.manifest.engine != "tvm":
+        return
+    target = bundle.manifest.target()
+    here, why = target.runs_here()
+    if not here:
+        raise OptionError(f"bundle {bundle.path} was compiled for target '{target.name}' "
+                          f"({target.cpu.get('arch', target.kind)}) and cannot run here ({why}): compile for a "
+                          "target of this machine or run it on the device")
 
 
 class Model:
     """A loaded bundle: float ``predict``, raw ``invoke``, and the manifest's specs."""
 
-    def __init__(self, manifest: dict, directory: Path, engine: Engine, holder=None):
-        self.manifest = manifest
-        self.directory = directory
+    def __init__(self, bundle: Bundle, engine: Engine):
+        self.bundle = bundle      # keeps an unpacked archive alive as long as the model
+        self.manifest = bundle.manifest
+        self.directory = bundle.directory
         self.engine = engine
-        self._holder = holder  # keeps an unpacked archive alive
         self.inputs = engine.inputs
         self.outputs = engine.outputs
 
@@ -125,9 +127,9 @@ def load(bundle: str | Path, num_threads: int = 1, trusted: list[bytes] | None =
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads <= 1024:
         raise OptionError(f"num_threads must be an integer from 1 to 1024, got {num_threads!r}")
-    manifest, directory, holder = open_bundle(bundle, trusted=trusted)
-    _check_target(manifest, bundle)
-    inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
-    outputs = [TensorSpec.from_dict(d) for d in manifest["outputs"]]
-    engine = _engine(Path(directory), manifest["runtime"], inputs, outputs, num_threads)
-    return Model(manifest, Path(directory), engine, holder)
+    opened = open_bundle(bundle, trusted=trusted)
+    _check_target(opened)
+    inputs = [TensorSpec.from_dict(d) for d in opened.manifest["inputs"]]
+    outputs = [TensorSpec.from_dict(d) for d in opened.manifest["outputs"]]
+    engine = _engine(opened.directory, opened.manifest["runtime"], inputs, outputs, num_threads)
+    return Model(opened, engine)

@@ -1,0 +1,204 @@
+"""The reference every build is held to: real samples, the source model's outputs on them, and how
+far a build's outputs stray from those.
+
+One place for the three ideas that ``compile`` (the fidelity check written into the manifest),
+``bench`` (agreement with a float model on the device's run) and the quick start (its comparison
+table) share:
+
+* :func:`choose_samples`: the data set asked for, else the one the model was trained on (and its
+  split), else, when asked to search, the first data set whose inputs fit;
+* :func:`reference_outputs`: a Keras model's, a ``.tflite``'s (LiteRT) or an ``.onnx``'s (ONNX
+  Runtime) float outputs; a model file from elsewhere is first run in a child process, so a native
+  crash on a malformed file is one error line that names it;
+* :func:`fidelity`: top-1 agreement, output error and accuracy of a build against the reference.
+
+Example:
+    >>> samples = choose_samples((8, 8, 1), dataset="digits", limit=100)          # doctest: +SKIP
+    >>> ref = reference_outputs("lenet.keras", samples.x)                          # doctest: +SKIP
+    >>> fidelity(ref, edgedl.runtime.load("lenet.edgedl").predict(samples.x), samples.y)  # doctest: +SKIP
+    {'samples': 100, 'top1_agreement': 1.0, 'max_abs_error': 0.0039, ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgedl import _isolate
+from edgedl.errors import EdgeDLError, InputFileError, OptionError
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLE_ELEMENTS = 1 << 26  # one input sample; beyond this a shape is a malformed file, not a model to check
+CHECK_TIMEOUT_S = 300.0        # the first load, the reference and each run of an untrusted model, in a child
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class Samples:
+    """Inputs to check on, their labels (None for noise) and where they came from.
+
+    ``description`` goes into manifests and results as it is: the data set, its split, the number of
+    samples and its preprocessing, or a note that the samples are noise. ``calibration`` holds the
+    training split (what int8 conversion calibrates on), when there is one.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    description: dict
+    calibration: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict | None = None,
+                   data_dir: str | None = None, limit: int | None = None, search: bool = False,
+                   taker: str = "the model") -> Samples | None:
+    """Real samples for a model whose inputs (without the batch) have ``input_shape``.
+
+    Args:
+        input_shape: one sample's shape.
+        dataset: the data set asked for (``--dataset``); it must fit.
+        trained_on: what the model records of its training (``{"dataset": ..., "split": ...}``, from
+            the metrics beside it or a bundle's manifest); its data set and split are used when
+            ``dataset`` is not given.
+        data_dir: the data sets' folder (``--data-dir``, else ``EDGEDL_DATA``).
+        limit: at most this many test samples (None: the whole test split).
+        search: with neither a data set asked for nor one recorded, try every data set whose inputs
+            have this shape.
+        taker: how a shape mismatch names the model ("the model", "the bundle").
+
+    Returns:
+        The samples, or None when no data set is named and none (searched) fits.
+
+    Raises:
+        OptionError: the named data set gives inputs of another shape.
+        DataError: the named data set cannot be read.
+    """
+    from edgedl.data import DATASETS, load_dataset
+
+    trained_on = trained_on or {}
+    name = dataset or trained_on.get("dataset")
+    want = tuple(int(d) for d in input_shape)
+    if name:
+        candidates = [name]
+    elif search:  # only data sets whose inputs can fit: loading FSDD or CIFAR-10 to find they do not costs seconds
+        candidates = [n for n, info in DATASETS.items() if tuple(info.input_shape) == want]
+    else:
+        return None
+    for n in candidates:
+        split = trained_on.get("split") if n == trained_on.get("dataset") else None
+        try:
+            # at least 10 per split: the training split also calibrates int8 conversion
+            data = load_dataset(n, data_dir=data_dir, limit=None if limit is None else max(limit, 10), split=split)
+        except EdgeDLError as e:
+            if name:
+                raise
+            log.debug("data set %s not usable: %s", n, e)
+            continue
+        if tuple(data.input_shape) == want:
+            x, y = data.x_test[:limit], data.y_test[:limit]
+            description = {"dataset": data.name, "split": data.split, "num_samples": int(len(x)),
+                           "preprocessing": data.preprocessing}
+            return Samples(x, y, description, data.x_train)
+        if name:
+            raise OptionError(f"data set '{n}' gives inputs of shape {tuple(data.input_shape)}; {taker} takes {want}")
+    return None
+
+
+def noise_samples(input_shape, num_samples: int, where) -> Samples:
+    """Seeded uniform noise in [0, 1) for a model no data set fits, said so in the description.
+
+    Raises:
+        InputFileError: one sample would be larger than any model edgedl checks (a malformed shape).
+    """
+    per_sample = math.prod(int(d) for d in input_shape)
+    if per_sample > MAX_SAMPLE_ELEMENTS:
+        raise InputFileError(where, f"its input shape {tuple(input_shape)} has {per_sample:,} elements per sample "
+                                    f"(more than {MAX_SAMPLE_ELEMENTS:,}); the file is malformed or not a model "
+                                    "edgedl can check")
+    x = np.random.default_rng(0).random((num_samples, *input_shape), dtype=np.float32)
+    return Samples(x, None, {"dataset": None, "num_samples": len(x),
+                             "note": "no data set matches; uniform noise in [0, 1)"}, x)
+
+
+def reference_outputs(model, x: np.ndarray) -> np.ndarray:
+    """The float reference's outputs on ``x``.
+
+    Args:
+        model: a loaded Keras model (run here), or the path of a ``.keras``/``.h5``/SavedModel (loaded
+            here), a ``.tflite`` (run with LiteRT) or an ``.onnx`` (run with ONNX Runtime); a
+            ``.tflite`` or ``.onnx`` runs in a child process.
+        x: float inputs, (N, *sample).
+
+    Raises:
+        InputFileError: the file is not a model the reference can run (named), or crashed its engine.
+    """
+    if not isinstance(model, (str, Path)):
+        from edgedl.keras_utils import predict
+
+        return predict(model, x)
+    path = Path(model)
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        return _isolated(_tflite_outputs, path, "LiteRT", x)
+    if suffix == ".onnx":
+        return _isolated(_onnx_outputs, path, "ONNX Runtime", x)
+    if suffix in KERAS_SUFFIXES or path.is_dir():
+        from edgedl.modelio import load_model
+        from edgedl.keras_utils import predict
+
+        return predict(load_model(str(path)), x)
+    raise InputFileError(path, "not a reference model; expected .keras, .h5, a SavedModel folder, .tflite or .onnx")
+
+
+def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """How a build's outputs compare with the reference's on the same samples.
+
+    Returns:
+        ``samples``, ``top1_agreement`` (share of samples whose top class is the reference's),
+        ``max_abs_error`` and ``mean_abs_error`` of the outputs; with labels also ``accuracy`` and
+        ``reference_accuracy``.
+
+    Example:
+        >>> fidelity(np.eye(3), np.eye(3) * 0.9, np.arange(3))["top1_agreement"]
+        1.0
+    """
+    reference, outputs = np.asarray(reference), np.asarray(outputs)
+    ref_top1, top1 = reference.argmax(-1), outputs.argmax(-1)
+    result = {"samples": int(len(reference)), "top1_agreement": float(np.mean(ref_top1 == top1))}
+    if reference.shape == outputs.shape:
+        result["max_abs_error"] = float(np.max(np.abs(outputs - reference)))
+        result["mean_abs_error"] = float(np.mean(np.abs(outputs - reference)))
+    if labels is not None:
+        result["accuracy"] = float(np.mean(top1 == labels))
+        result["reference_accuracy"] = float(np.mean(ref_top1 == labels))
+    return result
+
+
+def _isolated(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:
+    return _isolate.run(fn, path, x, file=path, tool=tool, action=f"computing the reference on {len(x)} samples",
+                        timeout=CHECK_TIMEOUT_S)
+
+
+def _tflite_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    """LiteRT's outputs of a ``.tflite`` on float samples (in a child process)."""
+    from edgedl.runtime.engines import LiteRTEngine
+    from edgedl.runtime.quant import predict
+
+    engine = LiteRTEngine(path)
+    try:
+        return predict(engine, x)
+    except (ValueError, RuntimeError) as e:  # "Tensor data is null": no operator writes the output
+        raise InputFileError(path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})") from None
+
+
+def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    from edgedl.backends.onnxruntime import onnx_reference
+
+    return onnx_reference(path)[0](x)
