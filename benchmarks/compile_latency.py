@@ -32,11 +32,11 @@ COMPILE_TARGETS = [("litert", "x86_64"), ("tvm", "x86_64_avx512"), ("tvm", "rpi4
 
 
 def latency(engine, x, runs, repeats=5):
-    from edgedl.bench import measure_latency
+    from edgedl.bench import time_invocations
     from edgedl.runtime.quant import quantize
 
     raw = quantize(x, engine.inputs[0])
-    medians = [measure_latency(engine, raw, warmup=30, runs=runs)["p50_us"] for _ in range(repeats)]
+    medians = time_invocations(engine, raw, warmup=30, runs=runs, repeats=repeats).repeat_p50_us
     return float(np.median(medians)), medians
 
 

@@ -58,7 +58,7 @@ def main(argv=None):
     for _ in range(args.rounds):
         bare.append(bare_loop(args.bundle, args.runs))
         r = bench(args.bundle, BenchOptions(runs=args.runs, repeats=1, limit=None, dataset=None))
-        harness.append(r["timing"]["latency"]["p50_us"])
+        harness.append(r.p50)
     result = {"bundle": args.bundle, "bare_p50_us": bare, "harness_p50_us": harness,
               "bare_median_us": float(np.median(bare)), "harness_median_us": float(np.median(harness)),
               "ratio": float(np.median(harness) / np.median(bare)), "goal": "ratio within 1.05",

@@ -63,7 +63,7 @@ def main(argv=None):
                     opts = BenchOptions(limit=args.limit, warmup=args.warmup, runs=args.runs, repeats=args.repeats,
                                         device=None if where == "local" else device, timeout=600)
                     t0 = time.perf_counter()
-                    r = bench(str(bundle), opts)
+                    r = bench(str(bundle), opts).data
                     lat = r["timing"]["latency"]
                     row[where] = {"p50_us": lat["p50_us"], "p90_us": lat["p90_us"], "mean_us": lat["mean_us"],
                                   "repeat_p50_us": r["timing"]["repeat_p50_us"],

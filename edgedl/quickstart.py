@@ -44,6 +44,7 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
         dict with ``rows`` (one per variant and backend) and the training metrics.
     """
     from edgedl.backends import get_backend
+    from edgedl.bench import time_invocations
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
     from edgedl.runtime.quant import predict, quantize
@@ -84,7 +85,8 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
             probs = predict(engine, x_test)
             top1 = probs.argmax(1)
             x0 = quantize(x_test[:1], engine.inputs[0])
-            stats = _measure(engine, x0, runs)
+            # Three repeats, the one with the median p50: the machine is shared and noisy.
+            stats = time_invocations(engine, x0, warmup=20, runs=runs, repeats=3).median_repeat()
             rows.append({
                 "variant": variant, "backend": name, "accuracy": float(np.mean(top1 == y_test)),
                 "agreement": float(np.mean(top1 == ref_top1)),
@@ -100,12 +102,3 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
                "rows": rows, "out_dir": str(out_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _io.write_json(out_dir / "results.json", summary)
     return summary
-
-
-def _measure(engine, x, runs):
-    from edgedl.bench import measure_latency
-
-    # Three repeats, the median of their medians: the machine is shared and noisy.
-    repeats = [measure_latency(engine, x, warmup=20, runs=runs) for _ in range(3)]
-    best = sorted(repeats, key=lambda s: s["p50_us"])[1]
-    return best

@@ -130,6 +130,72 @@ class Agent:
         return f"tracker://{self.tracker}/{self.key}" if self.tracker else self.address
 
 
+@dataclass
+class AgentOptions:
+    """How the agent listens, which bundles it runs, and its limits (``edgedl serve``'s options).
+
+    Attributes:
+        host: address to listen on; 127.0.0.1 (the default) takes connections from this machine
+            only. Any other address needs ``trusted`` keys or ``insecure=True``: the agent runs the
+            native code of the bundles it is sent.
+        port: first port to try; the next ones up to ``port_end`` if it is taken.
+        port_end: last port to try (default: ``port + 109``).
+        tracker: ``"HOST:PORT"`` of a TVM tracker to register with; clients then ask for
+            ``tracker://HOST:PORT/KEY``. Without it, clients connect to ``HOST:PORT`` directly.
+        key: device key to register under with ``tracker``.
+        trusted: Ed25519 public keys (:func:`edgedl.signing.load_public_keys`): only bundles signed
+            by one of them are accepted. None accepts any bundle whose hashes verify.
+        insecure: allow a non-loopback ``host`` without ``trusted``.
+        max_sessions: clients served at once (their measurements take turns); more wait.
+        handshake_timeout: seconds a new connection has to complete the handshake.
+        idle_timeout: a session that receives nothing for this long is ended.
+        max_upload_bytes: the most bytes one session may upload.
+
+    Example:
+        >>> AgentOptions(port=9090).last_port
+        9199
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    port_end: int | None = None
+    tracker: str | None = None
+    key: str = DEFAULT_KEY
+    trusted: list[bytes] | None = None
+    insecure: bool = False
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    @property
+    def last_port(self) -> int:
+        """The last port to try: ``port_end``, or ``port + 109``."""
+        return self.port + 109 if self.port_end is None else self.port_end
+
+    def validate(self) -> tuple[str, int] | None:
+        """Refuse a bad port range, limit, exposure or tracker key; return the tracker's (host, port) or None.
+
+        Raises:
+            OptionError: what is wrong, by option name.
+        """
+        port, port_end = self.port, self.last_port
+        if not 0 < port < 65536 or not port <= port_end < 65536:
+            raise OptionError(f"--port and --port-end must satisfy 0 < port <= port-end < 65536, got {port} and "
+                              f"{port_end}")
+        for name, value, low, high in (("--max-sessions", self.max_sessions, 1, 1024),
+                                       ("--handshake-timeout", self.handshake_timeout, 0.1, 3600),
+                                       ("--idle-timeout", self.idle_timeout, 0.1, 86400),
+                                       ("--max-upload-mb", self.max_upload_bytes / (1 << 20), 1 / (1 << 20), 1 << 20)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise OptionError(f"{name} must be from {low:g} to {high:g}, got {value!r}")
+        check_exposure(self.host, self.trusted, self.insecure)
+        tracker_addr = parse_host_port(self.tracker, "--tracker") if self.tracker else None
+        if tracker_addr and (not self.key or any(c.isspace() or c in ":/" for c in self.key)):
+            raise OptionError(f"--key got '{self.key}'; expected a name without spaces, ':' or '/', e.g. {DEFAULT_KEY}")
+        return tracker_addr
+
+
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
     """``"HOST:PORT"`` (``[v6]:PORT`` too) -> ``(host, port)``; anything else is an OptionError."""
     host, sep, port = str(text).strip().rpartition(":")
@@ -374,13 +440,14 @@ def measure(request: str) -> str:
     """
     from edgedl import _io
     from edgedl.bench.core import measure as run
+    from edgedl.bench.harness import BenchOptions
 
     req = json.loads(request)
     x, y = _samples(req)
+    options = BenchOptions(warmup=_int(req, "warmup", 0, 10**7), runs=_int(req, "runs", 1, 10**8),
+                           repeats=_int(req, "repeats", 1, 10**5), threads=_int(req, "threads", 1, 1024))
     with _measuring():
-        result = run(_workpath(req["bundle"]), warmup=_int(req, "warmup", 0, 10**7), runs=_int(req, "runs", 1, 10**8),
-                     repeats=_int(req, "repeats", 1, 10**5), num_threads=_int(req, "threads", 1, 1024), x=x, y=y,
-                     trusted=_config["trusted"])
+        result = run(_workpath(req["bundle"]), options, x=x, y=y, trusted=_config["trusted"])
     return json.dumps(result, default=_io._json_default)
 
 
@@ -396,29 +463,23 @@ def repeat(request: str) -> str:
 
     import edgedl.runtime as rt
     from edgedl.bench.core import peak_rss_bytes, rss_bytes
+    from edgedl.bench.timing import time_invocations
     from edgedl.runtime.quant import quantize
 
     req = json.loads(request)
     threads, runs = _int(req, "threads", 1, 1024), _int(req, "runs", 1, 10**8)
     key = (req["bundle"], threads)
     with _measuring():
+        warmup = 0
         if _session.get("key") != key:
             _session.clear()
             model = rt.load(_workpath(req["bundle"]), num_threads=threads, trusted=_config["trusted"])
             x, _ = _samples(req)
             sample = x[:1] if x is not None and len(x) else np.zeros(model.input_shape, np.float32)
             raw = quantize(sample.reshape(model.input_shape), model.inputs[0])
-            invoke = getattr(model.engine, "invoke_fast", model.engine.invoke)
-            for _ in range(_int(req, "warmup", 0, 10**7)):
-                invoke(raw)
-            _session.update(key=key, model=model, raw=raw, invoke=invoke)
-        invoke, raw = _session["invoke"], _session["raw"]
-        times = np.empty(runs)
-        clock = time.perf_counter
-        for i in range(runs):
-            t = clock()
-            invoke(raw)
-            times[i] = clock() - t
+            warmup = _int(req, "warmup", 0, 10**7)  # once per session: the model stays warm between repeats
+            _session.update(key=key, model=model, raw=raw)
+        (times,) = time_invocations(_session["model"].engine, _session["raw"], warmup, runs).repeats
     return json.dumps({"times_s": times.tolist(), "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes()})
 
 
@@ -593,13 +654,6 @@ class _Live:
 
 
 @dataclass
-class _Limits:
-    max_sessions: int = DEFAULT_MAX_SESSIONS
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-
-
-@dataclass
 class _Server:
     """The accept thread, one thread per handshake, the tracker thread; sessions forked by the main thread."""
 
@@ -607,7 +661,7 @@ class _Server:
     port: int
     key: str
     tracker_addr: tuple[str, int] | None
-    limits: _Limits
+    options: AgentOptions
     stop: threading.Event
     home: str
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -660,7 +714,7 @@ class _Server:
         """TVM's RPC handshake with a deadline; then wait for a session slot; then hand over to the main thread."""
         handed = False
         try:
-            deadline = time.monotonic() + self.limits.handshake_timeout
+            deadline = time.monotonic() + self.options.handshake_timeout
             try:
                 (magic,) = struct.unpack("<i", recv_exact(conn, 4, deadline))
                 if magic != RPC_MAGIC:
@@ -670,7 +724,7 @@ class _Server:
                     return self._drop(conn, where, f"a handshake key of {size} bytes")
                 text = recv_exact(conn, size, deadline).decode("utf-8")
             except TimeoutError:
-                return self._drop(conn, where, f"no handshake within {self.limits.handshake_timeout:g} s")
+                return self._drop(conn, where, f"no handshake within {self.options.handshake_timeout:g} s")
             except (OSError, UnicodeDecodeError, ProtocolError) as e:
                 return self._drop(conn, where, f"a broken handshake ({e})")
             parts = text.split()
@@ -690,7 +744,7 @@ class _Server:
                 return
             try:
                 server_key = f"server:{self.key or DEFAULT_KEY} {PROTOCOL}".encode()
-                conn.settimeout(self.limits.handshake_timeout)
+                conn.settimeout(self.options.handshake_timeout)
                 conn.sendall(struct.pack("<i", RPC_CODE_SUCCESS) + struct.pack("<i", len(server_key)) + server_key)
             except OSError as e:
                 self._release_slot()
@@ -720,7 +774,7 @@ class _Server:
         deadline = time.monotonic() + (limit or 3600.0)
         while not self.stop.is_set() and time.monotonic() < deadline:
             with self.lock:
-                if self.active < self.limits.max_sessions:
+                if self.active < self.options.max_sessions:
                     self.active += 1
                     return True
             readable, _, _ = select.select([conn], [], [], 0.2)
@@ -755,7 +809,7 @@ class _Server:
                 _close(self.sock)
                 if self.tracker_sock is not None:
                     _close(self.tracker_sock)
-                code = _run_session(conn, where, folder, self.limits.idle_timeout)
+                code = _run_session(conn, where, folder, self.options.idle_timeout)
             finally:
                 os._exit(code)
         log.info("session %d for %s in %s", pid, where, folder)
@@ -886,54 +940,25 @@ def check_exposure(host: str, trusted, insecure: bool) -> bool:
     return True
 
 
-def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, port_end: int | None = None,
-          tracker: str | None = None, key: str = DEFAULT_KEY, ready=None, *, trusted: list[bytes] | None = None,
-          insecure: bool = False, max_sessions: int = DEFAULT_MAX_SESSIONS,
-          handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+def serve(options: AgentOptions | None = None, ready=None) -> None:
     """Run the device agent until SIGINT or SIGTERM.
 
     Args:
-        host: address to listen on; 127.0.0.1 (the default) takes connections from this machine
-            only. Any other address needs ``trusted`` keys or ``insecure=True``: the agent runs the
-            native code of the bundles it is sent.
-        port: first port to try; the next ones up to ``port_end`` if it is taken.
-        port_end: last port to try (default: ``port + 109``).
-        tracker: ``"HOST:PORT"`` of a TVM tracker to register with; clients then ask for
-            ``tracker://HOST:PORT/KEY``. Without it, clients connect to ``HOST:PORT`` directly.
-        key: device key to register under with ``tracker``.
+        options: address, ports, tracker and key, trusted keys and limits (:class:`AgentOptions`;
+            default: AgentOptions(), this machine only on port 9090 or the next free one).
         ready: called with the :class:`Agent` once it listens (the CLI prints the address).
-        trusted: Ed25519 public keys (:func:`edgedl.signing.load_public_keys`): only bundles signed
-            by one of them are accepted. None accepts any bundle whose hashes verify.
-        insecure: allow a non-loopback ``host`` without ``trusted``.
-        max_sessions: clients served at once (their measurements take turns); more wait.
-        handshake_timeout: seconds a new connection has to complete the handshake.
-        idle_timeout: a session that receives nothing for this long is ended.
-        max_upload_bytes: the most bytes one session may upload.
 
     Raises:
         OptionError: a bad address, key, port range or limit, or a non-loopback host without
             ``trusted`` or ``insecure``. DeviceError: the tracker cannot be reached.
 
     Example:
-        >>> from edgedl.serve import serve
-        >>> serve(port=9090, ready=lambda agent: print("listening on", agent.address))  # doctest: +SKIP
+        >>> from edgedl.serve import AgentOptions, serve
+        >>> serve(AgentOptions(port=9090), ready=lambda agent: print("listening on", agent.address))  # doctest: +SKIP
     """
     global _parent_pid
-    port_end = port + 109 if port_end is None else port_end
-    if not 0 < port < 65536 or not port <= port_end < 65536:
-        raise OptionError(f"--port and --port-end must satisfy 0 < port <= port-end < 65536, got {port} and "
-                          f"{port_end}")
-    for name, value, low, high in (("--max-sessions", max_sessions, 1, 1024),
-                                   ("--handshake-timeout", handshake_timeout, 0.1, 3600),
-                                   ("--idle-timeout", idle_timeout, 0.1, 86400),
-                                   ("--max-upload-mb", max_upload_bytes / (1 << 20), 1 / (1 << 20), 1 << 20)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise OptionError(f"{name} must be from {low:g} to {high:g}, got {value!r}")
-    check_exposure(host, trusted, insecure)
-    tracker_addr = parse_host_port(tracker, "--tracker") if tracker else None
-    if tracker_addr and (not key or any(c.isspace() or c in ":/" for c in key)):
-        raise OptionError(f"--key got '{key}'; expected a name without spaces, ':' or '/', e.g. {DEFAULT_KEY}")
+    options = options or AgentOptions()
+    tracker_addr = options.validate()
     if tracker_addr:
         _check_tracker(tracker_addr)
     if not hasattr(os, "fork"):
@@ -947,13 +972,14 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, port_end: int | Non
     with contextlib.suppress(ImportError):
         import tvm  # noqa: F401 - warm for TVM bundles
 
+    trusted = options.trusted
     if trusted is not None:
         import edgedl.signing  # noqa: F401
 
-    sock = _bind(host, port, port_end)
+    sock = _bind(options.host, options.port, options.last_port)
     state_dir = tempfile.mkdtemp(prefix="edgedl-agent-")
-    _config.update(trusted=list(trusted) if trusted is not None else None, max_upload_bytes=int(max_upload_bytes),
-                   lock=os.path.join(state_dir, "measure.lock"))
+    _config.update(trusted=list(trusted) if trusted is not None else None,
+                   max_upload_bytes=int(options.max_upload_bytes), lock=os.path.join(state_dir, "measure.lock"))
     if _parent_pid is None:
         os.register_at_fork(after_in_child=_after_fork)
     _parent_pid = os.getpid()
@@ -963,9 +989,8 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, port_end: int | Non
     def on_signal(signum, frame):
         stop.set()
 
-    limits = _Limits(int(max_sessions), float(handshake_timeout), float(idle_timeout))
-    server = _Server(sock, sock.getsockname()[1], key if tracker_addr else "", tracker_addr, limits, stop,
-                     os.getcwd())
+    key = options.key if tracker_addr else None
+    server = _Server(sock, sock.getsockname()[1], key or "", tracker_addr, options, stop, os.getcwd())
     server.sockets.add(sock)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     threads = []
@@ -975,8 +1000,8 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, port_end: int | Non
             threads.append(threading.Thread(target=server.tracker_loop, daemon=True, name="edgedl-agent-tracker"))
         for t in threads:
             t.start()
-        agent = Agent(host, server.port, f"{tracker_addr[0]}:{tracker_addr[1]}" if tracker_addr else None,
-                      key if tracker_addr else None, limits.max_sessions, len(trusted or []))
+        agent = Agent(options.host, server.port, f"{tracker_addr[0]}:{tracker_addr[1]}" if tracker_addr else None,
+                      key, options.max_sessions, len(trusted or []))
         log.info("agent listening on %s (%s)", agent.address, agent.device)
         if ready:
             ready(agent)

@@ -203,8 +203,8 @@ def run_in_thread(fn):
 def test_a_bench_through_an_agent_matches_the_local_one(bundles, agent):
     from edgedl.bench.harness import bench
 
-    local = bench(str(bundles["litert"]), options())
-    remote = bench(str(bundles["litert"]), options(device=agent.device))
+    local = bench(str(bundles["litert"]), options()).data
+    remote = bench(str(bundles["litert"]), options(device=agent.device)).data
     assert remote["schema"] == "edgedl.bench/1" and remote["device"] == agent.device
     assert set(local) <= set(remote) and remote["remote"]["agent"]["edgedl"]
     assert remote["bundle"]["path"] == str(bundles["litert"]) and remote["settings"] == local["settings"]
@@ -273,7 +273,7 @@ def test_parallel_benches_through_a_tracker_all_succeed(bundles, agents, tracker
         thread.join(120)
     errors = [box.get("error") for _, box in runs if "result" not in box]
     assert not errors, errors
-    results = [box["result"] for _, box in runs]
+    results = [box["result"].data for _, box in runs]
     assert all(r["device"] == f"tracker://{tracker}/{KEY}" and r["timing"]["latency"]["runs"] == 300
                for r in results)
     used = {r["remote"]["agent"]["address"] for r in results}
@@ -308,7 +308,7 @@ def test_a_lost_device_is_retried_on_another_one_from_the_tracker(bundles, agent
     busy[0].kill()
     thread.join(90)
     assert "result" in box, box.get("error")
-    r = box["result"]
+    r = box["result"].data
     assert r["remote"]["sessions"] == 2 and r["timing"]["latency"]["runs"] == 5000 * 8
     assert len(r["timing"]["repeat_p50_us"]) == 8
 
@@ -416,6 +416,30 @@ def test_serve_help_says_it_listens_on_loopback_by_default_and_how_to_trust_bund
     assert "--trust" in proc.stdout and "--insecure" in proc.stdout
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"port": 9100, "port_end": 9000}, "--port and --port-end must satisfy 0 < port <= port-end < 65536, got 9100 and "
+                                       "9000"),
+    ({"max_sessions": 0}, "--max-sessions must be from 1 to 1024, got 0"),
+    ({"idle_timeout": float("nan")}, "--idle-timeout must be from 0.1 to 86400, got nan"),
+    ({"host": "0.0.0.0"}, "--host 0.0.0.0 takes connections from other machines"),
+    ({"tracker": "127.0.0.1:9190", "key": "a/b"}, "--key got 'a/b'; expected a name without spaces, ':' or '/'"),
+])
+def test_agent_options_are_refused_by_option_name_before_listening(settings, message):
+    from edgedl.serve import AgentOptions
+
+    with pytest.raises(OptionError) as caught:
+        AgentOptions(**settings).validate()
+    assert message in str(caught.value)
+
+
+def test_agent_options_default_to_this_machine_and_a_range_of_ports():
+    from edgedl.serve import AgentOptions
+
+    options = AgentOptions(port=9300)
+    assert options.validate() is None and options.last_port == 9409
+    assert AgentOptions(tracker="127.0.0.1:9190", port_end=9301).validate() == ("127.0.0.1", 9190)
+
+
 def test_serve_refuses_a_taken_port_and_an_unreachable_tracker(agent):
     proc = edgedl("serve", "--port", agent.port, "--port-end", agent.port, timeout=60)
     assert proc.returncode == 2 and f"no free port in {agent.port}..{agent.port}" in proc.stderr
@@ -449,7 +473,7 @@ def test_a_crashed_session_fails_its_client_but_not_the_agent(bundles, agents):
     assert isinstance(box.get("error"), DeviceError) and "lost the connection" in str(box["error"])
     Path(box["error"].partial_path).unlink()
     r = bench(str(bundles["litert"]), options(device=a.device, runs=50, repeats=1, limit=10))
-    assert r["timing"]["latency"]["runs"] == 50 and a.proc.poll() is None
+    assert r.latency["runs"] == 50 and a.proc.poll() is None
     assert "a session ended abnormally" in a.log.read_text()
 
 

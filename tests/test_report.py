@@ -30,7 +30,6 @@ VARIANTS = [  # (bundle name, backend, quantize, io)
 def runs(trained_lenet, tmp_path_factory):
     """Three real benchmark results: the shared trained LeNet, compiled three ways, benchmarked here."""
     pytest.importorskip("tvm")
-    from edgedl import _io
     from edgedl.bench.harness import BenchOptions, bench
     from edgedl.compile import CompileOptions, compile_model
     d = tmp_path_factory.mktemp("report")
@@ -40,8 +39,7 @@ def runs(trained_lenet, tmp_path_factory):
         bundle = d / f"{name}.edgedl"
         compile_model(str(keras_path), "x86_64", str(bundle),
                       CompileOptions(backend=backend, quantize=quantize, io_type=io_type, num_samples=50))
-        result = bench(str(bundle), BenchOptions(runs=50, repeats=2, limit=100))
-        files.append(_io.write_json(d / f"{name}.json", result))
+        files.append(bench(str(bundle), BenchOptions(runs=50, repeats=2, limit=100)).save(d / f"{name}.json"))
     return files
 
 

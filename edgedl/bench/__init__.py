@@ -1,31 +1,13 @@
-"""Benchmark harness: latency statistics, accuracy and agreement of a compiled model on this host."""
+"""Benchmarks, the pipeline's last measuring stage: a bundle's latency, memory, accuracy and agreement.
 
-from __future__ import annotations
+* :mod:`edgedl.bench.timing`: the one timing loop (warm-up, runs, repeats) and its statistics;
+* :mod:`edgedl.bench.core`: the measurement as run where the bundle runs (a child process, or an agent);
+* :mod:`edgedl.bench.harness`: ``bench()``, here or through :mod:`edgedl.bench.remote` on a device;
+* :mod:`edgedl.bench.result`: :class:`BenchResult`, what ``bench()`` returns, saves and prints.
 
-import time
+Only numpy and the standard library are imported here, so the device agent imports this package
+without TensorFlow.
+"""
 
-import numpy as np
-
-
-def latency_stats(samples_s) -> dict:
-    """Summary statistics in microseconds of per-inference times given in seconds."""
-    us = np.asarray(samples_s, dtype=np.float64) * 1e6
-    return {
-        "p50_us": float(np.percentile(us, 50)), "p90_us": float(np.percentile(us, 90)),
-        "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean()), "std_us": float(us.std()),
-        "min_us": float(us.min()), "max_us": float(us.max()), "runs": int(us.size),
-    }
-
-
-def measure_latency(engine, x: np.ndarray, warmup: int = 20, runs: int = 200) -> dict:
-    """Time ``engine.invoke`` on one raw input: ``warmup`` untimed runs, then ``runs`` timed ones."""
-    invoke = getattr(engine, "invoke_fast", engine.invoke)
-    for _ in range(warmup):
-        invoke(x)
-    times = np.empty(runs)
-    clock = time.perf_counter
-    for i in range(runs):
-        t0 = clock()
-        invoke(x)
-        times[i] = clock() - t0
-    return latency_stats(times)
+from edgedl.bench.result import SCHEMA, BenchResult  # noqa: F401
+from edgedl.bench.timing import Timing, latency_stats, measure_latency, time_invocations  # noqa: F401

@@ -11,12 +11,15 @@ import platform
 import resource
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgedl.bench import latency_stats
+from edgedl.bench.result import SCHEMA
+from edgedl.bench.timing import time_invocations
 
-SCHEMA = "edgedl.bench/1"
+if TYPE_CHECKING:
+    from edgedl.bench.harness import BenchOptions
 
 
 def rss_bytes() -> int:
@@ -33,23 +36,36 @@ def peak_rss_bytes() -> int:
     return int(kb) * (1 if sys.platform == "darwin" else 1024)
 
 
-def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5, num_threads: int = 1,
-            x: np.ndarray | None = None, y: np.ndarray | None = None, progress=None,
-            trusted: list[bytes] | None = None) -> dict:
+def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray | None = None,
+            y: np.ndarray | None = None, progress=None, trusted: list[bytes] | None = None) -> dict:
     """Load ``bundle`` and measure it: init time, first inference, warm latency over ``repeats`` x
     ``runs`` (after ``warmup``), throughput, memory, and accuracy on ``x``/``y`` when given.
 
-    ``trusted``: Ed25519 public keys; when given, only a bundle signed by one of them is loaded
-    (the agent's ``--trust``; see :func:`edgedl.runtime.load`).
+    Args:
+        bundle: the bundle (folder or archive) to measure.
+        options: a :class:`~edgedl.bench.harness.BenchOptions`; its ``warmup``, ``runs``,
+            ``repeats`` and ``threads`` are used (default: BenchOptions()).
+        x, y: samples to score (float inputs, labels), or None.
+        progress: optional callable(done, total) for a progress bar.
+        trusted: Ed25519 public keys; when given, only a bundle signed by one of them is loaded
+            (the agent's ``--trust``; see :func:`edgedl.runtime.load`).
 
-    ``progress`` is an optional callable(done, total) for a progress bar.
+    Returns:
+        The measurement in schema edgedl.bench/1 (plain JSON-able data), with ``outputs_top1``.
+
+    Example:
+        >>> from edgedl.bench.harness import BenchOptions
+        >>> measure("lenet.edgedl", BenchOptions(runs=50, repeats=2))["timing"]["latency"]["runs"]  # doctest: +SKIP
+        100
     """
     import edgedl.runtime as rt
+    from edgedl.bench.harness import BenchOptions
     from edgedl.runtime.quant import quantize
 
+    options = options or BenchOptions()
     rss_before = rss_bytes()
     t0 = time.perf_counter()
-    model = rt.load(bundle, num_threads=num_threads, trusted=trusted)
+    model = rt.load(bundle, num_threads=options.threads, trusted=trusted)
     load_s = time.perf_counter() - t0
     spec = model.inputs[0]
     sample = x[:1] if x is not None and len(x) else np.zeros(model.input_shape, np.float32)
@@ -58,25 +74,9 @@ def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5,
     model.invoke(raw)
     first_us = (time.perf_counter() - t0) * 1e6
 
-    invoke = getattr(model.engine, "invoke_fast", model.engine.invoke)
-    for _ in range(warmup):
-        invoke(raw)
-    all_times, per_repeat = [], []
-    total = repeats * runs + (len(x) if x is not None else 0)
-    done = 0
-    clock = time.perf_counter
-    for _ in range(repeats):
-        times = np.empty(runs)
-        for i in range(runs):
-            t = clock()
-            invoke(raw)
-            times[i] = clock() - t
-        all_times.append(times)
-        per_repeat.append(float(np.median(times) * 1e6))
-        done += runs
-        if progress:
-            progress(done, total)
-    stats = latency_stats(np.concatenate(all_times))
+    total = options.repeats * options.runs + (len(x) if x is not None else 0)
+    repeats_done = (lambda done, _: progress(done, total)) if progress else None
+    timing = time_invocations(model.engine, raw, options.warmup, options.runs, options.repeats, repeats_done)
     result = {
         "schema": SCHEMA,
         "bundle": {"path": str(bundle), "backend": model.manifest["backend"], "target": model.manifest["target"]["name"],
@@ -84,14 +84,9 @@ def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5,
                    "engine": model.manifest["runtime"]["engine"]},
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
                  "node": platform.node(), "cpus": os.cpu_count()},
-        "settings": {"warmup": warmup, "runs": runs, "repeats": repeats, "threads": num_threads},
-        "timing": {
-            "load_s": load_s, "first_inference_us": first_us, "latency": stats,
-            "repeat_p50_us": per_repeat,
-            "spread": {"p50_min_us": min(per_repeat), "p50_max_us": max(per_repeat),
-                       "relative": (max(per_repeat) - min(per_repeat)) / float(np.median(per_repeat))},
-            "throughput_per_s": 1e6 / stats["mean_us"],
-        },
+        "settings": {"warmup": options.warmup, "runs": options.runs, "repeats": options.repeats,
+                     "threads": options.threads},
+        "timing": {"load_s": load_s, "first_inference_us": first_us, **timing.summary()},
         "memory": {"rss_before_load_bytes": rss_before, "rss_after_bytes": rss_bytes(),
                    "peak_rss_bytes": peak_rss_bytes()},
         "estimates": model.manifest.get("estimates") or {},
@@ -101,6 +96,7 @@ def measure(bundle: str, *, warmup: int = 20, runs: int = 200, repeats: int = 5,
     if arena:
         result["memory"]["arena_bytes"] = int(arena)
     if x is not None and len(x):
+        done = options.repeats * options.runs
         outputs = []
         for i in range(len(x)):
             outputs.append(model.predict(x[i:i + 1])[0])

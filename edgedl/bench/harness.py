@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import _io
+from edgedl.bench.result import BenchResult
 from edgedl.errors import DeviceError, EdgeDLError, OptionError
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,25 @@ def _rebuild_error(result: dict) -> EdgeDLError:
     return err
 
 
-def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> dict:
-    """Benchmark a bundle here or on a remote device; return the result in the stable JSON schema.
+def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> BenchResult:
+    """Benchmark a bundle here or on a remote device.
+
+    Args:
+        bundle: the bundle (folder or archive).
+        options: data set, timing settings, device, timeout, retries, float reference.
+        progress: optional callable(done, total) for a progress bar.
+
+    Returns:
+        BenchResult in the stable JSON schema edgedl.bench/1 (``save()`` writes it, ``to_text()``
+        prints it).
 
     Raises:
         InputFileError: not a bundle / tampered; DeviceError: hung, killed or unreachable device;
         OptionError: bad settings or a data set that does not fit the bundle.
+
+    Example:
+        >>> result = bench("lenet.edgedl", BenchOptions(dataset="mnist", runs=100))  # doctest: +SKIP
+        >>> result.p50, result.accuracy                                             # doctest: +SKIP
     """
     from edgedl.bundle import open_bundle
 
@@ -168,7 +182,7 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> di
             result["accuracy"]["reference_accuracy"] = float(np.mean(ref == y))
     result["estimates_vs_measured"] = _estimates_vs_measured(result)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return result
+    return BenchResult(result)
 
 
 def reference_top1(path: str, x: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedl import _io
+from edgedl.bench.result import BenchResult
 from edgedl.errors import DeviceError, EdgeDLError, InputFileError, MissingDependencyError, OptionError
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def run_remote(bundle, request: dict, options, progress=None) -> dict:
         ...            BenchOptions(device="127.0.0.1:9090", timeout=60))  # doctest: +SKIP
     """
     device = parse_device(options.device)
-    return _Run(Path(bundle), request, device, float(options.timeout), int(options.retries or 0), progress).run()
+    run = _RemoteMeasurement(Path(bundle), request, device, float(options.timeout), int(options.retries or 0), progress)
+    return run.run()
 
 
 def _lost(message: str) -> DeviceError:
@@ -203,7 +204,10 @@ class _Connection:
         self.sock.close()
 
 
-class _Run:
+class _RemoteMeasurement:
+    """One benchmark on a remote device: its sessions (a new one after a lost device), the repeats
+    finished so far, and the result or the error with the partial result."""
+
     def __init__(self, bundle: Path, request: dict, device: Device, timeout: float, retries: int, progress):
         self.bundle, self.request, self.device = bundle, request, device
         self.timeout, self.retries, self.progress = timeout, retries, progress
@@ -441,18 +445,14 @@ class _Run:
     # -- results ------------------------------------------------------------------------------------
 
     def _result(self) -> dict:
-        from edgedl.bench import latency_stats
+        from edgedl.bench.timing import Timing
 
         r = json.loads(json.dumps(self.frame))
         req = self.request
         r["bundle"]["path"] = str(self.bundle)
         r["settings"] = {"warmup": int(req["warmup"]), "runs": int(req["runs"]), "repeats": int(req["repeats"]),
                          "threads": int(req["threads"])}
-        stats = latency_stats(np.concatenate(self.times))
-        per_repeat = [float(np.median(t) * 1e6) for t in self.times]
-        r["timing"].update(latency=stats, repeat_p50_us=per_repeat, throughput_per_s=1e6 / stats["mean_us"],
-                           spread={"p50_min_us": min(per_repeat), "p50_max_us": max(per_repeat),
-                                   "relative": (max(per_repeat) - min(per_repeat)) / float(np.median(per_repeat))})
+        r["timing"].update(Timing(self.times).summary())
         if self.memory:
             r["memory"]["rss_after_bytes"] = self.memory["rss_after_bytes"]
             r["memory"]["peak_rss_bytes"] = max(self.memory["peak_rss_bytes"], r["memory"]["peak_rss_bytes"])
@@ -472,7 +472,7 @@ class _Run:
         partial["partial"] = {"repeats_done": len(self.times), "repeats": repeats, "error": message}
         fd, path = tempfile.mkstemp(prefix="edgedl-bench-partial-", suffix=".json")
         os.close(fd)
-        _io.write_json(path, partial)
+        BenchResult(partial).save(path)
         err = DeviceError(f"{message}; {len(self.times)} of {repeats} repeats finished, their results are in {path}")
         err.partial, err.partial_path = partial, path
         return err

@@ -15,6 +15,7 @@ import numpy as np
 def main(argv=None) -> int:
     from edgedl import _io
     from edgedl.bench.core import measure
+    from edgedl.bench.harness import BenchOptions
     from edgedl.errors import EdgeDLError
 
     request_path, result_path = (argv or sys.argv[1:])[:2]
@@ -30,8 +31,8 @@ def main(argv=None) -> int:
         print(json.dumps({"done": done, "total": total}), flush=True)
 
     try:
-        result = measure(req["bundle"], warmup=req["warmup"], runs=req["runs"], repeats=req["repeats"],
-                         num_threads=req["threads"], x=x, y=y, progress=progress)
+        options = BenchOptions(warmup=req["warmup"], runs=req["runs"], repeats=req["repeats"], threads=req["threads"])
+        result = measure(req["bundle"], options, x=x, y=y, progress=progress)
     except EdgeDLError as e:
         _io.write_json(result_path, {"error": str(e), "error_type": type(e).__name__})
         return 1

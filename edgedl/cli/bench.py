@@ -32,6 +32,7 @@ def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threa
       edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
     """
     from edgedl import _io
+    from edgedl.bench import BenchResult
     from edgedl.bench.harness import BenchOptions, bench
     from edgedl.errors import DeviceError
 
@@ -45,14 +46,11 @@ def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threa
     except DeviceError as e:
         partial = getattr(e, "partial", None)
         if output and partial:
-            _io.write_json(output, dict(partial, incomplete=True, error=str(e)))
+            BenchResult(dict(partial, incomplete=True, error=str(e))).save(output)
         raise
     if output:
-        _io.write_json(output, result)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(render(result))
+        result.save(output)
+    click.echo(json.dumps(result.summary(), indent=2) if as_json else result.to_text())
 
 
 def _run(bundle, options, as_json, bench):
@@ -66,28 +64,3 @@ def _run(bundle, options, as_json, bench):
         task = bar.add_task("bench", total=None)
         return bench(bundle, options, progress=lambda done, total: bar.update(task, completed=done, total=total))
 
-
-def render(r: dict) -> str:
-    t, lat = r["timing"], r["timing"]["latency"]
-    b = r["bundle"]
-    lines = [
-        f"{b['path']}: {b['backend']} for {b['target']} on {r['device']} ({r['host']['machine']})",
-        f"  load {t['load_s'] * 1000:.1f} ms   first inference {t['first_inference_us']:.1f} us",
-        f"  latency p50 {lat['p50_us']:.1f} us  p90 {lat['p90_us']:.1f}  p99 {lat['p99_us']:.1f}  "
-        f"mean {lat['mean_us']:.1f} ± {lat['std_us']:.1f}  min {lat['min_us']:.1f}  max {lat['max_us']:.1f}",
-        f"  repeat medians {', '.join(f'{v:.1f}' for v in t['repeat_p50_us'])} us "
-        f"(spread {100 * t['spread']['relative']:.1f}%)   throughput {t['throughput_per_s']:.0f}/s",
-        f"  memory: peak RSS {r['memory']['peak_rss_bytes'] / 2**20:.1f} MiB"
-        + (f", TFLM arena {r['memory']['arena_bytes'] / 1024:.1f} KiB" if "arena_bytes" in r["memory"] else "")
-        + f"   bundle {b['size_bytes'] / 1024:.1f} KiB",
-    ]
-    acc = r.get("accuracy") or {}
-    if "accuracy" in acc:
-        line = f"  accuracy {100 * acc['accuracy']:.2f}% on {acc['samples']} {acc.get('dataset', '')} samples"
-        if "reference_agreement" in acc:
-            line += f"; top-1 agreement with the float reference {100 * acc['reference_agreement']:.2f}%"
-        lines.append(line)
-    for k, v in (r.get("estimates_vs_measured") or {}).items():
-        lines.append(f"  {k}: estimated {v['estimated']:.1f} vs measured {v.get('measured_p50', v.get('measured')):.1f}"
-                     + (f" ({v['note']})" if v.get("note") else ""))
-    return "\n".join(lines)

@@ -49,7 +49,7 @@ def serve(host, port, port_end, trust, insecure, tracker, key, max_sessions, idl
     import math
 
     from edgedl.errors import OptionError
-    from edgedl.serve import check_exposure
+    from edgedl.serve import AgentOptions, check_exposure
     from edgedl.serve import serve as run_agent
 
     trusted = None
@@ -71,7 +71,7 @@ def serve(host, port, port_end, trust, insecure, tracker, key, max_sessions, idl
         click.echo(f"benchmark with: edgedl bench BUNDLE --device {agent.device}  ({trust_line}; Ctrl-C stops the "
                    "agent)")
 
-    run_agent(host=host, port=port, port_end=port_end, tracker=tracker, key=key, ready=ready, trusted=trusted,
-              insecure=insecure, max_sessions=max_sessions, handshake_timeout=handshake_timeout,
-              idle_timeout=idle_timeout, max_upload_bytes=int(max_upload_mb * (1 << 20)))
+    run_agent(AgentOptions(host=host, port=port, port_end=port_end, tracker=tracker, key=key, trusted=trusted,
+                           insecure=insecure, max_sessions=max_sessions, handshake_timeout=handshake_timeout,
+                           idle_timeout=idle_timeout, max_upload_bytes=int(max_upload_mb * (1 << 20))), ready)
     click.echo("edgedl agent stopped", err=True)

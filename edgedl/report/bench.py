@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import html
-import json
 import math
 import statistics
 from collections import Counter
@@ -31,101 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl import __version__, _io
-from edgedl.errors import InputFileError, OptionError
+from edgedl.bench.result import SCHEMA, BenchResult, read_results  # noqa: F401 - SCHEMA: edgedl.report's too
+from edgedl.errors import OptionError
 from edgedl.report.format import figure_html, html_table, md_table, mib, num, percent
 from edgedl.report.plots import MARKERS, new_figure, png_bytes
 
-SCHEMA = "edgedl.bench/1"
 DEFAULT_THRESHOLD = 0.10
 SUFFIXES = {".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown"}
 
-# Fields a result must have to be reported; everything else is optional and shown where present.
-REQUIRED = (
-    ("bundle", "path"), ("bundle", "backend"), ("bundle", "target"),
-    ("timing", "latency", "p50_us"), ("timing", "latency", "p90_us"), ("timing", "latency", "p99_us"),
-    ("timing", "latency", "min_us"), ("timing", "latency", "max_us"),
-)
-# Optional figures: absent or null is fine, anything else must be a finite number (a list of them for lists).
-OPTIONAL_NUMBERS = (
-    ("timing", "spread", "relative"), ("timing", "throughput_per_s"), ("accuracy", "accuracy"),
-    ("bundle", "size_bytes"), ("memory", "peak_rss_bytes"), ("memory", "arena_bytes"),
-)
-OPTIONAL_NUMBER_LISTS = (("timing", "repeat_p50_us"),)
-HOW_TO_MAKE = "expected a result of `edgedl bench BUNDLE -o run.json` (schema edgedl.bench/1)"
-
 
 @dataclass
-class Run:
-    """One benchmark result and where it came from."""
+class Run(BenchResult):
+    """One benchmark result, the file it came from and its label in the report."""
 
-    result: dict
     source: str
     label: str = ""
-
-    @property
-    def name(self) -> str:
-        """The bundle's file or folder name without ``.edgedl``: what a run is matched on."""
-        name = Path(str(self.result["bundle"]["path"])).name
-        return name[: -len(".edgedl")] if name.endswith(".edgedl") and len(name) > len(".edgedl") else name
-
-    @property
-    def backend(self) -> str:
-        return str(self.result["bundle"]["backend"])
-
-    @property
-    def target(self) -> str:
-        return str(self.result["bundle"]["target"])
-
-    @property
-    def device(self) -> str:
-        return str(self.result.get("device") or "local")
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """(bundle name, target, device): runs with the same key are compared with each other."""
-        return self.name, self.target, self.device
-
-    @property
-    def latency(self) -> dict:
-        return self.result["timing"]["latency"]
-
-    @property
-    def p50(self) -> float:
-        return float(self.latency["p50_us"])
-
-    @property
-    def repeat_p50(self) -> list[float]:
-        return [float(v) for v in self.result["timing"].get("repeat_p50_us") or []]
-
-    @property
-    def spread(self) -> float | None:
-        spread = (self.result["timing"].get("spread") or {}).get("relative")
-        return None if spread is None else float(spread)
-
-    @property
-    def throughput(self) -> float | None:
-        value = self.result["timing"].get("throughput_per_s")
-        return None if value is None else float(value)
-
-    @property
-    def accuracy(self) -> float | None:
-        value = (self.result.get("accuracy") or {}).get("accuracy")
-        return None if value is None else float(value)
-
-    @property
-    def size_bytes(self) -> int | None:
-        value = self.result["bundle"].get("size_bytes")
-        return None if value is None else int(value)
-
-    @property
-    def peak_memory_bytes(self) -> int | None:
-        value = (self.result.get("memory") or {}).get("peak_rss_bytes")
-        return None if value is None else int(value)
-
-    @property
-    def arena_bytes(self) -> int | None:
-        value = (self.result.get("memory") or {}).get("arena_bytes")
-        return None if value is None else int(value)
 
 
 @dataclass
@@ -181,95 +100,7 @@ def load_results(paths) -> list[Run]:
         InputFileError: a file is missing, not JSON, or not a benchmark result (the file is named, and
             the item where a list holds several).
     """
-    runs = []
-    for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            raise InputFileError(p, "no such file" if not p.exists() else f"is a folder; {HOW_TO_MAKE}")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputFileError(p, f"is not a text file; {HOW_TO_MAKE}") from None
-        except json.JSONDecodeError as e:
-            raise InputFileError(p, f"is not JSON (line {e.lineno}: {e.msg}); {HOW_TO_MAKE}") from None
-        except RecursionError:
-            raise InputFileError(p, f"nests JSON arrays or objects too deeply to read; {HOW_TO_MAKE}") from None
-        except ValueError as e:  # an integer of more digits than Python converts (4300)
-            raise InputFileError(p, f"is not JSON this reads ({str(e).split(':')[0][:80]}); {HOW_TO_MAKE}") from None
-        items = data if isinstance(data, list) else [data]
-        if not items:
-            raise InputFileError(p, f"holds an empty list; {HOW_TO_MAKE}")
-        for i, item in enumerate(items):
-            where = f"item {i} " if isinstance(data, list) else ""
-            problem = _problem(item)
-            if problem:
-                raise InputFileError(p, f"{where}is not a benchmark result: {problem}; {HOW_TO_MAKE}")
-            runs.append(Run(item, str(p)))
-    return runs
-
-
-def _problem(item) -> str | None:
-    """Why ``item`` is not a benchmark result this module reads, or None."""
-    if not isinstance(item, dict):
-        return f"found a JSON {type(item).__name__}, not an object"
-    schema = item.get("schema")
-    if schema is None:
-        keys = ", ".join(sorted(map(str, item))[:6]) or "none"
-        return f"it has no \"schema\" field (its keys: {keys})"
-    if schema != SCHEMA:
-        if isinstance(schema, str) and schema.startswith("edgedl.bench/"):
-            return f"its schema {schema} is not {SCHEMA}, the one this edgedl ({__version__}) reads"
-        return f"its schema is {schema!r}"
-    for path in REQUIRED:
-        node = item
-        for part in path:
-            if not isinstance(node, dict) or part not in node:
-                return f"it lacks {'.'.join(path)}"
-            node = node[part]
-        if path[0] == "timing":
-            problem = _not_a_number(".".join(path), node)
-            if problem:
-                return problem
-    for path in OPTIONAL_NUMBERS + OPTIONAL_NUMBER_LISTS:
-        node = item
-        for i, part in enumerate(path):
-            if node is None:
-                break
-            if not isinstance(node, dict):
-                return f"{'.'.join(path[:i]) } is {_kind(node)}, not an object"
-            node = node.get(part)
-        if node is None:
-            continue
-        name = ".".join(path)
-        if path in OPTIONAL_NUMBER_LISTS:
-            if not isinstance(node, list):
-                return f"{name} is {_kind(node)}, not a list of numbers"
-            problem = next((p for p in (_not_a_number(f"{name}[{j}]", v) for j, v in enumerate(node)) if p), None)
-        else:
-            problem = _not_a_number(name, node)
-        if problem:
-            return problem
-    return None
-
-
-def _not_a_number(name: str, node) -> str | None:
-    """Why ``node`` is not a finite number (named ``name``), or None."""
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        return f"{name} is {_kind(node)}, not a number"
-    try:
-        if math.isfinite(float(node)):
-            return None
-    except OverflowError:
-        return f"{name} is an integer too large for a float, not a finite number"
-    return f"{name} is {node}, not a finite number"
-
-
-def _kind(node) -> str:
-    """A short description of a JSON value for a message (never the whole of a big one)."""
-    if isinstance(node, (dict, list)):
-        return f"a JSON {'object' if isinstance(node, dict) else 'array'}"
-    text = repr(node)
-    return text if len(text) <= 40 else f"{text[:37]}..."
+    return [Run(result.data, str(path)) for path in paths for result in read_results(path)]
 
 
 def _label(runs: list[Run]) -> None:
@@ -361,7 +192,7 @@ class Report:
         rows = []
         for r in self.runs:
             lat = r.latency
-            machine = (r.result.get("host") or {}).get("machine")
+            machine = (r.data.get("host") or {}).get("machine")
             memory = mib(r.peak_memory_bytes) + " RSS" if r.peak_memory_bytes else "–"
             if r.arena_bytes:
                 memory += f", arena {r.arena_bytes / 1024:.1f} KiB"
@@ -376,7 +207,7 @@ class Report:
                 "mean ± std (µs)", "accuracy on", "agreement with reference", "created", "file"]
         rows = []
         for r in self.runs:
-            s, t, acc = r.result.get("settings") or {}, r.result["timing"], r.result.get("accuracy") or {}
+            s, t, acc = r.data.get("settings") or {}, r.data["timing"], r.data.get("accuracy") or {}
             lat = r.latency
             on = f"{acc.get('samples', '?')} {acc.get('dataset', '')}".strip() if acc else "–"
             rows.append([
@@ -385,7 +216,7 @@ class Report:
                 percent(r.spread), num(t["load_s"] * 1000) if "load_s" in t else "–",
                 num(t.get("first_inference_us")),
                 f"{num(lat.get('mean_us'))} ± {num(lat.get('std_us'))}" if "mean_us" in lat else "–",
-                on, percent(acc.get("reference_agreement")), str(r.result.get("created", "–")),
+                on, percent(acc.get("reference_agreement")), str(r.data.get("created", "–")),
                 Path(r.source).name])
         return head, rows
 
@@ -399,7 +230,7 @@ class Report:
         head = ["run", "quantity", "estimated", "measured", "note"]
         rows = []
         for r in self.runs:
-            for quantity, v in (r.result.get("estimates_vs_measured") or {}).items():
+            for quantity, v in (r.data.get("estimates_vs_measured") or {}).items():
                 rows.append([r.label, quantity, num(v.get("estimated")),
                              num(v.get("measured_p50", v.get("measured"))), str(v.get("note") or "")])
         return head, rows
@@ -550,7 +381,7 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
     from matplotlib.lines import Line2D
 
     scored = [r for r in runs if r.accuracy is not None]
-    fig, ax = newfigure_html(8.0, 5.0)
+    fig, ax = new_figure(8.0, 5.0)
     targets = sorted({r.target for r in scored})
     backends = sorted({r.backend for r in scored})
     colours = colormaps["tab10"]
@@ -618,7 +449,7 @@ def plot_latency(runs: list[Run]) -> bytes:
     """One row per run: min–max whiskers, p50–p90 box, p99 bar, repeat medians as dots (log x). PNG."""
     from matplotlib.patches import Rectangle
 
-    fig, ax = newfigure_html(8.0, 1.2 + 0.55 * len(runs))
+    fig, ax = new_figure(8.0, 1.2 + 0.55 * len(runs))
     for i, r in enumerate(runs):
         lat, y = r.latency, len(runs) - 1 - i
         ax.hlines(y, lat["min_us"], lat["max_us"], color="grey", linewidth=1, zorder=1)
@@ -653,7 +484,7 @@ def plot_latency(runs: list[Run]) -> bytes:
 def plot_changes(comparisons: list[Comparison], threshold: float) -> bytes:
     """Horizontal bars of the p50 change against the baseline, red beyond +threshold, green below -threshold. PNG."""
     matched = [c for c in comparisons if c.change is not None]
-    fig, ax = newfigure_html(8.0, 1.0 + 0.45 * len(matched))
+    fig, ax = new_figure(8.0, 1.0 + 0.45 * len(matched))
     colours = {"regression": "#d62728", "faster": "#2ca02c"}
     for i, c in enumerate(matched):
         y = len(matched) - 1 - i
