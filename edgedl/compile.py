@@ -26,6 +26,7 @@ from edgedl.reference import CHECK_TIMEOUT_S, Samples, choose_samples, fidelity,
 log = logging.getLogger(__name__)
 
 SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
+SOURCE_FORMATS = ".keras, .h5, a SavedModel folder, .tflite or .onnx"
 ENGINE_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "tvm": "TVM", "onnxruntime": "ONNX Runtime"}
 
 
@@ -150,6 +151,7 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
     options = options or CompileOptions()
     say = status or (lambda m: log.info(m))
     options.check()
+    check_source_path(model)
     check_output(out, force=options.force)
     tgt = load_target(target)
     with tempfile.TemporaryDirectory(prefix="edgedl-compile-") as tmp:
@@ -171,22 +173,35 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         return _write(out, manifest, chosen.compiled.directory, options)
 
 
-def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSource:
-    """Load MODEL and set up its reference (a Keras model is converted later, by :func:`convert_source`)."""
+def check_source_path(path) -> Path:
+    """Refuse a model path compile cannot read (missing, or a file of another format), before
+    anything is loaded.
+
+    Raises:
+        InputFileError: the path and the formats compile takes.
+    """
     p = Path(path)
     if not p.exists():
-        raise InputFileError(p, "no such file or folder; expected .keras, .h5, SavedModel, .tflite or .onnx")
+        raise InputFileError(p, f"no such file or folder; expected {SOURCE_FORMATS}")
+    if p.is_file() and p.suffix.lower() not in SOURCE_SUFFIXES:
+        raise InputFileError(p, f"unknown model format '{p.suffix or '(no suffix)'}'; expected {SOURCE_FORMATS}")
+    return p
+
+
+def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSource:
+    """Load MODEL and set up its reference (a Keras model is converted later, by :func:`convert_source`)."""
+    p = check_source_path(path)
     sha = _io.sha256_file(p) if p.is_file() else _dir_sha(p)
     meta = metrics_beside(p) if p.is_file() else {}
     # A .tflite or .onnx from elsewhere is parsed, allocated and run for the first time in a child
     # process (edgedl._isolate): a native crash on a malformed file is one error line naming it.
-    if p.suffix == ".tflite":
+    if p.suffix.lower() == ".tflite":
         probe = _isolate.run(_probe_tflite, p, file=p, tool="LiteRT", action="loading it", timeout=CHECK_TIMEOUT_S)
         if options.quantize != "none":
             raise OptionError(f"--quantize applies to Keras models; {p.name} is already a .tflite "
                               f"({'quantized' if probe['quantized'] else 'float'})")
         return ModelSource(p, "tflite", sha, p, partial(reference_outputs, p), probe["input_shape"], meta)
-    if p.suffix == ".onnx":
+    if p.suffix.lower() == ".onnx":
         shape = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
                              timeout=CHECK_TIMEOUT_S)
         return ModelSource(p, "onnx", sha, None, partial(reference_outputs, p), shape, meta)

@@ -14,7 +14,7 @@ Keras: on a device this needs numpy, edgedl's runtime and one engine (``pip inst
 
 Make a bundle with:
 
-    edgedl train ds_cnn --out ds_cnn.keras
+    edgedl train ds_cnn -o ds_cnn.keras
     edgedl compile ds_cnn.keras --target x86_64 --backend litert --quantize int8 -o ds_cnn.edgedl
 """
 

@@ -136,6 +136,18 @@ def test_a_file_of_unknown_kind_is_told_every_accepted_model_format(tmp_path):
                            ".tflite or .onnx")
 
 
+def test_the_python_api_refuses_a_file_of_unknown_kind_with_the_same_words(tmp_path):
+    from edgedl.compile import compile_model
+    from edgedl.errors import InputFileError
+
+    notes = tmp_path / "model.txt"
+    notes.write_text("not a model")
+    with pytest.raises(InputFileError, match=r"unknown model format '\.txt'; expected \.keras, \.h5, a SavedModel "
+                                             r"folder, \.tflite or \.onnx"):
+        compile_model(str(notes), "x86_64", str(tmp_path / "out.edgedl"))
+    assert not (tmp_path / "out.edgedl").exists()
+
+
 def test_a_float_model_for_an_npu_target_is_told_to_quantize(trained_lenet, tmp_path):
     code, out, err = edgedl("compile", str(trained_lenet["keras"]), "-t", "ethos_u55_128", "-o", str(tmp_path / "u.edgedl"))
     assert code != 0 and not (tmp_path / "u.edgedl").exists()

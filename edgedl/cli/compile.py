@@ -66,17 +66,13 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
         click.echo(line)
 
 
-MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".onnx")
-ACCEPTED = ".keras, .h5, a SavedModel folder, .tflite or .onnx"
-
-
 def _check_cheap(model, target, backend, quantize):
     """What can be checked without TensorFlow: the backend's name, the model's kind, and that a float
     Keras model is not about to miss the NPU it was compiled for."""
     from pathlib import Path
 
     from edgedl.backends import backend_names
-    from edgedl.errors import InputFileError, OptionError
+    from edgedl.errors import OptionError
 
     if backend != "auto" and backend not in backend_names():
         import difflib
@@ -84,9 +80,11 @@ def _check_cheap(model, target, backend, quantize):
         close = difflib.get_close_matches(backend, backend_names(), n=1)
         raise OptionError(f"unknown backend '{backend}'" + (f" (did you mean '{close[0]}'?)" if close else "")
                           + f"; --backend takes {', '.join(backend_names())} or auto")
+    from edgedl.compile import check_source_path
+
     path = Path(model)
-    if path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES:
-        raise InputFileError(path, f"unknown model format '{path.suffix or '(no suffix)'}'; expected {ACCEPTED}")
+    if path.exists():  # a missing one is named by compile_model
+        check_source_path(path)
     if backend == "auto" and quantize not in ("int8", "int16x8") and (path.is_dir() or path.suffix in (".keras", ".h5")):
         from edgedl.compile import float_for_npu
         from edgedl.targets import load_target
