@@ -940,6 +940,20 @@ def check_exposure(host: str, trusted, insecure: bool) -> bool:
     return True
 
 
+def _import_before_forking(trusted) -> None:
+    """Import what a session needs before any is forked, so every session starts warm."""
+    import edgedl.bench.core  # noqa: F401
+    import edgedl.bench.harness  # noqa: F401
+    import edgedl.bundle  # noqa: F401
+    import edgedl.runtime  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import tvm  # noqa: F401 - warm for TVM bundles
+
+    if trusted is not None:
+        import edgedl.signing  # noqa: F401
+
+
 def serve(options: AgentOptions | None = None, ready=None) -> None:
     """Run the device agent until SIGINT or SIGTERM.
 
@@ -964,18 +978,8 @@ def serve(options: AgentOptions | None = None, ready=None) -> None:
     if not hasattr(os, "fork"):
         raise DeviceError("the agent forks a process per session, which this platform cannot do (run it on Linux "
                           "or macOS)")
-    # Load what a session needs before forking, so every session starts warm.
-    import edgedl.bench.core  # noqa: F401
-    import edgedl.bundle  # noqa: F401
-    import edgedl.runtime  # noqa: F401
-
-    with contextlib.suppress(ImportError):
-        import tvm  # noqa: F401 - warm for TVM bundles
-
     trusted = options.trusted
-    if trusted is not None:
-        import edgedl.signing  # noqa: F401
-
+    _import_before_forking(trusted)
     sock = _bind(options.host, options.port, options.last_port)
     state_dir = tempfile.mkdtemp(prefix="edgedl-agent-")
     _config.update(trusted=list(trusted) if trusted is not None else None,

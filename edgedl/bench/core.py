@@ -74,38 +74,51 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
     model.invoke(raw)
     first_us = (time.perf_counter() - t0) * 1e6
 
-    total = options.repeats * options.runs + (len(x) if x is not None else 0)
+    timed = options.repeats * options.runs
+    total = timed + (len(x) if x is not None else 0)
     repeats_done = (lambda done, _: progress(done, total)) if progress else None
     timing = time_invocations(model.engine, raw, options.warmup, options.runs, options.repeats, repeats_done)
+    manifest = model.manifest
     result = {
         "schema": SCHEMA,
-        "bundle": {"path": str(bundle), "backend": model.manifest["backend"], "target": model.manifest["target"]["name"],
-                   "source": model.manifest.get("source") or {}, "size_bytes": sum(f["bytes"] for f in model.manifest["files"]),
-                   "engine": model.manifest["runtime"]["engine"]},
+        "bundle": {"path": str(bundle), "backend": manifest["backend"], "target": manifest["target"]["name"],
+                   "source": manifest.get("source") or {}, "size_bytes": sum(f["bytes"] for f in manifest["files"]),
+                   "engine": manifest["runtime"]["engine"]},
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
                  "node": platform.node(), "cpus": os.cpu_count()},
         "settings": {"warmup": options.warmup, "runs": options.runs, "repeats": options.repeats,
                      "threads": options.threads},
         "timing": {"load_s": load_s, "first_inference_us": first_us, **timing.summary()},
-        "memory": {"rss_before_load_bytes": rss_before, "rss_after_bytes": rss_bytes(),
-                   "peak_rss_bytes": peak_rss_bytes()},
-        "estimates": model.manifest.get("estimates") or {},
-        "compile_fidelity": model.manifest.get("fidelity") or {},
+        "memory": _memory(rss_before, manifest),
+        "estimates": manifest.get("estimates") or {},
+        "compile_fidelity": manifest.get("fidelity") or {},
     }
-    arena = model.manifest["runtime"].get("arena_size")
-    if arena:
-        result["memory"]["arena_bytes"] = int(arena)
     if x is not None and len(x):
-        done = options.repeats * options.runs
-        outputs = []
-        for i in range(len(x)):
-            outputs.append(model.predict(x[i:i + 1])[0])
-            done += 1
-            if progress and (i % 50 == 49 or i == len(x) - 1):
-                progress(done, total)
-        outputs = np.stack(outputs)
-        result["outputs_top1"] = outputs.argmax(-1).tolist()
-        result["accuracy"] = {"samples": int(len(x))}
-        if y is not None:
-            result["accuracy"]["accuracy"] = float(np.mean(outputs.argmax(-1) == y))
+        result.update(_score(model, x, y, (lambda done: progress(timed + done, total)) if progress else None))
     return result
+
+
+def _memory(rss_before: int, manifest: dict) -> dict:
+    """The process's memory now (and at its peak) beside what it was before the load; the TFLM arena."""
+    memory = {"rss_before_load_bytes": rss_before, "rss_after_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes()}
+    arena = manifest["runtime"].get("arena_size")
+    if arena:
+        memory["arena_bytes"] = int(arena)
+    return memory
+
+
+def _score(model, x: np.ndarray, y: np.ndarray | None, progress=None) -> dict:
+    """Run every sample once: the top-1 classes (for the harness's agreement figure) and the accuracy.
+
+    ``progress`` is told the samples done, every 50 and at the end.
+    """
+    outputs = []
+    for i in range(len(x)):
+        outputs.append(model.predict(x[i:i + 1])[0])
+        if progress and (i % 50 == 49 or i == len(x) - 1):
+            progress(i + 1)
+    top1 = np.stack(outputs).argmax(-1)
+    accuracy = {"samples": int(len(x))}
+    if y is not None:
+        accuracy["accuracy"] = float(np.mean(top1 == y))
+    return {"outputs_top1": top1.tolist(), "accuracy": accuracy}
