@@ -47,7 +47,8 @@ def bare_loop(bundle: str, runs: int) -> float:
 
 def main(argv=None):
     from edgedl import _io
-    from edgedl.bench.harness import BenchOptions, bench
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")

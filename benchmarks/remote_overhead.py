@@ -46,7 +46,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from edgedl import _io
-    from edgedl.bench.harness import BenchOptions, bench
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
 
     command = "python benchmarks/remote_overhead.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -440,7 +440,7 @@ def measure(request: str) -> str:
     """
     from edgedl import _io
     from edgedl.bench.core import measure as run
-    from edgedl.bench.harness import BenchOptions
+    from edgedl.bench.options import BenchOptions
 
     req = json.loads(request)
     x, y = _samples(req)
@@ -943,7 +943,6 @@ def check_exposure(host: str, trusted, insecure: bool) -> bool:
 def _import_before_forking(trusted) -> None:
     """Import what a session needs before any is forked, so every session starts warm."""
     import edgedl.bench.core  # noqa: F401
-    import edgedl.bench.harness  # noqa: F401
     import edgedl.bundle  # noqa: F401
     import edgedl.runtime  # noqa: F401
 

@@ -89,7 +89,7 @@ def test_the_checks_run_before_any_heavy_import():
 
 
 def test_the_python_apis_refuse_the_same_numbers():
-    from edgedl.bench.harness import BenchOptions
+    from edgedl.bench.options import BenchOptions
     from edgedl.errors import OptionError
     from edgedl.train import train
 

@@ -175,7 +175,7 @@ def wait_for(condition, timeout, what):
 
 
 def options(**kw):
-    from edgedl.bench.harness import BenchOptions
+    from edgedl.bench.options import BenchOptions
 
     return BenchOptions(**dict(dict(limit=100, warmup=10, runs=200, repeats=3, timeout=60), **kw))
 
@@ -387,7 +387,7 @@ def test_an_unreachable_tracker_is_named():
                                     "tracker://127.0.0.1:9190", "tracker://127.0.0.1:9190/", "tracker://h/k",
                                     "host:90:90"])
 def test_a_malformed_device_shows_the_two_accepted_forms(device):
-    from edgedl.bench.remote import parse_device
+    from edgedl.bench.options import parse_device
 
     with pytest.raises(OptionError, match=r"expected HOST:PORT .* or tracker://HOST:PORT/KEY"):
         parse_device(device)
@@ -400,7 +400,7 @@ def test_a_malformed_device_is_a_one_line_cli_error(bundles):
 
 
 def test_good_devices_parse():
-    from edgedl.bench.remote import Device, parse_device
+    from edgedl.bench.options import Device, parse_device
 
     assert parse_device("127.0.0.1:9090") == Device("127.0.0.1", 9090)
     assert parse_device("[::1]:9090") == Device("::1", 9090)

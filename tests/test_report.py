@@ -30,7 +30,8 @@ VARIANTS = [  # (bundle name, backend, quantize, io)
 def runs(trained_lenet, tmp_path_factory):
     """Three real benchmark results: the shared trained LeNet, compiled three ways, benchmarked here."""
     pytest.importorskip("tvm")
-    from edgedl.bench.harness import BenchOptions, bench
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
     from edgedl.compile import CompileOptions, compile_model
     d = tmp_path_factory.mktemp("report")
     keras_path = trained_lenet["keras"]

@@ -11,15 +11,12 @@ import platform
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgedl.bench.options import BenchOptions
 from edgedl.bench.result import SCHEMA
 from edgedl.bench.timing import time_invocations
-
-if TYPE_CHECKING:
-    from edgedl.bench.harness import BenchOptions
 
 
 def rss_bytes() -> int:
@@ -43,7 +40,7 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
 
     Args:
         bundle: the bundle (folder or archive) to measure.
-        options: a :class:`~edgedl.bench.harness.BenchOptions`; its ``warmup``, ``runs``,
+        options: a :class:`~edgedl.bench.options.BenchOptions`; its ``warmup``, ``runs``,
             ``repeats`` and ``threads`` are used (default: BenchOptions()).
         x, y: samples to score (float inputs, labels), or None.
         progress: optional callable(done, total) for a progress bar.
@@ -54,12 +51,11 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
         The measurement in schema edgedl.bench/1 (plain JSON-able data), with ``outputs_top1``.
 
     Example:
-        >>> from edgedl.bench.harness import BenchOptions
+        >>> from edgedl.bench.options import BenchOptions
         >>> measure("lenet.edgedl", BenchOptions(runs=50, repeats=2))["timing"]["latency"]["runs"]  # doctest: +SKIP
         100
     """
     import edgedl.runtime as rt
-    from edgedl.bench.harness import BenchOptions
     from edgedl.runtime.quant import quantize
 
     options = options or BenchOptions()

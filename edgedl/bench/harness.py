@@ -11,52 +11,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgedl import _io
+from edgedl.bench.options import BenchOptions
 from edgedl.bench.result import BenchResult
-from edgedl.errors import DeviceError, EdgeDLError, OptionError
+from edgedl.errors import DeviceError, EdgeDLError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchOptions:
-    dataset: str | None = None
-    data_dir: str | None = None
-    limit: int | None = 500
-    warmup: int = 20
-    runs: int = 200
-    repeats: int = 5
-    threads: int = 1
-    device: str | None = None          # None: this machine; HOST:PORT or tracker://HOST:PORT/KEY: a remote agent
-    timeout: float = 600.0
-    retries: int = 0
-    reference: str | None = None       # float model (.keras/.tflite) for the agreement figure
-
-    def validate(self):
-        """Refuse settings no benchmark can use, by option name, before anything is loaded."""
-        import math
-        from numbers import Integral, Real
-
-        for name, low in (("warmup", 0), ("runs", 1), ("repeats", 1), ("threads", 1), ("retries", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-                raise OptionError(f"--{name} must be a {'non-negative' if low == 0 else 'positive'} integer, "
-                                  f"got {value!r}")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, Integral)
-                                       or self.limit < 1):
-            raise OptionError(f"--limit must be a positive integer (test samples to score), got {self.limit!r}")
-        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, Real) or not math.isfinite(self.timeout)
-                or self.timeout <= 0):
-            raise OptionError(f"--timeout must be a positive, finite number of seconds, got {self.timeout!r}")
-        if self.device:
-            from edgedl.bench.remote import parse_device
-
-            parse_device(self.device)  # a malformed --device fails before any data is loaded
 
 
 def samples(manifest: dict, options: BenchOptions):

@@ -28,62 +28,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import struct
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgedl.bench.options import FORMS, Device, parse_device
 from edgedl.bench.result import BenchResult
-from edgedl.errors import DeviceError, EdgeDLError, InputFileError, MissingDependencyError, OptionError
+from edgedl.errors import DeviceError, EdgeDLError, InputFileError, MissingDependencyError
 
 log = logging.getLogger(__name__)
-
-FORMS = ("HOST:PORT (an `edgedl serve` agent, e.g. 127.0.0.1:9090) or tracker://HOST:PORT/KEY (a TVM tracker "
-         "and the device key to ask it for, e.g. tracker://127.0.0.1:9190/edgedl)")
-_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$")
-_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where to run: an agent's address, or a tracker's address and a device key."""
-
-    host: str
-    port: int
-    key: str | None = None
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"tracker://{self.address}/{self.key}" if self.key else self.address
-
-
-def parse_device(text: str) -> Device:
-    """Parse ``HOST:PORT`` or ``tracker://HOST:PORT/KEY``.
-
-    Raises:
-        OptionError: anything else, showing the two accepted forms.
-
-    Example:
-        >>> parse_device("tracker://127.0.0.1:9190/rpi4")
-        Device(host='127.0.0.1', port=9190, key='rpi4')
-    """
-    text = str(text or "").strip()
-    address, key = text, None
-    if text.startswith("tracker://"):
-        address, _, key = text[len("tracker://"):].partition("/")
-    m = _ADDRESS.match(address) if "://" not in address else None
-    if m is None or not 0 < int(m["port"]) < 65536 or (key is not None and not _KEY.match(key)):
-        raise OptionError(f"--device got '{text}'; expected {FORMS}")
-    return Device(m["v6"] or m["host"], int(m["port"]), key)
-
 
 def run_remote(bundle, request: dict, options, progress=None) -> dict:
     """Measure ``bundle`` on ``options.device``; return the result in the schema of a local run.
@@ -102,7 +59,7 @@ def run_remote(bundle, request: dict, options, progress=None) -> dict:
             under the key. InputFileError: the device refused the bundle (a file named).
 
     Example:
-        >>> from edgedl.bench.harness import BenchOptions
+        >>> from edgedl.bench.options import BenchOptions
         >>> run_remote("lenet.edgedl", {"warmup": 5, "runs": 50, "repeats": 3, "threads": 1, "samples": None},
         ...            BenchOptions(device="127.0.0.1:9090", timeout=60))  # doctest: +SKIP
     """

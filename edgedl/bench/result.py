@@ -43,7 +43,8 @@ class BenchResult:
     and ``remote`` for a run through an agent); the properties below read its key figures.
 
     Example:
-        >>> from edgedl.bench.harness import BenchOptions, bench
+        >>> from edgedl.bench.harness import bench
+        >>> from edgedl.bench.options import BenchOptions
         >>> result = bench("lenet.edgedl", BenchOptions(runs=50))  # doctest: +SKIP
         >>> result.save("run.json")                                # doctest: +SKIP
         >>> print(BenchResult.load("run.json").to_text())          # doctest: +SKIP

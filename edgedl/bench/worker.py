@@ -15,7 +15,7 @@ import numpy as np
 def main(argv=None) -> int:
     from edgedl import _io
     from edgedl.bench.core import measure
-    from edgedl.bench.harness import BenchOptions
+    from edgedl.bench.options import BenchOptions
     from edgedl.errors import EdgeDLError
 
     request_path, result_path = (argv or sys.argv[1:])[:2]

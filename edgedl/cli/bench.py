@@ -33,7 +33,8 @@ def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threa
     """
     from edgedl import _io
     from edgedl.bench import BenchResult
-    from edgedl.bench.harness import BenchOptions, bench
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
     from edgedl.errors import DeviceError
 
     if output:
