@@ -1,5 +1,6 @@
 """Benchmarks, the pipeline's last measuring stage: a bundle's latency, memory, accuracy and agreement.
 
+* :mod:`edgedl.bench.options`: :class:`~edgedl.bench.options.BenchOptions`, what to measure and where;
 * :mod:`edgedl.bench.timing`: the one timing loop (warm-up, runs, repeats) and its statistics;
 * :mod:`edgedl.bench.core`: the measurement as run where the bundle runs (a child process, or an agent);
 * :mod:`edgedl.bench.harness`: ``bench()``, here or through :mod:`edgedl.bench.remote` on a device;
