@@ -167,10 +167,10 @@ def trained_model(name, args):
 
 
 def run(model_path, args, **options):
-    from edgedl.optimize import optimize
+    from edgedl.optimize import OptimizeOptions, optimize
 
-    return optimize(model_path, epochs=args.finetune_epochs, data_dir=args.data_dir, limit=args.limit,
-                    seed=args.seed, progress=False, **options)
+    return optimize(model_path, OptimizeOptions(epochs=args.finetune_epochs, data_dir=args.data_dir, limit=args.limit,
+                                                seed=args.seed, **options), progress=False)
 
 
 def cli(model_path, args, *flags):
@@ -282,7 +282,7 @@ def measure_prune80(name, model_path, args, scope="layer", block=1):
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
     from edgedl.optimize import metrics
-    from edgedl.optimize.pipeline import _calibration_samples
+    from edgedl.optimize.measure import calibration_samples
     from edgedl.data import load_dataset
 
     from edgedl.optimize import PruneSpec
@@ -291,7 +291,7 @@ def measure_prune80(name, model_path, args, scope="layer", block=1):
     base, pruned, q = r.stage("baseline"), r.stage("pruned"), r.stage("int8")
     # The dense int8 model, calibrated on the same samples the pipeline uses.
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
-    dense = metrics.sizes(to_tflite(load_model(model_path), "int8", _calibration_samples(data.x_train, 200, 0)))
+    dense = metrics.sizes(to_tflite(load_model(model_path), "int8", calibration_samples(data.x_train, 200, 0)))
     drop = points(base["accuracy"], pruned["accuracy"])
     ratio = round(q["gzip_bytes"] / dense["size_bytes"], 4)
     flags = ["--prune", "0.8", "--quantize", "int8"] + (["--prune-scope", scope] if scope != "layer" else []) + (
@@ -362,7 +362,7 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     from edgedl.convert import to_tflite
     from edgedl.modelio import load_model
     from edgedl.optimize import StructuredSpec
-    from edgedl.optimize.pipeline import _calibration_samples
+    from edgedl.optimize.measure import calibration_samples
     from edgedl.data import load_dataset
 
     r = run(model_path, args, structured=StructuredSpec(ratio, residual=residual, layers=layers, align=align,
@@ -371,7 +371,7 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
             distill_alpha=distill_alpha, lr_scale=lr_scale)
     base, small, q = r.stage("baseline"), r.stage("structured"), r.stage("int8")
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
-    calibration = _calibration_samples(data.x_train, 200, 0)
+    calibration = calibration_samples(data.x_train, 200, 0)
     original = load_model(model_path)
     models = {
         "float32": (to_tflite(original, "none"), to_tflite(r.model, "none")),

@@ -73,7 +73,8 @@ def cut_row(model, reference: bytes, ratio, residual, *, align=1, layers=(), rep
     from edgedl.convert import to_tflite
     from edgedl.optimize import metrics, structured
 
-    the_plan = structured.plan(model, ratio, residual=residual, layers=layers, align=align)
+    the_plan = structured.plan_channels(model, structured.StructuredSpec(ratio, residual=residual, layers=layers,
+                                                                         align=align))
     smaller = structured.rebuild(model, the_plan)
     row = {"ratio": ratio, "residual": residual, "align": align, "layers": dict(layers),
            "kept": {g.producers[0]: len(g.keep) for g in the_plan.groups.values() if g.keep is not None},
@@ -107,7 +108,7 @@ def int8_reference(model, name: str, data_dir):
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
     from edgedl.errors import EdgeDLError
-    from edgedl.optimize.pipeline import _calibration_samples
+    from edgedl.optimize.measure import calibration_samples
 
     data_dir = data_dir or os.environ.get("EDGEDL_DATA")
     if not data_dir:
@@ -118,7 +119,7 @@ def int8_reference(model, name: str, data_dir):
         data = load_dataset(recipe["dataset"], data_dir=data_dir, split=recipe["split"], limit=2000)
     except EdgeDLError as error:
         raise SystemExit(f"error: {error}") from None
-    calibration = _calibration_samples(data.x_train, 200, 0)
+    calibration = calibration_samples(data.x_train, 200, 0)
     return to_tflite(model, "int8", calibration), calibration
 
 

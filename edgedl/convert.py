@@ -76,7 +76,7 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
             raise UnsupportedOperatorError(
                 f"'{quantize}' quantization cannot take the recurrent layer(s) {', '.join(recurrent)} of "
                 f"'{model.name}' (TensorFlow's calibrator crashes on them); use dynamic or float16")
-        samples = _representative(representative, shape, num_calibration)
+        samples = representative_samples(representative, shape, num_calibration)
         if not per_channel:
             converter._experimental_disable_per_channel = True  # the converter's only switch for it
         converter.representative_dataset = lambda: ([s[None]] for s in samples)
@@ -118,7 +118,9 @@ def _all_layers(model):
                 yield inner
 
 
-def _representative(data, shape, count):
+def representative_samples(data, shape, count: int) -> np.ndarray:
+    """``count`` calibration samples of ``data`` as float32; OptionError unless it is floating point
+    samples of ``shape`` (the model input's, batch first)."""
     if data is None:
         raise OptionError("integer quantization needs representative data (samples of the training inputs)")
     data = np.asarray(data)

@@ -1,11 +1,13 @@
 """Loading models: a zoo name, or a user's ``.keras``, ``.h5`` or SavedModel, into one Keras model.
 
-Every later stage (train, optimize, compile) takes its model through :func:`load_model`.
+Every later stage (train, optimize, compile) takes its model through :func:`load_model`; train and
+optimize find the model and the recipe that fits it through :func:`resolve_model`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl import _lazy
@@ -133,3 +135,116 @@ def recipe_beside(path: Path, default: dict) -> tuple[dict, str | None, dict]:
         if sidecar.get(key):
             recipe[key] = sidecar[key]
     return recipe, zoo_name, sidecar
+
+
+@dataclass
+class ModelSource:
+    """A model to train or optimize, and the training recipe that fits it.
+
+    ``model`` is the Keras model, or None for a zoo name still to build (:meth:`build`); ``recipe_from``
+    says where the recipe came from, for reports; ``path`` is the model file, if it came from one.
+    """
+
+    model: object = field(repr=False)
+    name: str
+    zoo_name: str | None
+    recipe: dict
+    recipe_from: str
+    path: str | None = None
+
+    @property
+    def dataset(self) -> str | None:
+        """The data set the recipe names (None: give one)."""
+        return self.recipe.get("dataset")
+
+    @property
+    def split(self) -> str | None:
+        return self.recipe.get("split")
+
+    def build(self, input_shape=None, num_classes=None):
+        """The Keras model: the one given, or the zoo model built fresh (untrained) for this shape."""
+        if self.model is not None:
+            return self.model
+        from edgedl import zoo
+
+        return zoo.get_model(self.zoo_name).build(input_shape=input_shape, num_classes=num_classes)
+
+
+def resolve_model(model) -> ModelSource:
+    """The Keras model (or zoo name) and the training recipe that fits it.
+
+    A zoo name brings its recipe. A model file brings the recipe of the zoo model named in the
+    metrics JSON that ``edgedl train`` writes beside it (``lenet.keras`` -> ``lenet.json``), with the
+    data set, split and training settings recorded there; otherwise :data:`edgedl.zoo.DEFAULT_RECIPE`,
+    which names no data set. A ``keras.Model`` named like a zoo model gets that model's recipe.
+
+    Args:
+        model: a zoo name, a ``.keras``/``.h5``/SavedModel path, or a ``keras.Model``.
+
+    Returns:
+        ModelSource with the model (None for a zoo name), its name and the recipe.
+
+    Raises:
+        ModelError: an unknown name (the message lists the zoo's), or a file with custom layers.
+        InputFileError: the file is missing or not a model.
+
+    Example:
+        >>> resolve_model("lenet").recipe["dataset"]
+        'mnist'
+    """
+    from edgedl import zoo
+
+    if not isinstance(model, (str, Path)):
+        name = getattr(model, "name", "model")
+        if name in zoo.model_names():
+            return ModelSource(model, name, name, zoo.get_model(name).recipe, f"zoo model '{name}' (by the model's name)")
+        return ModelSource(model, name, None, dict(zoo.DEFAULT_RECIPE), "defaults")
+    spec = str(model)
+    if spec in zoo.model_names():
+        return ModelSource(None, spec, spec, zoo.get_model(spec).recipe, f"zoo model '{spec}'")
+    if not is_model_path(spec):
+        zoo.get_model(spec)  # raises with the known names and a close match
+        raise ModelError(f"unknown model '{spec}'")
+    keras_model = _load_built_in(spec)
+    recipe, zoo_name, _ = recipe_beside(Path(spec), zoo.DEFAULT_RECIPE)
+    recipe_from = f"zoo model '{zoo_name}' (from {Path(spec).with_suffix('.json').name})" if zoo_name else "defaults"
+    return ModelSource(keras_model, Path(spec).stem, zoo_name, recipe, recipe_from, spec)
+
+
+def _load_built_in(spec: str):
+    """:func:`load_model`, naming the custom layers of a ``.keras`` file Keras could not rebuild."""
+    try:
+        return load_model(spec)
+    except InputFileError:
+        custom = custom_layers_in_file(Path(spec))
+        if custom:
+            raise ModelError(
+                f"{spec}: cannot rebuild layer(s) {', '.join(custom)}: custom classes this process does not know; "
+                "edgedl trains and optimizes models made of built-in Keras layers"
+            ) from None
+        raise
+
+
+def custom_layers_in_file(path: Path) -> list[str]:
+    """``'name' (Class)`` of each layer in a ``.keras`` file that is not a built-in Keras layer."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found = []
+
+    def walk(layers):
+        for layer in layers or []:
+            if not isinstance(layer, dict):
+                continue
+            inner = layer.get("config") or {}
+            if not str(layer.get("module") or "").startswith("keras"):
+                found.append(f"'{inner.get('name', '?')}' ({layer.get('registered_name') or layer.get('class_name')})")
+            walk(inner.get("layers"))
+
+    walk((config.get("config") or {}).get("layers"))
+    return found

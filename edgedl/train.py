@@ -22,12 +22,6 @@ log = logging.getLogger(__name__)
 #: seeds NumPy, TensorFlow and Python's random all take
 SEED_MAX = 2**32 - 1
 
-DEFAULT_RECIPE = {
-    "epochs": 5, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001,
-    "schedule": "cosine", "augment": None,
-}
-
-
 #: recipe keys that say how a model was trained (recorded in the metrics JSON)
 TRAINING_KEYS = ("optimizer", "learning_rate", "schedule", "warmup_epochs",
                  "momentum", "nesterov", "weight_decay", "augment")
@@ -53,28 +47,22 @@ class TrainResult:
 
 
 def resolve(model: str, dataset: str | None = None):
-    """Return (keras_model, recipe, zoo_name) for a zoo name or a model file.
+    """(model source, recipe to train with) for a zoo name or a model file (:func:`edgedl.modelio.resolve_model`).
 
     A model file trained by ``edgedl train`` carries its recipe in the metrics JSON beside it, so
     training it again (a warm restart) uses the same data set, split, optimizer and schedule.
     """
-    from edgedl import zoo
-    from edgedl.modelio import is_model_path, load_model, recipe_beside
+    from edgedl.modelio import resolve_model
 
-    if model in zoo.model_names():
-        entry = zoo.get_model(model)
-        return None, dict(entry.recipe), entry.name
-    if is_model_path(model):
-        keras_model = load_model(model)
-        recipe, zoo_name, _ = recipe_beside(Path(model), dict(DEFAULT_RECIPE, split=None, target_accuracy=None))
+    source = resolve_model(model)
+    recipe = dict(source.recipe)
+    if source.path is not None:
         if dataset is None and not recipe.get("dataset"):
             raise OptionError(f"training the model file '{model}' needs --dataset (it has no zoo recipe and no "
                               f"metrics JSON from 'edgedl train' beside it)")
         if dataset is not None and dataset != recipe.get("dataset"):
             recipe["split"] = None  # the recorded split belongs to the recorded data set
-        return keras_model, recipe, zoo_name
-    zoo.get_model(model)  # raises with the list of known names
-    raise ModelError(f"unknown model '{model}'")
+    return source, recipe
 
 
 def train(model: str, *, dataset: str | None = None, epochs: int | None = None, seed: int = 0,
@@ -116,7 +104,7 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
     if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= SEED_MAX:
         raise OptionError(f"--seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
     overrides = recipe or {}
-    keras_model, recipe, zoo_name = resolve(model, dataset)
+    source, recipe = resolve(model, dataset)
     recipe.update(overrides)
     dataset = dataset or recipe["dataset"]
     split = split or recipe.get("split") or None
@@ -131,10 +119,8 @@ def train(model: str, *, dataset: str | None = None, epochs: int | None = None, 
     keras = _lazy.keras()
     keras.utils.set_random_seed(seed)
     set_determinism(deterministic)
-    if keras_model is None:
-        from edgedl import zoo
-
-        keras_model = zoo.get_model(zoo_name).build(input_shape=data.input_shape, num_classes=data.num_classes)
+    keras_model = source.build(input_shape=data.input_shape, num_classes=data.num_classes)
+    zoo_name = source.zoo_name
     check_shapes(keras_model, data)
 
     steps = math.ceil(len(data.x_train) / batch_size)

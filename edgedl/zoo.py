@@ -18,6 +18,12 @@ from edgedl.errors import ModelError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
+#: the recipe of a model from outside the zoo with no metrics JSON beside it (it names no data set)
+DEFAULT_RECIPE = {
+    "epochs": 5, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001,
+    "schedule": "cosine", "augment": None,
+}
+
 RECIPE_KEYS = {
     "description", "dataset", "split", "input_shape", "num_classes", "preprocessing", "epochs",
     "batch_size", "optimizer", "learning_rate", "schedule", "augment", "target_accuracy",

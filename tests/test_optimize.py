@@ -21,7 +21,9 @@ keras = pytest.importorskip("keras")
 from edgedl import zoo  # noqa: E402
 from edgedl.convert import to_tflite  # noqa: E402
 from edgedl.data import load_dataset  # noqa: E402
-from edgedl.optimize import graph, metrics, optimize, prune, prune_structured  # noqa: E402
+from edgedl.optimize import (  # noqa: E402
+    FineTune, OptimizeOptions, PruneSpec, StructuredSpec, keras_graph, metrics, optimize, prune, prune_structured,
+)
 from edgedl.optimize import qat as qat_module  # noqa: E402
 from edgedl.optimize import structured  # noqa: E402
 from edgedl.optimize.prune import Masker, Schedule, find_prunable, masking_callback  # noqa: E402
@@ -76,7 +78,7 @@ def small_bn_cnn(input_shape=(28, 28, 1)):
 
 
 def test_pruning_reaches_the_requested_sparsity_in_every_layer_and_it_survives_stripping(lenet, digits, tmp_path):
-    result = prune(lenet.model, 0.75, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2, progress=False)
+    result = prune(lenet.model, 0.75, FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 2, progress=False))
     assert [row["layer"] for row in result.layers] == ["conv1", "conv2", "fc1", "fc2", "probs"]
     for row in result.layers:
         assert row["target"] == 0.75 and abs(row["sparsity"] - 0.75) < 0.005, row
@@ -95,14 +97,14 @@ def test_pruning_reaches_the_requested_sparsity_in_every_layer_and_it_survives_s
 
 def test_pruning_targets_can_be_per_layer_or_global(lenet, digits):
     x, y = digits.x_train[:512], digits.y_train[:512]
-    per_layer = prune(lenet.model, {"fc1": 0.9, "conv2": 0.5}, x, y, recipe=LENET_RECIPE, epochs=1, progress=False)
+    per_layer = prune(lenet.model, {"fc1": 0.9, "conv2": 0.5}, FineTune(x, y, LENET_RECIPE, 1, progress=False))
     reached = {row["layer"]: row["sparsity"] for row in per_layer.layers}
     assert reached == pytest.approx({"fc1": 0.9, "conv2": 0.5}, abs=0.005)
     assert {r["layer"] for r in per_layer.skipped if r["reason"] == "not among the requested layers"} == \
         {"conv1", "fc2", "probs"}
     assert kernel_sparsity(per_layer.model.get_layer("fc2")) < 0.01
 
-    overall = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, scope="global", progress=False)
+    overall = prune(lenet.model, PruneSpec(0.8, scope="global"), FineTune(x, y, LENET_RECIPE, 1, progress=False))
     zeros = sum(r["total"] - r["nonzero"] for r in overall.layers)
     assert zeros / sum(r["total"] for r in overall.layers) == pytest.approx(0.8, abs=0.002)
     assert len({r["sparsity"] for r in overall.layers}) > 1  # one threshold: layers end up differently sparse
@@ -110,21 +112,22 @@ def test_pruning_targets_can_be_per_layer_or_global(lenet, digits):
 
 def test_per_layer_overrides_set_some_layers_targets_over_the_global_one_and_zero_keeps_a_layer_dense(lenet, digits):
     x, y = digits.x_train[:512], digits.y_train[:512]
-    result = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, layers=(("fc1", 0.5), ("probs", 0.0)),
-                   progress=False)
+    result = prune(lenet.model, PruneSpec(0.8, layers=(("fc1", 0.5), ("probs", 0.0))),
+                   FineTune(x, y, LENET_RECIPE, 1, progress=False))
     reached = {row["layer"]: row["sparsity"] for row in result.layers}
     assert reached == pytest.approx({"conv1": 0.8, "conv2": 0.8, "fc1": 0.5, "fc2": 0.8}, abs=0.005)
     assert {r["layer"]: r["reason"] for r in result.skipped}["probs"] == "kept dense (--prune-layer probs=0)"
     assert kernel_sparsity(result.model.get_layer("probs")) < 0.01
 
-    only = prune(lenet.model, None, x, y, recipe=LENET_RECIPE, epochs=1, layers=(("fc1", 0.9),), progress=False)
+    only = prune(lenet.model, PruneSpec(None, layers=(("fc1", 0.9),)),
+                 FineTune(x, y, LENET_RECIPE, 1, progress=False))
     assert [(row["layer"], row["sparsity"]) for row in only.layers] == [("fc1", pytest.approx(0.9, abs=0.005))]
 
 
 def test_per_layer_overrides_are_checked_by_name_scope_and_value(lenet, digits):
     def run(sparsity, layers, scope="layer"):
-        prune(lenet.model, sparsity, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, scope=scope,
-              layers=layers, progress=False)
+        prune(lenet.model, PruneSpec(sparsity, scope=scope, layers=layers),
+              FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 1, progress=False))
 
     with pytest.raises(OptionError, match="--prune-layer nope: no prunable layer of that name; the prunable layers are conv1"):
         run(0.5, (("nope", 0.5),))
@@ -150,8 +153,8 @@ def test_block_pruning_zeroes_whole_runs_along_the_input_channels_and_they_gzip_
     import gzip
 
     x, y = digits.x_train[:512], digits.y_train[:512]
-    single = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, progress=False)
-    blocks = prune(lenet.model, 0.8, x, y, recipe=LENET_RECIPE, epochs=1, block=4, progress=False)
+    single = prune(lenet.model, 0.8, FineTune(x, y, LENET_RECIPE, 1, progress=False))
+    blocks = prune(lenet.model, PruneSpec(0.8, block=4), FineTune(x, y, LENET_RECIPE, 1, progress=False))
     assert blocks.block == 4
     for row in blocks.layers:
         assert abs(row["sparsity"] - 0.8) < 0.02, row
@@ -167,7 +170,8 @@ def test_block_pruning_zeroes_whole_runs_along_the_input_channels_and_they_gzip_
 
 def test_block_pruning_also_works_with_one_global_threshold(lenet, digits):
     x, y = digits.x_train[:256], digits.y_train[:256]
-    result = prune(lenet.model, 0.7, x, y, recipe=LENET_RECIPE, epochs=1, scope="global", block=8, progress=False)
+    result = prune(lenet.model, PruneSpec(0.7, scope="global", block=8),
+                   FineTune(x, y, LENET_RECIPE, 1, progress=False))
     zeros = sum(r["total"] - r["nonzero"] for r in result.layers)
     assert zeros / sum(r["total"] for r in result.layers) == pytest.approx(0.7, abs=0.01)
     assert _runs_are_whole(np.asarray(result.model.get_layer("fc1").kernel), 8)
@@ -186,8 +190,8 @@ def test_erk_spreads_the_sparsity_by_layer_shape_and_averages_to_the_target(lene
     assert low["dw1"] == 0.0 and low["pw1"] > 0.3
     assert sum(low[n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(0.3)
 
-    result = prune(lenet.model, 0.8, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
-                   scope="erk", progress=False)
+    result = prune(lenet.model, PruneSpec(0.8, scope="erk"),
+                   FineTune(digits.x_train[:256], digits.y_train[:256], LENET_RECIPE, 1, progress=False))
     zeros = sum(r["total"] - r["nonzero"] for r in result.layers)
     assert zeros / sum(r["total"] for r in result.layers) == pytest.approx(0.8, abs=0.003)
     reached = {r["layer"]: r["sparsity"] for r in result.layers}
@@ -219,14 +223,14 @@ def test_default_fine_tuning_is_a_quarter_of_the_recipe_but_at_least_two_thousan
 def test_fine_tuning_under_the_masks_moves_the_kept_weights_and_holds_the_pruned_ones_at_zero(lenet, digits):
     from edgedl.optimize.finetune import finetune
 
-    pruned = prune(lenet.model, 0.6, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
-                   progress=False).model
+    pruned = prune(lenet.model, 0.6,
+                   FineTune(digits.x_train[:256], digits.y_train[:256], LENET_RECIPE, 1, progress=False)).model
     before = np.array(pruned.get_layer("fc1").kernel)
     pruned_mask = before == 0
     assert pruned_mask.mean() == pytest.approx(0.6, abs=0.01)
     masker = Masker.keep_zeros(pruned)
-    finetune(pruned, digits.x_train[:512], digits.y_train[:512], LENET_RECIPE, 1,
-             callbacks=[masking_callback(masker)], progress=False)
+    finetune(pruned, FineTune(digits.x_train[:512], digits.y_train[:512], LENET_RECIPE, 1, progress=False),
+             callbacks=[masking_callback(masker)])
     after = np.array(pruned.get_layer("fc1").kernel)
     assert np.all(after[pruned_mask] == 0)
     # Fine-tuning ran: the weights the masks keep have moved (about 65% of them, measured, in one epoch on
@@ -261,20 +265,19 @@ def nested_cnn():
 
 def test_a_nested_backbone_is_read_as_one_flat_graph_so_its_layers_are_pruned_and_counted(digits):
     model = nested_cnn()
-    flat = graph.as_functional(model)
-    assert [s.name for s in graph.trace(model)] == ["pixels", "bb_conv1", "bb_bn", "bb_conv2", "flatten", "probs"]
+    flat = keras_graph.as_functional(model)
+    assert [s.name for s in keras_graph.trace(model)] == ["pixels", "bb_conv1", "bb_bn", "bb_conv2", "flatten", "probs"]
     x = digits.x_test[:4]
     np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), atol=1e-6)
     assert metrics.count_macs(model) == 13 * 13 * 9 * 8 + 6 * 6 * 72 * 8 + 288 * 10
 
     kernels, _ = find_prunable(model)
     assert set(kernels) == {"bb_conv1", "bb_conv2", "probs"}
-    result = prune(model, 0.5, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE, epochs=1,
-                   progress=False)
+    result = prune(model, 0.5, FineTune(digits.x_train[:256], digits.y_train[:256], LENET_RECIPE, 1, progress=False))
     assert {row["layer"]: row["sparsity"] for row in result.layers} == pytest.approx(
         {"bb_conv1": 0.5, "bb_conv2": 0.5, "probs": 0.5}, abs=0.02)
-    smaller = prune_structured(model, 0.5, digits.x_train[:256], digits.y_train[:256], recipe=LENET_RECIPE,
-                               epochs=1, progress=False).model
+    smaller = prune_structured(model, 0.5,
+                               FineTune(digits.x_train[:256], digits.y_train[:256], LENET_RECIPE, 1, progress=False)).model
     assert smaller.get_layer("bb_conv2").kernel.shape == (3, 3, 4, 4)
 
 
@@ -286,7 +289,7 @@ def test_nested_models_whose_layer_names_clash_are_refused_by_name():
     image = keras.Input((8, 8, 1))
     twin = keras.Model(image, keras.layers.Add()([block("left")(image), block("right")(image)]), name="twin")
     with pytest.raises(ModelError, match="model 'twin' nests model\\(s\\) 'left', 'right' whose layers cannot be joined"):
-        graph.trace(twin)
+        keras_graph.trace(twin)
 
 
 def test_macs_count_transposed_convolutions_and_both_directions_of_a_bidirectional_layer():
@@ -303,13 +306,13 @@ def test_macs_count_transposed_convolutions_and_both_directions_of_a_bidirection
 def test_a_sparsity_outside_zero_to_one_is_refused(lenet, digits):
     for bad in (0, 1, 1.5, -0.2):
         with pytest.raises(OptionError, match=r"--prune must be between 0 and 1 \(exclusive\)"):
-            prune(lenet.model, bad, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, progress=False)
+            prune(lenet.model, bad, FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 1, progress=False))
     with pytest.raises(OptionError, match="cannot prune layer.*nope.*prunable layers are conv1"):
-        prune(lenet.model, {"nope": 0.5}, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, progress=False)
+        prune(lenet.model, {"nope": 0.5}, FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 1, progress=False))
     for bad in (0, 65, 2.5):
         with pytest.raises(OptionError, match="--prune-block must be a whole number from 1 to 64"):
-            prune(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1, block=bad,
-                  progress=False)
+            prune(lenet.model, PruneSpec(0.5, block=bad),
+                  FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 1, progress=False))
 
 
 # --- structured pruning ---------------------------------------------------------------------------
@@ -317,7 +320,7 @@ def test_a_sparsity_outside_zero_to_one_is_refused(lenet, digits):
 
 def test_structured_pruning_of_a_small_cnn_halves_its_channels_and_computes_the_same_on_the_rest():
     model = zoo.get_model("cnn").build()
-    plan = structured.plan(model, 0.5)
+    plan = structured.plan_channels(model, 0.5)
     smaller = structured.rebuild(model, plan)
     assert smaller.get_layer("conv1").filters == 16 and smaller.get_layer("conv2").filters == 32
     assert smaller.get_layer("fc1").units == 64 and smaller.get_layer("probs").units == 10
@@ -343,7 +346,7 @@ def test_structured_pruning_of_a_small_cnn_halves_its_channels_and_computes_the_
 
 def test_structured_pruning_of_resnet8_keeps_residual_adds_consistent_and_converts(tmp_path):
     model = zoo.get_model("resnet8").build()
-    plan = structured.plan(model, 0.5)
+    plan = structured.plan_channels(model, 0.5)
     together = {tuple(sorted(g.producers)) for g in plan.groups.values() if g.keep is not None}
     assert ("conv0", "s1_conv2") in together and ("s2_conv2", "s2_shortcut") in together
     assert ("s3_conv2", "s3_shortcut") in together
@@ -363,7 +366,7 @@ def test_structured_pruning_of_resnet8_keeps_residual_adds_consistent_and_conver
 
 def test_keeping_the_residual_channels_prunes_only_inside_the_blocks_of_resnet8(tmp_path):
     model = zoo.get_model("resnet8").build()
-    plan = structured.plan(model, 0.5, residual="keep")
+    plan = structured.plan_channels(model, StructuredSpec(0.5, residual="keep"))
     pruned = {tuple(g.producers) for g in plan.groups.values() if g.keep is not None}
     assert pruned == {("s1_conv1",), ("s2_conv1",), ("s3_conv1",)}
     frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
@@ -377,19 +380,19 @@ def test_keeping_the_residual_channels_prunes_only_inside_the_blocks_of_resnet8(
     engine = _engine(to_tflite(smaller, "none"), tmp_path)
     assert engine.outputs[0].shape == (1, 10)
     with pytest.raises(OptionError, match="unknown --structured-residual 'drop'; choose one of prune, keep"):
-        structured.plan(model, 0.5, residual="drop")
+        structured.plan_channels(model, StructuredSpec(0.5, residual="drop"))
 
 
 def test_a_residual_fraction_prunes_the_residual_stream_less_than_the_insides_of_the_blocks(tmp_path):
     model = zoo.get_model("resnet8").build()
-    plan = structured.plan(model, 0.5, residual=0.25)
+    plan = structured.plan_channels(model, StructuredSpec(0.5, residual=0.25))
     kept = {name: len(g.keep) for g in plan.groups.values() if g.keep is not None for name in g.producers}
     assert kept["s1_conv1"] == 8 and kept["s2_conv1"] == 16 and kept["s3_conv1"] == 32  # inside: half
     assert kept["conv0"] == kept["s1_conv2"] == 12  # residual stream: a quarter off
     assert kept["s2_conv2"] == kept["s2_shortcut"] == 24 and kept["s3_conv2"] == kept["s3_shortcut"] == 48
     smaller = structured.rebuild(model, plan)
     assert smaller.get_layer("s2_shortcut").filters == 24 and smaller.get_layer("s3_conv1").kernel.shape == (3, 3, 24, 32)
-    macs = [metrics.count_macs(structured.rebuild(model, structured.plan(model, 0.5, residual=r)))
+    macs = [metrics.count_macs(structured.rebuild(model, structured.plan_channels(model, StructuredSpec(0.5, residual=r))))
             for r in ("keep", 0.25, "prune")]
     assert macs[0] > macs[1] > macs[2]
     assert [structured.describe_residual(r) for r in ("prune", "keep", 0.25)] == [
@@ -399,13 +402,14 @@ def test_a_residual_fraction_prunes_the_residual_stream_less_than_the_insides_of
     for bad, message in ((1.5, "--structured-residual must be between 0 and 1"),
                          ("most", "unknown --structured-residual 'most'; choose one of prune, keep or a fraction")):
         with pytest.raises(OptionError, match=message):
-            structured.plan(model, 0.5, residual=bad)
+            structured.plan_channels(model, StructuredSpec(0.5, residual=bad))
 
 
 def test_a_layer_share_sets_the_cut_of_the_channels_that_layer_produces_over_the_residual_choice(tmp_path):
     model = zoo.get_model("resnet8").build()
     # the residual stream kept except in the first stage: naming either producer of a group sets it
-    plan = structured.plan(model, 0.5, residual="keep", layers=(("s1_conv2", 0.5), ("s3_conv1", 0.25)))
+    plan = structured.plan_channels(model,
+                                    StructuredSpec(0.5, residual="keep", layers=(("s1_conv2", 0.5), ("s3_conv1", 0.25))))
     kept = {name: len(g.keep) for g in plan.groups.values() if g.keep is not None for name in g.producers}
     assert kept == {"conv0": 8, "s1_conv2": 8, "s1_conv1": 8, "s2_conv1": 16, "s3_conv1": 48}
     assert plan.summary()["layers"] == {"s1_conv2": 0.5, "s3_conv1": 0.25}
@@ -414,7 +418,7 @@ def test_a_layer_share_sets_the_cut_of_the_channels_that_layer_produces_over_the
     assert smaller.get_layer("s2_shortcut").kernel.shape == (1, 1, 8, 32)
     assert _engine(to_tflite(smaller, "none"), tmp_path).outputs[0].shape == (1, 10)
     # 0 keeps a group whole, and the report says which option did
-    plan = structured.plan(model, 0.5, layers=["s3_conv2=0"])
+    plan = structured.plan_channels(model, StructuredSpec(0.5, layers=["s3_conv2=0"]))
     frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
     assert frozen["s3_conv2"] == "is kept whole (--structured-layer s3_conv2=0)"
     assert structured.describe_layers({"conv0": 0.5, "s3_conv2": 0.0}) == "set per layer: conv0 50%, s3_conv2 0%"
@@ -423,10 +427,10 @@ def test_a_layer_share_sets_the_cut_of_the_channels_that_layer_produces_over_the
 def test_an_alignment_rounds_every_kept_width_up_to_its_multiple_and_says_which_groups_it_keeps_whole(tmp_path):
     model = zoo.get_model("resnet8").build()
     # a 60% cut keeps 6 / 13 / 26 inside the blocks and 6 / 13 / 26 of the residual 16 / 32 / 64
-    plain = structured.plan(model, 0.6)
+    plain = structured.plan_channels(model, 0.6)
     kept = {name: len(g.keep) for g in plain.groups.values() if g.keep is not None for name in g.producers}
     assert kept["s1_conv1"] == 6 and kept["s2_conv1"] == 13 and kept["s3_conv1"] == 26 and kept["conv0"] == 6
-    plan = structured.plan(model, 0.6, align=8)
+    plan = structured.plan_channels(model, StructuredSpec(0.6, align=8))
     kept = {name: len(g.keep) for g in plan.groups.values() if g.keep is not None for name in g.producers}
     assert kept == {"conv0": 8, "s1_conv2": 8, "s1_conv1": 8, "s2_conv1": 16, "s2_conv2": 16, "s2_shortcut": 16,
                     "s3_conv1": 32, "s3_conv2": 32, "s3_shortcut": 32}
@@ -439,20 +443,20 @@ def test_an_alignment_rounds_every_kept_width_up_to_its_multiple_and_says_which_
     assert smaller.get_layer("s3_conv2").kernel.shape == (3, 3, 32, 32)
     assert _engine(to_tflite(smaller, "none"), tmp_path).outputs[0].shape == (1, 10)
     # rounding 6 of the first stage's 16 up to 16 keeps that group whole, and the report says why
-    plan = structured.plan(model, 0.6, align=16)
+    plan = structured.plan_channels(model, StructuredSpec(0.6, align=16))
     frozen = {g["layers"][0]: g["frozen"] for g in plan.summary()["frozen_groups"]}
     assert frozen["conv0"] == "is kept whole: keeping 6 of its 16 channels rounds up to all 16 (--structured-align 16)"
     assert frozen["s1_conv1"].startswith("is kept whole: keeping 6 of its 16")
     # a share named per layer is taken as given: it is how a cut narrows the next layer's inputs
-    named = structured.plan(model, 0.6, layers=(("conv0", 0.5),), align=16)
+    named = structured.plan_channels(model, StructuredSpec(0.6, layers=(("conv0", 0.5),), align=16))
     assert len(named.groups[named.tensors["conv0"][0]].keep) == 8
     with pytest.raises(OptionError, match=r"^--structured-align 128 keeps every group of model '.*' whole \(conv0"):
-        structured.plan(model, 0.5, align=128)
+        structured.plan_channels(model, StructuredSpec(0.5, align=128))
     assert {len(g.keep) for g in plan.groups.values() if g.keep is not None} == {16, 32}
     assert structured.describe_cut("keep", (), 16) == "residual channels kept; kept channels rounded up to multiples of 16"
     for bad in (0, -8, 2.5, "16"):
         with pytest.raises(OptionError, match=r"--structured-align takes a whole number of channels >= 1 \(e.g. 8 or 16\)"):
-            structured.plan(model, 0.5, align=bad)
+            structured.plan_channels(model, StructuredSpec(0.5, align=bad))
 
 
 @pytest.mark.parametrize("layers, message", [
@@ -467,13 +471,13 @@ def test_an_alignment_rounds_every_kept_width_up_to_its_multiple_and_says_which_
 def test_a_layer_share_that_names_no_prunable_group_is_an_option_error(layers, message):
     model = zoo.get_model("resnet8").build()
     with pytest.raises(OptionError) as error:
-        structured.plan(model, 0.5, layers=layers)
+        structured.plan_channels(model, StructuredSpec(0.5, layers=layers))
     assert str(error.value).startswith(message)
 
 
 def test_depthwise_and_batch_norm_follow_their_input_and_the_classifier_is_never_pruned():
     model = zoo.get_model("ds_cnn").build()
-    plan = structured.plan(model, 0.5)
+    plan = structured.plan_channels(model, 0.5)
     smaller = structured.rebuild(model, plan)
     assert smaller.get_layer("conv0").filters == 32
     assert smaller.get_layer("dw1").kernel.shape == (3, 3, 32, 1)
@@ -486,7 +490,7 @@ def test_depthwise_and_batch_norm_follow_their_input_and_the_classifier_is_never
 
 def test_a_residual_add_prunes_its_branches_together_through_batch_norm_depthwise_and_flatten():
     model = small_bn_cnn()
-    plan = structured.plan(model, 0.5)
+    plan = structured.plan_channels(model, 0.5)
     assert {tuple(sorted(g.producers)) for g in plan.groups.values() if g.keep is not None} == {("conv1", "pw")}
     smaller = structured.rebuild(model, plan)
     assert smaller.get_layer("conv1").filters == 8 and smaller.get_layer("pw").filters == 8
@@ -499,8 +503,8 @@ def test_a_residual_add_prunes_its_branches_together_through_batch_norm_depthwis
 def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept_layer_shares_and_alignment(lenet):
     from edgedl.optimize import StructuredSpec
 
-    report = optimize(lenet.model, structured=StructuredSpec(0.5, residual="keep", layers=(("fc1", 0.25),), align=4),
-                      dataset="digits", epochs=1, lr_scale=1.0, progress=False)
+    cut = StructuredSpec(0.5, residual="keep", layers=(("fc1", 0.25),), align=4)
+    report = optimize(lenet.model, OptimizeOptions(structured=cut, dataset="digits", epochs=1, lr_scale=1.0), progress=False)
     assert report.options["lr_scale"] == 1.0 and report.finetuning["lr_scale"] == 1.0
     assert report.finetuning["learning_rate"] == zoo.get_model("lenet").recipe["learning_rate"]
     assert report.options["structured"] == 0.5 and report.options["structured_residual"] == "keep"
@@ -519,9 +523,9 @@ def test_distillation_fine_tunes_the_student_and_leaves_the_teacher_alone(lenet,
 
     teacher_weights = [w.copy() for w in lenet.model.get_weights()]
     trainable = lenet.model.trainable
-    smaller = structured.rebuild(lenet.model, structured.plan(lenet.model, 0.5))
+    smaller = structured.rebuild(lenet.model, structured.plan_channels(lenet.model, 0.5))
     before = [w.copy() for w in smaller.get_weights()]
-    finetune(smaller, digits.x_train, digits.y_train, LENET_RECIPE, 2, teacher=lenet.model, progress=False)
+    finetune(smaller, FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 2, progress=False, teacher=lenet.model))
     assert any(not np.array_equal(a, b) for a, b in zip(before, smaller.get_weights()))
     assert evaluate(smaller, digits.x_test, digits.y_test)[1] > 0.5  # as without a teacher: it learns
     for a, b in zip(teacher_weights, lenet.model.get_weights()):
@@ -536,13 +540,13 @@ def test_with_distill_alpha_0_the_labels_carry_no_weight_and_the_teacher_alone_t
     from edgedl.optimize.finetune import Teacher, finetune
 
     wrong = (digits.y_train + 1 + np.arange(len(digits.y_train)) % 9) % 10  # no label is right
-    cut = structured.plan(lenet.model, 0.5)
+    cut = structured.plan_channels(lenet.model, 0.5)
     start = evaluate(structured.rebuild(lenet.model, cut), digits.x_test, digits.y_test)[1]
 
     def tuned(labels, alpha):
         student = structured.rebuild(lenet.model, cut)
-        finetune(student, digits.x_train, labels, LENET_RECIPE, 2, teacher=Teacher(lenet.model, alpha=alpha),
-                 progress=False)
+        teacher = Teacher(lenet.model, alpha=alpha)
+        finetune(student, FineTune(digits.x_train, labels, LENET_RECIPE, 2, progress=False, teacher=teacher))
         return student
 
     right, wrong_0, wrong_half = tuned(digits.y_train, 0.0), tuned(wrong, 0.0), tuned(wrong, 0.5)
@@ -553,13 +557,14 @@ def test_with_distill_alpha_0_the_labels_carry_no_weight_and_the_teacher_alone_t
 
 
 def test_the_pipeline_distils_every_fine_tuning_stage_from_the_baseline_when_asked(lenet):
-    report = optimize(lenet.model, prune=0.5, dataset="digits", epochs=1, distill=True, progress=False)
+    report = optimize(lenet.model, OptimizeOptions(prune=0.5, dataset="digits", epochs=1, distill=True),
+                      progress=False)
     assert report.options["distill"] is True and report.options["distill_alpha"] is None
     assert report.finetuning["distillation"] == {"teacher": "the float baseline", "alpha": 0.5, "temperature": 4.0}
     assert report.stage("pruned")["sparsity"] >= 0.45
     assert report.stage("pruned")["accuracy"] > 0.6, report.stages  # one epoch on digits: it still classifies
     with pytest.raises(OptionError, match="--distill teaches fine-tuning: use it with --prune, --structured or --qat"):
-        optimize(lenet.model, quantize="int8", distill=True, dataset="digits", progress=False)
+        optimize(lenet.model, OptimizeOptions(quantize="int8", distill=True, dataset="digits"), progress=False)
 
 
 def test_fine_tuning_starts_at_the_asked_multiple_of_the_recipes_learning_rate(lenet, digits):
@@ -567,14 +572,14 @@ def test_fine_tuning_starts_at_the_asked_multiple_of_the_recipes_learning_rate(l
 
     recipe = dict(LENET_RECIPE, schedule="constant")
     for scale in (LR_SCALE, 0.1):
-        model = graph.copy_model(lenet.model)
-        finetune(model, digits.x_train[:64], digits.y_train[:64], recipe, 1, progress=False, lr_scale=scale)
+        model = keras_graph.copy_model(lenet.model)
+        finetune(model, FineTune(digits.x_train[:64], digits.y_train[:64], recipe, 1, progress=False, lr_scale=scale))
         assert float(model.optimizer.learning_rate) == pytest.approx(recipe["learning_rate"] * scale)
 
 
 def test_structured_pruning_fine_tunes_a_trained_model(lenet, digits):
-    result = prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2,
-                              progress=False)
+    result = prune_structured(lenet.model, 0.5,
+                              FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 2, progress=False))
     assert result.model.count_params() < 0.35 * lenet.model.count_params()
     assert evaluate(result.model, digits.x_test, digits.y_test)[1] > 0.5
 
@@ -591,7 +596,7 @@ def _randomize(model, seed=0):
 
 def test_gradual_masking_zeroes_a_growing_share_of_each_group_and_removing_the_masked_channels_is_exact():
     model = _randomize(small_bn_cnn())
-    the_plan = structured.plan(model, 0.5)
+    the_plan = structured.plan_channels(model, 0.5)
     masker = structured.ChannelMasker(the_plan, Schedule("polynomial", 0, 100, 10))
     (group,) = masker.targets  # conv1, bn1, dw, dw_bn and pw (joined by the Add): 16 channels, 8 kept
     masker.update(0.5)
@@ -624,7 +629,7 @@ def odd_cnn():
 
 def test_removing_the_masked_channels_is_exact_even_where_a_masked_channel_is_not_zero():
     model = _randomize(odd_cnn())
-    the_plan = structured.plan(model, 0.5)
+    the_plan = structured.plan_channels(model, 0.5)
     masker = structured.ChannelMasker(the_plan, Schedule("polynomial", 0, 100, 10))
     assert len(masker.targets) == 3  # conv1 + bn1, conv2 + bn2 (through Flatten), fc1
     masker.finish()
@@ -635,8 +640,8 @@ def test_removing_the_masked_channels_is_exact_even_where_a_masked_channel_is_no
 
 
 def test_gradual_structured_pruning_fine_tunes_masked_then_smaller_and_says_so(lenet, digits):
-    result = prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=4,
-                              progress=False, schedule="polynomial")
+    result = prune_structured(lenet.model, StructuredSpec(0.5, schedule="polynomial"),
+                              FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 4, progress=False))
     assert result.model.count_params() < 0.35 * lenet.model.count_params()
     assert result.summary["schedule"] == "polynomial" and result.summary["masking_epochs"] == 2
     assert {g["layers"][0]: g["kept"] for g in result.summary["pruned_groups"]} == {"conv1": 3, "conv2": 8, "fc1": 60,
@@ -646,11 +651,11 @@ def test_gradual_structured_pruning_fine_tunes_masked_then_smaller_and_says_so(l
     assert (structured.describe_cut("keep", (), 1, "polynomial", 5) ==
             "residual channels kept; channels masked gradually over the first 3 of 5 fine-tuning epochs, then removed")
     with pytest.raises(OptionError, match="--structured-schedule polynomial needs at least 2 fine-tuning epochs"):
-        prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=1,
-                         progress=False, schedule="polynomial")
+        prune_structured(lenet.model, StructuredSpec(0.5, schedule="polynomial"),
+                         FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 1, progress=False))
     with pytest.raises(OptionError, match="unknown --structured-schedule 'gradual'; choose one of oneshot, polynomial"):
-        prune_structured(lenet.model, 0.5, digits.x_train, digits.y_train, recipe=LENET_RECIPE, epochs=2,
-                         progress=False, schedule="gradual")
+        prune_structured(lenet.model, StructuredSpec(0.5, schedule="gradual"),
+                         FineTune(digits.x_train, digits.y_train, LENET_RECIPE, 2, progress=False))
 
 
 def test_a_custom_layer_stops_structured_pruning_and_is_named():
@@ -666,7 +671,7 @@ def test_a_custom_layer_stops_structured_pruning_and_is_named():
     x = Scale(name="my_scale")(x)
     outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
     with pytest.raises(ModelError, match=r"cannot rebuild layer 'my_scale' \(Scale"):
-        structured.plan(keras.Model(inputs, outputs), 0.5)
+        structured.plan_channels(keras.Model(inputs, outputs), 0.5)
 
 
 # --- quantization ---------------------------------------------------------------------------------
@@ -680,7 +685,8 @@ def _engine(tflite: bytes, folder):
 
 @pytest.mark.parametrize("mode", ["dynamic", "float16", "int8", "int16x8"])
 def test_each_post_training_quantization_gives_a_loadable_model_that_still_classifies(lenet, mode, tmp_path):
-    report = optimize(lenet.model, quantize=mode, dataset="digits", num_calibration=100, progress=False)
+    report = optimize(lenet.model, OptimizeOptions(quantize=mode, dataset="digits", num_calibration=100),
+                      progress=False)
     base, quantized = report.stage("baseline"), report.stage(mode)
     engine = _engine(report.tflite, tmp_path)
     assert engine.inputs[0].shape == (1, 28, 28, 1)
@@ -690,7 +696,7 @@ def test_each_post_training_quantization_gives_a_loadable_model_that_still_class
 
 
 def test_int8_with_integer_io_takes_int8_inputs(lenet, tmp_path):
-    report = optimize(lenet.model, quantize="int8", io_type="int8", dataset="digits", progress=False)
+    report = optimize(lenet.model, OptimizeOptions(quantize="int8", io_type="int8", dataset="digits"), progress=False)
     engine = _engine(report.tflite, tmp_path)
     assert engine.inputs[0].dtype == "int8" and engine.outputs[0].dtype == "int8"
     assert report.stage("int8")["accuracy"] >= report.stage("baseline")["accuracy"] - 0.02
@@ -756,7 +762,8 @@ def test_stripping_also_drops_the_converters_metadata_and_stores_repeats_once(le
 
 
 def test_per_tensor_int8_has_one_scale_per_weight_tensor_and_a_smaller_stripped_file(lenet, digits):
-    report = optimize(lenet.model, quantize="int8", per_channel=False, strip_names=True, dataset="digits",
+    report = optimize(lenet.model,
+                      OptimizeOptions(quantize="int8", per_channel=False, strip_names=True, dataset="digits"),
                       progress=False)
     base, q = report.stage("baseline"), report.stage("int8")
     assert report.options["per_channel"] is False and report.options["strip_names"] is True
@@ -772,21 +779,24 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor_and_a_smaller_stripped_
 
 def test_per_tensor_scales_need_post_training_integer_quantization(lenet):
     with pytest.raises(OptionError, match="--per-tensor needs --quantize int8 or int16x8, not 'float16'"):
-        optimize(lenet.model, quantize="float16", per_channel=False, dataset="digits", progress=False)
+        optimize(lenet.model, OptimizeOptions(quantize="float16", per_channel=False, dataset="digits"),
+                 progress=False)
     with pytest.raises(OptionError, match="--per-tensor cannot go with --qat"):
-        optimize(lenet.model, qat=True, per_channel=False, dataset="digits", progress=False)
+        optimize(lenet.model, OptimizeOptions(qat=True, per_channel=False, dataset="digits"), progress=False)
 
 
 def test_representative_data_of_the_wrong_shape_or_dtype_is_refused_before_any_work(lenet):
     wrong_shape = np.zeros((10, 8, 8, 1), np.float32)
     with pytest.raises(OptionError, match=r"samples of shape \(8, 8, 1\), the model takes \(28, 28, 1\)"):
-        optimize(lenet.model, quantize="int8", dataset="digits", representative=wrong_shape, progress=False)
+        optimize(lenet.model, OptimizeOptions(quantize="int8", dataset="digits", representative=wrong_shape),
+                 progress=False)
     with pytest.raises(OptionError, match="must be floating point.*uint8"):
-        optimize(lenet.model, quantize="int8", dataset="digits", representative=np.zeros((10, 28, 28, 1), np.uint8))
+        optimize(lenet.model,
+                 OptimizeOptions(quantize="int8", dataset="digits", representative=np.zeros((10, 28, 28, 1), np.uint8)))
 
 
 def test_recurrent_models_are_refused_for_integer_quantization_naming_the_operator():
-    from edgedl.optimize.pipeline import check_quantizable
+    from edgedl.optimize.options import check_quantizable
 
     with pytest.raises(UnsupportedOperatorError, match=r"'int8' quantization cannot take operator\(s\) GRU"):
         check_quantizable(zoo.get_model("gru").build(), "int8")
@@ -824,13 +834,14 @@ def bn_cnn(digits):
     from edgedl.optimize.finetune import finetune
 
     model = small_bn_cnn()
-    finetune(model, digits.x_train, digits.y_train, dict(LENET_RECIPE, batch_size=32), 4, progress=False,
-             lr_scale=1.0)
+    recipe = dict(LENET_RECIPE, batch_size=32)
+    finetune(model, FineTune(digits.x_train, digits.y_train, recipe, 4, progress=False, lr_scale=1.0))
     return model
 
 
 def test_qat_folds_batch_norm_keeps_sparsity_and_exports_an_int8_model_at_least_as_good_as_ptq(bn_cnn, tmp_path):
-    report = optimize(bn_cnn, prune=0.5, qat=True, dataset="digits", epochs=2, io_type="int8", progress=False)
+    report = optimize(bn_cnn, OptimizeOptions(prune=0.5, qat=True, dataset="digits", epochs=2, io_type="int8"),
+                      progress=False)
     assert [s["stage"] for s in report.stages] == ["baseline", "pruned", "ptq", "qat"]
     assert [tuple(pair) for pair in report.qat["folded"]] == [("conv1", "bn1"), ("dw", "dw_bn")]
     assert not any(type(layer).__name__ == "BatchNormalization" for layer in report.model.layers)
@@ -863,8 +874,7 @@ def test_recurrent_kernels_are_pruned_too(digits):
     x = keras.layers.Reshape((28, 28))(inputs)
     x = keras.layers.GRU(8, name="gru")(x)
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = prune(model, 0.5, digits.x_train[:128], digits.y_train[:128], recipe=LENET_RECIPE, epochs=1,
-                   progress=False)
+    result = prune(model, 0.5, FineTune(digits.x_train[:128], digits.y_train[:128], LENET_RECIPE, 1, progress=False))
     row = next(r for r in result.layers if r["layer"] == "gru")
     assert row["weights"] == ["kernel", "recurrent_kernel"] and abs(row["sparsity"] - 0.5) < 0.01
 
@@ -917,8 +927,8 @@ def test_the_cli_writes_the_pruned_model_an_int8_tflite_and_a_report(lenet_file,
 def test_the_pipeline_reports_per_layer_pruning_targets(lenet):
     from edgedl.optimize.prune import PruneSpec
 
-    report = optimize(lenet.model, prune=PruneSpec(0.8, layers=(("fc1", 0.5), ("probs", 0.0))), dataset="digits",
-                      epochs=1, limit=256, progress=False)
+    spec = PruneSpec(0.8, layers=(("fc1", 0.5), ("probs", 0.0)))
+    report = optimize(lenet.model, OptimizeOptions(prune=spec, dataset="digits", epochs=1, limit=256), progress=False)
     assert report.options["prune_layers"] == {"fc1": 0.5, "probs": 0.0}
     assert {r["layer"]: r["target"] for r in report.pruned_layers} == {"conv1": 0.8, "conv2": 0.8, "fc1": 0.5, "fc2": 0.8}
     assert "prune 0.8, fc1=0.5, probs=0 (layer, polynomial)" in report.to_markdown()
@@ -927,29 +937,32 @@ def test_the_pipeline_reports_per_layer_pruning_targets(lenet):
 
 
 def test_the_report_folder_is_written_all_at_once_and_a_second_run_replaces_it_whole(lenet, tmp_path):
-    from edgedl.optimize.pipeline import FILES
+    from edgedl.report.optimize import FILES
 
     out = tmp_path / "out"
-    optimize(lenet.model, quantize="float16", dataset="digits", limit=64, out_dir=out, progress=False)
+    optimize(lenet.model, OptimizeOptions(quantize="float16", dataset="digits", limit=64, out_dir=out),
+             progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not the staging folder's 0700
 
-    optimize(lenet.model, quantize="dynamic", dataset="digits", limit=64, out_dir=out, progress=False)
+    optimize(lenet.model, OptimizeOptions(quantize="dynamic", dataset="digits", limit=64, out_dir=out),
+             progress=False)
     assert json.loads((out / "report.json").read_text())["options"]["quantize"] == "dynamic"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
 
     (out / "model.tflite").unlink()
     (out / "model.tflite").mkdir()
-    with pytest.raises(OptionError, match="--out .* holds a folder named 'model.tflite', where edgedl writes a file"):
-        optimize(lenet.model, quantize="float16", dataset="digits", limit=64, out_dir=out, progress=False)
+    with pytest.raises(OptionError, match="-o/--output .* holds a folder named 'model.tflite', where edgedl writes a file"):
+        optimize(lenet.model, OptimizeOptions(quantize="float16", dataset="digits", limit=64, out_dir=out),
+                 progress=False)
 
 
 def test_the_stage_plot_is_a_png_that_widens_with_the_stages_and_draws_the_same_bytes_twice():
     from matplotlib.image import imread
 
-    from edgedl.optimize.pipeline import plot_stages
+    from edgedl.report.optimize import plot_stages
 
     stages = [{"stage": "baseline", "accuracy": 0.9911, "size_bytes": 250_000, "gzip_bytes": 230_000, "macs": 2_300_000},
               {"stage": "pruned", "accuracy": 0.9890, "size_bytes": 250_000, "gzip_bytes": 90_000, "macs": 2_300_000},
@@ -1077,7 +1090,8 @@ def _have(name):
 @pytest.mark.skipif(not _have("mnist"), reason="MNIST is not in the data dir (set EDGEDL_DATA)")
 def test_lenet_on_mnist_keeps_its_accuracy_through_80_percent_sparsity_and_int8():
     trained = train("lenet", dataset="mnist", epochs=3, limit=30000, progress=False)
-    report = optimize(trained.model, prune=0.8, quantize="int8", dataset="mnist", limit=30000, epochs=3,
+    report = optimize(trained.model,
+                      OptimizeOptions(prune=0.8, quantize="int8", dataset="mnist", limit=30000, epochs=3),
                       progress=False)
     base, pruned, q = report.stage("baseline"), report.stage("pruned"), report.stage("int8")
     assert pruned["sparsity"] >= 0.79

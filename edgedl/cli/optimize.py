@@ -103,19 +103,19 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
       edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names -o kws-small
     """
     from edgedl import zoo
-    from edgedl.optimize import optimize as run
-    from edgedl.optimize.pipeline import check_options
-    from edgedl.optimize.prune import PruneSpec, prune_layer_shares
     from edgedl.errors import OptionError
-    from edgedl.optimize.structured import StructuredSpec, layer_shares
+    from edgedl.optimize import OptimizeOptions
+    from edgedl.optimize import optimize as run
+    from edgedl.optimize.prune import PruneSpec
+    from edgedl.optimize.structured import StructuredSpec
 
     prune, structured = _fraction(prune), _fraction(structured)
     if prune is not None or prune_layers:
         prune = PruneSpec(prune, scope=prune_scope, schedule=prune_schedule, block=prune_block,
-                          layers=tuple(prune_layer_shares(prune_layers).items()))
+                          layers=prune_layers)
     if structured is not None:
         structured = StructuredSpec(structured, residual=_fraction(structured_residual),
-                                    layers=tuple(layer_shares(structured_layers).items()),
+                                    layers=structured_layers,
                                     align=1 if structured_align is None else _whole(structured_align),
                                     schedule=structured_schedule or "oneshot")
     elif structured_layers:
@@ -124,7 +124,12 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
         raise OptionError("--structured-align rounds the channels structured pruning keeps: give --structured too")
     elif structured_schedule is not None:
         raise OptionError("--structured-schedule says how structured pruning removes channels: give --structured too")
-    check_options(prune, structured, quantize, qat, io_type, epochs, limit, num_calibration, out_dir, lr_scale=lr_scale)
+    options = OptimizeOptions(
+        prune=prune, structured=structured, quantize=quantize, qat=qat, io_type=io_type, per_channel=not per_tensor,
+        strip_names=strip_names, num_calibration=num_calibration, representative=representative, distill=distill,
+        distill_alpha=distill_alpha, lr_scale=lr_scale, dataset=dataset, epochs=epochs, data_dir=data_dir,
+        limit=limit, seed=seed, deterministic=deterministic, out_dir=out_dir,
+    ).check()
     if model in zoo.model_names():
         recipe = zoo.get_model(model).recipe
         click.echo(f"note: '{model}' is a zoo name, not a trained model: it will first be trained on "
@@ -132,11 +137,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
                    f"({'--epochs' if epochs else 'the recipe; set --epochs to change'}). "
                    f"To optimize a trained model, give its file: edgedl train {model} -o {model}.keras",
                    err=True)
-    report = run(model, prune=prune, structured=structured, quantize=quantize, qat=qat,
-                 dataset=dataset, epochs=epochs, data_dir=data_dir, limit=limit, num_calibration=num_calibration,
-                 io_type=io_type, representative=representative, per_channel=not per_tensor,
-                 strip_names=strip_names, distill=distill, distill_alpha=distill_alpha, lr_scale=lr_scale,
-                 out_dir=out_dir, seed=seed, deterministic=deterministic, progress=not as_json)
+    report = run(model, options, progress=not as_json)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=_plain))
         return

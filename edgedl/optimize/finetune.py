@@ -9,7 +9,7 @@ trained and only has to recover.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -63,49 +63,89 @@ def default_epochs(recipe: dict, num_samples: int | None = None) -> int:
     return max(1, epochs)
 
 
-def finetune(model, x: np.ndarray, y: np.ndarray, recipe: dict, epochs: int, *, callbacks=(),
-             title: str = "fine-tuning", progress: bool = True, seed: int = 0, lr_scale: float | None = None,
-             teacher=None):
-    """Train ``model`` in place for ``epochs`` on (x, y) with the recipe, at ``lr_scale`` times its rate.
+@dataclass(frozen=True, eq=False)
+class FineTune:
+    """How a stage that changes weights fine-tunes afterwards: what :func:`~edgedl.optimize.prune.prune`,
+    :func:`~edgedl.optimize.structured.prune_structured`,
+    :func:`~edgedl.optimize.qat.quantization_aware_training` and :func:`finetune` share.
 
     Args:
-        model: a Keras model (compiled here; any earlier compilation is replaced).
         x, y: training inputs and integer labels.
         recipe: the training recipe (``learning_rate``, ``batch_size``, ``optimizer``, ``schedule``,
             ``augment``), as in a zoo model's ``RECIPE``.
-        epochs: how many passes over (x, y).
+        epochs: how many passes over (x, y) (:func:`default_epochs` gives the usual number).
+        seed: seeds shuffling and augmentation.
+        progress: show a rich progress bar.
+        teacher: a Keras model with the same outputs (e.g. the model before pruning) to distil from,
+            or a :class:`Teacher` that also sets the loss's weights: the trained model then also learns
+            to match the teacher's softened predictions. The teacher is not changed.
+        lr_scale: the fraction of the recipe's learning rate to start from (None: :data:`LR_SCALE`).
+
+    Example:
+        >>> tune = FineTune(data.x_train, data.y_train, recipe, epochs=2, progress=False)  # doctest: +SKIP
+        >>> prune(model, 0.8, tune).layers[0]["sparsity"]  # doctest: +SKIP
+        0.8
+    """
+
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    recipe: dict
+    epochs: int
+    seed: int = 0
+    progress: bool = True
+    teacher: object = field(default=None, repr=False)
+    lr_scale: float | None = None
+
+    @property
+    def rate_scale(self) -> float:
+        """The fraction of the recipe's learning rate fine-tuning starts at."""
+        return LR_SCALE if self.lr_scale is None else float(self.lr_scale)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.x), self.recipe)
+
+    def but(self, **changes) -> "FineTune":
+        """A copy with ``changes`` (e.g. ``tune.but(epochs=1)``)."""
+        return replace(self, **changes)
+
+
+def finetune(model, tune: FineTune, *, callbacks=(), title: str = "fine-tuning"):
+    """Train ``model`` in place as ``tune`` says: its recipe at ``tune.rate_scale`` times the rate.
+
+    Args:
+        model: a Keras model (compiled here; any earlier compilation is replaced).
+        tune: the data, recipe, epochs, seed, teacher and learning-rate scale.
         callbacks: Keras callbacks to add (e.g. the pruning callback).
         title: what the progress bar says.
-        progress: show a rich progress bar.
-        seed: seeds shuffling and augmentation.
-        lr_scale: the fraction of the recipe's learning rate to start from (None: ``LR_SCALE``).
-        teacher: a Keras model with the same outputs (e.g. the model before pruning) to distil from,
-            or a :class:`Teacher` that also sets the loss's weights: ``model`` then also learns to
-            match the teacher's softened predictions. The teacher is not changed.
 
     Returns:
         The Keras ``History``.
+
+    Example:
+        >>> finetune(model, FineTune(x, y, recipe, epochs=1, progress=False))  # doctest: +SKIP
     """
     from edgedl.keras_utils import ProgressBar, compile_for_training, make_dataset
 
-    if epochs < 1:
-        raise OptionError(f"--epochs must be a positive integer, got {epochs}")
+    if tune.epochs < 1:
+        raise OptionError(f"--epochs must be a positive integer, got {tune.epochs}")
     keras = _lazy.keras()
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(tune.seed)
+    recipe = tune.recipe
     batch_size = int(recipe.get("batch_size", 64))
-    steps = math.ceil(len(x) / batch_size)
+    steps = math.ceil(len(tune.x) / batch_size)
     # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate
-    lr_scale = LR_SCALE if lr_scale is None else float(lr_scale)
-    tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * lr_scale, warmup_epochs=0)
+    tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * tune.rate_scale, warmup_epochs=0)
+    teacher = tune.teacher
     if teacher is not None and not isinstance(teacher, Teacher):
         teacher = Teacher(teacher)
     trainee = model if teacher is None else distiller(model, teacher.model, teacher.alpha, teacher.temperature)
-    compile_for_training(trainee, tuned, steps * epochs)
-    data = make_dataset(x, y, batch_size, recipe.get("augment"), seed)
+    compile_for_training(trainee, tuned, steps * tune.epochs)
+    data = make_dataset(tune.x, tune.y, batch_size, recipe.get("augment"), tune.seed)
     callbacks = list(callbacks)
-    if progress:
-        callbacks.append(ProgressBar(epochs, steps, title=title))
-    return trainee.fit(data, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)
+    if tune.progress:
+        callbacks.append(ProgressBar(tune.epochs, steps, title=title))
+    return trainee.fit(data, epochs=tune.epochs, verbose=0, callbacks=callbacks, shuffle=False)
 
 
 def distiller(student, teacher, alpha: float = DISTILL_ALPHA, temperature: float = DISTILL_TEMPERATURE):
@@ -145,9 +185,9 @@ def distiller(student, teacher, alpha: float = DISTILL_ALPHA, temperature: float
 
 def _frozen(model):
     """A copy of ``model`` with the same weights that does not train (the original keeps its flags)."""
-    from edgedl.optimize import graph
+    from edgedl.optimize import keras_graph
 
-    copy = graph.copy_model(model)
+    copy = keras_graph.copy_model(model)
     copy.trainable = False
     return copy
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from edgedl.optimize.graph import trace
+from edgedl.optimize.keras_graph import trace
 
 # The weights that pruning zeroes, and that "sparsity" is measured over.
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel")
@@ -25,7 +25,7 @@ def _prod(shape) -> int:
 
 
 def layer_macs(step) -> int:
-    """Multiply-accumulates of one layer call (a :class:`~edgedl.optimize.graph.Step`) at batch 1."""
+    """Multiply-accumulates of one layer call (a :class:`~edgedl.optimize.keras_graph.Step`) at batch 1."""
     layer, kind = step.layer, step.kind
     out = step.output_shape[1:]
     if kind in ("Conv1D", "Conv2D", "Conv3D"):

@@ -26,14 +26,14 @@ import numpy as np
 
 from edgedl import _lazy
 from edgedl.errors import ModelError, OptionError
-from edgedl.optimize import graph
+from edgedl.optimize import keras_graph
 from edgedl.optimize.metrics import KERNEL_NAMES
 
 log = logging.getLogger(__name__)
 
 PRUNABLE_KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
                   "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU", "SimpleRNN")
-SCHEDULES = ("polynomial", "constant")
+SPARSITY_SCHEDULES = ("polynomial", "constant")
 SCOPES = ("layer", "global", "erk")
 MASK_SCOPES = ("layer", "global")
 MAX_BLOCK = 64
@@ -127,8 +127,8 @@ class Schedule:
 
 def make_schedule(kind: str, total_steps: int) -> Schedule:
     """A schedule for ``total_steps`` fine-tuning steps: ``polynomial`` or ``constant``."""
-    if kind not in SCHEDULES:
-        raise OptionError(f"unknown pruning schedule '{kind}'; choose one of {', '.join(SCHEDULES)}")
+    if kind not in SPARSITY_SCHEDULES:
+        raise OptionError(f"unknown pruning schedule '{kind}'; choose one of {', '.join(SPARSITY_SCHEDULES)}")
     end = max(1, round(total_steps * END_FRACTION))
     return Schedule(kind=kind, begin_step=0, end_step=end, frequency=max(1, end // NUM_UPDATES))
 
@@ -142,6 +142,13 @@ class PruneSpec:
     ``constant``; ``block``: prune runs of this many weights along the input channels (1: single weights);
     ``layers``: ``(name, sparsity)`` pairs that override ``sparsity`` for those layers (0 keeps a layer
     dense); with ``sparsity`` None only these layers are pruned.
+
+    A spec is checked when it is made (OptionError for anything out of range), so whatever takes one
+    takes it as it is.
+
+    Example:
+        >>> PruneSpec(0.8, scope="erk", block=4).scope
+        'erk'
     """
 
     sparsity: float | dict | None
@@ -150,8 +157,8 @@ class PruneSpec:
     block: int = 1
     layers: tuple = ()
 
-    def check(self, option: str = "--prune") -> "PruneSpec":
-        """Raise OptionError for anything out of range; return self."""
+    def __post_init__(self):
+        option = "--prune"
         shares = prune_layer_shares(self.layers)
         if shares and self.scope == "global":
             raise OptionError("--prune-layer sets one layer's sparsity, but --prune-scope global holds one magnitude "
@@ -172,11 +179,11 @@ class PruneSpec:
             check_fraction(self.sparsity, option)
         if self.scope not in SCOPES:
             raise OptionError(f"unknown pruning scope '{self.scope}'; choose one of {', '.join(SCOPES)}")
-        if self.schedule not in SCHEDULES:
-            raise OptionError(f"unknown pruning schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+        if self.schedule not in SPARSITY_SCHEDULES:
+            raise OptionError(f"unknown pruning schedule '{self.schedule}'; choose one of {', '.join(SPARSITY_SCHEDULES)}")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or not 1 <= self.block <= MAX_BLOCK:
             raise OptionError(f"--prune-block must be a whole number from 1 to {MAX_BLOCK}, got {self.block!r}")
-        return self
+        object.__setattr__(self, "layers", tuple(shares.items()))
 
 
 def erk_targets(kernels: dict[str, list], sparsity: float) -> dict[str, float]:
@@ -212,7 +219,7 @@ def prunable_kind(layer) -> str | None:
 
 def _layers(model):
     """(step, layer) of every layer call, nested models excluded."""
-    return [(s, s.layer) for s in graph.trace(model)]
+    return [(s, s.layer) for s in keras_graph.trace(model)]
 
 
 def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
@@ -427,13 +434,13 @@ def masking_callback(masker: Masker):
 
 def strip(model):
     """A plain copy of a pruned model: same layers and weights (zeros included), no optimizer state."""
-    return graph.copy_model(model)
+    return keras_graph.copy_model(model)
 
 
 def sparsity_report(model, targets: dict[str, float]) -> list[dict]:
     """Per pruned layer: kind, target and achieved sparsity of its kernels, non-zero and total weights."""
     kernels, _ = find_prunable(model)
-    kinds = {s.name: s.kind for s in graph.trace(model)}
+    kinds = {s.name: s.kind for s in keras_graph.trace(model)}
     rows = []
     for name, target in targets.items():
         arrays = [np.asarray(v) for v in kernels.get(name, [])]
@@ -457,29 +464,19 @@ class PruneResult:
     block: int = 1
 
 
-def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int, scope: str = "layer",
-          schedule: str = "polynomial", block: int = 1, layers=(), progress: bool = True, seed: int = 0,
-          teacher=None, lr_scale: float | None = None) -> PruneResult:
+def prune(model, spec, tune) -> PruneResult:
     """Prune ``model``'s kernels by magnitude while fine-tuning it, and return the stripped result.
 
     Args:
         model: a trained Keras model (left unchanged; a copy is pruned).
-        sparsity: the fraction of kernel weights to zero, in (0, 1): one number for every prunable
-            layer, or ``{layer_name: sparsity}`` for some of them.
-        x, y: fine-tuning data (training inputs and integer labels).
-        recipe: the training recipe (see :func:`edgedl.optimize.finetune.finetune`).
-        epochs: fine-tuning epochs.
-        scope: ``layer`` (each layer reaches its target), ``global`` (one threshold over all layers) or
-            ``erk`` (per-layer sparsities that average to the target, small layers denser: see
-            :func:`erk_targets`).
-        schedule: ``polynomial`` (sparsity grows over the first 70% of the steps) or ``constant``.
-        block: prune runs of this many weights along the input channels together (1: single weights).
-        layers: ``(name, sparsity)`` pairs that override ``sparsity`` for those layers (0 keeps a
-            layer dense); with ``sparsity`` None only these layers are pruned.
-        progress: show a progress bar.
-        seed: seeds shuffling.
-        teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
-        lr_scale: fine-tuning starts at this multiple of the recipe's rate (default: finetune.LR_SCALE).
+        spec: a :class:`PruneSpec` (sparsity, scope, schedule, block, per-layer shares), or just the
+            sparsity: the fraction of kernel weights to zero, in (0, 1), for every prunable layer, or
+            ``{layer_name: sparsity}`` for some of them. Scope ``layer``: each layer reaches its
+            target; ``global``: one threshold over all layers; ``erk``: per-layer sparsities that
+            average to the target, small layers denser (see :func:`erk_targets`). Schedule
+            ``polynomial``: sparsity grows over the first 70% of the steps; ``constant``.
+        tune: a :class:`~edgedl.optimize.finetune.FineTune`: the data, recipe, epochs, seed, teacher
+            and learning-rate scale of the fine-tuning run the masks are applied in.
 
     Returns:
         PruneResult: the plain Keras model, a per-layer sparsity report and the skipped layers.
@@ -488,32 +485,30 @@ def prune(model, sparsity, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs
         OptionError: a sparsity outside (0, 1), an unknown layer, scope or schedule.
 
     Example:
-        >>> result = prune(model, 0.8, data.x_train, data.y_train, recipe=recipe, epochs=2)  # doctest: +SKIP
-        >>> [row["sparsity"] for row in result.layers]  # doctest: +SKIP
+        >>> tune = FineTune(data.x_train, data.y_train, recipe, epochs=2)  # doctest: +SKIP
+        >>> [row["sparsity"] for row in prune(model, 0.8, tune).layers]  # doctest: +SKIP
         [0.8, 0.8, 0.8, 0.8, 0.8]
     """
-    from edgedl.optimize.finetune import finetune, steps_per_epoch
+    from edgedl.optimize.finetune import finetune
 
-    PruneSpec(sparsity, scope, schedule, block, tuple(layers)).check()
-    graph.require_keras_layers(model, "pruning")
-    work = graph.copy_model(model)
+    spec = spec if isinstance(spec, PruneSpec) else PruneSpec(spec)
+    keras_graph.require_keras_layers(model, "pruning")
+    work = keras_graph.copy_model(model)
     kernels, skipped = find_prunable(work)
-    targets = resolve_targets(kernels, sparsity, scope=scope, layers=layers)
+    targets = resolve_targets(kernels, spec.sparsity, scope=spec.scope, layers=spec.layers)
     if not targets:
         raise ModelError(f"model '{model.name}' has no layer edgedl can prune (it prunes {', '.join(PRUNABLE_KINDS)})")
-    kinds = {s.name: s.kind for s in graph.trace(work)}
-    kept = {name for name, share in prune_layer_shares(layers).items() if share == 0}
+    kinds = {s.name: s.kind for s in keras_graph.trace(work)}
+    kept = {name for name, share in spec.layers if share == 0}
     skipped += [{"layer": n, "kind": kinds[n],
                  "reason": f"kept dense (--prune-layer {n}=0)" if n in kept else "not among the requested layers"}
                 for n in kernels if n not in targets]
-    plan = make_schedule(schedule, steps_per_epoch(len(x), recipe) * epochs)
-    masker = Masker(kernels, targets, plan, "global" if scope == "global" else "layer", block)
-    finetune(work, x, y, recipe, epochs, callbacks=[masking_callback(masker)],
-             title=f"pruning to {_describe(targets)}", progress=progress, seed=seed, teacher=teacher,
-             lr_scale=lr_scale)
+    schedule = make_schedule(spec.schedule, tune.steps_per_epoch * tune.epochs)
+    masker = Masker(kernels, targets, schedule, "global" if spec.scope == "global" else "layer", spec.block)
+    finetune(work, tune, callbacks=[masking_callback(masker)], title=f"pruning to {_describe(targets)}")
     stripped = strip(work)
     return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
-                       scope=scope, schedule=schedule, block=block)
+                       scope=spec.scope, schedule=spec.schedule, block=spec.block)
 
 
 def _describe(targets: dict[str, float]) -> str:

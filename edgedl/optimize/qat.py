@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from edgedl import _lazy
-from edgedl.optimize import graph
+from edgedl.optimize import keras_graph
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def fold_batchnorm(model):
         ``(folded_model, folded_pairs)`` where ``folded_pairs`` lists ``(layer, batchnorm)`` names.
     """
     keras = _lazy.keras()
-    steps = graph.trace(model)
-    users = graph.consumers(steps)
+    steps = keras_graph.trace(model)
+    users = keras_graph.consumers(steps)
     by_name = {s.name: s for s in steps}
     pairs = {}  # batch-norm name -> producer name
     for s in steps:
@@ -88,7 +88,7 @@ def fold_batchnorm(model):
                 and getattr(prod.layer, "groups", 1) == 1):
             pairs[s.name] = prod.name
     if not pairs:
-        return graph.copy_model(model), []
+        return keras_graph.copy_model(model), []
     producers = set(pairs.values())
 
     def clone_layer(layer):
@@ -102,7 +102,7 @@ def fold_batchnorm(model):
             return args[0]
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(graph.as_functional(model), clone_function=clone_layer, call_function=call)
+    folded = keras.models.clone_model(keras_graph.as_functional(model), clone_function=clone_layer, call_function=call)
     bn_of = {p: b for b, p in pairs.items()}
     for s in steps:
         if s.kind == "InputLayer" or s.name in pairs or not s.layer.weights:
@@ -236,8 +236,8 @@ def fake_quant_model(model):
     keras = _lazy.keras()
     classes = layer_classes()
     Quantizer = classes["ActivationQuantizer"]
-    steps = graph.trace(model)
-    users = graph.consumers(steps)
+    steps = keras_graph.trace(model)
+    users = keras_graph.consumers(steps)
     by_name = {s.name: s for s in steps}
     split_activation = {}  # producer name -> activation applied after quantizing its pre-activation
 
@@ -278,7 +278,7 @@ def fake_quant_model(model):
             out = Quantizer(name=f"{layer.name}_fq")(out)
         return out
 
-    qmodel = keras.models.clone_model(graph.as_functional(model), clone_function=clone_layer, call_function=call)
+    qmodel = keras.models.clone_model(keras_graph.as_functional(model), clone_function=clone_layer, call_function=call)
     for s in steps:
         if s.layer.weights and s.kind != "InputLayer":
             qmodel.get_layer(s.name).set_weights(s.layer.get_weights())
@@ -307,39 +307,32 @@ class QATResult:
     plain: list = field(default_factory=list)  # {"layer", "kind", "reason"}: kernels trained without fake quantization
 
 
-def quantization_aware_training(model, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
-                                keep_sparsity: bool = False, progress: bool = True, seed: int = 0,
-                                teacher=None) -> QATResult:
+def quantization_aware_training(model, tune, keep_sparsity: bool = False) -> QATResult:
     """Fine-tune ``model`` with int8 fake quantization; return float weights ready for int8 export.
 
     Args:
         model: a trained Keras model (left unchanged).
-        x, y: fine-tuning data (training inputs and integer labels).
-        recipe: the training recipe (see :func:`edgedl.optimize.finetune.finetune`); QAT starts at
-            ``LR_SCALE`` of its learning rate.
-        epochs: fine-tuning epochs.
+        tune: a :class:`~edgedl.optimize.finetune.FineTune`: the data, recipe, epochs, seed and teacher;
+            QAT starts at its own :data:`LR_SCALE` of the recipe's learning rate, whatever ``tune.lr_scale`` says.
         keep_sparsity: hold the zeros of a pruned model at zero while fine-tuning.
-        progress: show a progress bar.
-        seed: seeds shuffling.
 
     Returns:
         QATResult: ``model`` is the batch-norm-folded float model to convert with
         ``to_tflite(model, "int8", representative)``.
 
     Example:
-        >>> result = quantization_aware_training(model, x, y, recipe=recipe, epochs=2)  # doctest: +SKIP
+        >>> result = quantization_aware_training(model, FineTune(x, y, recipe, epochs=2))  # doctest: +SKIP
         >>> tflite = to_tflite(result.model, "int8", x[:200])  # doctest: +SKIP
     """
     from edgedl.optimize.finetune import finetune
     from edgedl.optimize.prune import Masker, masking_callback
 
-    graph.require_keras_layers(model, "quantization-aware training")
+    keras_graph.require_keras_layers(model, "quantization-aware training")
     folded, pairs = fold_batchnorm(model)
     qmodel = fake_quant_model(folded)
     callbacks = [masking_callback(Masker.keep_zeros(qmodel))] if keep_sparsity else []
-    finetune(qmodel, x, y, recipe, epochs, callbacks=callbacks, title="quantization-aware training",
-             progress=progress, seed=seed, lr_scale=LR_SCALE, teacher=teacher)
-    export = graph.copy_model(folded)
+    finetune(qmodel, tune.but(lr_scale=LR_SCALE), callbacks=callbacks, title="quantization-aware training")
+    export = keras_graph.copy_model(folded)
     for layer in export.layers:
         if layer.weights:
             layer.set_weights(qmodel.get_layer(layer.name).get_weights())
@@ -351,7 +344,7 @@ def not_fake_quantized(model) -> list[dict]:
     training that did not see it): kinds other than Conv1D/Conv2D/DepthwiseConv2D/Dense, grouped or
     channels-first convolutions."""
     rows = []
-    for step in graph.trace(model):
+    for step in keras_graph.trace(model):
         layer = step.layer
         if not any(w.name in ("kernel", "depthwise_kernel", "pointwise_kernel") for w in layer.weights):
             continue

@@ -2,7 +2,7 @@
 
 Three small stages:
 
-1. :func:`plan` reads the layer graph and sorts the channels into *groups* that must be pruned
+1. :func:`plan_channels` reads the layer graph and sorts the channels into *groups* that must be pruned
    together. A Conv/Dense layer starts a group with its output channels; layers that keep the
    channel axis (BatchNormalization, DepthwiseConv2D, activations, pooling, dropout, padding) pass it
    on; a residual Add (and the other element-wise merges) joins the groups of its inputs, since the
@@ -45,7 +45,7 @@ import numpy as np
 
 from edgedl import _lazy
 from edgedl.errors import ModelError, OptionError
-from edgedl.optimize import graph
+from edgedl.optimize import keras_graph
 from edgedl.optimize.prune import check_fraction, layer_shares
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 RESIDUAL = ("prune", "keep")
 # How the channels go: all at once before fine-tuning the smaller model, or a few more at a time while
 # the full-width model fine-tunes with them masked (see :class:`ChannelMasker`).
-SCHEDULES = ("oneshot", "polynomial")
+CHANNEL_SCHEDULES = ("oneshot", "polynomial")
 # The polynomial schedule has masked every channel it will remove this far into fine-tuning; the rest
 # of the run recovers at the final width ...
 GRADUAL_END_FRACTION = 0.5
@@ -91,6 +91,14 @@ class StructuredSpec:
     x86-64): the extra channels cost their layer nothing, the layers reading them pay per input;
     ``schedule``: ``oneshot`` removes the channels before fine-tuning, ``polynomial`` masks them a
     few at a time while the full-width model fine-tunes (see :class:`ChannelMasker`).
+
+    A spec is checked and parsed when it is made (OptionError for anything out of range): ``ratio``
+    becomes a float, ``layers`` ``(name, fraction)`` pairs, and ``residual_share`` says what
+    ``residual`` means (None: ``ratio``, 0: keep), so whatever takes a spec takes it as it is.
+
+    Example:
+        >>> StructuredSpec(0.5, residual="keep", layers=["conv0=0.25"]).layers
+        (('conv0', 0.25),)
     """
 
     ratio: float
@@ -98,21 +106,20 @@ class StructuredSpec:
     layers: tuple = ()
     align: int = 1
     schedule: str = "oneshot"
+    residual_share: float | None = field(init=False, repr=False, compare=False, default=None)
 
-    def check(self) -> "StructuredSpec":
-        """Raise OptionError for anything out of range; return self."""
-        check_fraction(self.ratio, "--structured")
-        residual_ratio(self.residual)
-        layer_shares(self.layers)
-        check_align(self.align)
+    def __post_init__(self):
+        object.__setattr__(self, "ratio", check_fraction(self.ratio, "--structured"))
+        object.__setattr__(self, "residual_share", residual_ratio(self.residual))
+        object.__setattr__(self, "layers", tuple(layer_shares(self.layers).items()))
+        object.__setattr__(self, "align", check_align(self.align))
         check_schedule(self.schedule)
-        return self
 
 
 def check_schedule(schedule) -> str:
-    """``schedule`` if it is one of :data:`SCHEDULES`; OptionError naming ``--structured-schedule`` otherwise."""
-    if schedule not in SCHEDULES:
-        raise OptionError(f"unknown --structured-schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    """``schedule`` if it is one of :data:`CHANNEL_SCHEDULES`; OptionError naming ``--structured-schedule`` otherwise."""
+    if schedule not in CHANNEL_SCHEDULES:
+        raise OptionError(f"unknown --structured-schedule {schedule!r}; choose one of {', '.join(CHANNEL_SCHEDULES)}")
     return schedule
 
 
@@ -199,7 +206,7 @@ class Group:
 
 
 @dataclass
-class Plan:
+class ChannelPlan:
     """Which channels of which group survive, and how each layer's tensors map onto the groups."""
 
     ratio: float
@@ -270,36 +277,39 @@ def _check_rebuildable(step, keras) -> None:
             f"structured pruning cannot rebuild operation '{step.name}' ({step.kind}): use a Keras layer "
             f"(e.g. keras.layers.Add) instead of a keras.ops call in the model"
         )
-    if not graph.is_builtin(layer):
+    if not keras_graph.is_builtin(layer):
         raise ModelError(
             f"structured pruning cannot rebuild layer '{step.name}' ({step.kind} from {type(layer).__module__}): "
             "it is not a built-in Keras layer, so how its channels map is unknown; use --prune instead"
         )
 
 
-def plan(model, ratio: float, residual: str | float = "prune", layers=(), align: int = 1) -> Plan:
-    """Group the channels of ``model`` and choose which to keep at ``ratio`` (the fraction removed).
+def plan_channels(model, spec) -> ChannelPlan:
+    """Group the channels of ``model`` and choose which to keep as ``spec`` says.
 
+    ``spec`` is a :class:`StructuredSpec` (or just its ratio, the fraction removed):
     ``residual="keep"`` leaves the channels that element-wise merges join (residual adds) whole; a
-    fraction removes that share of them instead of ``ratio``. ``layers`` (see :class:`StructuredSpec`)
-    sets the share of the groups those layers produce, over both. ``align`` rounds every kept count
-    up to a multiple of it (but for the groups ``layers`` names, whose share is taken as given); a group
-    it would keep whole is frozen, saying so.
+    fraction removes that share of them instead of ``ratio``. ``layers`` sets the share of the groups
+    those layers produce, over both. ``align`` rounds every kept count up to a multiple of it (but for
+    the groups ``layers`` names, whose share is taken as given); a group it would keep whole is
+    frozen, saying so.
 
     Raises:
-        OptionError: ``ratio`` outside (0, 1), an unknown ``residual``, an ``align`` below 1 or one
-            that keeps every group whole, or a ``layers`` entry that names no Conv/Dense layer, a
-            group that cannot be pruned, or one group twice.
+        OptionError: an ``align`` that keeps every group whole, or a ``layers`` entry that names no
+            Conv/Dense layer, a group that cannot be pruned, or one group twice.
         ModelError: a layer that cannot be rebuilt (custom, nested model, keras.ops call, shared).
+
+    Example:
+        >>> the_plan = plan_channels(model, StructuredSpec(0.5, residual="keep"))  # doctest: +SKIP
+        >>> smaller = rebuild(model, the_plan)  # doctest: +SKIP
     """
-    ratio = StructuredSpec(ratio, residual, tuple(layers), align).check().ratio
-    align = check_align(align)
-    share = residual_ratio(residual)
-    shares = layer_shares(layers)
+    spec = spec if isinstance(spec, StructuredSpec) else StructuredSpec(spec)
+    ratio, residual, align, share = spec.ratio, spec.residual, spec.align, spec.residual_share
+    shares = dict(spec.layers)
     merged: list[tuple] = []  # (group name, merge layer, its kind) for each element-wise merge
-    graph.require_keras_layers(model, "structured pruning")
+    keras_graph.require_keras_layers(model, "structured pruning")
     keras = _lazy.keras()
-    steps = graph.trace(model)
+    steps = keras_graph.trace(model)
     uf = _Groups()
     channels: dict[str, int] = {}
     producers: dict[str, list[str]] = {}
@@ -352,7 +362,7 @@ def plan(model, ratio: float, residual: str | float = "prune", layers=(), align:
             freeze_all(ins, f"feeds '{step.name}' ({kind}), which structured pruning leaves whole")
             tensors[step.name] = None
 
-    for name in graph.output_layers(model):
+    for name in keras_graph.output_layers(model):
         info = tensors.get(name)
         if info is not None:
             uf.freeze(info[0], "reaches the model's output (the classifier is never pruned)", first=True)
@@ -402,7 +412,7 @@ def plan(model, ratio: float, residual: str | float = "prune", layers=(), align:
         raise ModelError(f"structured pruning finds no channels it can remove in model '{model.name}': {why}")
     # Tensor infos point at group roots from here on.
     tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
-    return Plan(ratio=ratio, groups=groups, tensors=tensors, steps=steps, residual=residual, layers=shares,
+    return ChannelPlan(ratio=ratio, groups=groups, tensors=tensors, steps=steps, residual=residual, layers=shares,
                 align=align)
 
 
@@ -451,10 +461,10 @@ def _rank(group: Group, layers: dict) -> list[int]:
     return [int(i) for i in order]
 
 
-def rebuild(model, the_plan: Plan):
+def rebuild(model, the_plan: ChannelPlan):
     """A new, smaller model: ``model`` with only the planned channels, weights copied over."""
     keras = _lazy.keras()
-    functional = graph.as_functional(model)
+    functional = keras_graph.as_functional(model)
     new_width = {}
     for group in the_plan.groups.values():
         if group.keep is not None:
@@ -470,7 +480,7 @@ def rebuild(model, the_plan: Plan):
     try:
         smaller = keras.models.clone_model(functional, clone_function=clone_layer)
     except Exception as e:  # Keras raises ValueError/TypeError for configs it cannot take
-        raise ModelError(f"structured pruning could not rebuild model '{model.name}' ({graph._first_line(e)})") from None
+        raise ModelError(f"structured pruning could not rebuild model '{model.name}' ({keras_graph._first_line(e)})") from None
 
     for step in the_plan.steps:
         old = step.layer
@@ -524,7 +534,7 @@ class ChannelMasker:
     no output.
     """
 
-    def __init__(self, the_plan: Plan, schedule):
+    def __init__(self, the_plan: ChannelPlan, schedule):
         self.plan = the_plan
         self.schedule = schedule
         self.step = 0
@@ -590,7 +600,7 @@ class ChannelMasker:
         self.update(1.0)
         self.apply()
 
-    def final_plan(self) -> Plan:
+    def final_plan(self) -> ChannelPlan:
         """The plan with the channels left unmasked as the ones kept: :func:`rebuild` of it is exact."""
         groups = {name: replace(g, keep=[int(i) for i in np.flatnonzero(self.masks[name])]) if name in self.masks else g
                   for name, g in self.plan.groups.items()}
@@ -610,67 +620,55 @@ class StructuredResult:
     summary: dict
 
 
-def prune_structured(model, ratio: float, x: np.ndarray, y: np.ndarray, *, recipe: dict, epochs: int,
-                     progress: bool = True, seed: int = 0, residual: str | float = "prune",
-                     layers=(), teacher=None, lr_scale: float | None = None, align: int = 1,
-                     schedule: str = "oneshot") -> StructuredResult:
-    """Remove ``ratio`` of the filters/units of every prunable group, rebuild, and fine-tune.
+def prune_structured(model, spec, tune) -> StructuredResult:
+    """Remove a share of the filters/units of every prunable group, rebuild, and fine-tune.
 
     Args:
         model: a trained Functional or Sequential Keras model (left unchanged).
-        ratio: the fraction of channels to remove from each group, in (0, 1).
-        x, y: fine-tuning data (training inputs and integer labels).
-        recipe: the training recipe (see :func:`edgedl.optimize.finetune.finetune`).
-        epochs: fine-tuning epochs.
-        progress: show a progress bar.
-        seed: seeds shuffling.
-        residual: ``prune``, ``keep`` or a fraction of the channels residual adds join (see :class:`StructuredSpec`).
-        layers: (layer name, fraction) pairs that set the share of the groups those layers produce.
-        teacher: distil from this model while fine-tuning (see :func:`edgedl.optimize.finetune.distiller`).
-        lr_scale: fine-tuning starts at this multiple of the recipe's rate (default: finetune.LR_SCALE).
-        align: every pruned group keeps a multiple of this many channels (see :class:`StructuredSpec`).
-        schedule: ``oneshot``: remove the channels, then fine-tune the smaller model; ``polynomial``:
-            fine-tune the full-width model while a :class:`ChannelMasker` masks the channels a few more at
-            a time (as ``--prune-schedule polynomial`` does weights) until :data:`GRADUAL_END_FRACTION` of
-            the run, then remove them (exactly: they are zero) and fine-tune the rest of the run at the
-            final width. The kept channels are the ones the re-ranking leaves, the counts the plan's.
+        spec: a :class:`StructuredSpec` (or just its ratio, the fraction of channels to remove from each
+            group, in (0, 1)): the residual channels, per-layer shares, alignment and schedule.
+            Schedule ``oneshot``: remove the channels, then fine-tune the smaller model;
+            ``polynomial``: fine-tune the full-width model while a :class:`ChannelMasker` masks the
+            channels a few more at a time (as ``--prune-schedule polynomial`` does weights) until
+            :data:`GRADUAL_END_FRACTION` of the run, then remove them (exactly: they are zero) and
+            fine-tune the rest of the run at the final width. The kept channels are the ones the
+            re-ranking leaves, the counts the plan's.
+        tune: a :class:`~edgedl.optimize.finetune.FineTune`: the data, recipe, epochs, seed, teacher
+            and learning-rate scale of fine-tuning.
 
     Returns:
         StructuredResult with the new model and a summary of the pruned and frozen groups.
 
     Raises:
-        OptionError: ``ratio`` outside (0, 1), an unknown ``schedule``, ``polynomial`` with fewer than 2 epochs.
+        OptionError: ``polynomial`` with fewer than 2 epochs.
         ModelError: a layer that cannot be rebuilt (named in the message).
 
     Example:
-        >>> result = prune_structured(model, 0.5, x, y, recipe=recipe, epochs=2)  # doctest: +SKIP
+        >>> result = prune_structured(model, 0.5, FineTune(x, y, recipe, epochs=2))  # doctest: +SKIP
         >>> result.model.count_params() < model.count_params()  # doctest: +SKIP
         True
     """
-    from edgedl.optimize.finetune import finetune, steps_per_epoch
+    from edgedl.optimize.finetune import finetune
     from edgedl.optimize.prune import Schedule, masking_callback
 
-    ratio = StructuredSpec(ratio, residual, tuple(layers), align, schedule).check().ratio
-    check_schedule_epochs(schedule, epochs)
-    title = f"structured pruning ({100 * ratio:.0f}% of channels)"
-    if schedule == "oneshot":
-        the_plan = plan(model, ratio, residual, layers, align)
+    spec = spec if isinstance(spec, StructuredSpec) else StructuredSpec(spec)
+    check_schedule_epochs(spec.schedule, tune.epochs)
+    title = f"structured pruning ({100 * spec.ratio:.0f}% of channels)"
+    if spec.schedule == "oneshot":
+        the_plan = plan_channels(model, spec)
         smaller = rebuild(model, the_plan)
-        finetune(smaller, x, y, recipe, epochs, title=title, progress=progress, seed=seed, teacher=teacher,
-                 lr_scale=lr_scale)
-        return StructuredResult(model=graph.copy_model(smaller), summary={**the_plan.summary(), "schedule": schedule})
+        finetune(smaller, tune, title=title)
+        return StructuredResult(model=keras_graph.copy_model(smaller), summary={**the_plan.summary(), "schedule": spec.schedule})
 
     # Gradual: mask on a copy of the full-width model, remove the masked channels, recover at the final width.
-    full = graph.copy_model(model)
-    the_plan = plan(full, ratio, residual, layers, align)
-    masking = masking_epochs(epochs)
-    end = masking * steps_per_epoch(len(x), recipe)
+    full = keras_graph.copy_model(model)
+    the_plan = plan_channels(full, spec)
+    masking = masking_epochs(tune.epochs)
+    end = masking * tune.steps_per_epoch
     masker = ChannelMasker(the_plan, Schedule("polynomial", 0, end, max(1, end // GRADUAL_UPDATES)))
-    finetune(full, x, y, recipe, masking, callbacks=[masking_callback(masker)], progress=progress, seed=seed,
-             teacher=teacher, lr_scale=lr_scale, title=f"{title}, masking gradually")
+    finetune(full, tune.but(epochs=masking), callbacks=[masking_callback(masker)], title=f"{title}, masking gradually")
     final = masker.final_plan()
     smaller = rebuild(full, final)
-    finetune(smaller, x, y, recipe, epochs - masking, title=f"{title}, recovering", progress=progress,
-             seed=seed + 1, teacher=teacher, lr_scale=lr_scale)
-    summary = {**final.summary(), "schedule": schedule, "masking_epochs": masking}
-    return StructuredResult(model=graph.copy_model(smaller), summary=summary)
+    finetune(smaller, tune.but(epochs=tune.epochs - masking, seed=tune.seed + 1), title=f"{title}, recovering")
+    summary = {**final.summary(), "schedule": spec.schedule, "masking_epochs": masking}
+    return StructuredResult(model=keras_graph.copy_model(smaller), summary=summary)

@@ -1,0 +1,241 @@
+"""The optimization report: what each stage of :func:`edgedl.optimize.optimize` did to accuracy, size and MACs.
+
+:class:`OptimizeReport` is plain data that the pipeline fills in; it saves itself (the final
+``model.keras`` and ``model.tflite``, ``report.json``, ``report.md`` and ``stages.png``, all or
+nothing) and formats itself as Markdown; :func:`plot_stages` draws the stages side by side.
+
+Example:
+    >>> report = optimize("lenet.keras", OptimizeOptions(prune=0.8, quantize="int8"))  # doctest: +SKIP
+    >>> print(report.to_markdown())                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgedl import _io
+from edgedl.errors import OptionError
+from edgedl.report.plots import png_bytes
+
+FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.json", "markdown": "report.md",
+         "plot": "stages.png"}
+
+
+@dataclass
+class OptimizeReport:
+    """What :func:`optimize` made and measured.
+
+    ``stages`` has one row per step (``baseline`` first), each with ``accuracy`` on the test split,
+    ``size_bytes`` and ``gzip_bytes`` (of the float32 ``.tflite`` for Keras stages, of the
+    ``.tflite`` itself for the converted one), ``params_total``, ``params_nonzero``, ``macs`` and
+    ``sparsity`` (the fraction of zero kernel weights).
+    """
+
+    model: object = field(repr=False)  # the final Keras model
+    tflite: bytes = field(repr=False)  # the final .tflite
+    source: dict
+    data: dict
+    options: dict
+    finetuning: dict
+    stages: list[dict]
+    pruned_layers: list[dict] = field(default_factory=list)
+    skipped_layers: list[dict] = field(default_factory=list)
+    structured: dict | None = None
+    qat: dict | None = None
+    versions: dict = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    files: dict = field(default_factory=dict)
+
+    def stage(self, name: str) -> dict:
+        """The row of stage ``name`` (``baseline``, ``structured``, ``pruned``, ``qat``, ``ptq`` ...)."""
+        for row in self.stages:
+            if row["stage"] == name:
+                return row
+        raise KeyError(f"no stage '{name}'; stages: {', '.join(r['stage'] for r in self.stages)}")
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "data": self.data, "options": self.options, "finetuning": self.finetuning,
+            "stages": self.stages, "pruned_layers": self.pruned_layers, "skipped_layers": self.skipped_layers,
+            "structured": self.structured, "qat": self.qat, "versions": self.versions,
+            "wall_time_s": self.wall_time_s, "files": self.files,
+        }
+
+    def to_markdown(self) -> str:
+        """A readable report: the stage table, then per-layer detail."""
+        d = self.data
+        lines = [f"# Optimization report: {self.source['name']} on {d['dataset']} ({d['split']})", ""]
+        lines += [f"Options: {_options_text(self.options)}. Fine-tuning: {_finetune_text(self.finetuning)}.", ""]
+        lines += ["| stage | what | accuracy | change | size | gzip'd | params (non-zero / total) | MACs | sparsity |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        base = self.stages[0]["accuracy"]
+        for r in self.stages:
+            lines.append(
+                f"| {r['stage']} | {r['description']} | {100 * r['accuracy']:.2f}% | "
+                f"{100 * (r['accuracy'] - base):+.2f} | {_kb(r['size_bytes'])} | {_kb(r['gzip_bytes'])} | "
+                f"{r['params_nonzero']:,} / {r['params_total']:,} | {r['macs']:,} | {100 * r['sparsity']:.1f}% |"
+            )
+        lines += ["", "Sizes are of the .tflite: float32 for the Keras stages, the converted model for the last one.",
+                  "Change is in percentage points of test accuracy against the baseline.", ""]
+        if self.pruned_layers:
+            lines += ["## Pruned layers", ""]
+            if self.options.get("prune_block", 1) > 1:
+                lines += [f"Pruned in runs of {self.options['prune_block']} weights along the input channels "
+                          "(contiguous in the .tflite), ranked by mean magnitude.", ""]
+            if self.options.get("prune_scope") == "erk":
+                lines += ["ERK scope: the target is reached on average over all these kernels; each layer's "
+                          "share follows the Erdos-Renyi-Kernel rule, so small layers keep more of their weights.", ""]
+            if self.options.get("prune_scope") == "global":
+                lines += ["Global scope: one magnitude threshold over all these kernels reaches the target overall, "
+                          "so each layer ends up as sparse as its weights are small.", ""]
+            lines += ["| layer | kind | target | sparsity | non-zero / total |", "|---|---|---|---|---|"]
+            lines += [f"| {r['layer']} | {r['kind']} | {100 * r['target']:.0f}% | {100 * r['sparsity']:.1f}% | "
+                      f"{r['nonzero']:,} / {r['total']:,} |" for r in self.pruned_layers]
+            lines.append("")
+        if self.skipped_layers:
+            lines += ["## Layers not pruned", "", "| layer | kind | why |", "|---|---|---|"]
+            lines += [f"| {r['layer']} | {r['kind']} | {r['reason']} |" for r in self.skipped_layers]
+            lines.append("")
+        if self.structured:
+            from edgedl.optimize.structured import describe_cut
+
+            residual = describe_cut(self.structured.get("residual", "prune"), self.structured.get("layers"),
+                                    self.structured.get("align", 1), self.structured.get("schedule", "oneshot"),
+                                    (self.finetuning or {}).get("epochs"))
+            lines += ["## Structured pruning", "", f"Removed {100 * self.structured['ratio']:.0f}% of the channels "
+                      f"of every group not frozen (lowest L1 norm first){'; ' + residual if residual else ''}.", "",
+                      "| layers (pruned together) | channels | kept | frozen because |", "|---|---|---|---|"]
+            for g in self.structured["pruned_groups"] + self.structured["frozen_groups"]:
+                lines.append(f"| {', '.join(g['layers'])} | {g['channels']} | {g['kept']} | {g['frozen'] or ''} |")
+            lines.append("")
+        if self.qat:
+            lines += ["## Quantization-aware training", "", self.qat["method"], ""]
+            if self.qat.get("folded"):
+                lines += ["Batch norm folded: " + ", ".join(f"{b} into {p}" for p, b in self.qat["folded"]), ""]
+            if self.qat.get("not_fake_quantized"):
+                lines += ["Kernels trained without fake quantization (the int8 export quantizes them all the same): "
+                          + ", ".join(f"{r['layer']} ({r['kind']}: {r['reason']})" for r in self.qat["not_fake_quantized"]), ""]
+        if self.files.get("plot"):
+            lines += [f"![accuracy, size and MACs after each stage]({Path(self.files['plot']).name})", ""]
+        if self.files:
+            lines += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in self.files.items()] + [""]
+        return "\n".join(lines)
+
+    def save(self, out_dir: str | Path) -> dict:
+        """Write the Keras model, the .tflite, report.md, report.json and stages.png into ``out_dir``.
+
+        All or nothing: the files are written into a new folder beside ``out_dir`` and moved into it
+        only once every one is complete (the whole folder in one rename when ``out_dir`` is new), so a
+        failure leaves neither a partial set nor old files mixed with new ones.
+
+        Returns:
+            ``{"model": path, "tflite": path, "report": path, "markdown": path, "plot": path}`` (also kept
+            in ``files``).
+        """
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"-o/--output must be a folder, but '{out}' is a file")
+        check_out_files(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        files = {k: str(out / name) for k, name in FILES.items()}
+        staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
+        staging.mkdir()  # not mkdtemp: its 0700 would become the output folder's when the folder is renamed into place
+        try:
+            self.model.save(staging / FILES["model"])
+            (staging / FILES["tflite"]).write_bytes(self.tflite)
+            (staging / FILES["plot"]).write_bytes(plot_stages(self.stages))
+            self.files = files
+            (staging / FILES["markdown"]).write_text(self.to_markdown())
+            _io.write_json(staging / FILES["report"], self.to_dict())
+            if not out.exists():
+                os.replace(staging, out)
+            else:
+                for name in FILES.values():
+                    os.replace(staging / name, out / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return files
+
+
+def check_out_files(out: Path) -> None:
+    """OptionError if a file the report writes into ``out`` would replace a folder."""
+    for name in FILES.values():
+        if (out / name).is_dir():
+            raise OptionError(f"-o/--output '{out}' holds a folder named '{name}', where edgedl writes a file: "
+                              "move it away or choose another -o/--output")
+
+
+def plot_stages(stages: list[dict]) -> bytes:
+    """Accuracy, .tflite size (and gzip'd) and MACs after each stage, side by side, as a PNG.
+
+    The baseline's accuracy is drawn as a line across the first panel, and each bar is labelled with
+    its change in points, so the cost of every step reads at a glance.
+    """
+    from matplotlib.figure import Figure
+
+    names = [r["stage"] for r in stages]
+    xs = np.arange(len(stages))
+    fig = Figure(figsize=(3.0 + 1.6 * len(stages), 3.6), dpi=100, layout="constrained")
+    acc_ax, size_ax, macs_ax = fig.subplots(1, 3)
+    accuracy = [100 * r["accuracy"] for r in stages]
+    acc_ax.bar(xs, accuracy, color="tab:blue")
+    acc_ax.axhline(accuracy[0], color="black", linewidth=0.8, linestyle="--")
+    low, high = min(accuracy), max(accuracy)
+    acc_ax.set_ylim(max(0.0, low - max(2.0, 0.5 * (high - low))), min(100.0, high + max(1.0, 0.3 * (high - low))))
+    for x, a in zip(xs, accuracy):
+        acc_ax.annotate(f"{a - accuracy[0]:+.2f}", (x, a), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+    acc_ax.set_title("test accuracy (%)", fontsize=10)
+    width = 0.4
+    size_ax.bar(xs - width / 2, [r["size_bytes"] / 1024 for r in stages], width, label=".tflite", color="tab:orange")
+    size_ax.bar(xs + width / 2, [r["gzip_bytes"] / 1024 for r in stages], width, label="gzip'd", color="tab:green")
+    size_ax.set_title("size (KiB)", fontsize=10)
+    size_ax.legend(fontsize=8)
+    macs_ax.bar(xs, [r["macs"] / 1e6 for r in stages], color="tab:purple")
+    macs_ax.set_title("MACs (millions)", fontsize=10)
+    for ax in (acc_ax, size_ax, macs_ax):
+        ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    return png_bytes(fig)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def _options_text(o: dict) -> str:
+    parts = []
+    if o.get("structured"):
+        from edgedl.optimize.structured import describe_cut
+
+        residual = describe_cut(o.get("structured_residual", "prune"), o.get("structured_layers"),
+                                o.get("structured_align") or 1, o.get("structured_schedule") or "oneshot")
+        residual = f", {residual}" if residual else ""
+        parts.append(f"structured {o['structured']:g}{residual}")
+    if o.get("prune") or o.get("prune_layers"):
+        block = f", blocks of {o['prune_block']}" if o.get("prune_block", 1) > 1 else ""
+        what = "per layer" if isinstance(o["prune"], dict) or o["prune"] is None else f"{o['prune']:g}"
+        if o.get("prune_layers"):
+            what += ", " + ", ".join(f"{name}={share:g}" for name, share in o["prune_layers"].items())
+        parts.append(f"prune {what} ({o['prune_scope']}, {o['prune_schedule']}{block})")
+    if o.get("qat"):
+        parts.append("QAT")
+    if o.get("distill"):
+        weight = o.get("distill_alpha")
+        parts.append("distilled from the baseline" + ("" if weight is None else f" ({weight:g} of the loss on the labels)"))
+    parts.append(f"quantize {o['quantize'] or 'none (float32)'}")
+    if o.get("io_type", "float") != "float":
+        parts.append(f"I/O {o['io_type']}")
+    return ", ".join(parts)
+
+
+def _finetune_text(f: dict) -> str:
+    return (f"{f['epochs']} epoch(s) per stage, {f['optimizer']} at {f['learning_rate']:g} "
+            f"(x{f['lr_scale']:g} of the recipe's; x{f['qat_lr_scale']:g} for QAT), batch {f['batch_size']}, "
+            f"recipe from {f['recipe_from']}{', deterministic' if f.get('deterministic') else ''}")
