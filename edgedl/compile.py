@@ -21,7 +21,7 @@ from edgedl import __version__, _io, _isolate
 from edgedl.bundle import Bundle
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.modelio import metrics_beside
-from edgedl.reference import CHECK_TIMEOUT_S, Samples, choose_samples, fidelity, noise_samples, reference_outputs
+from edgedl.reference import CHECK_TIMEOUT_S, Reference, Samples, choose_samples, noise_samples, reference_outputs
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,9 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         if source.kind == "keras":
             say(f"converting to .tflite ({options.quantize})")
             source.tflite = convert_source(source, options, samples, work)
-        reference = source.reference(samples.x)
+        reference = Reference(samples, source.reference(samples.x))
         names = _backend_candidates(tgt, source, options)
-        candidates = [build_and_check(name, source, tgt, samples, reference, options, work, say, alone=len(names) == 1)
+        candidates = [build_and_check(name, source, tgt, reference, options, work, say, alone=len(names) == 1)
                       for name in names]
         chosen, reason = _choose(candidates, options)
         manifest = _manifest(source, tgt, chosen, candidates, reason, samples, options)
@@ -234,8 +234,8 @@ def convert_source(source: ModelSource, options: CompileOptions, samples: Sample
     return _io.write_bytes(work / "source.tflite", blob)
 
 
-def build_and_check(name: str, source: ModelSource, tgt, samples: Samples, reference: np.ndarray,
-                    options: CompileOptions, work: Path, say, alone: bool) -> Candidate:
+def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, options: CompileOptions, work: Path,
+                    say, alone: bool) -> Candidate:
     """Compile with one backend and, where this host runs the build, check it against the reference
     (in a child process) and time it when there are others to choose from. Alone, a failure raises;
     among several it is recorded and the others go on."""
@@ -257,20 +257,21 @@ def build_and_check(name: str, source: ModelSource, tgt, samples: Samples, refer
     here, why_not = backend.runs_here(tgt)
     if not here:
         return Candidate(name, True, compiled, not_checked=why_not)
+    samples = reference.samples
     say(f"checking {name} against the reference on {len(samples)} samples")
     try:
         timed = not alone and tgt.runs_here()[0]  # only then do measured latencies say anything about the target
         checked = _isolate.run(_check_compiled, source.path, name, compiled, samples.x, options.num_threads, timed,
                                file=source.path, tool=ENGINE_NAMES.get(name, name),
                                action=f"running its {name} build on {len(samples)} samples", timeout=CHECK_TIMEOUT_S)
-        if np.shape(checked["outputs"]) != np.shape(reference):
+        if np.shape(checked["outputs"]) != np.shape(reference.outputs):
             raise BackendError(f"{name}'s build of {source.path.name} gives outputs of shape "
-                               f"{np.shape(checked['outputs'])}, the reference {np.shape(reference)}")
+                               f"{np.shape(checked['outputs'])}, the reference {np.shape(reference.outputs)}")
     except EdgeDLError as e:
         if alone:
             raise
         return Candidate(name, False, error=str(e))
-    result = fidelity(reference, checked["outputs"], samples.y)
+    result = reference.compare(checked["outputs"])
     return Candidate(name, result["top1_agreement"] >= 1.0 - options.max_disagreement, compiled, fidelity=result,
                      p50_us=checked.get("p50_us"))
 

@@ -56,6 +56,18 @@ class Samples:
         return len(self.x)
 
 
+@dataclass
+class Reference:
+    """The samples and the reference's outputs on them: what every build is compared with."""
+
+    samples: Samples
+    outputs: np.ndarray
+
+    def compare(self, outputs: np.ndarray) -> dict:
+        """A build's :func:`fidelity` on the same samples (with accuracy where they have labels)."""
+        return fidelity(self.outputs, outputs, self.samples.y)
+
+
 def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict | None = None,
                    data_dir: str | None = None, limit: int | None = None, search: bool = False,
                    taker: str = "the model") -> Samples | None:
