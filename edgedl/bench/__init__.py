@@ -12,3 +12,9 @@ without TensorFlow.
 
 from edgedl.bench.result import SCHEMA, BenchResult  # noqa: F401
 from edgedl.bench.timing import Timing, latency_stats, measure_latency, time_invocations  # noqa: F401
+from edgedl.bench.options import BenchOptions  # noqa: F401,E402
+from edgedl.bench.harness import bench  # noqa: F401,E402
+
+from edgedl._stage import callable_module  # noqa: E402
+
+callable_module(__name__)  # edgedl.bench(...) is edgedl.bench.bench(...)
