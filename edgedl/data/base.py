@@ -41,6 +41,13 @@ class Dataset:
     preprocessing: dict
     subset: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_parts(cls, name: str, parts: dict, **fields) -> Dataset:
+        """A data set from ``{"train": (x, y), "test": (x, y)}`` and its other fields (classes,
+        split, source, preprocessing, subset): how each loader ends."""
+        (x_train, y_train), (x_test, y_test) = parts["train"], parts["test"]
+        return cls(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **fields)
+
     @property
     def input_shape(self) -> tuple:
         """Shape of one sample, without the batch axis."""

@@ -226,12 +226,8 @@ def load(root: Path, *, split: str, limit: int | None, seed: int, features=None)
         xf = x.astype(np.float32)
         xf /= 255.0
         scaled[part] = (xf, y)
-    return Dataset(
-        name="cifar10",
-        x_train=scaled["train"][0],
-        y_train=scaled["train"][1],
-        x_test=scaled["test"][0],
-        y_test=scaled["test"][1],
+    return Dataset.from_parts(
+        "cifar10", scaled,
         classes=list(CLASSES),
         split=split,
         source=source,

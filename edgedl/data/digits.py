@@ -70,12 +70,8 @@ def load(root=None, *, split: str, limit: int | None, seed: int, features=None) 
         if limit is not None:
             index = index[choose(labels[index], limit, seed)]
         arrays[part] = (upsample(images[index])[..., None], labels[index])
-    return Dataset(
-        name="digits",
-        x_train=arrays["train"][0],
-        y_train=arrays["train"][1],
-        x_test=arrays["test"][0],
-        y_test=arrays["test"][1],
+    return Dataset.from_parts(
+        "digits", arrays,
         classes=list(CLASSES),
         split=split,
         source=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",

@@ -162,12 +162,8 @@ def load(root: Path, *, split: str, limit: int | None, seed: int, features: str 
     }
     preprocessing["layout"] = "N, frames, bands, 1"
     preprocessing["dtype"] = "float32"
-    return Dataset(
-        name="fsdd",
-        x_train=arrays["train"][0],
-        y_train=arrays["train"][1],
-        x_test=arrays["test"][0],
-        y_test=arrays["test"][1],
+    return Dataset.from_parts(
+        "fsdd", arrays,
         classes=list(CLASSES),
         split=split,
         source=str(recordings_dir(root)),

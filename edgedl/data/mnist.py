@@ -101,12 +101,8 @@ def load(root: Path, *, split: str, limit: int | None, seed: int, features=None)
         x = images.astype(np.float32)[..., None]
         x /= 255.0
         arrays[part] = (x, labels)
-    return Dataset(
-        name="mnist",
-        x_train=arrays["train"][0],
-        y_train=arrays["train"][1],
-        x_test=arrays["test"][0],
-        y_test=arrays["test"][1],
+    return Dataset.from_parts(
+        "mnist", arrays,
         classes=list(CLASSES),
         split=split,
         source=str(root),
