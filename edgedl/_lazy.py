@@ -45,10 +45,13 @@ def tf():
     return require("tensorflow")
 
 
-class quiet:
-    """Silence what C++ toolchains print on file descriptors 1 and 2 (TF converter chatter).
+class captured_output:
+    """Capture what C/C++ code writes on file descriptors 1 and 2; the text is in ``.text`` afterwards.
 
-    Python-level logging still works; the captured text goes to the debug log.
+    Example:
+        >>> with captured_output() as out:   # doctest: +SKIP
+        ...     interpreter.print_allocations()
+        >>> "Arena" in out.text               # doctest: +SKIP
     """
 
     def __enter__(self):
@@ -60,15 +63,17 @@ class quiet:
                 stream.flush()
             except Exception:
                 pass
+        self.text = ""
         self._saved = [os.dup(1), os.dup(2)]
-        self._capture = tempfile.TemporaryFile()
-        os.dup2(self._capture.fileno(), 1)
-        os.dup2(self._capture.fileno(), 2)
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
         return self
 
     def __exit__(self, *exc):
         import sys
 
+        _flush_c_stdio()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -78,9 +83,30 @@ class quiet:
         os.dup2(self._saved[1], 2)
         for fd in self._saved:
             os.close(fd)
-        self._capture.seek(0)
-        text = self._capture.read().decode("utf-8", "replace")
-        self._capture.close()
-        if text.strip():
-            logging.getLogger("edgedl.toolchain").debug("%s", text[-4000:])
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
         return False
+
+
+class quiet(captured_output):
+    """Silence what C++ toolchains print on file descriptors 1 and 2 (TF converter chatter).
+
+    Python-level logging still works; the captured text goes to the debug log.
+    """
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        if self.text.strip():
+            logging.getLogger("edgedl.toolchain").debug("%s", self.text[-4000:])
+        return False
+
+
+def _flush_c_stdio():
+    """fflush(NULL): C's stdout is block-buffered when redirected to a file."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:
+        pass

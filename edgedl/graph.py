@@ -66,14 +66,10 @@ def read_tflite(path: str | Path) -> Graph:
         InputFileError: the file is missing, empty, truncated or not a TFLite flatbuffer.
     """
     from edgedl._lazy import quiet
-    from edgedl.runtime.engines import litert_interpreter_class
+    from edgedl.runtime.engines import litert_interpreter_class, read_tflite_file
 
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "no such file")
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+    data = read_tflite_file(path)
     Interpreter = litert_interpreter_class()
     try:
         with quiet():

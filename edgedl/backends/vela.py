@@ -160,9 +160,9 @@ def read_flatbuffer(path: Path) -> dict:
     Raises:
         InputFileError: not a TFLite flatbuffer, or one whose offsets or indices point outside it.
     """
-    data = Path(path).read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+    from edgedl.runtime.engines import read_tflite_file
+
+    data = read_tflite_file(path)
     try:
         return _read_flatbuffer(data)
     except (IndexError, ValueError, TypeError, AttributeError, struct.error) as e:

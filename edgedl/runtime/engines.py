@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edgedl.errors import BackendError, InputFileError, MissingDependencyError
+
+
+def read_tflite_file(path) -> bytes:
+    """The bytes of a ``.tflite`` file, refused early when it is missing or not a TFLite flatbuffer.
+
+    Raises:
+        InputFileError: no such file, or no ``TFL3`` identifier where a flatbuffer has it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "no such file")
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+    return data
 
 
 @dataclass(frozen=True)

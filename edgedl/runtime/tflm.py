@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgedl._lazy import captured_output
 from edgedl.errors import BackendError, InputFileError, MissingDependencyError, UnsupportedOperatorError
-from edgedl.runtime.engines import Engine, TensorSpec
+from edgedl.runtime.engines import Engine, TensorSpec, read_tflite_file
 
 MISSING_OP = re.compile(r"Didn't find op for (?:builtin opcode|custom opcode) '([^']+)'")
 ARENA_SHORT = re.compile(r"(Failed to (?:allocate|resize)[^\n]*|missing: \d+)")
@@ -31,49 +30,6 @@ def _runtime():
     except ImportError:
         raise MissingDependencyError("tflite_micro", "micro") from None
     return runtime
-
-
-class captured_output:
-    """Capture what C/C++ code writes on file descriptors 1 and 2; the text is in ``.text`` afterwards."""
-
-    def __enter__(self):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        self.text = ""
-        self._saved = [os.dup(1), os.dup(2)]
-        self._file = tempfile.TemporaryFile()
-        os.dup2(self._file.fileno(), 1)
-        os.dup2(self._file.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc):
-        _flush_c_stdio()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
-        for fd in self._saved:
-            os.close(fd)
-        self._file.seek(0)
-        self.text = self._file.read().decode("utf-8", "replace")
-        self._file.close()
-        return False
-
-
-def _flush_c_stdio():
-    """fflush(NULL): C's stdout is block-buffered when redirected to a file."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except Exception:
-        pass
 
 
 def build_interpreter(model: bytes, arena_size: int):
@@ -157,11 +113,7 @@ class TFLMEngine(Engine):
 
     def __init__(self, model_path: str | os.PathLike, arena_size: int | None = None, num_threads: int = 1):
         path = Path(model_path)
-        if not path.is_file():
-            raise InputFileError(path, "no such file")
-        model = path.read_bytes()
-        if len(model) < 8 or model[4:8] != b"TFL3":
-            raise InputFileError(path, "not a TFLite flatbuffer (no TFL3 identifier)")
+        model = read_tflite_file(path)
         self.arena_size = int(arena_size or 10 * len(model))
         try:
             self.interpreter, log = build_interpreter(model, self.arena_size)
