@@ -105,8 +105,8 @@ from pathlib import Path
 d = Path(sys.argv[1])
 from edgedl.convert import to_tflite
 from edgedl.data import load_dataset
-from edgedl.train import train
-result = train("lenet", dataset="digits", epochs=1, seed=0, progress=False, limit=400)
+from edgedl.train import TrainOptions, train
+result = train("lenet", TrainOptions(dataset="digits", epochs=1, seed=0, limit=400), progress=False)
 result.save(d / "lenet.keras")
 result.model.save(str(d / "lenet.h5"))
 x = load_dataset("digits").x_train

@@ -148,13 +148,14 @@ def _key(entry) -> tuple:
 
 def trained_model(name, args):
     """Train ``name`` with its recipe (cached in --work by epochs and limit); path and training facts."""
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     work = Path(args.work)
     tag = f"{name}-e{args.epochs or 'recipe'}-l{args.limit or 'all'}"
     path = work / f"{tag}.keras"
     if not path.is_file():
-        result = train(name, epochs=args.epochs, data_dir=args.data_dir, limit=args.limit, progress=False)
+        result = train(name, TrainOptions(epochs=args.epochs, data_dir=args.data_dir, limit=args.limit),
+                       progress=False)
         result.save(path)
     metrics = json.loads(path.with_suffix(".json").read_text())
     from edgedl import zoo

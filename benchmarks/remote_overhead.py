@@ -105,9 +105,9 @@ def build_bundles(work: Path, backends: list[str]) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     keras_path = work / "lenet.keras"
     if not keras_path.is_file():
-        from edgedl.train import train
+        from edgedl.train import TrainOptions, train
 
-        train("lenet", dataset="digits", epochs=2, progress=False).save(keras_path)
+        train("lenet", TrainOptions(dataset="digits", epochs=2), progress=False).save(keras_path)
     out = {}
     for backend in backends:
         out[backend] = work / f"{backend}.edgedl"

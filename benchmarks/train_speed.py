@@ -55,7 +55,7 @@ def measure(name, args) -> dict:
     import keras
 
     from edgedl import zoo
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     recipe = zoo.get_model(name).recipe
     batch = recipe["batch_size"]
@@ -74,8 +74,9 @@ def measure(name, args) -> dict:
         for label in per_step:
             timer = EpochTimes()
             timer.times = []
-            result = train(name, epochs=args.epochs, limit=limit, data_dir=args.data_dir, progress=False,
-                           callbacks=[timer], deterministic=label == "deterministic")
+            options = TrainOptions(epochs=args.epochs, limit=limit, data_dir=args.data_dir,
+                                   deterministic=label == "deterministic")
+            result = train(name, options, progress=False, callbacks=[timer])
             steps = math.ceil(result.metrics["num_train"] / batch)
             per_step[label] += [t / steps * 1000 for t in timer.times[1:]]
             accuracy[label].append(result.metrics["accuracy"])

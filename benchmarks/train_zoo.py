@@ -25,7 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "train_zoo.json"
 
 def main(argv=None):
     from edgedl import _io
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
     from edgedl.zoo import get_model, model_names
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,8 +50,8 @@ def main(argv=None):
 
             Path(args.log_dir).mkdir(parents=True, exist_ok=True)
             callbacks.append(keras.callbacks.CSVLogger(str(Path(args.log_dir) / f"{name}.csv")))
-        r = train(name, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-                  progress=sys.stderr.isatty(), callbacks=callbacks, recipe=overrides)
+        r = train(name, TrainOptions(epochs=args.epochs, seed=args.seed, data_dir=args.data_dir, recipe=overrides),
+                  progress=sys.stderr.isatty(), callbacks=callbacks)
         entry = {k: v for k, v in r.metrics.items() if k not in ("history", "preprocessing")}
         entry.update(
             target_reached=None if recipe["target_accuracy"] is None else r.metrics["accuracy"] >= recipe["target_accuracy"],

@@ -179,14 +179,15 @@ def trained_model(name, args):
     import keras
 
     from edgedl import zoo
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     plan = dict(TRAINING.get(name, {"epochs": 3, "limit": 2000}))
     plan.update({k: v for k, v in (("epochs", args.epochs), ("limit", args.limit)) if v})
     dataset = zoo.get_model(name).recipe["dataset"]
     path = Path(args.work) / f"{name}-e{plan['epochs']}-l{plan['limit']}.keras"
     if not path.is_file():
-        result = train(name, epochs=plan["epochs"], data_dir=args.data_dir, limit=plan["limit"], progress=False)
+        result = train(name, TrainOptions(epochs=plan["epochs"], data_dir=args.data_dir, limit=plan["limit"]),
+                       progress=False)
         result.save(path)
     metrics = json.loads(path.with_suffix(".json").read_text())
     return keras.models.load_model(path), {

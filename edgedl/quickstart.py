@@ -50,7 +50,7 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
     from edgedl.runtime.quant import predict, quantize
     from edgedl.targets import host_target
     from edgedl.keras_utils import predict as keras_predict
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     say = status or (lambda msg: log.info(msg))
     dataset = dataset or default_dataset(data_dir)
@@ -59,7 +59,7 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
     out_dir.mkdir(parents=True, exist_ok=True)
 
     say(f"training {model} on {dataset} for {epochs} epochs")
-    result = train(model, dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit,
+    result = train(model, TrainOptions(dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit),
                    progress=progress)
     result.save(out_dir / f"{model}.keras")
     data = load_dataset(dataset, data_dir=data_dir, limit=limit, seed=seed)

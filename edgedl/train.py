@@ -46,6 +46,51 @@ class TrainResult:
         return out, metrics_path
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train (the ``edgedl train`` options, as a Python object); None takes the recipe's.
+
+    Args:
+        dataset: data set name; defaults to the recipe's.
+        split: data set split, e.g. ``official`` or ``speaker:theo`` for FSDD.
+        epochs: defaults to the recipe's.
+        batch_size: defaults to the recipe's.
+        seed: seeds weights, shuffling and augmentation. Two runs with the same seed can end
+            slightly apart (sums across threads round differently); ``deterministic`` makes them
+            bit for bit the same.
+        limit: at most this many samples per split (for quick runs).
+        data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
+        deterministic: the same seed gives a bit-identical model (TensorFlow's op determinism), at
+            the cost of running operators on one thread: 2x slower for a batch-128 ResNet-8 step
+            on 2 cores, no slower for its recipe's batch of 64 (``benchmarks/train_speed.py``).
+        recipe: recipe keys that replace the model's own (e.g. ``{"optimizer": "sgd"}``).
+
+    Example:
+        >>> TrainOptions(dataset="digits", epochs=1).check().epochs
+        1
+    """
+
+    dataset: str | None = None
+    split: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    data_dir: str | Path | None = None
+    deterministic: bool = False
+    recipe: dict | None = None
+
+    def check(self) -> "TrainOptions":
+        """OptionError for a count that is not a positive integer or a seed out of range; else self."""
+        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--limit", self.limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+                raise OptionError(f"{name} must be a positive integer, got {value!r}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= SEED_MAX:
+            raise OptionError(f"--seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
+        return self
+
+
 def resolve(model: str, dataset: str | None = None):
     """(model source, recipe to train with) for a zoo name or a model file (:func:`edgedl.modelio.resolve_model`).
 
@@ -65,92 +110,64 @@ def resolve(model: str, dataset: str | None = None):
     return source, recipe
 
 
-def train(model: str, *, dataset: str | None = None, epochs: int | None = None, seed: int = 0,
-          data_dir=None, limit: int | None = None, batch_size: int | None = None,
-          split: str | None = None, progress: bool = True, callbacks: list | None = None,
-          recipe: dict | None = None, deterministic: bool = False) -> TrainResult:
-    """Train a zoo model (by name) or a Keras model file on a data set.
+def train(model: str, options: TrainOptions | None = None, *, progress: bool = True,
+          callbacks: list | None = None) -> TrainResult:
+    """Train a zoo model (by name) or a Keras model file on a data set, as ``options`` say.
 
     Args:
         model: a zoo name (``edgedl models``) or a ``.keras``/``.h5``/SavedModel path.
-        dataset: data set name; defaults to the recipe's.
-        epochs: defaults to the recipe's.
-        seed: seeds weights, shuffling and augmentation. Two runs with the same seed can end
-            slightly apart (sums across threads round differently); ``deterministic`` makes them
-            bit for bit the same.
-        data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
-        limit: at most this many samples per split (for quick runs).
-        batch_size: defaults to the recipe's.
-        split: data set split, e.g. ``official`` or ``speaker:theo`` for FSDD.
+        options: data set, epochs, batch size, seed ... (:class:`TrainOptions`; None: the recipe's).
         progress: show a progress bar.
         callbacks: extra Keras callbacks for ``fit`` (e.g. ``keras.callbacks.CSVLogger`` for long runs).
-        recipe: recipe keys that replace the model's own (e.g. ``{"optimizer": "sgd"}``).
-        deterministic: the same seed gives a bit-identical model (TensorFlow's op determinism), at
-            the cost of running operators on one thread: 2x slower for a batch-128 ResNet-8 step
-            on 2 cores, no slower for its recipe's batch of 64 (``benchmarks/train_speed.py``).
 
     Returns:
         TrainResult with the model and metrics (test accuracy and loss, wall time, data set, split).
 
     Example:
-        >>> result = train("lenet", dataset="digits", epochs=1)  # doctest: +SKIP
+        >>> result = train("lenet", TrainOptions(dataset="digits", epochs=1))  # doctest: +SKIP
         >>> result.metrics["accuracy"] > 0.5  # doctest: +SKIP
     """
     from edgedl.data import load_dataset
 
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--limit", limit)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
-            raise OptionError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= SEED_MAX:
-        raise OptionError(f"--seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
-    overrides = recipe or {}
-    source, recipe = resolve(model, dataset)
-    recipe.update(overrides)
-    dataset = dataset or recipe["dataset"]
-    split = split or recipe.get("split") or None
-    epochs = epochs or recipe["epochs"]
-    batch_size = batch_size or recipe["batch_size"]
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):  # a recipe from a metrics JSON may say anything
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-            raise OptionError(f"the recipe's {name} must be a positive integer, got {value!r}; "
-                              f"give --{name.replace('_', '-')}")
-
-    data = load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)
-    keras = _lazy.keras()
-    keras.utils.set_random_seed(seed)
-    set_determinism(deterministic)
+    options = (options or TrainOptions()).check()
+    source, recipe = resolve(model, options.dataset)
+    recipe.update(options.recipe or {})
+    epochs, batch_size = _counts(options, recipe)
+    data = load_dataset(options.dataset or recipe["dataset"], data_dir=options.data_dir,
+                        split=options.split or recipe.get("split") or None, limit=options.limit, seed=options.seed)
+    _lazy.keras().utils.set_random_seed(options.seed)
+    set_determinism(options.deterministic)
     keras_model = source.build(input_shape=data.input_shape, num_classes=data.num_classes)
-    zoo_name = source.zoo_name
     check_shapes(keras_model, data)
 
     steps = math.ceil(len(data.x_train) / batch_size)
     compile_for_training(keras_model, recipe, steps * epochs, steps)
-    train_ds = make_dataset(data.x_train, data.y_train, batch_size, recipe.get("augment"), seed)
-
-    callbacks = list(callbacks or [])
-    if progress:
-        callbacks.append(ProgressBar(epochs, steps, title=f"training {zoo_name or keras_model.name}"))
+    train_ds = make_dataset(data.x_train, data.y_train, batch_size, recipe.get("augment"), options.seed)
+    name = source.zoo_name or keras_model.name
+    callbacks = list(callbacks or []) + ([ProgressBar(epochs, steps, title=f"training {name}")] if progress else [])
     start = time.perf_counter()
     history = keras_model.fit(train_ds, epochs=epochs, verbose=0, callbacks=callbacks)
     wall = time.perf_counter() - start
     loss, accuracy = evaluate(keras_model, data.x_test, data.y_test)
     metrics = {
-        "model": zoo_name or keras_model.name,
-        "dataset": data.name,
-        "split": data.split,
-        "num_train": int(len(data.x_train)),
-        "num_test": int(len(data.x_test)),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "seed": seed,
-        "deterministic": bool(deterministic),
-        "accuracy": accuracy,
-        "loss": loss,
-        "target_accuracy": recipe.get("target_accuracy"),
-        "train_wall_time_s": round(wall, 2),
-        "num_params": int(keras_model.count_params()),
+        "model": name, "dataset": data.name, "split": data.split,
+        "num_train": int(len(data.x_train)), "num_test": int(len(data.x_test)),
+        "epochs": epochs, "batch_size": batch_size, "seed": options.seed, "deterministic": bool(options.deterministic),
+        "accuracy": accuracy, "loss": loss, "target_accuracy": recipe.get("target_accuracy"),
+        "train_wall_time_s": round(wall, 2), "num_params": int(keras_model.count_params()),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "preprocessing": data.preprocessing,
         "recipe": {k: recipe[k] for k in TRAINING_KEYS if k in recipe},
     }
     return TrainResult(model=keras_model, metrics=metrics)
+
+
+def _counts(options: TrainOptions, recipe: dict) -> tuple[int, int]:
+    """(epochs, batch size): the options', else the recipe's, which a metrics JSON may have set to anything."""
+    epochs = options.epochs or recipe["epochs"]
+    batch_size = options.batch_size or recipe["batch_size"]
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise OptionError(f"the recipe's {name} must be a positive integer, got {value!r}; "
+                              f"give --{name.replace('_', '-')}")
+    return epochs, batch_size

@@ -28,10 +28,10 @@ def trained_lenet(tmp_path_factory) -> dict:
     pytest.importorskip("keras")
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     d = tmp_path_factory.mktemp("trained_lenet")
-    result = train("lenet", dataset="digits", epochs=3, seed=0, progress=False)
+    result = train("lenet", TrainOptions(dataset="digits", epochs=3, seed=0), progress=False)
     keras_path, _ = result.save(d / "lenet.keras")
     int8 = d / "lenet_int8.tflite"
     int8.write_bytes(to_tflite(result.model, "int8", load_dataset("digits").x_train, io_type="int8"))

@@ -91,13 +91,13 @@ def test_the_checks_run_before_any_heavy_import():
 def test_the_python_apis_refuse_the_same_numbers():
     from edgedl.bench.options import BenchOptions
     from edgedl.errors import OptionError
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     for bad, message in (({"seed": -1}, SEED_RANGE), ({"seed": 2**70}, SEED_RANGE),
                          ({"batch_size": 0}, "--batch-size must be a positive integer, got 0"),
                          ({"limit": -3}, "--limit must be a positive integer, got -3")):
         with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            train("lenet", **bad)
+            train("lenet", TrainOptions(**bad))
     for bad, message in (({"timeout": float("nan")}, "--timeout must be a positive, finite number of seconds"),
                          ({"timeout": float("inf")}, "--timeout must be a positive, finite number of seconds"),
                          ({"limit": 0}, "--limit must be a positive integer"),

@@ -59,10 +59,10 @@ sys.exit(code)
 def ds_cnn(data_dir, tmp_path_factory):
     """DS-CNN trained 3 epochs on FSDD (official split), compiled for this host: LiteRT, int8."""
     from edgedl.compile import CompileOptions, compile_model
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
     d = tmp_path_factory.mktemp("kws")
-    keras_path, _ = train("ds_cnn", data_dir=data_dir, epochs=3, progress=False).save(d / "ds_cnn.keras")
+    keras_path, _ = train("ds_cnn", TrainOptions(data_dir=data_dir, epochs=3), progress=False).save(d / "ds_cnn.keras")
     bundle = d / "ds_cnn.edgedl"
     compile_model(str(keras_path), "x86_64", str(bundle),
                   CompileOptions(backend="litert", quantize="int8", data_dir=str(data_dir), num_samples=50,

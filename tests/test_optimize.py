@@ -29,7 +29,7 @@ from edgedl.optimize import structured  # noqa: E402
 from edgedl.optimize.prune import Masker, Schedule, find_prunable, masking_callback  # noqa: E402
 from edgedl.runtime.engines import LiteRTEngine  # noqa: E402
 from edgedl.keras_utils import evaluate  # noqa: E402
-from edgedl.train import train  # noqa: E402
+from edgedl.train import TrainOptions, train  # noqa: E402
 
 LENET_RECIPE = zoo.get_model("lenet").recipe
 
@@ -42,7 +42,7 @@ def digits():
 @pytest.fixture(scope="module")
 def lenet(digits):
     """LeNet trained for 4 epochs on digits (about 90% test accuracy)."""
-    return train("lenet", dataset="digits", epochs=4, seed=0, progress=False)
+    return train("lenet", TrainOptions(dataset="digits", epochs=4, seed=0), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -1089,7 +1089,7 @@ def _have(name):
 @pytest.mark.slow
 @pytest.mark.skipif(not _have("mnist"), reason="MNIST is not in the data dir (set EDGEDL_DATA)")
 def test_lenet_on_mnist_keeps_its_accuracy_through_80_percent_sparsity_and_int8():
-    trained = train("lenet", dataset="mnist", epochs=3, limit=30000, progress=False)
+    trained = train("lenet", TrainOptions(dataset="mnist", epochs=3, limit=30000), progress=False)
     report = optimize(trained.model,
                       OptimizeOptions(prune=0.8, quantize="int8", dataset="mnist", limit=30000, epochs=3),
                       progress=False)

@@ -8,12 +8,12 @@ import pytest
 from edgedl.errors import ModelError, OptionError
 from edgedl.modelio import load_model
 from edgedl.keras_utils import predict
-from edgedl.train import train
+from edgedl.train import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
 def lenet_on_digits():
-    return train("lenet", dataset="digits", epochs=4, seed=1, progress=False)
+    return train("lenet", TrainOptions(dataset="digits", epochs=4, seed=1), progress=False)
 
 
 def test_lenet_learns_digits(lenet_on_digits):
@@ -24,7 +24,8 @@ def test_lenet_learns_digits(lenet_on_digits):
 
 
 def test_deterministic_training_gives_the_same_model_bit_for_bit():
-    first, again = (train("lenet", dataset="digits", epochs=2, seed=1, progress=False, deterministic=True)
+    first, again = (train("lenet", TrainOptions(dataset="digits", epochs=2, seed=1, deterministic=True),
+                          progress=False)
                     for _ in range(2))
     for a, b in zip(first.model.get_weights(), again.model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -36,9 +37,9 @@ def test_a_deterministic_run_does_not_leave_determinism_on_for_the_next(lenet_on
     pay for it."""
     from tensorflow.python.framework import config
 
-    train("lenet", dataset="digits", epochs=1, limit=200, progress=False, deterministic=True)
+    train("lenet", TrainOptions(dataset="digits", epochs=1, limit=200, deterministic=True), progress=False)
     assert config.is_op_determinism_enabled()
-    result = train("lenet", dataset="digits", epochs=1, limit=200, progress=False)
+    result = train("lenet", TrainOptions(dataset="digits", epochs=1, limit=200), progress=False)
     assert not config.is_op_determinism_enabled() and result.metrics["deterministic"] is False
     assert lenet_on_digits.metrics["deterministic"] is False
 
@@ -70,17 +71,17 @@ def test_user_models_in_other_formats_load_through_the_same_path(lenet_on_digits
 def test_a_user_model_file_trains_on_a_named_data_set(lenet_on_digits, tmp_path):
     path = tmp_path / "mine.keras"
     lenet_on_digits.model.save(path)
-    result = train(str(path), dataset="digits", epochs=1, progress=False)
+    result = train(str(path), TrainOptions(dataset="digits", epochs=1), progress=False)
     assert result.metrics["accuracy"] > 0.85
 
 
 def test_a_model_file_from_edgedl_train_keeps_training_with_its_recorded_recipe(tmp_path):
-    first = train("lenet", dataset="digits", epochs=1, seed=2, progress=False,
-                  recipe={"optimizer": "sgd", "learning_rate": 0.05, "nesterov": True, "weight_decay": 5e-4,
-                          "warmup_epochs": 1, "batch_size": 32})
+    recipe = {"optimizer": "sgd", "learning_rate": 0.05, "nesterov": True, "weight_decay": 5e-4, "warmup_epochs": 1,
+              "batch_size": 32}
+    first = train("lenet", TrainOptions(dataset="digits", epochs=1, seed=2, recipe=recipe), progress=False)
     assert first.metrics["recipe"]["optimizer"] == "sgd" and first.metrics["batch_size"] == 32
     path, _ = first.save(tmp_path / "lenet.keras")
-    again = train(str(path), epochs=2, seed=2, progress=False)  # no --dataset: read from lenet.json
+    again = train(str(path), TrainOptions(epochs=2, seed=2), progress=False)  # no --dataset: read from lenet.json
     m = again.metrics
     assert m["model"] == "lenet" and m["dataset"] == "digits" and m["batch_size"] == 32
     assert m["recipe"] == first.metrics["recipe"]
@@ -91,14 +92,14 @@ def test_a_model_file_without_metrics_or_dataset_is_refused_by_name(lenet_on_dig
     path = tmp_path / "bare.keras"
     lenet_on_digits.model.save(path)
     with pytest.raises(OptionError, match=r"'.*bare.keras' needs --dataset .*no metrics JSON"):
-        train(str(path), epochs=1, progress=False)
+        train(str(path), TrainOptions(epochs=1), progress=False)
 
 
 def test_unknown_recipe_settings_are_refused_by_name():
     with pytest.raises(OptionError, match=r"unknown optimizer 'rmsprop'; known: adam, adamw, sgd"):
-        train("lenet", dataset="digits", epochs=1, progress=False, recipe={"optimizer": "rmsprop"})
+        train("lenet", TrainOptions(dataset="digits", epochs=1, recipe={"optimizer": "rmsprop"}), progress=False)
     with pytest.raises(OptionError, match=r"unknown schedule 'step'; known: cosine, constant"):
-        train("lenet", dataset="digits", epochs=1, progress=False, recipe={"schedule": "step"})
+        train("lenet", TrainOptions(dataset="digits", epochs=1, recipe={"schedule": "step"}), progress=False)
 
 
 def test_a_model_whose_input_does_not_fit_the_data_set_is_refused():
@@ -120,13 +121,13 @@ def test_a_model_whose_input_does_not_fit_the_data_set_is_refused():
 
 @pytest.mark.slow
 def test_lenet_on_real_mnist(data_dir):
-    result = train("lenet", dataset="mnist", data_dir=data_dir, epochs=1, limit=6000, progress=False)
+    result = train("lenet", TrainOptions(dataset="mnist", data_dir=data_dir, epochs=1, limit=6000), progress=False)
     assert result.metrics["num_train"] == 6000 and result.metrics["accuracy"] > 0.85
 
 
 @pytest.mark.slow
 def test_ds_cnn_on_real_spoken_digits(data_dir):
-    result = train("ds_cnn", data_dir=data_dir, epochs=3, progress=False)
+    result = train("ds_cnn", TrainOptions(data_dir=data_dir, epochs=3), progress=False)
     assert result.metrics["dataset"] == "fsdd" and result.metrics["num_test"] == 300
     assert result.metrics["accuracy"] > 0.3  # well above chance (0.1) after three short epochs
 
@@ -134,5 +135,5 @@ def test_ds_cnn_on_real_spoken_digits(data_dir):
 @pytest.mark.slow
 def test_resnet8_trains_on_real_cifar10_with_augmentation(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEDL_CACHE", str(tmp_path))
-    result = train("resnet8", data_dir=data_dir, epochs=1, limit=500, progress=False)
+    result = train("resnet8", TrainOptions(data_dir=data_dir, epochs=1, limit=500), progress=False)
     assert result.metrics["num_train"] == 500 and np.isfinite(result.metrics["loss"])

@@ -290,9 +290,9 @@ def resnet8_int8(data_dir, tmp_path_factory):
     """ResNet-8 trained for one epoch on 1000 CIFAR-10 images, int8 with int8 I/O, and 300 test images."""
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
-    result = train("resnet8", epochs=1, data_dir=data_dir, limit=1000, progress=False)
+    result = train("resnet8", TrainOptions(epochs=1, data_dir=data_dir, limit=1000), progress=False)
     data = load_dataset("cifar10", data_dir=data_dir, limit=1000)
     path = tmp_path_factory.mktemp("resnet8") / "resnet8_int8.tflite"
     path.write_bytes(to_tflite(result.model, "int8", data.x_train[:100], io_type="int8"))

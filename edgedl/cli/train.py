@@ -29,6 +29,7 @@ def train(model, dataset, split, epochs, batch_size, seed, limit, deterministic,
     Example:
       edgedl train lenet --epochs 3 -o lenet.keras
     """
+    from edgedl.train import TrainOptions
     from edgedl.train import train as run
 
     if out is not None and not out.endswith(".keras"):
@@ -37,9 +38,9 @@ def train(model, dataset, split, epochs, batch_size, seed, limit, deterministic,
         from edgedl._io import check_writable
 
         check_writable(out, "--output", kind="file")
-    result = run(model, dataset=dataset, epochs=epochs, seed=seed, data_dir=data_dir, limit=limit,
-                 batch_size=batch_size, split=split, progress=not as_json,
-                 deterministic=deterministic)
+    options = TrainOptions(dataset=dataset, split=split, epochs=epochs, batch_size=batch_size, seed=seed, limit=limit,
+                           data_dir=data_dir, deterministic=deterministic)
+    result = run(model, options, progress=not as_json)
     m = result.metrics
     if out:
         paths = result.save(out)

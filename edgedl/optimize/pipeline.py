@@ -130,11 +130,11 @@ def trained_model(source: ModelSource, options: OptimizeOptions, split, progress
     """The model to optimize, and the epochs it was trained for here (None: it came trained)."""
     if source.model is not None:
         return source.model, None
-    from edgedl.train import train
+    from edgedl.train import TrainOptions, train
 
-    result = train(source.zoo_name, dataset=options.dataset or source.dataset, epochs=options.epochs,
-                   seed=options.seed, data_dir=options.data_dir, limit=options.limit, split=split,
-                   progress=progress, deterministic=options.deterministic)
+    result = train(source.zoo_name, TrainOptions(
+        dataset=options.dataset or source.dataset, split=split, epochs=options.epochs, seed=options.seed,
+        limit=options.limit, data_dir=options.data_dir, deterministic=options.deterministic), progress=progress)
     return result.model, result.metrics["epochs"]
 
 
