@@ -304,116 +304,146 @@ def plan_channels(model, spec) -> ChannelPlan:
         >>> smaller = rebuild(model, the_plan)  # doctest: +SKIP
     """
     spec = spec if isinstance(spec, StructuredSpec) else StructuredSpec(spec)
-    ratio, residual, align, share = spec.ratio, spec.residual, spec.align, spec.residual_share
-    shares = dict(spec.layers)
-    merged: list[tuple] = []  # (group name, merge layer, its kind) for each element-wise merge
     keras_graph.require_keras_layers(model, "structured pruning")
-    keras = _lazy.keras()
     steps = keras_graph.trace(model)
-    uf = _Groups()
-    channels: dict[str, int] = {}
-    producers: dict[str, list[str]] = {}
-    tensors: dict[str, tuple | None] = {}
-
-    def freeze_all(infos, reason):
-        for info in infos:
-            if info is not None:
-                uf.freeze(info[0], reason)
-
-    for step in steps:
-        layer, kind = step.layer, step.kind
-        if kind == "InputLayer":
-            tensors[step.name] = None
-            continue
-        _check_rebuildable(step, keras)
-        ins = [tensors[n] for n in step.inputs]
-        if kind in PRODUCERS and _channels_last(layer) and getattr(layer, "groups", 1) == 1:
-            uf.add(step.name)
-            channels[step.name] = int(step.output_shape[-1])
-            producers[step.name] = [step.name]
-            tensors[step.name] = (step.name, 1)
-            activation = getattr(getattr(layer, "activation", None), "__name__", "")
-            if activation in MIXING_ACTIVATIONS:
-                uf.freeze(step.name, f"'{step.name}' applies {activation} over its channels")
-        elif kind in CHANNELWISE and _channels_last(layer) and _channelwise_ok(step):
-            tensors[step.name] = ins[0]
-            if ins[0] is not None and kind in ("DepthwiseConv1D", "DepthwiseConv2D") and ins[0][1] != 1:
-                uf.freeze(ins[0][0], f"feeds '{step.name}' after a Flatten")
-                tensors[step.name] = None
-        elif kind == "Flatten" and _channels_last(layer):
-            info = ins[0]
-            if info is None:
-                tensors[step.name] = None
-            elif len(step.input_shapes[0]) <= 2:
-                tensors[step.name] = info
-            elif info[1] == 1:
-                tensors[step.name] = (info[0], math.prod(int(d) for d in step.input_shapes[0][1:-1]))
-            else:
-                uf.freeze(info[0], f"is flattened twice (at '{step.name}')")
-                tensors[step.name] = None
-        elif kind in MERGES:
-            if any(i is None for i in ins) or len({i[1] for i in ins}) != 1:
-                freeze_all(ins, f"meets an unprunable tensor in '{step.name}' ({kind})")
-                tensors[step.name] = None
-            else:
-                tensors[step.name] = (uf.union([i[0] for i in ins]), ins[0][1])
-                merged.append((tensors[step.name][0], step.name, kind))
-        else:
-            freeze_all(ins, f"feeds '{step.name}' ({kind}), which structured pruning leaves whole")
-            tensors[step.name] = None
-
-    for name in keras_graph.output_layers(model):
-        info = tensors.get(name)
-        if info is not None:
-            uf.freeze(info[0], "reaches the model's output (the classifier is never pruned)", first=True)
-
-    groups: dict[str, Group] = {}
-    for name in producers:
-        root = uf.find(name)
-        group = groups.setdefault(root, Group(name=root, producers=[], channels=channels[name]))
-        group.producers.append(name)
-    for name, reasons in uf.reasons.items():
-        group = groups[uf.find(name)]
-        if group.reason is None or reasons[0].startswith("reaches the model's output"):
-            group.reason = reasons[0]
+    flow = _ChannelFlow(steps)
+    groups = flow.groups(keras_graph.output_layers(model))
+    named = _layer_groups(dict(spec.layers), groups, flow.uf, flow.producers)
+    residual = flow.residual_groups()
     by_name = {s.name: s.layer for s in steps}
-    residual_groups = {}
-    for name, merge, kind in merged:
-        residual_groups.setdefault(uf.find(name), (merge, kind))
-    chosen = _layer_groups(shares, groups, uf, producers)
     for group in groups.values():
-        if group.reason is not None:
-            continue
-        removed = ratio
-        if group.name in chosen:
-            layer, removed = chosen[group.name]
-            if removed == 0.0:
-                group.reason = f"is kept whole (--structured-layer {layer}=0)"
-        elif share is not None and group.name in residual_groups:
-            removed = share
-            if removed == 0.0:
-                merge, kind = residual_groups[group.name]
-                group.reason = (f"is joined by '{merge}' ({kind}); the residual channels are kept "
-                                "(--structured-residual keep)")
         if group.reason is None:
-            wanted = max(1, int(round(group.channels * (1.0 - removed))))
-            # a share named with --structured-layer is taken as given: it is how a cut narrows the next layer's inputs
-            keep = wanted if group.name in chosen else aligned(wanted, group.channels, align)
-            if keep == group.channels > wanted:
-                group.reason = (f"is kept whole: keeping {wanted} of its {keep} channels rounds up to all {keep} "
-                                f"(--structured-align {align})")
-            else:
-                group.keep = _rank(group, by_name)[:keep]
+            _choose_channels(group, spec, named.get(group.name), residual.get(group.name), by_name)
     if all(g.reason is not None for g in groups.values()):
         why = "; ".join(f"{', '.join(g.producers)} {g.reason}" for g in groups.values()) or "it has no Conv or Dense layer"
-        if any(g.reason.endswith(f"(--structured-align {align})") for g in groups.values()):
-            raise OptionError(f"--structured-align {align} keeps every group of model '{model.name}' whole ({why}); "
+        if any(g.reason.endswith(f"(--structured-align {spec.align})") for g in groups.values()):
+            raise OptionError(f"--structured-align {spec.align} keeps every group of model '{model.name}' whole ({why}); "
                               "give a smaller multiple")
         raise ModelError(f"structured pruning finds no channels it can remove in model '{model.name}': {why}")
-    # Tensor infos point at group roots from here on.
-    tensors = {n: (uf.find(i[0]), i[1]) if i is not None else None for n, i in tensors.items()}
-    return ChannelPlan(ratio=ratio, groups=groups, tensors=tensors, steps=steps, residual=residual, layers=shares,
-                align=align)
+    return ChannelPlan(ratio=spec.ratio, groups=groups, tensors=flow.root_tensors(), steps=steps,
+                       residual=spec.residual, layers=dict(spec.layers), align=spec.align)
+
+
+class _ChannelFlow:
+    """The channels followed through the layer graph, layer by layer.
+
+    ``tensors`` maps each layer to the (group, spatial positions) of the channels it outputs (None: a
+    tensor structured pruning leaves whole); ``uf`` joins the groups element-wise merges combine and
+    records why a group is frozen; ``merged`` lists (group, merge layer, its kind) for every merge.
+    """
+
+    def __init__(self, steps):
+        self.uf = _Groups()
+        self.channels: dict[str, int] = {}
+        self.producers: dict[str, list[str]] = {}
+        self.tensors: dict[str, tuple | None] = {}
+        self.merged: list[tuple] = []
+        keras = _lazy.keras()
+        for step in steps:
+            if step.kind == "InputLayer":
+                self.tensors[step.name] = None
+                continue
+            _check_rebuildable(step, keras)
+            self.tensors[step.name] = self._follow(step, [self.tensors[n] for n in step.inputs])
+
+    def _freeze_all(self, infos, reason):
+        for info in infos:
+            if info is not None:
+                self.uf.freeze(info[0], reason)
+
+    def _follow(self, step, ins):
+        """The (group, spatial) of ``step``'s output, recording the groups it starts, joins or freezes."""
+        layer, kind = step.layer, step.kind
+        if kind in PRODUCERS and _channels_last(layer) and getattr(layer, "groups", 1) == 1:
+            self.uf.add(step.name)
+            self.channels[step.name] = int(step.output_shape[-1])
+            self.producers[step.name] = [step.name]
+            activation = getattr(getattr(layer, "activation", None), "__name__", "")
+            if activation in MIXING_ACTIVATIONS:
+                self.uf.freeze(step.name, f"'{step.name}' applies {activation} over its channels")
+            return (step.name, 1)
+        if kind in CHANNELWISE and _channels_last(layer) and _channelwise_ok(step):
+            if ins[0] is not None and kind in ("DepthwiseConv1D", "DepthwiseConv2D") and ins[0][1] != 1:
+                self.uf.freeze(ins[0][0], f"feeds '{step.name}' after a Flatten")
+                return None
+            return ins[0]
+        if kind == "Flatten" and _channels_last(layer):
+            return self._flatten(step, ins[0])
+        if kind in MERGES:
+            if any(i is None for i in ins) or len({i[1] for i in ins}) != 1:
+                self._freeze_all(ins, f"meets an unprunable tensor in '{step.name}' ({kind})")
+                return None
+            root = self.uf.union([i[0] for i in ins])
+            self.merged.append((root, step.name, kind))
+            return (root, ins[0][1])
+        self._freeze_all(ins, f"feeds '{step.name}' ({kind}), which structured pruning leaves whole")
+        return None
+
+    def _flatten(self, step, info):
+        if info is None:
+            return None
+        if len(step.input_shapes[0]) <= 2:
+            return info
+        if info[1] == 1:
+            return (info[0], math.prod(int(d) for d in step.input_shapes[0][1:-1]))
+        self.uf.freeze(info[0], f"is flattened twice (at '{step.name}')")
+        return None
+
+    def groups(self, outputs) -> dict[str, Group]:
+        """The groups by root name, each frozen for its first reason (reaching an output first of all)."""
+        for name in outputs:
+            info = self.tensors.get(name)
+            if info is not None:
+                self.uf.freeze(info[0], "reaches the model's output (the classifier is never pruned)", first=True)
+        groups: dict[str, Group] = {}
+        for name in self.producers:
+            root = self.uf.find(name)
+            group = groups.setdefault(root, Group(name=root, producers=[], channels=self.channels[name]))
+            group.producers.append(name)
+        for name, reasons in self.uf.reasons.items():
+            group = groups[self.uf.find(name)]
+            if group.reason is None or reasons[0].startswith("reaches the model's output"):
+                group.reason = reasons[0]
+        return groups
+
+    def residual_groups(self) -> dict[str, tuple[str, str]]:
+        """{group root: (the first merge layer that joins it, its kind)}."""
+        joined: dict[str, tuple[str, str]] = {}
+        for name, merge, kind in self.merged:
+            joined.setdefault(self.uf.find(name), (merge, kind))
+        return joined
+
+    def root_tensors(self) -> dict[str, tuple | None]:
+        """``tensors`` with every group named by its root."""
+        return {n: (self.uf.find(i[0]), i[1]) if i is not None else None for n, i in self.tensors.items()}
+
+
+def _choose_channels(group: Group, spec: StructuredSpec, named, residual, by_name: dict) -> None:
+    """Keep ``group``'s most important channels, as many as ``spec`` leaves it, or freeze it saying why.
+
+    ``named`` is the (layer, share) ``--structured-layer`` set for the group, ``residual`` the (merge,
+    kind) that joins it if it is a residual group.
+    """
+    removed = spec.ratio
+    if named is not None:
+        layer, removed = named
+        if removed == 0.0:
+            group.reason = f"is kept whole (--structured-layer {layer}=0)"
+            return
+    elif spec.residual_share is not None and residual is not None:
+        removed = spec.residual_share
+        if removed == 0.0:
+            merge, kind = residual
+            group.reason = f"is joined by '{merge}' ({kind}); the residual channels are kept (--structured-residual keep)"
+            return
+    wanted = max(1, int(round(group.channels * (1.0 - removed))))
+    # a share named with --structured-layer is taken as given: it is how a cut narrows the next layer's inputs
+    keep = wanted if named is not None else aligned(wanted, group.channels, spec.align)
+    if keep == group.channels > wanted:
+        group.reason = (f"is kept whole: keeping {wanted} of its {keep} channels rounds up to all {keep} "
+                        f"(--structured-align {spec.align})")
+    else:
+        group.keep = _rank(group, by_name)[:keep]
 
 
 def _layer_groups(shares: dict, groups: dict, uf: _Groups, producers: dict) -> dict[str, tuple[str, float]]:
