@@ -238,17 +238,17 @@ def measure_ptq(name, model_path, args, per_channel=True, strip_names=False, io_
 
     r = run(model_path, args, quantize="int8", per_channel=per_channel, strip_names=strip_names, io_type=io_type)
     base, q = r.stage("baseline"), r.stage("int8")
-    drop, ratio = points(base["accuracy"], q["accuracy"]), round(q["size_bytes"] / base["size_bytes"], 4)
+    drop, ratio = points(base.accuracy, q.accuracy), round(q.size_bytes / base.size_bytes, 4)
     float_buffers, int8_buffers = buffer_bytes(to_tflite(load_model(model_path), "none")), buffer_bytes(r.tflite)
     flags = ["--quantize", "int8"] + (["--per-tensor"] if not per_channel else []) + (
         ["--strip-names"] if strip_names else []) + (["--io", io_type] if io_type != "float" else [])
     return {"equivalent_cli": cli(model_path, args, *flags), "per_channel": per_channel, "strip_names": strip_names,
             "io_type": io_type,
-            "baseline_accuracy": base["accuracy"], "int8_accuracy": q["accuracy"], "drop_points": drop,
-            "float32_tflite_bytes": base["size_bytes"], "int8_tflite_bytes": q["size_bytes"], "int8_size_ratio": ratio,
+            "baseline_accuracy": base.accuracy, "int8_accuracy": q.accuracy, "drop_points": drop,
+            "float32_tflite_bytes": base.size_bytes, "int8_tflite_bytes": q.size_bytes, "int8_size_ratio": ratio,
             "weight_buffers_bytes": {"float32": float_buffers, "int8": int8_buffers,
                                      "ratio": round(int8_buffers / float_buffers, 4) if float_buffers else None,
-                                     "int8_non_weight_bytes": q["size_bytes"] - int8_buffers if int8_buffers else None},
+                                     "int8_non_weight_bytes": q.size_bytes - int8_buffers if int8_buffers else None},
             "int8_bytes_by_part": byte_breakdown(r.tflite),
             "goals": {"drop_points <= 0.5": drop <= GOALS["ptq_drop_points"],
                       "int8_size_ratio <= 0.3": ratio <= GOALS["int8_size_ratio"]}}
@@ -257,14 +257,14 @@ def measure_ptq(name, model_path, args, per_channel=True, strip_names=False, io_
 def measure_qat(name, model_path, args):
     r = run(model_path, args, qat=True)
     base, ptq, qat = r.stage("baseline"), r.stage("ptq"), r.stage("qat")
-    drop = points(base["accuracy"], qat["accuracy"])
+    drop = points(base.accuracy, qat.accuracy)
     return {"equivalent_cli": cli(model_path, args, "--qat"),
-            "baseline_accuracy": base["accuracy"], "ptq_int8_accuracy": ptq["accuracy"],
-            "qat_int8_accuracy": qat["accuracy"], "qat_fake_quant_accuracy": qat.get("fake_quant_accuracy"),
-            "drop_points": drop, "ptq_drop_points": points(base["accuracy"], ptq["accuracy"]),
+            "baseline_accuracy": base.accuracy, "ptq_int8_accuracy": ptq.accuracy,
+            "qat_int8_accuracy": qat.accuracy, "qat_fake_quant_accuracy": qat.fake_quant_accuracy,
+            "drop_points": drop, "ptq_drop_points": points(base.accuracy, ptq.accuracy),
             "finetune_epochs": r.finetuning["epochs"], "folded_batchnorm": len(r.qat["folded"]),
             "goals": {"drop_points <= 0.2": drop <= GOALS["qat_drop_points"],
-                      "qat >= ptq": qat["accuracy"] >= ptq["accuracy"]}}
+                      "qat >= ptq": qat.accuracy >= ptq.accuracy}}
 
 
 def measure_prune80_global(name, model_path, args):
@@ -293,20 +293,20 @@ def measure_prune80(name, model_path, args, scope="layer", block=1):
     # The dense int8 model, calibrated on the same samples the pipeline uses.
     data = load_dataset(r.data["dataset"], data_dir=args.data_dir, split=r.data["split"], limit=args.limit)
     dense = metrics.sizes(to_tflite(load_model(model_path), "int8", calibration_samples(data.x_train, 200, 0)))
-    drop = points(base["accuracy"], pruned["accuracy"])
-    ratio = round(q["gzip_bytes"] / dense["size_bytes"], 4)
+    drop = points(base.accuracy, pruned.accuracy)
+    ratio = round(q.gzip_bytes / dense["size_bytes"], 4)
     flags = ["--prune", "0.8", "--quantize", "int8"] + (["--prune-scope", scope] if scope != "layer" else []) + (
         ["--prune-block", str(block)] if block > 1 else [])
     return {"equivalent_cli": cli(model_path, args, *flags), "scope": scope, "block": block,
-            "baseline_accuracy": base["accuracy"], "pruned_float_accuracy": pruned["accuracy"],
-            "pruned_int8_accuracy": q["accuracy"], "drop_points": drop,
-            "int8_drop_points": points(base["accuracy"], q["accuracy"]), "sparsity": pruned["sparsity"],
+            "baseline_accuracy": base.accuracy, "pruned_float_accuracy": pruned.accuracy,
+            "pruned_int8_accuracy": q.accuracy, "drop_points": drop,
+            "int8_drop_points": points(base.accuracy, q.accuracy), "sparsity": pruned.sparsity,
             "per_layer_sparsity": {row["layer"]: row["sparsity"] for row in r.pruned_layers},
             "not_pruned": r.skipped_layers,
             "dense_int8_bytes": dense["size_bytes"], "dense_int8_gzip_bytes": dense["gzip_bytes"],
-            "pruned_int8_bytes": q["size_bytes"], "pruned_int8_gzip_bytes": q["gzip_bytes"],
+            "pruned_int8_bytes": q.size_bytes, "pruned_int8_gzip_bytes": q.gzip_bytes,
             "gzip_ratio_vs_dense_int8": ratio,
-            "gzip_ratio_vs_dense_int8_gzip": round(q["gzip_bytes"] / dense["gzip_bytes"], 4),
+            "gzip_ratio_vs_dense_int8_gzip": round(q.gzip_bytes / dense["gzip_bytes"], 4),
             "finetune_epochs": r.finetuning["epochs"],
             "goals": {"drop_points <= 1": drop <= GOALS["prune80_drop_points"],
                       "gzip'd pruned int8 <= 1/3 dense int8": ratio <= GOALS["prune80_gzip_ratio"]}}
@@ -379,7 +379,7 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
         "int8": (to_tflite(original, "int8", calibration), r.tflite),
     }
     latency = {fmt: paired_latency(a, b, args.repeats) for fmt, (a, b) in models.items()}
-    drop = points(base["accuracy"], small["accuracy"])
+    drop = points(base.accuracy, small.accuracy)
     speed = latency["float32"]["ratio"]
     residual_flag = f"{residual:g}" if isinstance(residual, float) else residual
     for fmt, (_, after) in models.items():  # kept, so latency can be measured again on a quiet machine
@@ -395,12 +395,12 @@ def measure_structured50(name, model_path, args, residual="prune", distill=False
     return {"equivalent_cli": cli(model_path, args, *flags, "--quantize", "int8"), "ratio": ratio, "residual": residual,
             "layers": dict(layers), "schedule": schedule, "align": align, "lr_scale": r.finetuning["lr_scale"], "distill": distill,
             "distillation": r.finetuning["distillation"],
-            "baseline_accuracy": base["accuracy"], "structured_accuracy": small["accuracy"],
-            "structured_int8_accuracy": q["accuracy"], "drop_points": drop,
-            "int8_drop_points": points(base["accuracy"], q["accuracy"]),
-            "macs": {"before": base["macs"], "after": small["macs"], "ratio": round(small["macs"] / base["macs"], 4)},
-            "params": {"before": base["params_total"], "after": small["params_total"],
-                       "ratio": round(small["params_total"] / base["params_total"], 4)},
+            "baseline_accuracy": base.accuracy, "structured_accuracy": small.accuracy,
+            "structured_int8_accuracy": q.accuracy, "drop_points": drop,
+            "int8_drop_points": points(base.accuracy, q.accuracy),
+            "macs": {"before": base.macs, "after": small.macs, "ratio": round(small.macs / base.macs, 4)},
+            "params": {"before": base.params_total, "after": small.params_total,
+                       "ratio": round(small.params_total / base.params_total, 4)},
             "latency_us": latency, "groups": r.structured, "finetune_epochs": r.finetuning["epochs"],
             "goals": {"float32 latency ratio <= 0.6": speed <= GOALS["structured50_latency_ratio"],
                       "int8 latency ratio <= 0.6": latency["int8"]["ratio"] <= GOALS["structured50_latency_ratio"],

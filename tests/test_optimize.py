@@ -511,11 +511,11 @@ def test_the_pipeline_reports_structured_pruning_with_the_residual_channels_kept
     assert report.options["structured_layers"] == {"fc1": 0.25} and report.options["structured_align"] == 4
     assert report.structured["residual"] == "keep" and report.structured["align"] == 4
     assert ("residual channels kept; set per layer: fc1 25%; kept channels rounded up to multiples of 4"
-            in report.stage("structured")["description"])
+            in report.stage("structured").description)
     kept = {g["layers"][0]: g["kept"] for g in report.structured["pruned_groups"]}
     assert kept == {"conv1": 4, "conv2": 8, "fc1": 90, "fc2": 44}  # 3 and 42 rounded up to fours; fc1's share as given
     assert "kept channels rounded up to multiples of 4" in report.to_markdown()
-    assert report.stage("structured")["params_total"] < report.stage("baseline")["params_total"]
+    assert report.stage("structured").params_total < report.stage("baseline").params_total
 
 
 def test_distillation_fine_tunes_the_student_and_leaves_the_teacher_alone(lenet, digits):
@@ -561,8 +561,8 @@ def test_the_pipeline_distils_every_fine_tuning_stage_from_the_baseline_when_ask
                       progress=False)
     assert report.options["distill"] is True and report.options["distill_alpha"] is None
     assert report.finetuning["distillation"] == {"teacher": "the float baseline", "alpha": 0.5, "temperature": 4.0}
-    assert report.stage("pruned")["sparsity"] >= 0.45
-    assert report.stage("pruned")["accuracy"] > 0.6, report.stages  # one epoch on digits: it still classifies
+    assert report.stage("pruned").sparsity >= 0.45
+    assert report.stage("pruned").accuracy > 0.6, report.stages  # one epoch on digits: it still classifies
     with pytest.raises(OptionError, match="--distill teaches fine-tuning: use it with --prune, --structured or --qat"):
         optimize(lenet.model, OptimizeOptions(quantize="int8", distill=True, dataset="digits"), progress=False)
 
@@ -690,16 +690,16 @@ def test_each_post_training_quantization_gives_a_loadable_model_that_still_class
     base, quantized = report.stage("baseline"), report.stage(mode)
     engine = _engine(report.tflite, tmp_path)
     assert engine.inputs[0].shape == (1, 28, 28, 1)
-    assert quantized["accuracy"] >= base["accuracy"] - 0.02, report.stages
+    assert quantized.accuracy >= base.accuracy - 0.02, report.stages
     limit = {"dynamic": 0.3, "float16": 0.55, "int8": 0.3, "int16x8": 0.32}[mode]  # int16x8: 64-bit biases
-    assert quantized["size_bytes"] <= limit * base["size_bytes"], report.stages
+    assert quantized.size_bytes <= limit * base.size_bytes, report.stages
 
 
 def test_int8_with_integer_io_takes_int8_inputs(lenet, tmp_path):
     report = optimize(lenet.model, OptimizeOptions(quantize="int8", io_type="int8", dataset="digits"), progress=False)
     engine = _engine(report.tflite, tmp_path)
     assert engine.inputs[0].dtype == "int8" and engine.outputs[0].dtype == "int8"
-    assert report.stage("int8")["accuracy"] >= report.stage("baseline")["accuracy"] - 0.02
+    assert report.stage("int8").accuracy >= report.stage("baseline").accuracy - 0.02
 
 
 def _tensor_facts(tflite: bytes):
@@ -767,14 +767,14 @@ def test_per_tensor_int8_has_one_scale_per_weight_tensor_and_a_smaller_stripped_
                       progress=False)
     base, q = report.stage("baseline"), report.stage("int8")
     assert report.options["per_channel"] is False and report.options["strip_names"] is True
-    assert "per-tensor" in q["description"]
+    assert "per-tensor" in q.description
     names, scales, _ = _tensor_facts(report.tflite)
     assert scales and set(scales.values()) == {1}
     per_channel = to_tflite(lenet.model, "int8", digits.x_train[:200])
     assert set(_tensor_facts(per_channel)[1].values()) != {1}
-    assert q["size_bytes"] < len(per_channel)
-    assert base["size_bytes"] < len(to_tflite(lenet.model, "none"))  # the baseline is measured stripped too
-    assert q["accuracy"] >= base["accuracy"] - 0.02, report.stages
+    assert q.size_bytes < len(per_channel)
+    assert base.size_bytes < len(to_tflite(lenet.model, "none"))  # the baseline is measured stripped too
+    assert q.accuracy >= base.accuracy - 0.02, report.stages
 
 
 def test_per_tensor_scales_need_post_training_integer_quantization(lenet):
@@ -842,19 +842,19 @@ def bn_cnn(digits):
 def test_qat_folds_batch_norm_keeps_sparsity_and_exports_an_int8_model_at_least_as_good_as_ptq(bn_cnn, tmp_path):
     report = optimize(bn_cnn, OptimizeOptions(prune=0.5, qat=True, dataset="digits", epochs=2, io_type="int8"),
                       progress=False)
-    assert [s["stage"] for s in report.stages] == ["baseline", "pruned", "ptq", "qat"]
+    assert [s.stage for s in report.stages] == ["baseline", "pruned", "ptq", "qat"]
     assert [tuple(pair) for pair in report.qat["folded"]] == [("conv1", "bn1"), ("dw", "dw_bn")]
     assert not any(type(layer).__name__ == "BatchNormalization" for layer in report.model.layers)
     engine = _engine(report.tflite, tmp_path)
     assert engine.inputs[0].dtype == "int8" and engine.outputs[0].dtype == "int8"
     # Pruned zeros survive QAT (folding scales a kernel per channel, which keeps zeros zero).
-    assert report.stage("qat")["sparsity"] >= 0.5 and abs(kernel_sparsity(report.model.get_layer("pw")) - 0.5) < 0.01
+    assert report.stage("qat").sparsity >= 0.5 and abs(kernel_sparsity(report.model.get_layer("pw")) - 0.5) < 0.01
     # The report names the layers it did not prune, and why.
     assert {r["layer"] for r in report.skipped_layers} == {"bn1", "dw_bn"}
     assert "## Layers not pruned" in report.to_markdown()
     # A few steps on digits are noisy; the benchmark measures QAT against PTQ on real data.
-    assert report.stage("qat")["accuracy"] >= report.stage("ptq")["accuracy"] - 0.03, report.stages
-    assert report.stage("qat")["accuracy"] > 0.5, report.stages
+    assert report.stage("qat").accuracy >= report.stage("ptq").accuracy - 0.03, report.stages
+    assert report.stage("qat").accuracy > 0.5, report.stages
     assert report.qat["not_fake_quantized"] == []
 
 
@@ -932,8 +932,8 @@ def test_the_pipeline_reports_per_layer_pruning_targets(lenet):
     assert report.options["prune_layers"] == {"fc1": 0.5, "probs": 0.0}
     assert {r["layer"]: r["target"] for r in report.pruned_layers} == {"conv1": 0.8, "conv2": 0.8, "fc1": 0.5, "fc2": 0.8}
     assert "prune 0.8, fc1=0.5, probs=0 (layer, polynomial)" in report.to_markdown()
-    pruned = next(s for s in report.stages if s["stage"] == "pruned")
-    assert "of the pruned layers' kernel weights zeroed (targets per layer)" in pruned["description"]
+    pruned = next(s for s in report.stages if s.stage == "pruned")
+    assert "of the pruned layers' kernel weights zeroed (targets per layer)" in pruned.description
 
 
 def test_the_report_folder_is_written_all_at_once_and_a_second_run_replaces_it_whole(lenet, tmp_path):
@@ -962,16 +962,20 @@ def test_the_report_folder_is_written_all_at_once_and_a_second_run_replaces_it_w
 def test_the_stage_plot_is_a_png_that_widens_with_the_stages_and_draws_the_same_bytes_twice():
     from matplotlib.image import imread
 
-    from edgedl.report.optimize import plot_stages
+    from dataclasses import replace
 
-    stages = [{"stage": "baseline", "accuracy": 0.9911, "size_bytes": 250_000, "gzip_bytes": 230_000, "macs": 2_300_000},
-              {"stage": "pruned", "accuracy": 0.9890, "size_bytes": 250_000, "gzip_bytes": 90_000, "macs": 2_300_000},
-              {"stage": "int8", "accuracy": 0.9887, "size_bytes": 70_000, "gzip_bytes": 30_000, "macs": 2_300_000}]
+    from edgedl.report.optimize import StageResult, plot_stages
+
+    def row(stage, accuracy, size, gzip_bytes):
+        return StageResult(stage, stage, "float32 tflite", accuracy, size, gzip_bytes, 61_706, 61_706, 0.0, 2_300_000)
+
+    stages = [row("baseline", 0.9911, 250_000, 230_000), row("pruned", 0.9890, 250_000, 90_000),
+              row("int8", 0.9887, 70_000, 30_000)]
     png = plot_stages(stages)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == plot_stages(stages)  # the same stages draw the same bytes
     image = imread(io.BytesIO(png))
     assert image.shape[1] > image.shape[0] > 200  # three panels side by side
-    wider = imread(io.BytesIO(plot_stages(stages + [dict(stages[-1], stage="more")])))
+    wider = imread(io.BytesIO(plot_stages(stages + [replace(stages[-1], stage="more")])))
     assert wider.shape[1] > image.shape[1]  # room for each stage's bar
 
 
@@ -1094,7 +1098,7 @@ def test_lenet_on_mnist_keeps_its_accuracy_through_80_percent_sparsity_and_int8(
                       OptimizeOptions(prune=0.8, quantize="int8", dataset="mnist", limit=30000, epochs=3),
                       progress=False)
     base, pruned, q = report.stage("baseline"), report.stage("pruned"), report.stage("int8")
-    assert pruned["sparsity"] >= 0.79
-    assert pruned["accuracy"] >= base["accuracy"] - 0.015, report.stages
-    assert q["accuracy"] >= pruned["accuracy"] - 0.005, report.stages
-    assert q["gzip_bytes"] <= q["size_bytes"] / 2.5
+    assert pruned.sparsity >= 0.79
+    assert pruned.accuracy >= base.accuracy - 0.015, report.stages
+    assert q.accuracy >= pruned.accuracy - 0.005, report.stages
+    assert q.gzip_bytes <= q.size_bytes / 2.5

@@ -160,11 +160,11 @@ def _print_table(report):
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("stage", "accuracy", "Δ pts", "size", "gzip", "params", "nonzero", "MACs", "zeros"):
         table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
-    base = report.stages[0]["accuracy"]
+    base = report.stages[0].accuracy
     for r in report.stages:
-        table.add_row(r["stage"], f"{100 * r['accuracy']:.2f}%", f"{100 * (r['accuracy'] - base):+.2f}",
-                      _si(r["size_bytes"], "B"), _si(r["gzip_bytes"], "B"), _si(r["params_total"]),
-                      _si(r["params_nonzero"]), _si(r["macs"]), f"{100 * r['sparsity']:.0f}%")
+        table.add_row(r.stage, f"{100 * r.accuracy:.2f}%", f"{r.change(base):+.2f}", _si(r.size_bytes, "B"),
+                      _si(r.gzip_bytes, "B"), _si(r.params_total), _si(r.params_nonzero), _si(r.macs),
+                      f"{100 * r.sparsity:.0f}%")
     console = Console()
     console.print(table)
     console.print("size: of the float32 .tflite for Keras stages, of the converted one for the last; "

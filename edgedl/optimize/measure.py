@@ -1,5 +1,6 @@
 """Measuring an optimization stage, the same way for each: test accuracy, size, gzip'd size,
-parameters, MACs and sparsity; and writing the ``.tflite`` each stage is measured by.
+parameters, MACs and sparsity (a :class:`~edgedl.report.optimize.StageResult`); and writing the
+``.tflite`` each stage is measured by.
 
 :class:`Export` turns a Keras model into the ``.tflite`` of the run (calibration, I/O type, weight
 scales, names); :class:`Measure` gives one report row per stage (see
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl.optimize import metrics
+from edgedl.report.optimize import StageResult
 
 
 @dataclass(frozen=True)
@@ -40,31 +42,26 @@ class Export:
 
 @dataclass(frozen=True)
 class Measure:
-    """One report row per stage, measured on the test split ``(x, y)``; ``export`` writes the ``.tflite``."""
+    """One :class:`~edgedl.report.optimize.StageResult` per stage, measured on the test split ``(x, y)``;
+    ``export`` writes the ``.tflite``."""
 
     x: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)
     export: Export
 
-    def keras(self, stage: str, description: str, model, **extra) -> dict:
+    def keras(self, stage: str, description: str, model, **extra) -> StageResult:
         """Accuracy of a Keras model, and the size of its float32 .tflite (its intermediate tensor names
         stripped if the export strips them), its parameters, MACs and sparsity."""
         from edgedl.keras_utils import evaluate
 
         _, accuracy = evaluate(model, self.x, self.y)
-        row = {"stage": stage, "description": description, "format": "float32 tflite", "accuracy": accuracy}
-        row.update(metrics.sizes(self.export(model, "none")))
-        row.update(metrics.model_stats(model))
-        row.update(extra)
-        return row
+        return StageResult(stage, description, "float32 tflite", accuracy, **metrics.sizes(self.export(model, "none")),
+                           **metrics.model_stats(model), **extra)
 
-    def tflite(self, stage: str, description: str, tflite: bytes, keras_model, fmt: str, **extra) -> dict:
+    def tflite(self, stage: str, description: str, tflite: bytes, keras_model, fmt: str, **extra) -> StageResult:
         """Accuracy of a .tflite on LiteRT, its size, and the parameters/MACs/sparsity of its Keras source."""
-        row = {"stage": stage, "description": description, "format": fmt, "accuracy": tflite_accuracy(tflite, self.x, self.y)}
-        row.update(metrics.sizes(tflite))
-        row.update(metrics.model_stats(keras_model))
-        row.update(extra)
-        return row
+        return StageResult(stage, description, fmt, tflite_accuracy(tflite, self.x, self.y), **metrics.sizes(tflite),
+                           **metrics.model_stats(keras_model), **extra)
 
 
 def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -27,14 +28,54 @@ FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.jso
          "plot": "stages.png"}
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """One measured stage: test ``accuracy``, ``size_bytes`` and ``gzip_bytes`` (of the float32
+    ``.tflite`` for Keras stages, of the ``.tflite`` itself for a converted one), parameters
+    (``params_total``, ``params_nonzero``), ``sparsity`` (the fraction of zero kernel weights) and
+    ``macs``; ``wall_s`` is how long a stage that fine-tunes took, ``fake_quant_accuracy`` QAT's
+    accuracy before conversion.
+
+    Example:
+        >>> row = report.stage("int8")  # doctest: +SKIP
+        >>> row.markdown_row(report.stage("baseline").accuracy)  # doctest: +SKIP
+        '| int8 | int8 post-training quantization | 98.90% | -0.12 | 72.8 KiB | ...'
+    """
+
+    stage: str
+    description: str
+    format: str
+    accuracy: float
+    size_bytes: int
+    gzip_bytes: int
+    params_total: int
+    params_nonzero: int
+    sparsity: float
+    macs: int
+    fake_quant_accuracy: float | None = None
+    wall_s: float | None = None
+
+    def to_dict(self) -> dict:
+        """The stage as report.json records it (the optional timings only where measured)."""
+        row = dataclasses.asdict(self)
+        return {k: v for k, v in row.items() if v is not None or k not in ("fake_quant_accuracy", "wall_s")}
+
+    def change(self, baseline_accuracy: float) -> float:
+        """Accuracy against the baseline's, in percentage points."""
+        return 100 * (self.accuracy - baseline_accuracy)
+
+    def markdown_row(self, baseline_accuracy: float) -> str:
+        """The stage as a row of the report's stage table."""
+        return (f"| {self.stage} | {self.description} | {100 * self.accuracy:.2f}% | {self.change(baseline_accuracy):+.2f} | "
+                f"{_kb(self.size_bytes)} | {_kb(self.gzip_bytes)} | {self.params_nonzero:,} / {self.params_total:,} | "
+                f"{self.macs:,} | {100 * self.sparsity:.1f}% |")
+
+
 @dataclass
 class OptimizeReport:
     """What :func:`optimize` made and measured.
 
-    ``stages`` has one row per step (``baseline`` first), each with ``accuracy`` on the test split,
-    ``size_bytes`` and ``gzip_bytes`` (of the float32 ``.tflite`` for Keras stages, of the
-    ``.tflite`` itself for the converted one), ``params_total``, ``params_nonzero``, ``macs`` and
-    ``sparsity`` (the fraction of zero kernel weights).
+    ``stages`` has one :class:`StageResult` per step (``baseline`` first), each measured the same way.
     """
 
     model: object = field(repr=False)  # the final Keras model
@@ -43,7 +84,7 @@ class OptimizeReport:
     data: dict
     options: dict
     finetuning: dict
-    stages: list[dict]
+    stages: list[StageResult]
     pruned_layers: list[dict] = field(default_factory=list)
     skipped_layers: list[dict] = field(default_factory=list)
     structured: dict | None = None
@@ -52,17 +93,17 @@ class OptimizeReport:
     wall_time_s: float = 0.0
     files: dict = field(default_factory=dict)
 
-    def stage(self, name: str) -> dict:
-        """The row of stage ``name`` (``baseline``, ``structured``, ``pruned``, ``qat``, ``ptq`` ...)."""
+    def stage(self, name: str) -> StageResult:
+        """The stage called ``name`` (``baseline``, ``structured``, ``pruned``, ``qat``, ``ptq`` ...)."""
         for row in self.stages:
-            if row["stage"] == name:
+            if row.stage == name:
                 return row
-        raise KeyError(f"no stage '{name}'; stages: {', '.join(r['stage'] for r in self.stages)}")
+        raise KeyError(f"no stage '{name}'; stages: {', '.join(r.stage for r in self.stages)}")
 
     def to_dict(self) -> dict:
         return {
             "source": self.source, "data": self.data, "options": self.options, "finetuning": self.finetuning,
-            "stages": self.stages, "pruned_layers": self.pruned_layers, "skipped_layers": self.skipped_layers,
+            "stages": [s.to_dict() for s in self.stages], "pruned_layers": self.pruned_layers, "skipped_layers": self.skipped_layers,
             "structured": self.structured, "qat": self.qat, "versions": self.versions,
             "wall_time_s": self.wall_time_s, "files": self.files,
         }
@@ -74,13 +115,7 @@ class OptimizeReport:
         lines += [f"Options: {_options_text(self.options)}. Fine-tuning: {_finetune_text(self.finetuning)}.", ""]
         lines += ["| stage | what | accuracy | change | size | gzip'd | params (non-zero / total) | MACs | sparsity |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        base = self.stages[0]["accuracy"]
-        for r in self.stages:
-            lines.append(
-                f"| {r['stage']} | {r['description']} | {100 * r['accuracy']:.2f}% | "
-                f"{100 * (r['accuracy'] - base):+.2f} | {_kb(r['size_bytes'])} | {_kb(r['gzip_bytes'])} | "
-                f"{r['params_nonzero']:,} / {r['params_total']:,} | {r['macs']:,} | {100 * r['sparsity']:.1f}% |"
-            )
+        lines += [r.markdown_row(self.stages[0].accuracy) for r in self.stages]
         lines += ["", "Sizes are of the .tflite: float32 for the Keras stages, the converted model for the last one.",
                   "Change is in percentage points of test accuracy against the baseline.", ""]
         if self.pruned_layers:
@@ -171,7 +206,7 @@ def check_out_files(out: Path) -> None:
                               "move it away or choose another -o/--output")
 
 
-def plot_stages(stages: list[dict]) -> bytes:
+def plot_stages(stages: list[StageResult]) -> bytes:
     """Accuracy, .tflite size (and gzip'd) and MACs after each stage, side by side, as a PNG.
 
     The baseline's accuracy is drawn as a line across the first panel, and each bar is labelled with
@@ -179,11 +214,11 @@ def plot_stages(stages: list[dict]) -> bytes:
     """
     from matplotlib.figure import Figure
 
-    names = [r["stage"] for r in stages]
+    names = [r.stage for r in stages]
     xs = np.arange(len(stages))
     fig = Figure(figsize=(3.0 + 1.6 * len(stages), 3.6), dpi=100, layout="constrained")
     acc_ax, size_ax, macs_ax = fig.subplots(1, 3)
-    accuracy = [100 * r["accuracy"] for r in stages]
+    accuracy = [100 * r.accuracy for r in stages]
     acc_ax.bar(xs, accuracy, color="tab:blue")
     acc_ax.axhline(accuracy[0], color="black", linewidth=0.8, linestyle="--")
     low, high = min(accuracy), max(accuracy)
@@ -193,11 +228,11 @@ def plot_stages(stages: list[dict]) -> bytes:
                         xytext=(0, 2), textcoords="offset points")
     acc_ax.set_title("test accuracy (%)", fontsize=10)
     width = 0.4
-    size_ax.bar(xs - width / 2, [r["size_bytes"] / 1024 for r in stages], width, label=".tflite", color="tab:orange")
-    size_ax.bar(xs + width / 2, [r["gzip_bytes"] / 1024 for r in stages], width, label="gzip'd", color="tab:green")
+    size_ax.bar(xs - width / 2, [r.size_bytes / 1024 for r in stages], width, label=".tflite", color="tab:orange")
+    size_ax.bar(xs + width / 2, [r.gzip_bytes / 1024 for r in stages], width, label="gzip'd", color="tab:green")
     size_ax.set_title("size (KiB)", fontsize=10)
     size_ax.legend(fontsize=8)
-    macs_ax.bar(xs, [r["macs"] / 1e6 for r in stages], color="tab:purple")
+    macs_ax.bar(xs, [r.macs / 1e6 for r in stages], color="tab:purple")
     macs_ax.set_title("MACs (millions)", fontsize=10)
     for ax in (acc_ax, size_ax, macs_ax):
         ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
