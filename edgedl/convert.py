@@ -49,21 +49,9 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         >>> tflite_bytes = to_tflite(model, "int8", x_train[:100])  # doctest: +SKIP
     """
     tf = _lazy.tf()
-    if quantize not in QUANTIZE_MODES:
-        raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
-    if io_type not in IO_TYPES:
-        raise OptionError(f"unknown I/O type '{io_type}'; choose one of {', '.join(IO_TYPES)}")
-    if not per_channel and quantize not in ("int8", "int16x8"):
-        raise OptionError(f"per-tensor weights are an option of int8 and int16x8 quantization, not '{quantize}'")
-    if len(model.inputs or ()) != 1:
-        names = ", ".join(repr(getattr(t, "name", "?")) for t in model.inputs or ())
-        raise ModelError(f"model '{model.name}' has {len(model.inputs or ())} inputs ({names}); edgedl converts "
-                         "one-input models for now")
-    shape = (1,) + tuple(model.input_shape[1:])
-    dtype = getattr(model.inputs[0], "dtype", "float32") or "float32"
-    keras = _lazy.keras()
-    fixed_input = keras.Input(batch_shape=shape, dtype=dtype, name="input")
-    fixed = keras.Model(fixed_input, model(fixed_input, training=False), name=model.name)
+    _check_modes(quantize, io_type, per_channel)
+    fixed = _batch_of_one(model)
+    shape = tuple(fixed.input_shape)
     converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -93,6 +81,33 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
             converter.inference_output_type = io
     elif io_type != "float":
         raise OptionError(f"I/O type '{io_type}' needs full integer quantization (int8), not '{quantize}'")
+    return _convert(converter, quantize, model.name)
+
+
+def _check_modes(quantize: str, io_type: str, per_channel: bool) -> None:
+    if quantize not in QUANTIZE_MODES:
+        raise OptionError(f"unknown quantization '{quantize}'; choose one of {', '.join(QUANTIZE_MODES)}")
+    if io_type not in IO_TYPES:
+        raise OptionError(f"unknown I/O type '{io_type}'; choose one of {', '.join(IO_TYPES)}")
+    if not per_channel and quantize not in ("int8", "int16x8"):
+        raise OptionError(f"per-tensor weights are an option of int8 and int16x8 quantization, not '{quantize}'")
+
+
+def _batch_of_one(model):
+    """``model`` behind an input of batch size 1 (the TFLite converter makes a dynamic batch dynamic reshapes)."""
+    if len(model.inputs or ()) != 1:
+        names = ", ".join(repr(getattr(t, "name", "?")) for t in model.inputs or ())
+        raise ModelError(f"model '{model.name}' has {len(model.inputs or ())} inputs ({names}); edgedl converts "
+                         "one-input models for now")
+    shape = (1,) + tuple(model.input_shape[1:])
+    dtype = getattr(model.inputs[0], "dtype", "float32") or "float32"
+    keras = _lazy.keras()
+    fixed_input = keras.Input(batch_shape=shape, dtype=dtype, name="input")
+    return keras.Model(fixed_input, model(fixed_input, training=False), name=model.name)
+
+
+def _convert(converter, quantize: str, name: str) -> bytes:
+    """The converter's ``.tflite``; its errors as one UnsupportedOperatorError that names the operators."""
     try:
         with _lazy.quiet():
             return converter.convert()
@@ -101,9 +116,9 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         ops = sorted(set(_blocking_ops(msg)))
         if ops:
             raise UnsupportedOperatorError(
-                f"'{quantize}' quantization cannot take operator(s) {', '.join(ops)} in model '{model.name}'"
+                f"'{quantize}' quantization cannot take operator(s) {', '.join(ops)} in model '{name}'"
             ) from None
-        raise UnsupportedOperatorError(f"TFLite conversion ({quantize}) of '{model.name}' failed: {msg[:300]}") from None
+        raise UnsupportedOperatorError(f"TFLite conversion ({quantize}) of '{name}' failed: {msg[:300]}") from None
 
 
 def _all_layers(model):
