@@ -61,27 +61,27 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
     start = time.perf_counter()
     options = options.check()
     source = resolve_model(model)
-    data, split = load_data(source, options)
-    measure = Measure(data.x_test, data.y_test, export_for(options, data.x_train))
-    tune = fine_tuning(options, source, data, progress)
-    current, trained_here = trained_model(source, options, split, progress)
+    data, split = _load_data(source, options)
+    measure = Measure(data.x_test, data.y_test, _export_for(options, data.x_train))
+    tune = _fine_tuning(options, source, data, progress)
+    current, trained_here = _trained_model(source, options, split, progress)
     if options.distill:
         tune = tune.but(teacher=Teacher(current, DISTILL_ALPHA if options.distill_alpha is None else options.distill_alpha))
     stages = [measure.keras("baseline", "float32 Keras model" + (
         f", trained here for {trained_here} epochs" if trained_here else ""), current)]
     parts = {}
     if options.structured is not None:
-        current, row, parts["structured"] = structured_stage(current, options.structured, tune, measure)
+        current, row, parts["structured"] = _structured_stage(current, options.structured, tune, measure)
         stages.append(row)
     if options.prune is not None:
-        current, row, parts["pruned_layers"], parts["skipped_layers"] = prune_stage(current, options.prune, tune, measure)
+        current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(current, options.prune, tune, measure)
         stages.append(row)
-    current, tflite, rows, parts["qat"] = convert_stage(current, options, tune, measure)
+    current, tflite, rows, parts["qat"] = _convert_stage(current, options, tune, measure)
     report = OptimizeReport(
         model=current, tflite=tflite, stages=stages + rows, versions=versions(), **parts,
         source={"name": source.name, "path": source.path, "zoo_model": source.zoo_name, "trained_here_epochs": trained_here},
-        data=describe_data(data, options, measure.export), options=options.to_dict(),
-        finetuning=describe_finetuning(tune, source.recipe_from, options.deterministic),
+        data=_describe_data(data, options, measure.export), options=options.to_dict(),
+        finetuning=_describe_finetuning(tune, source.recipe_from, options.deterministic),
     )
     report.wall_time_s = round(time.perf_counter() - start, 2)
     if options.out_dir is not None:
@@ -89,7 +89,7 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
     return report
 
 
-def load_data(source: ModelSource, options: OptimizeOptions):
+def _load_data(source: ModelSource, options: OptimizeOptions):
     """(the data set, the split asked of it): the architecture is checked against the options first."""
     from edgedl.data import DATASETS, load_dataset
     from edgedl.keras_utils import check_shapes, set_determinism
@@ -107,14 +107,14 @@ def load_data(source: ModelSource, options: OptimizeOptions):
     return data, split
 
 
-def export_for(options: OptimizeOptions, x_train) -> Export:
+def _export_for(options: OptimizeOptions, x_train) -> Export:
     """How every ``.tflite`` of the run is written, calibrating on ``--representative`` or training samples."""
     rep = options.representative
     calibration = rep if rep is not None else calibration_samples(x_train, options.num_calibration, options.seed)
     return Export(calibration, options.io_type, options.num_calibration, options.per_channel, options.strip_names)
 
 
-def fine_tuning(options: OptimizeOptions, source: ModelSource, data, progress: bool) -> FineTune:
+def _fine_tuning(options: OptimizeOptions, source: ModelSource, data, progress: bool) -> FineTune:
     """How each stage fine-tunes: the recipe, at ``--epochs`` or a default share of its epochs."""
     from edgedl.optimize.finetune import default_epochs
     from edgedl.optimize.structured import check_schedule_epochs
@@ -126,7 +126,7 @@ def fine_tuning(options: OptimizeOptions, source: ModelSource, data, progress: b
                     lr_scale=options.lr_scale)
 
 
-def trained_model(source: ModelSource, options: OptimizeOptions, split, progress: bool):
+def _trained_model(source: ModelSource, options: OptimizeOptions, split, progress: bool):
     """The model to optimize, and the epochs it was trained for here (None: it came trained)."""
     if source.model is not None:
         return source.model, None
@@ -138,7 +138,7 @@ def trained_model(source: ModelSource, options: OptimizeOptions, split, progress
     return result.model, result.metrics["epochs"]
 
 
-def structured_stage(model, spec, tune: FineTune, measure: Measure):
+def _structured_stage(model, spec, tune: FineTune, measure: Measure):
     """Structured pruning: (the smaller model, its report row, the plan's summary)."""
     from edgedl.optimize.structured import describe_cut, prune_structured
 
@@ -151,7 +151,7 @@ def structured_stage(model, spec, tune: FineTune, measure: Measure):
     return result.model, row, result.summary
 
 
-def prune_stage(model, spec, tune: FineTune, measure: Measure):
+def _prune_stage(model, spec, tune: FineTune, measure: Measure):
     """Unstructured pruning: (the pruned model, its report row, the pruned layers, the layers left dense)."""
     from edgedl.optimize.prune import prune
 
@@ -167,7 +167,7 @@ def prune_stage(model, spec, tune: FineTune, measure: Measure):
     return result.model, row, result.layers, result.skipped
 
 
-def convert_stage(model, options: OptimizeOptions, tune: FineTune, measure: Measure):
+def _convert_stage(model, options: OptimizeOptions, tune: FineTune, measure: Measure):
     """Convert (after QAT if asked); returns (final Keras model, .tflite, stage rows, QAT summary)."""
     export, mode = measure.export, options.quantize
     if mode is None:
@@ -195,7 +195,7 @@ def convert_stage(model, options: OptimizeOptions, tune: FineTune, measure: Meas
     return result.model, tflite, rows, summary
 
 
-def describe_data(data, options: OptimizeOptions, export: Export) -> dict:
+def _describe_data(data, options: OptimizeOptions, export: Export) -> dict:
     """The report's ``data``: which data set and split, how many samples, where calibration came from."""
     integer = options.quantize in ("int8", "int16x8")
     return {"dataset": data.name, "split": data.split, "num_train": int(len(data.x_train)),
@@ -204,7 +204,7 @@ def describe_data(data, options: OptimizeOptions, export: Export) -> dict:
             "calibration_from": "--representative" if options.representative is not None else "training split"}
 
 
-def describe_finetuning(tune: FineTune, recipe_from: str, deterministic: bool) -> dict:
+def _describe_finetuning(tune: FineTune, recipe_from: str, deterministic: bool) -> dict:
     """The report's ``finetuning``: epochs, optimizer, learning rate, batch, where the recipe came from."""
     from edgedl.optimize import qat
 
