@@ -10,8 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from edgedl import _io
 
 log = logging.getLogger(__name__)
@@ -47,9 +45,9 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
     from edgedl.bench import time_invocations
     from edgedl.convert import to_tflite
     from edgedl.data import load_dataset
+    from edgedl.reference import fidelity, reference_outputs
     from edgedl.runtime.quant import predict, quantize
     from edgedl.targets import host_target
-    from edgedl.keras_utils import predict as keras_predict
     from edgedl.train import TrainOptions, train
 
     say = status or (lambda msg: log.info(msg))
@@ -64,8 +62,7 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
     result.save(out_dir / f"{model}.keras")
     data = load_dataset(dataset, data_dir=data_dir, limit=limit, seed=seed)
     x_test, y_test = data.x_test, data.y_test
-    reference = keras_predict(result.model, x_test)
-    ref_top1 = reference.argmax(1)
+    reference = reference_outputs(result.model, x_test)
 
     say("converting to .tflite: float32 and int8 (full integer, calibrated on the training split)")
     variants = {
@@ -82,15 +79,13 @@ def run(*, data_dir=None, dataset: str | None = None, model: str = "lenet", epoc
             say(f"compiling {variant} with {name} for {target.name}")
             compiled = backend.compile(tfl, target, out_dir / f"{name}_{variant}", {})
             engine = backend.load(compiled, num_threads=1)
-            probs = predict(engine, x_test)
-            top1 = probs.argmax(1)
+            check = fidelity(reference, predict(engine, x_test), y_test)
             x0 = quantize(x_test[:1], engine.inputs[0])
             # Three repeats, the one with the median p50: the machine is shared and noisy.
             stats = time_invocations(engine, x0, warmup=20, runs=runs, repeats=3).median_repeat()
             rows.append({
-                "variant": variant, "backend": name, "accuracy": float(np.mean(top1 == y_test)),
-                "agreement": float(np.mean(top1 == ref_top1)),
-                "max_abs_error": float(np.max(np.abs(probs - reference))),
+                "variant": variant, "backend": name, "accuracy": check["accuracy"],
+                "agreement": check["top1_agreement"], "max_abs_error": check["max_abs_error"],
                 "p50_us": stats["p50_us"], "latency": stats, "compile_time_s": round(compiled.compile_time_s, 3),
                 "size_bytes": sum((compiled.directory / f).stat().st_size for f in compiled.files),
             })
