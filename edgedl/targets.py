@@ -21,7 +21,13 @@ SECTIONS = ("description", "kind", "backends", "cpu", "gpu", "tvm", "npu", "memo
 
 @dataclass(frozen=True)
 class Target:
-    """One device: its facts as loaded from TOML."""
+    """One device: its facts as loaded from TOML (``targets/NAME.toml``, or a file of your own).
+
+    Example:
+        >>> rpi4 = load_target("rpi4")
+        >>> rpi4.kind, rpi4.cpu["arch"], "tvm" in rpi4.backends
+        ('cpu', 'aarch64', True)
+    """
 
     name: str
     description: str
