@@ -145,28 +145,30 @@ def fake_quant_kernel(kernel, channels_axes: int = 1):
     return tf.reshape(q, shape)
 
 
+def _conv_call(self, inputs):
+    """``call`` of a Conv1D/Conv2D whose kernel is fake-quantized per output channel."""
+    ops = _lazy.keras().ops
+    outputs = self.convolution_op(inputs, fake_quant_kernel(self.kernel))
+    if self.use_bias:
+        outputs = ops.add(outputs, ops.reshape(self.bias, (1,) * (self.rank + 1) + (self.filters,)))
+    return self.activation(outputs) if self.activation is not None else outputs
+
+
 @lru_cache(maxsize=None)
 def layer_classes():
     """The fake-quantizing layer classes (built on first use, so this module imports without Keras)."""
     keras = _lazy.keras()
-    tf = _lazy.tf()
     ops = keras.ops
 
     class FakeQuantConv(keras.layers.Conv2D):
         """Conv2D whose kernel is fake-quantized per output channel."""
 
-        def call(self, inputs):
-            outputs = self.convolution_op(inputs, fake_quant_kernel(self.kernel))
-            if self.use_bias:
-                outputs = ops.add(outputs, ops.reshape(self.bias, (1,) * (self.rank + 1) + (self.filters,)))
-            return self.activation(outputs) if self.activation is not None else outputs
+        call = _conv_call
 
     class FakeQuantConv1D(keras.layers.Conv1D):
-        def call(self, inputs):
-            outputs = self.convolution_op(inputs, fake_quant_kernel(self.kernel))
-            if self.use_bias:
-                outputs = ops.add(outputs, ops.reshape(self.bias, (1,) * (self.rank + 1) + (self.filters,)))
-            return self.activation(outputs) if self.activation is not None else outputs
+        """Conv1D whose kernel is fake-quantized per output channel."""
+
+        call = _conv_call
 
     class FakeQuantDepthwise(keras.layers.DepthwiseConv2D):
         """DepthwiseConv2D whose kernel is fake-quantized per channel."""
@@ -187,6 +189,16 @@ def layer_classes():
             if self.bias is not None:
                 x = ops.add(x, self.bias)
             return self.activation(x) if self.activation is not None else x
+
+    return {"Conv2D": FakeQuantConv, "Conv1D": FakeQuantConv1D, "DepthwiseConv2D": FakeQuantDepthwise,
+            "Dense": FakeQuantDense, "ActivationQuantizer": _activation_quantizer()}
+
+
+@lru_cache(maxsize=None)
+def _activation_quantizer():
+    """The layer that fake-quantizes activations to 8 bits over moving-average ranges."""
+    keras = _lazy.keras()
+    tf = _lazy.tf()
 
     class ActivationQuantizer(keras.layers.Layer):
         """8-bit fake quantization of a tensor over a [min, max] range tracked by moving average."""
@@ -220,8 +232,7 @@ def layer_classes():
         def get_config(self):
             return dict(super().get_config(), momentum=self.momentum)
 
-    return {"Conv2D": FakeQuantConv, "Conv1D": FakeQuantConv1D, "DepthwiseConv2D": FakeQuantDepthwise,
-            "Dense": FakeQuantDense, "ActivationQuantizer": ActivationQuantizer}
+    return ActivationQuantizer
 
 
 def fake_quant_model(model):
