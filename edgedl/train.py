@@ -91,8 +91,9 @@ class TrainOptions:
         return self
 
 
-def resolve(model: str, dataset: str | None = None):
-    """(model source, recipe to train with) for a zoo name or a model file (:func:`edgedl.modelio.resolve_model`).
+def resolve(model, dataset: str | None = None):
+    """(model source, recipe to train with) for a zoo name, a model file or a ``keras.Model``
+    (:func:`edgedl.modelio.resolve_model`).
 
     A model file trained by ``edgedl train`` carries its recipe in the metrics JSON beside it, so
     training it again (a warm restart) uses the same data set, split, optimizer and schedule.
@@ -101,21 +102,22 @@ def resolve(model: str, dataset: str | None = None):
 
     source = resolve_model(model)
     recipe = dict(source.recipe)
-    if source.path is not None:
-        if dataset is None and not recipe.get("dataset"):
-            raise OptionError(f"training the model file '{model}' needs --dataset (it has no zoo recipe and no "
-                              f"metrics JSON from 'edgedl train' beside it)")
-        if dataset is not None and dataset != recipe.get("dataset"):
-            recipe["split"] = None  # the recorded split belongs to the recorded data set
+    if dataset is None and not recipe.get("dataset"):
+        what = f"the model file '{model}'" if source.path is not None else f"model '{source.name}'"
+        raise OptionError(f"training {what} needs --dataset (it has no zoo recipe and no "
+                          f"metrics JSON from 'edgedl train' beside it)")
+    if source.path is not None and dataset is not None and dataset != recipe.get("dataset"):
+        recipe["split"] = None  # the recorded split belongs to the recorded data set
     return source, recipe
 
 
-def train(model: str, options: TrainOptions | None = None, *, progress: bool = True,
+def train(model, options: TrainOptions | None = None, *, progress: bool = True,
           callbacks: list | None = None) -> TrainResult:
-    """Train a zoo model (by name) or a Keras model file on a data set, as ``options`` say.
+    """Train a zoo model (by name) or a Keras model (a file, or in memory) on a data set, as ``options`` say.
 
     Args:
-        model: a zoo name (``edgedl models``) or a ``.keras``/``.h5``/SavedModel path.
+        model: a zoo name (``edgedl models``), a ``.keras``/``.h5``/SavedModel path or a ``keras.Model``
+            (trained in place).
         options: data set, epochs, batch size, seed ... (:class:`TrainOptions`; None: the recipe's).
         progress: show a progress bar.
         callbacks: extra Keras callbacks for ``fit`` (e.g. ``keras.callbacks.CSVLogger`` for long runs).

@@ -95,6 +95,19 @@ def test_a_model_file_without_metrics_or_dataset_is_refused_by_name(lenet_on_dig
         train(str(path), TrainOptions(epochs=1), progress=False)
 
 
+def test_a_keras_model_in_memory_trains_in_place_once_given_a_data_set():
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    tiny = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)), name="tiny")
+    with pytest.raises(OptionError, match=r"training model 'tiny' needs --dataset"):
+        train(tiny, TrainOptions(epochs=1), progress=False)
+    before = [w.copy() for w in tiny.get_weights()]
+    result = train(tiny, TrainOptions(dataset="digits", epochs=1, limit=200), progress=False)
+    assert result.model is tiny and result.metrics["model"] == "tiny" and result.metrics["num_train"] == 200
+    assert any(not np.array_equal(a, b) for a, b in zip(before, tiny.get_weights()))
+
+
 def test_unknown_recipe_settings_are_refused_by_name():
     with pytest.raises(OptionError, match=r"unknown optimizer 'rmsprop'; known: adam, adamw, sgd"):
         train("lenet", TrainOptions(dataset="digits", epochs=1, recipe={"optimizer": "rmsprop"}), progress=False)
