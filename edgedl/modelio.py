@@ -138,7 +138,7 @@ def recipe_beside(path: Path, default: dict) -> tuple[dict, str | None, dict]:
 
 
 @dataclass
-class ModelSource:
+class ModelAndRecipe:
     """A model to train or optimize, and the training recipe that fits it.
 
     ``model`` is the Keras model, or None for a zoo name still to build (:meth:`build`); ``recipe_from``
@@ -170,7 +170,7 @@ class ModelSource:
         return zoo.get_model(self.zoo_name).build(input_shape=input_shape, num_classes=num_classes)
 
 
-def resolve_model(model) -> ModelSource:
+def resolve_model(model) -> ModelAndRecipe:
     """The Keras model (or zoo name) and the training recipe that fits it.
 
     A zoo name brings its recipe. A model file brings the recipe of the zoo model named in the
@@ -182,7 +182,7 @@ def resolve_model(model) -> ModelSource:
         model: a zoo name, a ``.keras``/``.h5``/SavedModel path, or a ``keras.Model``.
 
     Returns:
-        ModelSource with the model (None for a zoo name), its name and the recipe.
+        ModelAndRecipe with the model (None for a zoo name), its name and the recipe.
 
     Raises:
         ModelError: an unknown name (the message lists the zoo's), or a file with custom layers.
@@ -197,18 +197,18 @@ def resolve_model(model) -> ModelSource:
     if not isinstance(model, (str, Path)):
         name = getattr(model, "name", "model")
         if name in zoo.model_names():
-            return ModelSource(model, name, name, zoo.get_model(name).recipe, f"zoo model '{name}' (by the model's name)")
-        return ModelSource(model, name, None, dict(zoo.DEFAULT_RECIPE), "defaults")
+            return ModelAndRecipe(model, name, name, zoo.get_model(name).recipe, f"zoo model '{name}' (by the model's name)")
+        return ModelAndRecipe(model, name, None, dict(zoo.DEFAULT_RECIPE), "defaults")
     spec = str(model)
     if spec in zoo.model_names():
-        return ModelSource(None, spec, spec, zoo.get_model(spec).recipe, f"zoo model '{spec}'")
+        return ModelAndRecipe(None, spec, spec, zoo.get_model(spec).recipe, f"zoo model '{spec}'")
     if not is_model_path(spec):
         zoo.get_model(spec)  # raises with the known names and a close match
         raise ModelError(f"unknown model '{spec}'")
     keras_model = _load_built_in(spec)
     recipe, zoo_name, _ = recipe_beside(Path(spec), zoo.DEFAULT_RECIPE)
     recipe_from = f"zoo model '{zoo_name}' (from {Path(spec).with_suffix('.json').name})" if zoo_name else "defaults"
-    return ModelSource(keras_model, Path(spec).stem, zoo_name, recipe, recipe_from, spec)
+    return ModelAndRecipe(keras_model, Path(spec).stem, zoo_name, recipe, recipe_from, spec)
 
 
 def _load_built_in(spec: str):

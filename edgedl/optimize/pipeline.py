@@ -14,7 +14,7 @@ import logging
 import time
 
 from edgedl.errors import OptionError
-from edgedl.modelio import ModelSource, resolve_model
+from edgedl.modelio import ModelAndRecipe, resolve_model
 from edgedl.optimize.finetune import DISTILL_ALPHA, FineTune, Teacher
 from edgedl.optimize.measure import Export, Measure, calibration_samples, versions
 from edgedl.optimize.options import OptimizeOptions, check_architecture
@@ -89,7 +89,7 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
     return report
 
 
-def _load_data(source: ModelSource, options: OptimizeOptions):
+def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
     """(the data set, the split asked of it): the architecture is checked against the options first."""
     from edgedl.data import DATASETS, load_dataset
     from edgedl.keras_utils import check_shapes, set_determinism
@@ -114,7 +114,7 @@ def _export_for(options: OptimizeOptions, x_train) -> Export:
     return Export(calibration, options.io_type, options.num_calibration, options.per_channel, options.strip_names)
 
 
-def _fine_tuning(options: OptimizeOptions, source: ModelSource, data, progress: bool) -> FineTune:
+def _fine_tuning(options: OptimizeOptions, source: ModelAndRecipe, data, progress: bool) -> FineTune:
     """How each stage fine-tunes: the recipe, at ``--epochs`` or a default share of its epochs."""
     from edgedl.optimize.finetune import default_epochs
     from edgedl.optimize.structured import check_schedule_epochs
@@ -126,7 +126,7 @@ def _fine_tuning(options: OptimizeOptions, source: ModelSource, data, progress: 
                     lr_scale=options.lr_scale)
 
 
-def _trained_model(source: ModelSource, options: OptimizeOptions, split, progress: bool):
+def _trained_model(source: ModelAndRecipe, options: OptimizeOptions, split, progress: bool):
     """The model to optimize, and the epochs it was trained for here (None: it came trained)."""
     if source.model is not None:
         return source.model, None
