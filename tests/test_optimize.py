@@ -947,8 +947,11 @@ def test_the_report_folder_is_written_all_at_once_and_a_second_run_replaces_it_w
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not the staging folder's 0700
 
-    optimize(lenet.model, OptimizeOptions(quantize="dynamic", dataset="digits", limit=64, out_dir=out),
-             progress=False)
+    report = optimize(lenet.model, OptimizeOptions(quantize="dynamic", dataset="digits", limit=64, out_dir=out),
+                      progress=False)
+    lines = report.summary()
+    assert lines[0].startswith("baseline: ") and "(+0.00 pts)" in lines[0] and lines[1].startswith("dynamic: ")
+    assert lines[2:] == [f"wrote {out / name}" for name in FILES.values()]
     assert json.loads((out / "report.json").read_text())["options"]["quantize"] == "dynamic"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
 

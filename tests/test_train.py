@@ -1,13 +1,14 @@
 """Training: seeded and repeatable, real data, metrics written beside the model, user models load."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from edgedl.errors import ModelError, OptionError
-from edgedl.modelio import load_model
 from edgedl.keras_utils import predict
+from edgedl.modelio import load_model
 from edgedl.train import TrainOptions, train
 
 
@@ -21,6 +22,8 @@ def test_lenet_learns_digits(lenet_on_digits):
     assert m["dataset"] == "digits" and m["epochs"] == 4 and m["seed"] == 1
     assert m["accuracy"] > 0.85, m
     assert m["num_test"] + m["num_train"] == 1797 and m["train_wall_time_s"] > 0
+    assert re.fullmatch(r"lenet on digits \(\w+\): test accuracy \d+\.\d\d% loss \d\.\d{4} after 4 epochs in [\d.]+ s",
+                        lenet_on_digits.summary())
 
 
 def test_deterministic_training_gives_the_same_model_bit_for_bit():

@@ -48,7 +48,6 @@ def train(model, dataset, split, epochs, batch_size, seed, limit, deterministic,
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
         return
-    click.echo(f"{m['model']} on {m['dataset']} ({m['split']}): test accuracy {100 * m['accuracy']:.2f}% "
-               f"loss {m['loss']:.4f} after {m['epochs']} epochs in {m['train_wall_time_s']:.1f} s")
+    click.echo(result.summary())
     if out:
         click.echo(f"wrote {m['model_path']} and {m['metrics_path']}")

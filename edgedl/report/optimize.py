@@ -60,6 +60,12 @@ class StageResult:
         row = dataclasses.asdict(self)
         return {k: v for k, v in row.items() if v is not None or k not in ("fake_quant_accuracy", "wall_s")}
 
+    def summary(self, baseline_accuracy: float) -> str:
+        """One line: accuracy and its change, sizes, parameters, MACs and sparsity."""
+        return (f"{self.stage}: {100 * self.accuracy:.2f}% ({self.change(baseline_accuracy):+.2f} pts), "
+                f"{_kb(self.size_bytes)} ({_kb(self.gzip_bytes)} gzip'd), {self.params_nonzero:,} of "
+                f"{self.params_total:,} parameters non-zero, {self.macs:,} MACs, {100 * self.sparsity:.1f}% zeros")
+
     def change(self, baseline_accuracy: float) -> float:
         """Accuracy against the baseline's, in percentage points."""
         return 100 * (self.accuracy - baseline_accuracy)
@@ -99,6 +105,11 @@ class OptimizeReport:
             if row.stage == name:
                 return row
         raise KeyError(f"no stage '{name}'; stages: {', '.join(r.stage for r in self.stages)}")
+
+    def summary(self) -> list[str]:
+        """One line per stage (what :meth:`StageResult.summary` says), then the files written."""
+        base = self.stages[0].accuracy
+        return [s.summary(base) for s in self.stages] + [f"wrote {path}" for path in self.files.values()]
 
     def to_dict(self) -> dict:
         return {
