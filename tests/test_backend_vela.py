@@ -100,7 +100,7 @@ def test_support_check_names_the_cpu_operators_before_compiling(lenet, depth_to_
     vela = get_backend("vela")
     for target in ("ethos_u55_128", "ethos_u85_256"):
         assert vela.unsupported_ops(read_tflite(lenet["int8"]), load_target(target)) == {}
-        found = vela.unsupported_ops(read_tflite(depth_to_space), load_target(target))
+        found = vela.cpu_fallback_ops(read_tflite(depth_to_space), load_target(target))
         assert list(found) == ["DEPTH_TO_SPACE"] and "CPU" in found["DEPTH_TO_SPACE"]
     floats = vela.unsupported_ops(read_tflite(lenet["float"]), load_target("ethos_u55_128"))
     assert "CONV_2D" in floats and "--quantize int8" in floats["CONV_2D"]

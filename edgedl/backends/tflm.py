@@ -48,7 +48,7 @@ class TFLMBackend(Backend):
         missing = _isolate.run(find_missing_operators, path.read_bytes(), file=path, tool="TFLite Micro",
                                action="looking up its operators", timeout=STEP_TIMEOUT_S,
                                error=BackendError)
-        return {op: "TFLite Micro's op resolver has no kernel for it" for op in missing}
+        return {op: "TFLite Micro's op resolver has no kernel for it" for op in missing} | quantized_ops_refused(graph)
 
     def compile(self, tflite_path, target, out_dir, options):
         start = time.perf_counter()
@@ -115,6 +115,20 @@ def _analyse(model: bytes, name) -> dict:
             f"TFLite Micro has no kernel for operator(s) {', '.join(missing)}; replace them in the model "
             "or run it with another backend")
     return find_arena_size(model, name=name)
+
+
+def quantized_ops_refused(graph) -> dict:
+    """{operator: reason} for the operators whose kernels TFLite Micro has but refuses as they are
+    quantized (its interpreter fails to prepare them): hybrid (dynamic-range) kernels, and DEQUANTIZE
+    of float16 weights."""
+    out = {op.name: ("dynamic-range (hybrid) kernel: TFLite Micro takes no hybrid models; convert with "
+                     "--quantize int8") for op in graph.hybrid_ops()}
+    for g in (graph, *graph.nested):
+        for op in g.ops:
+            if op.name == "DEQUANTIZE" and op.inputs and g.tensors.get(op.inputs[0], {}).get("dtype") == "float16":
+                out[op.name] = ("float16 weights: TFLite Micro's DEQUANTIZE takes int8, uint8 or int16 input; "
+                                "convert with --quantize int8 or none")
+    return out
 
 
 def _check_options(options: dict) -> dict:

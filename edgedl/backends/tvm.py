@@ -38,8 +38,12 @@ class TVMBackend(Backend):
     extra = "tvm"
 
     def unsupported_ops(self, graph, target):
+        """The operators TVM's TFLite frontend has no converter for, and those it refuses by how they
+        are quantized: hybrid (dynamic-range) kernels, a quantized UNIDIRECTIONAL_SEQUENCE_LSTM and an
+        int16x8 CONV_2D (each found by compiling such a model)."""
         known = supported_tflite_ops()
-        return {op: "TVM's TFLite frontend has no converter for it" for op in graph.op_counts if op not in known}
+        out = {op: "TVM's TFLite frontend has no converter for it" for op in graph.op_counts if op not in known}
+        return out | quantized_ops_refused(graph)
 
     def compile(self, model_path, target, out_dir, options):
         tvm = _lazy.require("tvm")
@@ -104,6 +108,20 @@ class TVMBackend(Backend):
     def load(self, compiled, num_threads=1):
         return TVMEngine(Path(compiled.directory) / compiled.runtime["library"], compiled.inputs, compiled.outputs,
                          device=compiled.runtime.get("device", "cpu"), num_threads=num_threads)
+
+
+def quantized_ops_refused(graph) -> dict:
+    """{operator: reason} for the operators TVM's TFLite frontend refuses by their quantization."""
+    out = {op.name: ("dynamic-range (hybrid) kernel: TVM's TFLite frontend does not import dynamic-range "
+                     "quantization; convert with --quantize int8 or float16")
+           for op in graph.hybrid_ops()}
+    for op in graph.ops:
+        acts = graph.activation_dtypes(op)
+        if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM" and acts & {"int8", "uint8", "int16"}:
+            out[op.name] = "quantized LSTM: TVM's TFLite frontend converts float LSTMs only"
+        elif op.name == "CONV_2D" and "int16" in acts:
+            out[op.name] = "int16x8 convolution: TVM's TFLite frontend lowers int8 convolutions only"
+    return out
 
 
 def supported_tflite_ops() -> set[str]:

@@ -43,7 +43,21 @@ class VelaBackend(Backend):
                        "stream runs only there, this host has no NPU")
 
     def unsupported_ops(self, graph, target):
-        """Operators Vela leaves on the CPU for ``target``'s NPU, by type (from Vela's own constraint table).
+        """The operators that make Vela refuse the model: those computing in float (Vela takes
+        full-integer int8 or int16x8 models). An integer operator the NPU lacks does not stop a
+        compile: Vela leaves it to the CPU (:meth:`cpu_fallback_ops`)."""
+        out = {}
+        for op in graph.ops:
+            floats = [i for i in op.outputs if graph.tensors.get(i, {}).get("dtype") in FLOAT_TYPES]
+            if floats and op.name not in PASS_THROUGH:
+                out[op.name] = ("float tensors: Vela takes full-integer int8 or int16x8 models "
+                                "(convert with --quantize int8)")
+        return out
+
+    def cpu_fallback_ops(self, graph, target) -> dict:
+        """{operator: reason} for the operators of a model Vela takes that it leaves on the CPU beside
+        ``target``'s NPU, by type (from Vela's own constraint table); its own ``ethos-u`` operator (in a
+        model Vela already compiled) runs on the NPU.
 
         Vela may still leave an operator of a supported type on the CPU when a parameter is out of
         range (a stride, a shape); compiling names those too.
@@ -51,15 +65,9 @@ class VelaBackend(Backend):
         regor = _lazy.require("ethosu.regor")
         family = _family(target)
         supported = {op.replace("ARGMAX", "ARG_MAX") for op in regor.tflite_operator_constraints(family)}
-        out = {}
-        for op in graph.ops:
-            floats = [i for i in op.outputs if graph.tensors.get(i, {}).get("dtype") in FLOAT_TYPES]
-            if floats and op.name not in PASS_THROUGH:
-                out[op.name] = ("float tensors: Vela takes full-integer int8 or int16x8 models "
-                                "(convert with --quantize int8)")
-            elif op.name not in supported:
-                out[op.name] = f"not an {_family_name(family)} operator: Vela leaves it to the CPU"
-        return out
+        refused = self.unsupported_ops(graph, target)
+        return {op.name: f"not an {_family_name(family)} operator: Vela leaves it to the CPU"
+                for op in graph.ops if op.name not in supported and op.name != NPU_OPERATOR and op.name not in refused}
 
     def compile(self, tflite_path, target, out_dir, options):
         _lazy.require("ethosu.vela")
