@@ -235,14 +235,23 @@ class Manifest(dict):
         return Target.from_dict(self["target"])
 
     def fidelity_line(self) -> str:
-        """What the fidelity check found, in a line: agreement and error, or why it did not run."""
+        """What the fidelity check found, in a line: accuracy against the reference's where the samples
+        have labels, agreement and error, and on what; or why it did not run."""
         f = self.fidelity
-        if f.get("checked") is False or "top1_agreement" not in f:
+        if f.get("checked") is False or "samples" not in f:
             return f"not run here ({f.get('reason') or 'no check recorded'})"
-        line = f"top-1 agreement {100 * f['top1_agreement']:.1f}% on {f['samples']} samples"
+        parts = []
+        if "accuracy" in f:
+            parts.append(f"accuracy {100 * f['accuracy']:.1f}% (reference {100 * f['reference_accuracy']:.1f}%)")
+        if "top1_agreement" in f:
+            parts.append(f"top-1 agreement {100 * f['top1_agreement']:.1f}%")
+        if "snr_db" in f:
+            parts.append(f"SNR {f['snr_db']:.1f} dB")
         if "max_abs_error" in f:
-            line += f", max abs error {f['max_abs_error']:.3g}"
-        return line
+            parts.append(f"max abs error {f['max_abs_error']:.3g}")
+        dataset = (self.get("samples") or {}).get("dataset")
+        on = f"{f['samples']} samples of {dataset}" if dataset else f"{f['samples']} synthetic inputs (no accuracy)"
+        return ", ".join(parts) + f" on {on}"
 
 
 @dataclass

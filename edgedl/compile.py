@@ -21,7 +21,9 @@ from edgedl import __version__, _io, _isolate
 from edgedl.bundle import Bundle
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.modelio import metrics_beside
-from edgedl.reference import CHECK_TIMEOUT_S, Reference, Samples, choose_samples, noise_samples, reference_outputs
+from edgedl.reference import (
+    CHECK_TIMEOUT_S, Bounds, Reference, Samples, choose_samples, noise_samples, one_class_problem, reference_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class CompileOptions:
     data_dir: str | None = None
     num_samples: int = 100
     max_disagreement: float = 0.02    # fail when top-1 agreement with the reference is below 1 - this
+    max_accuracy_drop: float = 0.05   # fail when accuracy on labelled samples drops more than this
+    min_snr_db: float = 10.0          # fail when the outputs' SNR against the reference is below this
     tune: bool = False
     trials: int = 64
     tuning_db: str | None = None
@@ -62,6 +66,10 @@ class CompileOptions:
         """
         if not 0.0 <= self.max_disagreement <= 1.0:
             raise OptionError(f"--max-disagreement must be between 0 and 1, got {self.max_disagreement}")
+        if not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise OptionError(f"--max-accuracy-drop must be between 0 and 1, got {self.max_accuracy_drop}")
+        if not -200.0 <= self.min_snr_db <= 200.0:
+            raise OptionError(f"--min-snr must be between -200 and 200 dB, got {self.min_snr_db}")
         if self.num_samples < 1:
             raise OptionError(f"--samples must be a positive integer, got {self.num_samples}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -71,6 +79,10 @@ class CompileOptions:
             from edgedl.signing import load_private_key
 
             load_private_key(self.sign_key)
+
+    def bounds(self) -> Bounds:
+        """How far a build may stray from the reference."""
+        return Bounds(self.max_disagreement, self.max_accuracy_drop, self.min_snr_db)
 
     def manifest_view(self) -> dict:
         d = asdict(self)
@@ -115,6 +127,7 @@ class Candidate:
     fidelity: dict | None = None
     p50_us: float | None = None
     not_checked: str | None = None      # why the build was not run here
+    problems: list | None = None        # what broke the fidelity bounds
 
     def record(self) -> dict:
         """What the manifest's selection says of this candidate."""
@@ -163,6 +176,9 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
             say(f"converting to .tflite ({options.quantize})")
             source.tflite = convert_source(source, options, samples, work)
         reference = Reference(samples, source.reference(samples.x))
+        problem = one_class_problem(reference.outputs, samples)
+        if problem:
+            raise OptionError(f"{source.path.name}: {problem}")
         names = _backend_candidates(tgt, source, options)
         candidates = [build_and_check(name, source, tgt, reference, options, work, say, alone=len(names) == 1)
                       for name in names]
@@ -272,8 +288,9 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
             raise
         return Candidate(name, False, error=str(e))
     result = reference.compare(checked["outputs"])
-    return Candidate(name, result["top1_agreement"] >= 1.0 - options.max_disagreement, compiled, fidelity=result,
-                     p50_us=checked.get("p50_us"))
+    problems = options.bounds().check(result)
+    return Candidate(name, not problems, compiled, fidelity=result, p50_us=checked.get("p50_us"),
+                     problems=problems or None)
 
 
 def _manifest(source: ModelSource, tgt, chosen: Candidate, candidates: list[Candidate], reason: str,
@@ -304,15 +321,11 @@ def _manifest(source: ModelSource, tgt, chosen: Candidate, candidates: list[Cand
 
 
 def _refuse_unfaithful(chosen: Candidate, tgt, options: CompileOptions) -> None:
-    """Refuse a build whose outputs strayed from the reference beyond ``--max-disagreement``."""
-    f = chosen.fidelity
-    if f is None or chosen.ok:
+    """Refuse a build whose outputs strayed from the reference beyond the bounds (``--max-disagreement``,
+    ``--max-accuracy-drop``, ``--min-snr``)."""
+    if chosen.fidelity is None or chosen.ok:
         return
-    raise BackendError(
-        f"fidelity check failed for {chosen.backend} on {tgt.name}: top-1 agreement with the reference "
-        f"{100 * f['top1_agreement']:.1f}% is below {100 * (1 - options.max_disagreement):.1f}% "
-        f"(max abs error {f['max_abs_error']:.4g}); raise --max-disagreement to accept it"
-    )
+    raise BackendError(f"fidelity check failed for {chosen.backend} on {tgt.name}: {'; '.join(chosen.problems)}")
 
 
 def _write(out: str, manifest: dict, files_dir: Path, options: CompileOptions) -> Bundle:
@@ -467,7 +480,8 @@ def _choose(candidates: list[Candidate], options: CompileOptions) -> tuple[Candi
     if not ok:
         if len(candidates) == 1 and candidates[0].fidelity is not None:
             return candidates[0], "the only backend asked for"
-        errors = "; ".join(f"{c.backend}: {c.error or 'failed the fidelity check'}" for c in candidates)
+        errors = "; ".join(f"{c.backend}: {c.error or 'failed the fidelity check (' + ', '.join(c.problems or []) + ')'}"
+                           for c in candidates)
         raise UnsupportedOperatorError(f"no backend could compile the model: {errors}")
     if len(candidates) == 1:
         how = "chosen with --backend" if options.backend != "auto" else "is the only one for this target"

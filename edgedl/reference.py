@@ -169,28 +169,105 @@ def reference_outputs(model, x: np.ndarray) -> np.ndarray:
     raise InputFileError(path, "not a reference model; expected .keras, .h5, a SavedModel folder, .tflite or .onnx")
 
 
+MAX_SNR_DB = 200.0  # outputs equal to the reference (no error at all) are recorded as this, not infinity
+
+
+@dataclass
+class Bounds:
+    """How far a build may stray from the reference before the check fails.
+
+    Args:
+        max_disagreement: class outputs: the share of samples whose top class may differ.
+        max_accuracy_drop: with labels: how much lower (0.03 = 3 points) the build's accuracy may be.
+        min_snr_db: every output: the least signal-to-noise ratio of the build's outputs against
+            the reference's (10 dB: the error's power is a tenth of the signal's).
+
+    Example:
+        >>> Bounds(max_accuracy_drop=0.01).check(fidelity(np.eye(3), np.eye(3), np.arange(3)))
+        []
+    """
+
+    max_disagreement: float = 0.02
+    max_accuracy_drop: float = 0.03
+    min_snr_db: float = 10.0
+
+    def check(self, result: dict) -> list[str]:
+        """What in a :func:`fidelity` result breaks these bounds, a sentence each (empty: it passes)."""
+        problems = []
+        agreement = result.get("top1_agreement")
+        if agreement is not None and agreement < 1.0 - self.max_disagreement:
+            problems.append(f"top-1 agreement with the reference {100 * agreement:.1f}% is below "
+                            f"{100 * (1 - self.max_disagreement):.1f}% (max abs error {result['max_abs_error']:.4g}); "
+                            "raise --max-disagreement to accept it")
+        drop = result.get("accuracy_drop")
+        if drop is not None and drop > self.max_accuracy_drop:
+            problems.append(f"accuracy {100 * result['accuracy']:.1f}% is {100 * drop:.1f} points below the "
+                            f"reference's {100 * result['reference_accuracy']:.1f}% on the same samples (at most "
+                            f"{100 * self.max_accuracy_drop:.1f} allowed); raise --max-accuracy-drop to accept it")
+        snr = result.get("snr_db")
+        if snr is not None and snr < self.min_snr_db:
+            problems.append(f"its outputs' signal-to-noise ratio against the reference is {snr:.1f} dB, below "
+                            f"{self.min_snr_db:g} dB (RMSE {result['rmse']:.4g}); lower --min-snr to accept it")
+        return problems
+
+
 def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """How a build's outputs compare with the reference's on the same samples.
 
     Returns:
-        ``samples``, ``top1_agreement`` (share of samples whose top class is the reference's),
-        ``max_abs_error`` and ``mean_abs_error`` of the outputs; with labels also ``accuracy`` and
-        ``reference_accuracy``.
+        ``samples``; the output error against the reference: ``max_abs_error``, ``mean_abs_error``,
+        ``rmse``, ``cosine`` (of the two outputs as vectors, per sample, averaged) and ``snr_db``
+        (reference power over error power, at most 200 dB); for class outputs (more than one
+        score per sample) ``top1_agreement`` (share of samples whose top class is the reference's)
+        and ``reference_classes`` (how many distinct classes the reference predicts), and with
+        labels ``accuracy``, ``reference_accuracy`` and ``accuracy_drop`` (the reference's minus
+        the build's).
 
     Example:
         >>> fidelity(np.eye(3), np.eye(3) * 0.9, np.arange(3))["top1_agreement"]
         1.0
     """
-    reference, outputs = np.asarray(reference), np.asarray(outputs)
-    ref_top1, top1 = reference.argmax(-1), outputs.argmax(-1)
-    result = {"samples": int(len(reference)), "top1_agreement": float(np.mean(ref_top1 == top1))}
-    if reference.shape == outputs.shape:
-        result["max_abs_error"] = float(np.max(np.abs(outputs - reference)))
-        result["mean_abs_error"] = float(np.mean(np.abs(outputs - reference)))
-    if labels is not None:
-        result["accuracy"] = float(np.mean(top1 == labels))
-        result["reference_accuracy"] = float(np.mean(ref_top1 == labels))
+    reference = np.asarray(reference, dtype=np.float64)
+    outputs = np.asarray(outputs, dtype=np.float64)
+    n = len(reference)
+    result = {"samples": int(n)}
+    if reference.shape == outputs.shape and n:
+        error = outputs - reference
+        flat_ref, flat_out = reference.reshape(n, -1), outputs.reshape(n, -1)
+        norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_out, axis=1)
+        cosine = np.where(norms > 0, np.sum(flat_ref * flat_out, axis=1) / np.where(norms > 0, norms, 1), 1.0)
+        noise = float(np.sum(error ** 2))
+        signal = float(np.sum(reference ** 2))
+        snr = MAX_SNR_DB if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -MAX_SNR_DB)
+        result.update(max_abs_error=float(np.max(np.abs(error))), mean_abs_error=float(np.mean(np.abs(error))),
+                      rmse=float(np.sqrt(np.mean(error ** 2))), cosine=float(np.mean(cosine)),
+                      snr_db=float(min(snr, MAX_SNR_DB)))
+    if reference.ndim >= 2 and reference.shape[-1] > 1:  # class scores: top-1 means something
+        ref_top1, top1 = reference.argmax(-1), outputs.argmax(-1)
+        result["top1_agreement"] = float(np.mean(ref_top1 == top1))
+        result["reference_classes"] = int(len(np.unique(ref_top1)))
+        if labels is not None:
+            result["accuracy"] = float(np.mean(top1 == labels))
+            result["reference_accuracy"] = float(np.mean(ref_top1 == labels))
+            result["accuracy_drop"] = result["reference_accuracy"] - result["accuracy"]
     return result
+
+
+def one_class_problem(reference: np.ndarray, samples: Samples) -> str:
+    """Why a check on these samples would mean nothing ("" when it would): the reference predicts
+    one class for every sample of a labelled set with several classes, which is what a model fed
+    inputs of the wrong scale or preprocessing does (both sides then agree on that one class)."""
+    reference = np.asarray(reference)
+    if samples.y is None or reference.ndim < 2 or reference.shape[-1] < 2 or len(reference) < 10:
+        return ""
+    predicted, labels = np.unique(reference.argmax(-1)), np.unique(samples.y)
+    if len(predicted) > 1 or len(labels) < 2:
+        return ""
+    accuracy = float(np.mean(reference.argmax(-1) == samples.y))
+    where = samples.description.get("dataset") or "the data"
+    return (f"the model predicts class {int(predicted[0])} for all {len(reference)} samples of {where} "
+            f"({100 * accuracy:.0f}% accurate over {len(labels)} classes): the samples are not what it expects "
+            "(their scale, e.g. 0-255 against 0-1, or their preprocessing), so no check on them means anything")
 
 
 def _isolated(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:

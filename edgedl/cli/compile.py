@@ -27,13 +27,17 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--samples", "num_samples", type=COUNT, default=100, show_default=True, help="Samples for the fidelity check.")
 @click.option("--max-disagreement", type=Number(0, 1), default=0.02, show_default=True,
               help="Fail when top-1 agreement with the reference falls below 1 minus this.")
+@click.option("--max-accuracy-drop", type=Number(0, 1), default=0.05, show_default=True,
+              help="Fail when accuracy on labelled samples is more than this below the reference's (0.05: 5 points).")
+@click.option("--min-snr", "min_snr_db", type=Number(-200, 200), default=10.0, show_default=True,
+              help="Fail when the outputs' signal-to-noise ratio against the reference is below this (dB).")
 @click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (tuning database kept and reused).")
 @click.option("--trials", type=COUNT, default=64, show_default=True, help="TVM: MetaSchedule trials in total.")
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
 @click.option("--threads", "num_threads", type=COUNT, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data_dir, num_samples,
-                    max_disagreement, tune, trials, tuning_db, num_threads, as_json):
+                    max_disagreement, max_accuracy_drop, min_snr_db, tune, trials, tuning_db, num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
     \b
@@ -50,7 +54,8 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     from edgedl.compile import CompileOptions, compile_model
 
     options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, data_dir=data_dir,
-                             num_samples=num_samples, max_disagreement=max_disagreement, tune=tune, trials=trials,
+                             num_samples=num_samples, max_disagreement=max_disagreement,
+                             max_accuracy_drop=max_accuracy_drop, min_snr_db=min_snr_db, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
                              sign_key=sign_key)
     out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out  # compile_model checks it before any work

@@ -1,0 +1,98 @@
+"""Fidelity that cannot pass by accident: a build is held to the reference by accuracy on labelled
+samples, by top-1 agreement only where outputs are class scores, and by the error of every output
+(RMSE, cosine, SNR); a reference that predicts one class for every sample fails the check."""
+
+import numpy as np
+import pytest
+
+from edgedl.compile import CompileOptions, compile_model
+from edgedl.errors import BackendError, OptionError
+from edgedl.reference import Bounds, fidelity
+
+
+def test_class_scores_get_agreement_accuracy_and_the_drop_against_the_reference():
+    reference = np.eye(4)[[0, 1, 2, 3, 0, 1]]
+    outputs = np.eye(4)[[0, 1, 2, 0, 0, 1]] * 0.9
+    f = fidelity(reference, outputs, labels=np.array([0, 1, 2, 3, 0, 2]))
+    assert f["top1_agreement"] == pytest.approx(5 / 6) and f["reference_classes"] == 4
+    assert f["reference_accuracy"] == pytest.approx(5 / 6) and f["accuracy"] == pytest.approx(4 / 6)
+    assert f["accuracy_drop"] == pytest.approx(1 / 6)
+    assert 0 < f["cosine"] < 1 and f["rmse"] > 0 and f["snr_db"] < 10
+
+
+def test_a_single_output_has_no_top1_only_its_error():
+    reference = np.linspace(-1, 1, 50).reshape(50, 1)
+    f = fidelity(reference, reference + 0.01)
+    assert "top1_agreement" not in f and "accuracy" not in f
+    assert f["max_abs_error"] == pytest.approx(0.01) and f["rmse"] == pytest.approx(0.01)
+    assert f["snr_db"] == pytest.approx(10 * np.log10(np.mean(reference ** 2) / 1e-4))
+
+
+def test_identical_outputs_record_a_finite_snr():
+    f = fidelity(np.eye(3), np.eye(3))
+    assert f["snr_db"] == 200.0 and f["max_abs_error"] == 0.0 and f["cosine"] == 1.0
+
+
+def test_each_bound_names_what_it_measured_and_the_option_that_moves_it():
+    f = fidelity(np.eye(4)[[0, 1, 2, 3]], np.eye(4)[[0, 1, 2, 2]], labels=np.array([0, 1, 2, 3]))
+    problems = Bounds(max_disagreement=0.1, max_accuracy_drop=0.1, min_snr_db=10).check(f)
+    assert len(problems) == 3
+    assert problems[0].startswith("top-1 agreement with the reference 75.0% is below 90.0%")
+    assert "--max-disagreement" in problems[0]
+    assert problems[1].startswith("accuracy 75.0% is 25.0 points below the reference's 100.0%")
+    assert "--max-accuracy-drop" in problems[1]
+    assert "signal-to-noise ratio" in problems[2] and "--min-snr" in problems[2]
+    assert Bounds(max_disagreement=0.25, max_accuracy_drop=0.25, min_snr_db=-10).check(f) == []
+
+
+@pytest.mark.slow
+def test_a_model_that_predicts_one_class_on_the_data_fails_the_compile(trained_lenet, tmp_path):
+    """A model that standardises 0-255 pixels itself (to [-1, 1]), given the digits as 0-1: every
+    sample reaches the network as nearly -1 everywhere and gives the same class, so both sides of the
+    check would agree on it; the compile refuses instead of passing at 10%."""
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    wrapped = keras.Model(inputs, trained_lenet["model"](scaled))
+    wrapped.save(tmp_path / "lenet255.keras")
+    out = tmp_path / "lenet255.edgedl"
+    with pytest.raises(OptionError, match=r"lenet255\.keras: the model predicts class \d for all 100 samples of digits "
+                                          r"\(\d+% accurate over 10 classes\): the samples are not what it expects"):
+        compile_model(str(tmp_path / "lenet255.keras"), "x86_64", str(out),
+                      CompileOptions(backend="litert", dataset="digits", num_samples=100))
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_regression_model_is_checked_by_its_error_not_by_top1(tmp_path):
+    import keras
+
+    x = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(1, 28, 28, 1)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.save(tmp_path / "regressor.keras")
+    bundle = compile_model(str(tmp_path / "regressor.keras"), "x86_64", str(tmp_path / "r.edgedl"),
+                           CompileOptions(backend="litert", dataset="digits", num_samples=50))
+    f = bundle.manifest.fidelity
+    assert "top1_agreement" not in f and "accuracy" not in f and f["snr_db"] > 60
+    assert "SNR" in bundle.manifest.fidelity_line() and "top-1" not in bundle.manifest.fidelity_line()
+    assert model.predict(x, verbose=0).shape == (1, 1)
+
+
+@pytest.mark.slow
+def test_an_snr_bound_the_int8_build_cannot_meet_fails_the_compile_and_writes_nothing(trained_lenet, tmp_path):
+    out = tmp_path / "strict.edgedl"
+    with pytest.raises(BackendError, match=r"fidelity check failed for litert on x86_64: its outputs' signal-to-noise "
+                                           r"ratio against the reference is [\d.]+ dB, below 150 dB"):
+        compile_model(str(trained_lenet["keras"]), "x86_64", str(out),
+                      CompileOptions(backend="litert", quantize="int8", num_samples=50, min_snr_db=150))
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_bundle_headline_is_accuracy_against_the_reference_on_named_samples(trained_lenet, tmp_path):
+    bundle = compile_model(str(trained_lenet["keras"]), "x86_64", str(tmp_path / "b.edgedl"),
+                           CompileOptions(backend="litert", quantize="int8", num_samples=50))
+    line = bundle.manifest.fidelity_line()
+    assert line.startswith("accuracy ") and "(reference " in line and line.endswith("on 50 samples of digits")
+    assert bundle.manifest.fidelity["accuracy_drop"] <= 0.05
