@@ -55,7 +55,7 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
 
     Example:
         >>> report = optimize("lenet.keras", OptimizeOptions(prune=0.8, quantize="int8", out_dir="out"))  # doctest: +SKIP
-        >>> report.stage("int8")["accuracy"] > 0.98  # doctest: +SKIP
+        >>> report.stage("int8").accuracy > 0.98  # doctest: +SKIP
         True
     """
     start = time.perf_counter()
