@@ -22,13 +22,16 @@ from edgedl.bundle import Bundle
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.modelio import metrics_beside
 from edgedl.reference import (
-    CHECK_TIMEOUT_S, Bounds, Reference, Samples, choose_samples, noise_samples, one_class_problem, reference_outputs,
+    CHECK_TIMEOUT_S, Bounds, Reference, Samples, choose_samples, input_range, noise_samples, one_class_problem,
+    range_problem, reference_outputs,
 )
 
 log = logging.getLogger(__name__)
 
 SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
 SOURCE_FORMATS = ".keras, .h5, a SavedModel folder, .tflite or .onnx"
+CALIBRATIONS = ("data", "random")
+CALIBRATED = ("int8", "int16x8")   # quantization modes that calibrate activations on samples
 ENGINE_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "tvm": "TVM", "onnxruntime": "ONNX Runtime"}
 
 
@@ -44,6 +47,7 @@ class CompileOptions:
     quantize: str = "none"            # for Keras sources: none, dynamic, float16, int8, int16x8
     io_type: str = "float"
     dataset: str | None = None        # samples for calibration and the fidelity check
+    calibration: str = "data"         # int8/int16x8 of a Keras model: "data" (real samples) or "random" (synthetic)
     data_dir: str | None = None
     num_samples: int = 100
     max_disagreement: float = 0.02    # fail when top-1 agreement with the reference is below 1 - this
@@ -64,6 +68,8 @@ class CompileOptions:
         Raises:
             OptionError: the option and what it takes.
         """
+        if self.calibration not in CALIBRATIONS:
+            raise OptionError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
         if not 0.0 <= self.max_disagreement <= 1.0:
             raise OptionError(f"--max-disagreement must be between 0 and 1, got {self.max_disagreement}")
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
@@ -110,6 +116,7 @@ class ModelSource:
     input_shape: tuple
     metadata: dict
     keras_model: object = None
+    input_range: tuple | None = None    # the float range a quantized input covers (None: float input)
 
     def record(self) -> dict:
         """What the manifest says of the source."""
@@ -216,7 +223,8 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSourc
         if options.quantize != "none":
             raise OptionError(f"--quantize applies to Keras models; {p.name} is already a .tflite "
                               f"({'quantized' if probe['quantized'] else 'float'})")
-        return ModelSource(p, "tflite", sha, p, partial(reference_outputs, p), probe["input_shape"], meta)
+        return ModelSource(p, "tflite", sha, p, partial(reference_outputs, p), probe["input_shape"], meta,
+                           input_range=probe["input_range"])
     if p.suffix.lower() == ".onnx":
         shape = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
                              timeout=CHECK_TIMEOUT_S)
@@ -236,17 +244,29 @@ def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
 
     if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
         check_one_input(source.path, [getattr(t, "name", "?") for t in source.keras_model.inputs])
-    return (choose_samples(source.input_shape, dataset=options.dataset, trained_on=source.metadata,
-                           data_dir=options.data_dir, limit=options.num_samples, search=True)
-            or noise_samples(source.input_shape, options.num_samples, source.path))
+    samples = choose_samples(source.input_shape, dataset=options.dataset, trained_on=source.metadata,
+                             data_dir=options.data_dir, limit=options.num_samples, search=True)
+    if samples is not None:
+        problem = range_problem(samples.x, source.input_range, f"data set '{samples.description['dataset']}'")
+        if problem:
+            raise OptionError(f"{source.path.name}: {problem}")
+        return samples
+    if source.kind == "keras" and options.quantize in CALIBRATED and options.calibration != "random":
+        raise OptionError(f"{source.path.name}: -q {options.quantize} calibrates on real samples and no data set fits "
+                          f"its input {tuple(source.input_shape)}; name one with --dataset, or calibrate on synthetic "
+                          "inputs with --calibration random (recorded; accuracy usually suffers)")
+    return noise_samples(source.input_shape, options.num_samples, source.path, source.input_range)
 
 
 def convert_source(source: ModelSource, options: CompileOptions, samples: Samples, work: Path) -> Path:
-    """The Keras model as ``.tflite``, quantized as asked (int8 calibrated on the samples' training split)."""
+    """The Keras model as ``.tflite``, quantized as asked (int8 calibrated on the samples' training split,
+    or on synthetic inputs with ``--calibration random``)."""
     from edgedl.convert import to_tflite
 
-    blob = to_tflite(source.keras_model, options.quantize, representative=samples.calibration,
-                     io_type=options.io_type)
+    calibration = samples.calibration
+    if options.calibration == "random" and samples.y is not None:  # asked for, though real samples exist
+        calibration = noise_samples(source.input_shape, max(len(samples), 100), source.path).x
+    blob = to_tflite(source.keras_model, options.quantize, representative=calibration, io_type=options.io_type)
     return _io.write_bytes(work / "source.tflite", blob)
 
 
@@ -351,7 +371,8 @@ def _probe_tflite(path: Path) -> dict:
     problem = _io_problem(engine)
     if problem:
         raise InputFileError(path, problem)
-    return {"quantized": graph.is_quantized, "input_shape": tuple(engine.inputs[0].shape[1:])}
+    return {"quantized": graph.is_quantized, "input_shape": tuple(engine.inputs[0].shape[1:]),
+            "input_range": input_range(engine.inputs[0])}
 
 
 def _io_problem(engine) -> str:

@@ -123,8 +123,37 @@ def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict 
     return None
 
 
-def noise_samples(input_shape, num_samples: int, where) -> Samples:
-    """Seeded uniform noise in [0, 1) for a model no data set fits, said so in the description.
+def input_range(spec) -> tuple[float, float] | None:
+    """The float range a quantized input covers, from its scale and zero point (None for a float input).
+
+    Example:
+        >>> from edgedl.runtime.engines import TensorSpec
+        >>> input_range(TensorSpec("x", (1, 4), "int8", scale=1.0, zero_point=-128))
+        (0.0, 255.0)
+    """
+    if not spec.scale or spec.dtype not in ("int8", "uint8", "int16"):
+        return None
+    info = np.iinfo(spec.dtype)
+    return float((info.min - spec.zero_point) * spec.scale), float((info.max - spec.zero_point) * spec.scale)
+
+
+def range_problem(x: np.ndarray, expected: tuple[float, float] | None, where: str) -> str:
+    """Why samples do not fit an input's float range ("" when they do): they cover less than a tenth
+    of it, or lie a tenth of it or more outside it (0-1 pixels for a model that takes 0-255 ones)."""
+    if expected is None or not len(x):
+        return ""
+    lo, hi = expected
+    span = hi - lo
+    data_lo, data_hi = float(np.min(x)), float(np.max(x))
+    if span <= 0 or (data_hi - data_lo >= 0.1 * span and data_lo >= lo - 0.1 * span and data_hi <= hi + 0.1 * span):
+        return ""
+    return (f"{where} gives inputs in [{data_lo:.3g}, {data_hi:.3g}], but the model's quantized input covers "
+            f"[{lo:.3g}, {hi:.3g}]: give data scaled the way the model was trained (or a model that takes this data)")
+
+
+def noise_samples(input_shape, num_samples: int, where, value_range: tuple[float, float] | None = None) -> Samples:
+    """Seeded uniform noise over the input's range (``value_range``, else [0, 1)) for a model no data
+    set fits; the description says the inputs are synthetic and over what range.
 
     Raises:
         InputFileError: one sample would be larger than any model edgedl checks (a malformed shape).
@@ -134,9 +163,11 @@ def noise_samples(input_shape, num_samples: int, where) -> Samples:
         raise InputFileError(where, f"its input shape {tuple(input_shape)} has {per_sample:,} elements per sample "
                                     f"(more than {MAX_SAMPLE_ELEMENTS:,}); the file is malformed or not a model "
                                     "edgedl can check")
-    x = np.random.default_rng(0).random((num_samples, *input_shape), dtype=np.float32)
-    return Samples(x, None, {"dataset": None, "num_samples": len(x),
-                             "note": "no data set matches; uniform noise in [0, 1)"}, x)
+    lo, hi = value_range or (0.0, 1.0)
+    x = (lo + (hi - lo) * np.random.default_rng(0).random((num_samples, *input_shape))).astype(np.float32)
+    how = "the quantized input's range" if value_range else "[0, 1), the input's range being unknown"
+    return Samples(x, None, {"dataset": None, "num_samples": len(x), "synthetic": [lo, hi],
+                             "note": f"synthetic: uniform noise over {how}; no accuracy"}, x)
 
 
 def reference_outputs(model, x: np.ndarray) -> np.ndarray:

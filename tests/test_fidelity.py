@@ -96,3 +96,46 @@ def test_the_bundle_headline_is_accuracy_against_the_reference_on_named_samples(
     line = bundle.manifest.fidelity_line()
     assert line.startswith("accuracy ") and "(reference " in line and line.endswith("on 50 samples of digits")
     assert bundle.manifest.fidelity["accuracy_drop"] <= 0.05
+
+
+def _model_for_0_255_pixels(trained_lenet):
+    """LeNet behind a Rescaling that takes 0-255 pixels to its 0-1: a model trained the way older
+    tools exported them."""
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, trained_lenet["model"](keras.layers.Rescaling(1 / 255)(inputs)))
+
+
+@pytest.mark.slow
+def test_data_outside_a_quantized_inputs_range_is_refused_by_name(trained_lenet, tmp_path):
+    from edgedl.convert import to_tflite
+    from edgedl.data import load_dataset
+
+    model = _model_for_0_255_pixels(trained_lenet)
+    calibration = load_dataset("digits").x_train[:200] * 255.0
+    tflite = tmp_path / "lenet255_int8.tflite"
+    tflite.write_bytes(to_tflite(model, "int8", representative=calibration, io_type="int8"))
+    out = tmp_path / "x.edgedl"
+    with pytest.raises(OptionError, match=r"lenet255_int8\.tflite: data set 'digits' gives inputs in \[0, 1\], but the "
+                                          r"model's quantized input covers \[0, 25\d(\.\d+)?\]"):
+        compile_model(str(tflite), "x86_64", str(out), CompileOptions(backend="litert", dataset="digits"))
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_int8_without_data_needs_calibration_random_and_then_says_its_inputs_were_synthetic(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((7, 3)), keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+    model.save(tmp_path / "odd.keras")
+    with pytest.raises(OptionError, match=r"odd\.keras: -q int8 calibrates on real samples and no data set fits its "
+                                          r"input \(7, 3\); name one with --dataset, or calibrate on synthetic inputs "
+                                          r"with --calibration random"):
+        compile_model(str(tmp_path / "odd.keras"), "x86_64", str(tmp_path / "a.edgedl"),
+                      CompileOptions(backend="litert", quantize="int8"))
+    bundle = compile_model(str(tmp_path / "odd.keras"), "x86_64", str(tmp_path / "b.edgedl"),
+                           CompileOptions(backend="litert", quantize="int8", calibration="random", num_samples=30))
+    m = bundle.manifest
+    assert m["options"]["calibration"] == "random" and m["samples"]["synthetic"] == [0.0, 1.0]
+    assert "accuracy" not in m.fidelity and m.fidelity_line().endswith("on 30 synthetic inputs (no accuracy)")

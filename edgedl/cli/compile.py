@@ -22,6 +22,8 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--io", "io_type", type=click.Choice(["float", "int8", "uint8"]), default="float", show_default=True,
               help="Input/output type of an int8 model.")
 @click.option("--dataset", "-d", help="Data set for calibration and the fidelity check (default: the model's).")
+@click.option("--calibration", type=click.Choice(["data", "random"]), default="data", show_default=True,
+              help="int8/int16x8 of a Keras model: calibrate on real samples, or on synthetic ones (recorded).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Data directory (default: $EDGEDL_DATA).")
 @click.option("--samples", "num_samples", type=COUNT, default=100, show_default=True, help="Samples for the fidelity check.")
@@ -36,8 +38,9 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
 @click.option("--threads", "num_threads", type=COUNT, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data_dir, num_samples,
-                    max_disagreement, max_accuracy_drop, min_snr_db, tune, trials, tuning_db, num_threads, as_json):
+def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, calibration,
+                    data_dir, num_samples, max_disagreement, max_accuracy_drop, min_snr_db, tune, trials, tuning_db,
+                    num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
     \b
@@ -53,7 +56,8 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     _check_cheap(model, target, backend, quantize)  # a typo answered in a second, not after loading TensorFlow
     from edgedl.compile import CompileOptions, compile_model
 
-    options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, data_dir=data_dir,
+    options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, calibration=calibration,
+                             data_dir=data_dir,
                              num_samples=num_samples, max_disagreement=max_disagreement,
                              max_accuracy_drop=max_accuracy_drop, min_snr_db=min_snr_db, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
