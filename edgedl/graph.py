@@ -65,7 +65,8 @@ class Graph:
 
     @property
     def num_params(self) -> int:
-        return sum(prod(t["shape"]) for t in self.tensors.values()
+        """The elements of the constant tensors, those of loop bodies (a recurrent layer's) included."""
+        return sum(prod(t["shape"]) for g in self._all() for t in g.tensors.values()
                    if t["constant"] and t["shape"] is not None and all(d >= 0 for d in t["shape"]))
 
     @property

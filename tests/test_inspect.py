@@ -114,3 +114,145 @@ def test_a_model_too_big_for_the_microcontroller_says_by_how_much(models, tmp_pa
     assert proc.returncode != 0
     line = proc.stderr.strip().splitlines()[-1]
     assert "does not fit tiny_mcu" in line and "over" in line
+
+
+# What inspect predicts against what compile does: each backend's unsupported_ops is what inspect's
+# support column shows, and it must name a reason exactly when that backend's compile refuses the model.
+BACKENDS = {"litert": "x86_64", "tvm": "x86_64", "onnxruntime": "x86_64", "tflm": "cortex_m7", "vela": "ethos_u55_128"}
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """Tiny models in each quantization the converter makes, as .tflite files: weights of 1024
+    elements or more (the converter leaves smaller ones in float in dynamic-range mode). An int8 or
+    int16x8 LSTM cannot be made here: TensorFlow's calibrator crashes on Keras 3 recurrent layers, and
+    to_tflite refuses them (a Keras 3 LSTM converts to a WHILE loop, not UNIDIRECTIONAL_SEQUENCE_LSTM)."""
+    import keras
+
+    from edgedl.convert import to_tflite
+
+    d = tmp_path_factory.mktemp("quantized")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    dense = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4)])
+    conv = keras.Sequential([keras.Input((8, 8, 8)), keras.layers.Conv2D(16, 3, activation="relu"),
+                             keras.layers.Flatten(), keras.layers.Dense(4)])
+    lstm = keras.Sequential([keras.Input((5, 16)), keras.layers.LSTM(32), keras.layers.Dense(4)])
+    made = {}
+    for name, model, mode, io in (("dense_float", dense, "none", "float"), ("dense_int8", dense, "int8", "int8"),
+                                  ("dense_dynamic", dense, "dynamic", "float"), ("dense_float16", dense, "float16", "float"),
+                                  ("conv_dynamic", conv, "dynamic", "float"), ("conv_int16x8", conv, "int16x8", "float"),
+                                  ("lstm_dynamic", lstm, "dynamic", "float")):
+        rep = rng.random((20, *model.input_shape[1:]), dtype=np.float32)
+        made[name] = d / f"{name}.tflite"
+        made[name].write_bytes(to_tflite(model, mode, rep, io_type=io))
+    return made
+
+
+@pytest.fixture(scope="module")
+def compiled(quantized, tmp_path_factory):
+    """{(model, backend): the bundle, or None where compile refused it} for every model and backend."""
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.errors import EdgeDLError
+
+    d = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for name, path in quantized.items():
+        for backend, target in BACKENDS.items():
+            bundle = d / f"{name}_{backend}.edgedl"
+            try:
+                compile_model(str(path), target, str(bundle), CompileOptions(backend=backend, num_samples=20))
+            except EdgeDLError:
+                bundle = None
+            out[name, backend] = bundle
+    return out
+
+
+def test_the_quantization_kind_is_read_from_the_operators(quantized):
+    from edgedl.graph import read_tflite
+
+    kinds = {name: read_tflite(path).quantization_kind for name, path in quantized.items()}
+    assert kinds == {"dense_float": "float", "dense_int8": "int8", "dense_dynamic": "dynamic",
+                     "dense_float16": "float16", "conv_dynamic": "dynamic", "conv_int16x8": "int16x8",
+                     "lstm_dynamic": "dynamic"}  # the LSTM's int8 weights are in its loop body
+    assert [op.name for op in read_tflite(quantized["conv_dynamic"]).hybrid_ops()] == ["CONV_2D", "FULLY_CONNECTED"]
+    assert read_tflite(quantized["dense_float16"]).is_quantized is False
+
+
+def test_inputs_and_outputs_show_dtype_scale_and_zero_point(quantized):
+    proc = edgedl("inspect", quantized["dense_int8"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["quantization"]["kind"] == "int8" and info["quantized"] is True
+    [x], [y] = info["inputs"], info["outputs"]
+    assert x["dtype"] == y["dtype"] == "int8" and x["scale"] > 0 and y["scale"] > 0
+    assert -128 <= x["zero_point"] <= 127 and -128 <= y["zero_point"] <= 127
+    proc = edgedl("inspect", quantized["dense_int8"])
+    assert f"input: {x['name']} [1, 32] int8, scale {x['scale']:.6g}, zero point {x['zero_point']}" in proc.stdout
+    assert "quantization: int8 (full integer" in proc.stdout
+
+
+def test_predicted_support_is_what_compile_does(quantized, compiled):
+    from edgedl.inspect import inspect_path
+
+    predicted, actual = {}, {}
+    for name, path in quantized.items():
+        for backend, target in BACKENDS.items():
+            predicted[name, backend] = inspect_path(str(path), target)["support"][backend]["ok"]
+            actual[name, backend] = compiled[name, backend] is not None
+    assert predicted == actual
+    # and the cases the issue named are among them, refused both ways:
+    refused = {k for k, ok in actual.items() if not ok}
+    assert {("dense_dynamic", "tvm"), ("dense_dynamic", "tflm"), ("lstm_dynamic", "tvm"), ("dense_float16", "tflm"),
+            ("conv_int16x8", "onnxruntime"), ("dense_float", "vela")} <= refused
+    assert {("dense_int8", b) for b in BACKENDS} | {("conv_int16x8", "vela"), ("lstm_dynamic", "onnxruntime")} <= \
+        {k for k, ok in actual.items() if ok}
+
+
+def test_a_bundle_of_every_backend_shows_its_io_estimates_and_fidelity(compiled):
+    for backend in BACKENDS:
+        proc = edgedl("inspect", compiled["dense_int8", backend], "--json")
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        b = info["bundle"]
+        assert b["backend"] == backend and isinstance(b["estimates"], dict) and b["fidelity_line"], backend
+        [x], [y] = info["inputs"], info["outputs"]
+        assert x["dtype"] == "int8" and x["shape"] == [1, 32] and x["scale"] > 0 and "zero_point" in x, backend
+        assert y["dtype"] == "int8" and y["shape"] == [1, 4] and y["scale"] > 0 and "zero_point" in y, backend
+        text = edgedl("inspect", compiled["dense_int8", backend]).stdout
+        assert f"input: {x['name']} [1, 32] int8, scale {x['scale']:.6g}, zero point {x['zero_point']}" in text
+        assert "fidelity: " in text and "estimates:" in text, backend
+        if backend == "vela":
+            assert "fidelity: not run here" in text
+        else:
+            assert b["fidelity"]["top1_agreement"] == 1.0 and "top-1 agreement 100.0%" in text, backend
+
+
+def test_a_tflite_micro_bundle_shows_its_arena(compiled):
+    info = json.loads(edgedl("inspect", compiled["dense_int8", "tflm"], "--json").stdout)
+    arena = info["bundle"]["arena_bytes"]
+    assert arena > 0 and arena == info["bundle"]["estimates"]["arena_bytes"]
+    assert f"arena: {arena:,} B" in edgedl("inspect", compiled["dense_int8", "tflm"]).stdout
+
+
+def test_a_vela_bundle_counts_its_npu_operators_macs_and_names_it_as_velas_own(quantized, compiled):
+    source = json.loads(edgedl("inspect", quantized["dense_int8"], "--json").stdout)
+    proc = edgedl("inspect", compiled["dense_int8", "vela"], "--json")
+    info = json.loads(proc.stdout)
+    assert info["operators"]["ethos-u"]["macs"] == source["macs"] == 32 * 64 + 64 * 4
+    assert info["macs"] == source["macs"]
+    vela = info["support"]["vela"]
+    assert vela["ok"] is True and "ethos-u" not in vela["unsupported"] and "ethos-u" not in vela.get("cpu_fallback", {})
+    header, rows = table_rows(edgedl("inspect", compiled["dense_int8", "vela"]).stdout)
+    assert rows["ethos-u"][:3] == ["1", f"{source['macs']:,}", "yes"]
+    assert "not an Ethos-U" not in proc.stdout
+
+
+def test_vela_names_the_operators_it_leaves_to_the_cpu_without_refusing_the_model(quantized, compiled):
+    # Float input and output around an int16x8 model: Vela compiles it, with the conversions on the CPU.
+    info = json.loads(edgedl("inspect", quantized["conv_int16x8"], "--target", "ethos_u55_128", "--json").stdout)
+    vela = info["support"]["vela"]
+    assert vela["ok"] is True and vela["unsupported"] == {} and "DEQUANTIZE" in vela["cpu_fallback"]
+    assert compiled["conv_int16x8", "vela"] is not None
+    header, rows = table_rows(edgedl("inspect", quantized["conv_int16x8"], "--target", "ethos_u55_128").stdout)
+    assert rows["DEQUANTIZE"][header.index("vela") - 1] == "cpu"
