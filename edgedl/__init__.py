@@ -3,21 +3,22 @@
 The pipeline, one stage a module, each handing the next a plain artifact:
 
     >>> import edgedl
-    >>> result = edgedl.train("lenet", dataset="digits", epochs=8)          # doctest: +SKIP
-    >>> result.save("lenet.keras")                                          # doctest: +SKIP
-    >>> edgedl.optimize("lenet.keras", edgedl.OptimizeOptions(               # doctest: +SKIP
-    ...     dataset="digits", prune=0.5, quantize="int8"), out="lenet-opt")
-    >>> bundle = edgedl.compile_model("lenet-opt/model.tflite", "x86_64",   # doctest: +SKIP
-    ...                               "lenet.edgedl")
-    >>> print("\\n".join(bundle.summary()))                                  # doctest: +SKIP
-    >>> run = edgedl.bench("lenet.edgedl", edgedl.BenchOptions(runs=200))   # doctest: +SKIP
-    >>> print(run.to_text())                                                # doctest: +SKIP
-    >>> model = edgedl.runtime.load("lenet.edgedl")                         # doctest: +SKIP
-    >>> probs = model.predict(images)                                       # doctest: +SKIP
+    >>> trained = edgedl.train("lenet", edgedl.TrainOptions(dataset="digits"))    # doctest: +SKIP
+    >>> trained.save("lenet.keras")                                               # doctest: +SKIP
+    >>> report = edgedl.optimize("lenet.keras", edgedl.OptimizeOptions(            # doctest: +SKIP
+    ...     prune=0.8, quantize="int8", out_dir="lenet-opt"))
+    >>> bundle = edgedl.compile_model("lenet.keras", "x86_64", "lenet.edgedl",    # doctest: +SKIP
+    ...                               edgedl.CompileOptions(quantize="int8"))
+    >>> print("\n".join(bundle.summary()))                                        # doctest: +SKIP
+    >>> result = edgedl.bench("lenet.edgedl", edgedl.BenchOptions(runs=200))      # doctest: +SKIP
+    >>> print(result.to_text())                                                   # doctest: +SKIP
+    >>> model = edgedl.runtime.load("lenet.edgedl")                               # doctest: +SKIP
+    >>> probs = model.predict(images)                                             # doctest: +SKIP
 
 The public API (everything else is internal and may change):
 
-* ``edgedl.train(model, ...)``: train a zoo model on a data set (:mod:`edgedl.train`);
+* ``edgedl.train(model, options)``: train a zoo model on a data set (:mod:`edgedl.train`, options in
+  :class:`TrainOptions`);
 * ``edgedl.optimize(model, options, ...)``: prune, fine-tune and quantize a Keras model
   (:mod:`edgedl.optimize`, options in :class:`OptimizeOptions`);
 * ``edgedl.compile_model(model, target, out, options)``: compile for a target into a checked,
@@ -45,6 +46,7 @@ from edgedl.errors import EdgeDLError  # noqa: E402,F401
 _LAZY = {
     "compile_model": ("edgedl.compile", "compile_model"),
     "CompileOptions": ("edgedl.compile", "CompileOptions"),
+    "TrainOptions": ("edgedl.train", "TrainOptions"),
     "OptimizeOptions": ("edgedl.optimize", "OptimizeOptions"),
     "BenchOptions": ("edgedl.bench.options", "BenchOptions"),
     "BenchResult": ("edgedl.bench", "BenchResult"),

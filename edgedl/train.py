@@ -184,3 +184,7 @@ def _counts(options: TrainOptions, recipe: dict) -> tuple[int, int]:
             raise OptionError(f"the recipe's {name} must be a positive integer, got {value!r}; "
                               f"give --{name.replace('_', '-')}")
     return epochs, batch_size
+
+from edgedl._stage import callable_module  # noqa: E402
+
+callable_module(__name__)  # edgedl.train(...) is edgedl.train.train(...)

@@ -87,3 +87,29 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, data_dir):
     remote = next(out for line, out in ran if "--device" in line)
     assert f"on 127.0.0.1:{port}" in remote and "accuracy" in remote
     assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+def python_block() -> str:
+    """The ```python block under "The same pipeline from Python"."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("The same pipeline from Python"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_python_pipeline_runs_as_written(tmp_path):
+    pytest.importorskip("keras")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("EDGEDL_DATA", None)  # it names digits: no data folder needed
+    proc = subprocess.run([sys.executable, "-c", python_block()], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=2 * LINE_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("lenet.edgedl: ") for line in lines)
+    assert any(line.startswith("  digest: sha256:") for line in lines)
+    assert any(line.startswith("  fidelity: accuracy ") for line in lines)
+    assert (tmp_path / "lenet-opt" / "model.tflite").exists() and (tmp_path / "run.json").exists()
+    import json
+
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["schema"] == "edgedl.bench/1" and run["accuracy"]["accuracy"] > 0.8

@@ -32,3 +32,7 @@ __all__ = [
     "FineTune", "OptimizeOptions", "OptimizeReport", "PruneResult", "PruneSpec", "QATResult", "StructuredResult",
     "StructuredSpec", "optimize", "prune", "prune_structured", "quantization_aware_training",
 ]
+
+from edgedl._stage import callable_module  # noqa: E402
+
+callable_module(__name__)  # edgedl.optimize(...) is edgedl.optimize.optimize(...)
