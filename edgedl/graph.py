@@ -75,6 +75,13 @@ class Graph:
         mixed (:attr:`quantization_kind`); float and float16 models are not."""
         return self.quantization_kind in ("int8", "int16x8", "dynamic", "mixed")
 
+    def custom_ops(self) -> list[str]:
+        """The names of the custom operators (not TFLite builtins, such as Vela's ``ethos-u``)."""
+        from ai_edge_litert import schema_py_generated as schema
+
+        builtin = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+        return sorted({op.name for g in self._all() for op in g.ops if op.name not in builtin})
+
     def activation_dtypes(self, op: Op) -> set[str]:
         """The dtypes of the tensors ``op`` computes on and produces (its non-constant inputs and its
         outputs), not those of its weights."""

@@ -192,7 +192,9 @@ def test_inputs_and_outputs_show_dtype_scale_and_zero_point(quantized):
     assert "quantization: int8 (full integer" in proc.stdout
 
 
-def test_predicted_support_is_what_compile_does(quantized, compiled):
+def test_predicted_support_is_what_compile_does(quantized, compiled, tmp_path):
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.errors import EdgeDLError
     from edgedl.inspect import inspect_path
 
     predicted, actual = {}, {}
@@ -200,6 +202,15 @@ def test_predicted_support_is_what_compile_does(quantized, compiled):
         for backend, target in BACKENDS.items():
             predicted[name, backend] = inspect_path(str(path), target)["support"][backend]["ok"]
             actual[name, backend] = compiled[name, backend] is not None
+    # Vela's output holds its own custom operator: no CPU backend takes it, as inspect says.
+    npu_model = compiled["dense_int8", "vela"] / "model_vela.tflite"
+    for backend in ("litert", "tvm", "onnxruntime"):
+        support = inspect_path(str(npu_model), "x86_64")["support"][backend]
+        predicted["vela_output", backend] = support["ok"]
+        assert "ethos-u" in support["unsupported"], backend
+        with pytest.raises(EdgeDLError):
+            compile_model(str(npu_model), "x86_64", str(tmp_path / f"{backend}.edgedl"), CompileOptions(backend=backend))
+        actual["vela_output", backend] = False
     assert predicted == actual
     # and the cases the issue named are among them, refused both ways:
     refused = {k for k, ok in actual.items() if not ok}

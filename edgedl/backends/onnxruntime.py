@@ -176,11 +176,12 @@ class ONNXRuntimeBackend(Backend):
     def unsupported_ops(self, graph, target):
         """ONNX Runtime's CPU provider implements the whole standard opset; what fails is the way to it
         from a ``.tflite``: tf2onnx's model of int16 activations (int16x8) does not load, and it has no
-        converter for a quantized UNIDIRECTIONAL_SEQUENCE_LSTM. ``graph`` is None for an ``.onnx``
-        model, which is taken as it is."""
+        converter for a custom operator or a quantized UNIDIRECTIONAL_SEQUENCE_LSTM. ``graph`` is None
+        for an ``.onnx`` model, which is taken as it is."""
         out = {}
         if graph is None:
             return out
+        out.update({op: "a custom operator: tf2onnx has no converter for it" for op in graph.custom_ops()})
         for g in (graph, *graph.nested):
             for op in g.ops:
                 acts = g.activation_dtypes(op)
