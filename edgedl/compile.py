@@ -117,10 +117,31 @@ class ModelSource:
     metadata: dict
     keras_model: object = None
     input_range: tuple | None = None    # the float range a quantized input covers (None: float input)
+    references: dict = field(default_factory=dict, repr=False)  # kernel set -> Reference, computed once
 
     def record(self) -> dict:
         """What the manifest says of the source."""
         return {"path": self.path.name, "kind": self.kind, "sha256": self.sha256}
+
+    def reference_label(self, kernels: str = "xnnpack") -> str:
+        """What computes the reference: the Keras model in float, ONNX Runtime on the .onnx, or LiteRT
+        on the .tflite with one of its kernel sets."""
+        if self.kind == "keras":
+            return "the Keras model (float)"
+        if self.kind == "onnx":
+            return f"ONNX Runtime on {self.path.name}"
+        return f"LiteRT on {self.path.name} ({kernels} kernels)"
+
+    def reference_for(self, kernels: str | None, default: Reference) -> Reference:
+        """The reference a build whose arithmetic is LiteRT's ``kernels`` is held to: for a ``.tflite``
+        source, LiteRT running it with those kernels (TFLite Micro rounds like the reference kernels,
+        not like XNNPACK); for a Keras or ONNX source, the source itself."""
+        if self.kind != "tflite" or kernels in (None, "xnnpack"):
+            return default
+        if kernels not in self.references:
+            outputs = reference_outputs(self.path, default.samples.x, kernels=kernels)
+            self.references[kernels] = Reference(default.samples, outputs, self.reference_label(kernels))
+        return self.references[kernels]
 
 
 @dataclass
@@ -182,7 +203,7 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         if source.kind == "keras":
             say(f"converting to .tflite ({options.quantize})")
             source.tflite = convert_source(source, options, samples, work)
-        reference = Reference(samples, source.reference(samples.x))
+        reference = Reference(samples, source.reference(samples.x), source.reference_label())
         problem = one_class_problem(reference.outputs, samples)
         if problem:
             raise OptionError(f"{source.path.name}: {problem}")
@@ -293,8 +314,9 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
     here, why_not = backend.runs_here(tgt)
     if not here:
         return Candidate(name, True, compiled, not_checked=why_not)
+    reference = source.reference_for(backend.reference_kernels(compiled), reference)
     samples = reference.samples
-    say(f"checking {name} against the reference on {len(samples)} samples")
+    say(f"checking {name} against {reference.label} on {len(samples)} samples")
     try:
         timed = not alone and tgt.runs_here()[0]  # only then do measured latencies say anything about the target
         checked = _isolate.run(_check_compiled, source.path, name, compiled, samples.x, options.num_threads, timed,

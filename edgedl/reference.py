@@ -58,14 +58,17 @@ class Samples:
 
 @dataclass
 class Reference:
-    """The samples and the reference's outputs on them: what every build is compared with."""
+    """The samples, the reference's outputs on them and what the reference is (``label``, recorded
+    with every check): what a build is compared with."""
 
     samples: Samples
     outputs: np.ndarray
+    label: str = "the source model"
 
     def compare(self, outputs: np.ndarray) -> dict:
-        """A build's :func:`fidelity` on the same samples (with accuracy where they have labels)."""
-        return fidelity(self.outputs, outputs, self.samples.y)
+        """A build's :func:`fidelity` on the same samples (with accuracy where they have labels), and
+        what it was compared with."""
+        return fidelity(self.outputs, outputs, self.samples.y) | {"reference": self.label}
 
 
 def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict | None = None,
@@ -170,14 +173,16 @@ def noise_samples(input_shape, num_samples: int, where, value_range: tuple[float
                              "note": f"synthetic: uniform noise over {how}; no accuracy"}, x)
 
 
-def reference_outputs(model, x: np.ndarray) -> np.ndarray:
-    """The float reference's outputs on ``x``.
+def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
+    """The reference's float outputs on ``x``.
 
     Args:
         model: a loaded Keras model (run here), or the path of a ``.keras``/``.h5``/SavedModel (loaded
             here), a ``.tflite`` (run with LiteRT) or an ``.onnx`` (run with ONNX Runtime); a
             ``.tflite`` or ``.onnx`` runs in a child process.
         x: float inputs, (N, *sample).
+        kernels: a ``.tflite``'s LiteRT kernel set: ``xnnpack`` (LiteRT's default), ``builtin`` or
+            ``reference`` (the portable kernels TFLite Micro implements).
 
     Raises:
         InputFileError: the file is not a model the reference can run (named), or crashed its engine.
@@ -189,7 +194,8 @@ def reference_outputs(model, x: np.ndarray) -> np.ndarray:
     path = Path(model)
     suffix = path.suffix.lower()
     if suffix == ".tflite":
-        return _isolated(_tflite_outputs, path, "LiteRT", x)
+        return _isolate.run(_tflite_outputs, path, x, kernels, file=path, tool="LiteRT",
+                            action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
     if suffix == ".onnx":
         return _isolated(_onnx_outputs, path, "ONNX Runtime", x)
     if suffix in KERAS_SUFFIXES or path.is_dir():
@@ -306,12 +312,12 @@ def _isolated(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:
                         timeout=CHECK_TIMEOUT_S)
 
 
-def _tflite_outputs(path: Path, x: np.ndarray) -> np.ndarray:
-    """LiteRT's outputs of a ``.tflite`` on float samples (in a child process)."""
+def _tflite_outputs(path: Path, x: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
+    """LiteRT's outputs of a ``.tflite`` on float samples with one kernel set (in a child process)."""
     from edgedl.runtime.engines import LiteRTEngine
     from edgedl.runtime.quant import predict
 
-    engine = LiteRTEngine(path)
+    engine = LiteRTEngine(path, kernels=kernels)
     try:
         return predict(engine, x)
     except (ValueError, RuntimeError) as e:  # "Tensor data is null": no operator writes the output

@@ -80,6 +80,13 @@ class Backend:
         (by default: whether the target's code runs here, :meth:`Target.runs_here`)."""
         return target.runs_here()
 
+    def reference_kernels(self, compiled: CompiledModel) -> str | None:
+        """The LiteRT kernel set (``xnnpack``, ``builtin`` or ``reference``) whose integer arithmetic
+        this build implements: a quantized ``.tflite`` source is run with it as the build's reference,
+        so a build is not failed for rounding the way the kernels it implements do. None: the build
+        does not run a ``.tflite`` (an ``.onnx`` source), and the source's own engine is the reference."""
+        return "xnnpack"
+
     def compile(self, tflite_path: Path, target: Target, out_dir: Path, options: dict) -> CompiledModel:
         raise NotImplementedError
 

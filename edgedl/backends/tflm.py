@@ -99,6 +99,10 @@ class TFLMBackend(Backend):
             estimates=estimates, compile_time_s=time.perf_counter() - start,
         )
 
+    def reference_kernels(self, compiled):
+        """TFLite Micro's kernels are LiteRT's portable reference kernels (not XNNPACK's arithmetic)."""
+        return "reference"
+
     def load(self, compiled, num_threads=1):
         from edgedl.runtime.tflm import TFLMEngine
 

@@ -87,17 +87,30 @@ def litert_interpreter_class():
         raise MissingDependencyError("ai_edge_litert", "runtime") from None
 
 
+KERNEL_SETS = ("xnnpack", "builtin", "reference")
+
+
 class LiteRTEngine(Engine):
-    """A ``.tflite`` model on LiteRT (XNNPACK delegate on CPU by default)."""
+    """A ``.tflite`` model on LiteRT (XNNPACK delegate on CPU by default).
+
+    ``kernels`` picks one of LiteRT's three arithmetics, which differ by a rounding step on a few
+    percent of int8 outputs: ``xnnpack`` (the default interpreter), ``builtin`` (its optimized kernels
+    without delegates; also ``xnnpack=False``) or ``reference`` (the portable reference kernels,
+    what TFLite Micro implements).
+    """
 
     name = "litert"
 
-    def __init__(self, model_path: str, num_threads: int = 1, xnnpack: bool = True):
+    def __init__(self, model_path: str, num_threads: int = 1, xnnpack: bool = True, kernels: str | None = None):
         Interpreter = litert_interpreter_class()
         self.model_path = str(model_path)
+        kernels = kernels or ("xnnpack" if xnnpack else "builtin")
+        if kernels not in KERNEL_SETS:
+            raise BackendError(f"unknown LiteRT kernel set '{kernels}'; known: {', '.join(KERNEL_SETS)}")
+        self.kernels = kernels
         kwargs = {"model_path": str(model_path), "num_threads": num_threads}
-        if not xnnpack:
-            kwargs["experimental_op_resolver_type"] = _no_delegate_resolver()
+        if kernels != "xnnpack":
+            kwargs["experimental_op_resolver_type"] = _op_resolver(kernels)
         from edgedl._lazy import quiet
 
         try:
@@ -129,9 +142,9 @@ class LiteRTEngine(Engine):
         self.interpreter.invoke()
 
 
-def _no_delegate_resolver():
-    mod = importlib.import_module("ai_edge_litert.interpreter")
-    return mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+def _op_resolver(kernels: str):
+    resolvers = importlib.import_module("ai_edge_litert.interpreter").OpResolverType
+    return resolvers.BUILTIN_REF if kernels == "reference" else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 
 def _litert_spec(d: dict) -> TensorSpec:
