@@ -27,12 +27,13 @@ def quickstart(data_dir, dataset, model, epochs, seed, runs, out_dir, as_json):
     from rich.console import Console
 
     from edgedl._io import check_writable
-    from edgedl.quickstart import run
+    from edgedl.quickstart import QuickstartOptions, run
 
     console = Console(stderr=True)
     check_writable(out_dir, "--output", kind="folder")
-    result = run(data_dir=data_dir, dataset=dataset, model=model, epochs=epochs, seed=seed, out_dir=out_dir,
-                 runs=runs, progress=not as_json, status=None if as_json else (lambda m: console.print(f"[bold]>[/] {m}")))
+    options = QuickstartOptions(data_dir=data_dir, dataset=dataset, model=model, epochs=epochs, seed=seed,
+                                out_dir=out_dir, runs=runs)
+    result = run(options, progress=not as_json, status=None if as_json else (lambda m: console.print(f"[bold]>[/] {m}")))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
