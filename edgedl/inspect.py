@@ -1,5 +1,7 @@
-"""Inspection: what a model or a bundle holds (operators, parameters, MACs, sizes) and which
-backends of a target take each operator.
+"""Inspection: what a model or a bundle holds (operators, parameters, MACs, sizes, how it is
+quantized, its inputs and outputs with their scale and zero point) and which backends of a target
+compile it: each backend's ``unsupported_ops`` names what its compile refuses, so the support
+column agrees with compile. A bundle adds what its manifest records (estimates, arena, fidelity).
 """
 
 from __future__ import annotations
@@ -91,16 +93,15 @@ def _inspect_bundle(p: Path, info: dict, target: str | None, tmp: Path) -> dict:
         if model is not None:
             model.write_bytes((bundle.directory / model_files[0]).read_bytes())
             shown_as = p / model_files[0]
-    info["size_bytes"] = p.stat().st_size if p.is_file() else m.size_bytes
     if model is not None and model.suffix == ".onnx":
         info.update(onnx_facts(model))
     elif model is not None:
-        tgt = load_target(target) if target else load_target(m.target_name)
+        tgt = load_target(target) if target else m.target()  # the target as recorded: a TOML file's too
         info.update(_describe(model, tgt, shown_as))
         info["target"] = tgt.name
         _count_npu_macs(info)
-        info["size_bytes"] = p.stat().st_size if p.is_file() else m.size_bytes
     info["path"] = str(p)
+    info["size_bytes"] = p.stat().st_size if p.is_file() else m.size_bytes  # what the device stores
     # What the bundle runs with, as its manifest records it (the compiled model's own I/O).
     info["inputs"], info["outputs"] = m.get("inputs") or [], m.get("outputs") or []
     return info

@@ -267,3 +267,16 @@ def test_vela_names_the_operators_it_leaves_to_the_cpu_without_refusing_the_mode
     assert compiled["conv_int16x8", "vela"] is not None
     header, rows = table_rows(edgedl("inspect", quantized["conv_int16x8"], "--target", "ethos_u55_128").stdout)
     assert rows["DEQUANTIZE"][header.index("vela") - 1] == "cpu"
+
+
+def test_a_bundle_for_a_target_file_is_inspected_against_the_target_it_records(quantized, tmp_path):
+    from edgedl.compile import CompileOptions, compile_model
+
+    board = tmp_path / "my_board.toml"
+    board.write_text('kind = "mcu"\nbackends = ["tflm"]\n[memory]\nram_kb = 256\nflash_kb = 1024\n')
+    compile_model(str(quantized["dense_int8"]), str(board), str(tmp_path / "b.edgedl"), CompileOptions(num_samples=20))
+    board.unlink()  # the bundle carries its target: the file is not needed to read it
+    proc = edgedl("inspect", tmp_path / "b.edgedl", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["target"] == "my_board" and info["support"]["tflm"]["ok"] is True and info["bundle"]["arena_bytes"] > 0
