@@ -118,6 +118,7 @@ class ModelSource:
     keras_model: object = None
     input_range: tuple | None = None    # the float range a quantized input covers (None: float input)
     references: dict = field(default_factory=dict, repr=False)  # kernel set -> Reference, computed once
+    interpreter: str = "litert"         # a .tflite's reference: LiteRT, or TFLite Micro's for ops only it has
 
     def record(self) -> dict:
         """What the manifest says of the source."""
@@ -130,13 +131,15 @@ class ModelSource:
             return "the Keras model (float)"
         if self.kind == "onnx":
             return f"ONNX Runtime on {self.path.name}"
+        if self.interpreter == "tflm":
+            return f"TFLite Micro's interpreter on {self.path.name}"
         return f"LiteRT on {self.path.name} ({kernels} kernels)"
 
     def reference_for(self, kernels: str | None, default: Reference) -> Reference:
         """The reference a build whose arithmetic is LiteRT's ``kernels`` is held to: for a ``.tflite``
         source, LiteRT running it with those kernels (TFLite Micro rounds like the reference kernels,
         not like XNNPACK); for a Keras or ONNX source, the source itself."""
-        if self.kind != "tflite" or kernels in (None, "xnnpack"):
+        if self.kind != "tflite" or kernels in (None, "xnnpack") or self.interpreter != "litert":
             return default
         if kernels not in self.references:
             outputs = reference_outputs(self.path, default.samples.x, kernels=kernels)
@@ -244,8 +247,9 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSourc
         if options.quantize != "none":
             raise OptionError(f"--quantize applies to Keras models; {p.name} is already a .tflite "
                               f"({'quantized' if probe['quantized'] else 'float'})")
-        return ModelSource(p, "tflite", sha, p, partial(reference_outputs, p), probe["input_shape"], meta,
-                           input_range=probe["input_range"])
+        return ModelSource(p, "tflite", sha, p, partial(reference_outputs, p, interpreter=probe["interpreter"]),
+                           probe["input_shape"], meta, input_range=probe["input_range"],
+                           interpreter=probe["interpreter"])
     if p.suffix.lower() == ".onnx":
         shape = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
                              timeout=CHECK_TIMEOUT_S)
@@ -389,12 +393,31 @@ def _probe_tflite(path: Path) -> dict:
     if not graph.inputs or not graph.outputs:
         raise InputFileError(path, f"the model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
                                    "edgedl needs one input and at least one output")
-    engine = LiteRTEngine(path)
+    interpreter = "litert"
+    try:
+        engine = LiteRTEngine(path)
+    except InputFileError as e:
+        if "unresolved custom op" not in str(e):
+            raise
+        engine, interpreter = _tflm_only(path, e), "tflm"
     problem = _io_problem(engine)
     if problem:
         raise InputFileError(path, problem)
     return {"quantized": graph.is_quantized, "input_shape": tuple(engine.inputs[0].shape[1:]),
-            "input_range": input_range(engine.inputs[0])}
+            "input_range": input_range(engine.inputs[0]), "interpreter": interpreter}
+
+
+def _tflm_only(path: Path, litert_error: InputFileError):
+    """TFLite Micro's interpreter on a model with custom operators LiteRT's Python runtime lacks (TFLite
+    Micro's Signal ops for audio front ends): the model is compiled for TFLite Micro and checked
+    against its interpreter. Neither runs it: LiteRT's error, with TFLite Micro's."""
+    from edgedl.runtime.tflm import TFLMEngine
+
+    try:
+        return TFLMEngine(path)
+    except EdgeDLError as e:
+        raise InputFileError(path, f"{str(litert_error).removeprefix(f'{path}: ')}; TFLite Micro cannot run it "
+                                   f"either ({str(e).removeprefix(f'{path}: ')})") from None
 
 
 def _io_problem(engine) -> str:
@@ -486,6 +509,11 @@ def _backend_candidates(tgt, source, options) -> list[str]:
         names = [options.backend]
     else:
         names = [b for b in tgt.backends if b in backend_names()]
+    if source.interpreter == "tflm":  # custom operators only TFLite Micro has
+        if "tflm" not in names:
+            raise OptionError(f"{source.path.name} has operators only TFLite Micro runs; target '{tgt.name}' takes "
+                              f"{', '.join(tgt.backends)}, not tflm")
+        return ["tflm"]
     if source.kind == "onnx":
         onnx_ok = [n for n in names if n in ("onnxruntime", "tvm")]
         if not onnx_ok:

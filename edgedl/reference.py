@@ -127,16 +127,19 @@ def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict 
 
 
 def input_range(spec) -> tuple[float, float] | None:
-    """The float range a quantized input covers, from its scale and zero point (None for a float input).
+    """The float range an integer input covers: from its scale and zero point where it is quantized,
+    else its dtype's own range (an int16 audio input); None for a float input.
 
     Example:
         >>> from edgedl.runtime.engines import TensorSpec
         >>> input_range(TensorSpec("x", (1, 4), "int8", scale=1.0, zero_point=-128))
         (0.0, 255.0)
     """
-    if not spec.scale or spec.dtype not in ("int8", "uint8", "int16"):
+    if spec.dtype not in ("int8", "uint8", "int16"):
         return None
     info = np.iinfo(spec.dtype)
+    if not spec.scale:
+        return float(info.min), float(info.max)
     return float((info.min - spec.zero_point) * spec.scale), float((info.max - spec.zero_point) * spec.scale)
 
 
@@ -168,12 +171,12 @@ def noise_samples(input_shape, num_samples: int, where, value_range: tuple[float
                                     "edgedl can check")
     lo, hi = value_range or (0.0, 1.0)
     x = (lo + (hi - lo) * np.random.default_rng(0).random((num_samples, *input_shape))).astype(np.float32)
-    how = "the quantized input's range" if value_range else "[0, 1), the input's range being unknown"
+    how = "the integer input's range" if value_range else "[0, 1), the input's range being unknown"
     return Samples(x, None, {"dataset": None, "num_samples": len(x), "synthetic": [lo, hi],
                              "note": f"synthetic: uniform noise over {how}; no accuracy"}, x)
 
 
-def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
+def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interpreter: str = "litert") -> np.ndarray:
     """The reference's float outputs on ``x``.
 
     Args:
@@ -183,6 +186,8 @@ def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack") -> np.ndar
         x: float inputs, (N, *sample).
         kernels: a ``.tflite``'s LiteRT kernel set: ``xnnpack`` (LiteRT's default), ``builtin`` or
             ``reference`` (the portable kernels TFLite Micro implements).
+        interpreter: what runs a ``.tflite``: ``litert``, or ``tflm`` (TFLite Micro's interpreter, for a
+            model with operators only it has).
 
     Raises:
         InputFileError: the file is not a model the reference can run (named), or crashed its engine.
@@ -193,6 +198,9 @@ def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack") -> np.ndar
         return predict(model, x)
     path = Path(model)
     suffix = path.suffix.lower()
+    if suffix == ".tflite" and interpreter == "tflm":
+        return _isolate.run(_tflm_outputs, path, x, file=path, tool="TFLite Micro",
+                            action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
     if suffix == ".tflite":
         return _isolate.run(_tflite_outputs, path, x, kernels, file=path, tool="LiteRT",
                             action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
@@ -322,6 +330,14 @@ def _tflite_outputs(path: Path, x: np.ndarray, kernels: str = "xnnpack") -> np.n
         return predict(engine, x)
     except (ValueError, RuntimeError) as e:  # "Tensor data is null": no operator writes the output
         raise InputFileError(path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})") from None
+
+
+def _tflm_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    """TFLite Micro's interpreter's outputs of a ``.tflite`` on float samples (in a child process)."""
+    from edgedl.runtime.quant import predict
+    from edgedl.runtime.tflm import TFLMEngine
+
+    return predict(TFLMEngine(path), x)
 
 
 def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:

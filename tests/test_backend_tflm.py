@@ -167,3 +167,68 @@ def test_a_stripped_model_runs_in_tflm_exactly_as_the_full_one(lenet, compiled, 
     full, lean = get_backend("tflm").load(compiled), get_backend("tflm").load(small)
     raw = [quantize(s[None], full.inputs[0]) for s in load_dataset("digits").x_test[:40]]
     np.testing.assert_array_equal(np.stack([lean.invoke(r) for r in raw]), np.stack([full.invoke(r) for r in raw]))
+
+
+def signal_model(path, n=16):
+    """A .tflite with one of TFLite Micro's Signal operators (SignalFftAutoScale, of its audio front
+    end), which LiteRT's Python runtime does not have: int16 [1, n] -> reshape -> auto-scale -> reshape."""
+    import flatbuffers
+    from tflite_micro import runtime
+
+    fb = runtime.schema_fb
+
+    def tensor(name, shape, ttype, buffer=0):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name.encode(), shape, ttype, buffer
+        return t
+
+    def code(builtin, custom=None):
+        c = fb.OperatorCodeT()
+        c.builtinCode = c.deprecatedBuiltinCode = builtin
+        c.customCode, c.version = custom, 1
+        return c
+
+    def op(index, inputs, outputs):
+        o = fb.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = index, inputs, outputs
+        return o
+
+    T = fb.TensorType
+    model = fb.ModelT()
+    model.version, model.buffers = 3, [fb.BufferT() for _ in range(3)]
+    model.buffers[1].data = list(np.array([n], np.int32).tobytes())
+    model.buffers[2].data = list(np.array([1, n], np.int32).tobytes())
+    graph = fb.SubGraphT()
+    graph.tensors = [tensor("input", [1, n], T.INT16), tensor("flat", [n], T.INT16), tensor("scaled", [n], T.INT16),
+                     tensor("scale_bit", [], T.INT32), tensor("output", [1, n], T.INT16),
+                     tensor("flat_shape", [1], T.INT32, 1), tensor("out_shape", [2], T.INT32, 2)]
+    model.operatorCodes = [code(fb.BuiltinOperator.RESHAPE), code(fb.BuiltinOperator.CUSTOM, b"SignalFftAutoScale")]
+    graph.operators = [op(0, [0, 5], [1]), op(1, [1], [2, 3]), op(0, [2, 6], [4])]
+    graph.inputs, graph.outputs, graph.name = [0], [4], b"main"
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    return path
+
+
+def test_a_model_with_operators_only_tflite_micro_has_compiles_for_it_checked_against_its_interpreter(tmp_path):
+    from edgedl.errors import InputFileError, OptionError
+    from edgedl.runtime.engines import LiteRTEngine
+
+    model = signal_model(tmp_path / "autoscale.tflite")
+    with pytest.raises(InputFileError, match="unresolved custom op: SignalFftAutoScale"):
+        LiteRTEngine(model)  # what made compile refuse it for every target before
+    bundle = compile_model(str(model), "cortex_m7", str(tmp_path / "m7.edgedl"), CompileOptions(num_samples=20))
+    m = bundle.manifest
+    assert m.backend == "tflm" and "SignalFftAutoScale" in m["estimates"]["operator_kernels"]
+    assert m.fidelity["reference"] == "TFLite Micro's interpreter on autoscale.tflite"
+    assert m.fidelity["max_abs_error"] == 0.0 and m["samples"]["synthetic"] == [-32768.0, 32767.0]
+    x = np.arange(16, dtype=np.int16).reshape(1, 16) * 10 - 50
+    from edgedl.runtime import load
+
+    y = load(bundle.path).predict_raw(x)
+    assert np.array_equal(y, x * 256)  # auto-scaled: shifted left as far as int16 holds its largest value (100)
+    with pytest.raises(OptionError, match="autoscale.tflite has operators only TFLite Micro runs; target 'x86_64' "
+                                          "takes litert, tvm, onnxruntime, not tflm"):
+        compile_model(str(model), "x86_64", str(tmp_path / "x86.edgedl"), CompileOptions(num_samples=20))

@@ -197,7 +197,8 @@ def _op_name(code) -> str:
         _BUILTIN_NAMES.update({v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")})
     builtin = runtime.get_builtin_code_from_operator_code(code)
     if builtin == fb.BuiltinOperator.CUSTOM:
-        custom = code.customCode
+        # an OperatorCodeT (object API) has .customCode; a flatbuffer OperatorCode has CustomCode()
+        custom = code.customCode if hasattr(code, "customCode") else code.CustomCode()
         return custom.decode() if isinstance(custom, bytes) else str(custom)
     return _BUILTIN_NAMES.get(builtin, str(builtin))
 
