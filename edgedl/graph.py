@@ -26,6 +26,7 @@ QUANTIZATION_KINDS = {
     "mixed": "mixed: some operators in integer, others in float",
     "float": "float: not quantized",
 }
+INTEGER_KINDS = ("int8", "int16x8", "dynamic", "mixed")  # the kinds that compute with integer weights
 FLOAT_DTYPES = {"float32", "float16", "float64"}
 PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE")  # convert at the edges or dequantize constants: they compute nothing
 
@@ -73,7 +74,7 @@ class Graph:
     def is_quantized(self) -> bool:
         """Whether the model computes with integer weights: full integer, int16x8, dynamic range or
         mixed (:attr:`quantization_kind`); float and float16 models are not."""
-        return self.quantization_kind in ("int8", "int16x8", "dynamic", "mixed")
+        return self.quantization_kind in INTEGER_KINDS
 
     def custom_ops(self) -> list[str]:
         """The names of the custom operators (not TFLite builtins, such as Vela's ``ethos-u``)."""
@@ -136,7 +137,7 @@ class Graph:
         kind = self.quantization_kind
         return {"path": self.path, "size_bytes": self.size_bytes, "num_ops": len(self.ops),
                 "op_counts": self.op_counts, "macs": self.macs, "num_params": self.num_params,
-                "quantized": kind in ("int8", "int16x8", "dynamic", "mixed"),
+                "quantized": kind in INTEGER_KINDS,
                 "quantization": {"kind": kind, "description": QUANTIZATION_KINDS[kind]},
                 "inputs": self.inputs, "outputs": self.outputs}
 
