@@ -3,7 +3,9 @@
 for that backend.
 
 The reference never goes through edgedl's own runtime: the int8 ``.tflite`` runs on LiteRT's
-interpreter as shipped (XNNPACK on, its own quantization parameters), the float model on Keras. A
+interpreter as shipped (XNNPACK on, its own quantization parameters), or, for a backend that
+implements LiteRT's portable reference kernels (TFLite Micro), on those kernels; the float model on
+Keras. A
 backend that cannot run on this host (Vela's command stream needs an Ethos-U NPU) is held to what it
 can do here: a bundle with its estimates, a manifest that says the check did not run and why, and a
 runtime that refuses it by name.
@@ -36,7 +38,8 @@ class Spec:
     """How one backend is held to the reference."""
 
     target: str                     # a target of targets/ that lists the backend
-    source: str                     # "int8": the shared int8 .tflite (int8 I/O); "float": the trained .keras
+    source: str                     # "int8": the shared int8 .tflite (int8 I/O) on LiteRT as shipped;
+                                    # "int8-reference": on LiteRT's reference kernels; "float": the trained .keras
     min_agreement: float = 1.0      # top-1 agreement with the reference, at least
     max_abs_error: float = 0.0      # on the dequantized / float outputs, at most (inclusive)
     runs_here: bool = True          # False: compiled and checked for its estimates only
@@ -48,9 +51,9 @@ SPECS = {
     "litert": Spec("x86_64", "int8", module="ai_edge_litert"),
     # TVM's exact int8 lowering reproduces LiteRT's default (XNNPACK) kernels bit for bit.
     "tvm": Spec("x86_64", "int8", module="tvm"),
-    # TFLite Micro's reference kernels round some requantizations differently from XNNPACK: a
-    # softmax output moves by a few quanta of 1/256 (4 measured on this LeNet), rarely the top-1 class.
-    "tflm": Spec("cortex_m7", "int8", min_agreement=0.98, max_abs_error=8 / 256, module="tflite_micro"),
+    # TFLite Micro implements LiteRT's reference kernels, and compile holds it to them; it still rounds
+    # a few outputs differently (0.4% of this LeNet's, by up to 5 quanta of 1/256), rarely the top-1 class.
+    "tflm": Spec("cortex_m7", "int8-reference", min_agreement=0.98, max_abs_error=8 / 256, module="tflite_micro"),
     # A float model converted to ONNX (via .tflite and tf2onnx): float32 round-off only.
     "onnxruntime": Spec("x86_64", "float", max_abs_error=1e-4, module="onnxruntime"),
     # Vela's output needs an Ethos-U NPU: compiled, estimated, refused by the runtime here.
@@ -67,11 +70,13 @@ def samples():
     return data.x_test[:NUM_SAMPLES], data.y_test[:NUM_SAMPLES]
 
 
-def litert_reference(tflite_path, x: np.ndarray) -> np.ndarray:
-    """LiteRT's interpreter as shipped, on float samples: quantize, invoke one at a time, dequantize."""
-    from ai_edge_litert.interpreter import Interpreter
+def litert_reference(tflite_path, x: np.ndarray, reference_kernels: bool = False) -> np.ndarray:
+    """LiteRT's interpreter as shipped (or on its reference kernels), on float samples: quantize, invoke
+    one at a time, dequantize."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(tflite_path))
+    kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF} if reference_kernels else {}
+    interpreter = Interpreter(model_path=str(tflite_path), **kwargs)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
@@ -92,6 +97,7 @@ def references(trained_lenet, samples):
     test_backend_litert.py's xfail pins, whichever test runs first)."""
     x, _ = samples
     return {"int8": litert_reference(trained_lenet["int8"], x),
+            "int8-reference": litert_reference(trained_lenet["int8"], x, reference_kernels=True),
             "float": np.asarray(trained_lenet["model"].predict(x, batch_size=64, verbose=0), np.float32)}
 
 
@@ -101,7 +107,7 @@ def compile_for(name: str, trained_lenet, folder):
     pytest.importorskip(spec.module)
     if name == "onnxruntime":
         pytest.importorskip("tf2onnx", reason="a Keras model reaches ONNX Runtime through tf2onnx")
-    source = trained_lenet["int8"] if spec.source == "int8" else trained_lenet["keras"]
+    source = trained_lenet["int8"] if spec.source.startswith("int8") else trained_lenet["keras"]
     out = folder / f"{name}.edgedl"
     compile_model(str(source), spec.target, str(out),
                   CompileOptions(backend=name, dataset="digits", num_samples=NUM_SAMPLES))
