@@ -525,23 +525,26 @@ def _backend_candidates(tgt, source, options) -> list[str]:
     if options.backend == "auto" and source.kind != "onnx":
         from edgedl.graph import read_tflite
 
-        problem = float_for_npu(tgt, read_tflite(source.tflite).is_quantized)
+        problem = float_for_npu(tgt, read_tflite(source.tflite).quantization_kind)
         if problem:
             raise OptionError(problem)
     return names
 
 
-def float_for_npu(tgt, quantized: bool) -> str:
-    """Why a float model must not go to an NPU target with ``--backend auto`` ("" when it may): Vela,
-    the only backend there that uses the NPU, takes full-integer models, and the model would silently
-    run on the CPU beside it instead."""
-    if tgt.kind != "npu" or quantized or "vela" not in tgt.backends:
+def float_for_npu(tgt, kind: str) -> str:
+    """Why a model that is not full-integer must not go to an NPU target with ``--backend auto`` (""
+    when it may): Vela, the only backend there that uses the NPU, takes full-integer models, and the
+    model would silently run on the CPU beside it instead. ``kind``: the model's quantization
+    (:attr:`edgedl.graph.Graph.quantization_kind`: float, float16, dynamic, mixed, int8, int16x8)."""
+    if tgt.kind != "npu" or kind in ("int8", "int16x8") or "vela" not in tgt.backends:
         return ""
+    described = {"float": "float", "float16": "float16 (float arithmetic)",
+                 "dynamic": "dynamic-range (float activations)", "mixed": "only partly integer"}.get(kind, kind)
     cpu_backends = [b for b in tgt.backends if b != "vela"]
     fallback = (f", or --backend {cpu_backends[0]} to run it in float on its {tgt.cpu.get('arch', 'CPU')}"
                 if cpu_backends else "")
     return (f"target '{tgt.name}' runs a model on its NPU only when the model is full-integer, and this one is "
-            f"float: add -q int8 (calibrated on the model's data set){fallback}")
+            f"{described}: add -q int8 (calibrated on the model's data set){fallback}")
 
 
 def _choose(candidates: list[Candidate], options: CompileOptions) -> tuple[Candidate, str]:

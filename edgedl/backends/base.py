@@ -71,8 +71,9 @@ class Backend:
         return True, ""
 
     def unsupported_ops(self, graph, target: Target) -> dict:
-        """{operator name: reason} for the operators of ``graph`` (an ``edgedl.graph.Graph``) this
-        backend cannot take for ``target``; empty when it takes them all."""
+        """{operator name: reason} for the operators of ``graph`` (an ``edgedl.graph.Graph``) that make
+        this backend's compile for ``target`` refuse the model; empty when it compiles. ``inspect``'s
+        support table is these answers, and ``tests/test_inspect.py`` holds them to what compile does."""
         return {}
 
     def runs_here(self, target: Target) -> tuple[bool, str]:

@@ -98,6 +98,6 @@ def _check_cheap(model, target, backend, quantize):
         from edgedl.compile import float_for_npu
         from edgedl.targets import load_target
 
-        problem = float_for_npu(load_target(target), quantized=False)
+        problem = float_for_npu(load_target(target), "float")
         if problem:
             raise OptionError(problem)
