@@ -49,6 +49,8 @@ class CompileOptions:
     dataset: str | None = None        # samples for calibration and the fidelity check
     calibration: str = "data"         # int8/int16x8 of a Keras model: "data" (real samples) or "random" (synthetic)
     data_dir: str | None = None
+    data: str | None = None           # a .npz, .npy or folder of images/wav files (--data) instead of a data set
+    preprocess: object = None         # for data: KEY=VALUE strings, a .toml or an edgedl.data.Preprocess
     num_samples: int = 100
     max_disagreement: float = 0.02    # fail when top-1 agreement with the reference is below 1 - this
     max_accuracy_drop: float = 0.05   # fail when accuracy on labelled samples drops more than this
@@ -92,7 +94,7 @@ class CompileOptions:
 
     def manifest_view(self) -> dict:
         d = asdict(self)
-        for k in ("data_dir", "archive", "force", "sign_key"):
+        for k in ("data_dir", "data", "preprocess", "archive", "force", "sign_key"):
             d.pop(k)
         return d
 
@@ -270,7 +272,10 @@ def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
     if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
         check_one_input(source.path, [getattr(t, "name", "?") for t in source.keras_model.inputs])
     samples = choose_samples(source.input_shape, dataset=options.dataset, trained_on=source.metadata,
-                             data_dir=options.data_dir, limit=options.num_samples, search=True)
+                             data_dir=options.data_dir, limit=options.num_samples, search=True,
+                             data=options.data, preprocess=options.preprocess, model_path=source.path,
+                             input_names=None if source.keras_model is None else
+                             [t.name for t in source.keras_model.inputs])
     if samples is not None:
         problem = range_problem(samples.x, source.input_range, f"data set '{samples.description['dataset']}'")
         if problem:
@@ -358,7 +363,8 @@ def _manifest(source: ModelSource, tgt, chosen: Candidate, candidates: list[Cand
         "runtime": compiled.runtime,
         "inputs": [s.to_dict() for s in compiled.inputs],
         "outputs": [s.to_dict() for s in compiled.outputs],
-        "preprocessing": source.metadata.get("preprocessing") or samples.description.get("preprocessing"),
+        "preprocessing": (samples.description.get("file") and samples.description.get("preprocessing")
+                          or source.metadata.get("preprocessing") or samples.description.get("preprocessing")),
         "samples": {k: v for k, v in samples.description.items() if k != "preprocessing"},
         "estimates": compiled.estimates,
         "fidelity": chosen.fidelity or {"checked": False, "reason": chosen.not_checked or ""},

@@ -71,14 +71,21 @@ class Reference:
         return fidelity(self.outputs, outputs, self.samples.y) | {"reference": self.label}
 
 
-def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict | None = None,
-                   data_dir: str | None = None, limit: int | None = None, search: bool = False,
-                   taker: str = "the model") -> Samples | None:
+def choose_samples(input_shape, *, dataset: str | None = None, data=None, preprocess=None,
+                   trained_on: dict | None = None, data_dir: str | None = None, limit: int | None = None,
+                   search: bool = False, taker: str = "the model", input_names=None,
+                   model_path=None) -> Samples | None:
     """Real samples for a model whose inputs (without the batch) have ``input_shape``.
 
     Args:
         input_shape: one sample's shape.
         dataset: the data set asked for (``--dataset``); it must fit.
+        data: a file or folder the user brings (``--data``: .npz, .npy, images or wav files in class
+            sub-folders; :func:`edgedl.data.load_data`); it must fit. The description then names the
+            file (``file``: path, kind, sha256) and its preprocessing holds the spec applied.
+        preprocess: for ``data``: ``--preprocess`` (KEY=VALUE strings, a .toml, a
+            :class:`~edgedl.data.user.Preprocess`); None: a ``preprocess.toml`` beside the data or
+            ``model_path``, else the defaults.
         trained_on: what the model records of its training (``{"dataset": ..., "split": ...}``, from
             the metrics beside it or a bundle's manifest); its data set and split are used when
             ``dataset`` is not given.
@@ -87,17 +94,32 @@ def choose_samples(input_shape, *, dataset: str | None = None, trained_on: dict 
         search: with neither a data set asked for nor one recorded, try every data set whose inputs
             have this shape.
         taker: how a shape mismatch names the model ("the model", "the bundle").
+        input_names: the model's input names (a .npz may hold an array named after its input).
+        model_path: the model, beside which a ``preprocess.toml`` may sit.
 
     Returns:
         The samples, or None when no data set is named and none (searched) fits.
 
     Raises:
-        OptionError: the named data set gives inputs of another shape.
+        OptionError: the named data set gives inputs of another shape; both ``dataset`` and ``data``.
         DataError: the named data set cannot be read.
+        InputFileError: ``data`` is unreadable, not of a form it should be, or does not fit the model.
     """
-    from edgedl.data import DATASETS, load_dataset
+    from edgedl.data import DATASETS, load_data, load_dataset
 
+    if data is not None:
+        # at least 10 per split: the training split also calibrates int8 conversion
+        loaded = load_data(dataset, data, preprocess=preprocess, limit=None if limit is None else max(limit, 10),
+                           input_shape=input_shape, input_names=input_names, model_path=model_path)
+        x, y = loaded.x_test[:limit], None if loaded.y_test is None else loaded.y_test[:limit]
+        description = {"dataset": loaded.name, "split": loaded.split, "num_samples": int(len(x)),
+                       "file": loaded.file, "preprocessing": loaded.preprocessing}
+        return Samples(x, y, description, loaded.x_train)
+    if preprocess:
+        raise OptionError("--preprocess applies to data given with --data: leave it out, or give --data")
     trained_on = trained_on or {}
+    if trained_on.get("file"):  # checked on a file the user brought, which is not here: nothing to load by name
+        trained_on = {}
     name = dataset or trained_on.get("dataset")
     want = tuple(int(d) for d in input_shape)
     if name:

@@ -24,17 +24,30 @@ log = logging.getLogger(__name__)
 
 
 def samples(manifest: dict, options: BenchOptions):
-    """(x, y, description) from the data set asked for, or the one the bundle was checked on
-    (:func:`edgedl.reference.choose_samples`); (None, None, None) when neither names one."""
+    """(x, y, description) from the file (``--data``) or data set asked for, or the data set the
+    bundle was checked on (:func:`edgedl.reference.choose_samples`); (None, None, None) when none is
+    named (a bundle checked on a file scores accuracy only with ``--data``).
+
+    A file is preprocessed by ``--preprocess`` if given, else by the steps the manifest records
+    (those compile applied to its ``--data``), else by the defaults."""
+    from edgedl.data import Preprocess
     from edgedl.reference import choose_samples
 
-    chosen = choose_samples(manifest["inputs"][0]["shape"][1:], dataset=options.dataset,
-                            trained_on=manifest.get("samples"), data_dir=options.data_dir, limit=options.limit,
-                            taker="the bundle")
+    preprocess = None
+    if options.data is not None:
+        preprocess = options.preprocess or Preprocess.from_record(manifest.get("preprocessing"))
+    chosen = choose_samples(manifest["inputs"][0]["shape"][1:], dataset=options.dataset, data=options.data,
+                            preprocess=preprocess, trained_on=manifest.get("samples"), data_dir=options.data_dir,
+                            limit=options.limit, taker="the bundle",
+                            input_names=[manifest["inputs"][0].get("name")])
     if chosen is None:
         return None, None, None
     d = chosen.description
-    return chosen.x, chosen.y, {"dataset": d["dataset"], "split": d["split"], "samples": d["num_samples"]}
+    desc = {"dataset": d["dataset"], "split": d["split"], "samples": d["num_samples"]}
+    if d.get("file"):
+        desc["file"] = d["file"]
+        desc["preprocessing"] = d["preprocessing"]["spec"]
+    return chosen.x, chosen.y, desc
 
 
 def run_local(bundle: str, request: dict, timeout: float, progress=None) -> dict:
@@ -127,7 +140,7 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
                    "repeats": options.repeats, "threads": options.threads, "samples": None}
         if x is not None:
             request["samples"] = str(Path(tmp) / "samples.npz")
-            np.savez(request["samples"], x=x, y=y)
+            np.savez(request["samples"], x=x, **({} if y is None else {"y": y}))
         if options.device:
             from edgedl.bench.remote import run_remote
 

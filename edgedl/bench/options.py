@@ -57,8 +57,9 @@ def parse_device(text: str) -> Device:
 
 @dataclass
 class BenchOptions:
-    """What to measure and where: the data set to score, the timing settings, the device, and the
-    float reference for the agreement figure (``edgedl bench``'s options).
+    """What to measure and where: the data set (or the file, ``data``, with its ``preprocess`` steps;
+    default: those recorded in the bundle's manifest) to score, the timing settings, the device, and
+    the float reference for the agreement figure (``edgedl bench``'s options).
 
     Example:
         >>> BenchOptions(runs=100, device="127.0.0.1:9090").validate()
@@ -66,6 +67,8 @@ class BenchOptions:
 
     dataset: str | None = None
     data_dir: str | None = None
+    data: str | None = None            # a .npz, .npy or folder of images/wav files to score instead of a data set
+    preprocess: object = None          # for data: KEY=VALUE strings, a .toml or an edgedl.data.Preprocess
     limit: int | None = 500
     warmup: int = 20
     runs: int = 200
@@ -94,3 +97,7 @@ class BenchOptions:
             raise OptionError(f"--timeout must be a positive, finite number of seconds, got {self.timeout!r}")
         if self.device:
             parse_device(self.device)  # a malformed --device fails before any data is loaded
+        if self.data is not None and self.dataset is not None:
+            raise OptionError("give one of --dataset (a built-in data set) and --data (a file or folder), not both")
+        if self.preprocess and self.data is None:
+            raise OptionError("--preprocess applies to data given with --data: leave it out, or give --data")

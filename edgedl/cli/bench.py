@@ -11,6 +11,11 @@ from edgedl.cli._options import COUNT, COUNT_OR_ZERO, SECONDS
 @click.argument("bundle")
 @click.option("--dataset", "-d", help="Score accuracy on this data set (default: the one the bundle was checked on).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA).")
+@click.option("--data", "data", type=click.Path(),
+              help="Score accuracy on a file instead: .npz (x, y), .npy, or a folder of images or wav files in class "
+                   "sub-folders.")
+@click.option("--preprocess", multiple=True, metavar="KEY=VALUE|TOML",
+              help="How --data becomes model inputs (default: the steps the bundle's manifest records).")
 @click.option("--limit", type=COUNT, default=500, show_default=True, help="Test samples to score.")
 @click.option("--warmup", type=COUNT_OR_ZERO, default=20, show_default=True, help="Untimed runs first.")
 @click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed runs per repeat.")
@@ -22,13 +27,14 @@ from edgedl.cli._options import COUNT, COUNT_OR_ZERO, SECONDS
 @click.option("--reference", type=click.Path(exists=True), help="Float model for top-1 agreement (.keras or .tflite).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema edgedl.bench/1).")
-def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threads, device, timeout, retries,
-                  reference, output, as_json):
+def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, runs, repeats, threads, device, timeout,
+                  retries, reference, output, as_json):
     """Benchmark BUNDLE: load time, first and warm latency, throughput, memory, accuracy.
 
     \b
     Examples:
       edgedl bench lenet.edgedl --dataset mnist
+      edgedl bench model.edgedl --data photos/
       edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
     """
     from edgedl import _io
@@ -39,9 +45,9 @@ def bench_command(bundle, dataset, data_dir, limit, warmup, runs, repeats, threa
 
     if output:
         _io.check_writable(output, "--output", kind="file")
-    options = BenchOptions(dataset=dataset, data_dir=data_dir, limit=limit, warmup=warmup, runs=runs,
-                           repeats=repeats, threads=threads, device=device, timeout=timeout, retries=retries,
-                           reference=reference)
+    options = BenchOptions(dataset=dataset, data_dir=data_dir, data=data, preprocess=list(preprocess) or None,
+                           limit=limit, warmup=warmup, runs=runs, repeats=repeats, threads=threads, device=device,
+                           timeout=timeout, retries=retries, reference=reference)
     try:
         result = _run(bundle, options, as_json, bench)
     except DeviceError as e:

@@ -22,6 +22,13 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--io", "io_type", type=click.Choice(["float", "int8", "uint8"]), default="float", show_default=True,
               help="Input/output type of an int8 model.")
 @click.option("--dataset", "-d", help="Data set for calibration and the fidelity check (default: the model's).")
+@click.option("--data", "data", type=click.Path(),
+              help="Samples from a file instead of a data set: .npz (x, y), .npy, or a folder of images or wav files "
+                   "in class sub-folders.")
+@click.option("--preprocess", multiple=True, metavar="KEY=VALUE|TOML",
+              help="How --data becomes model inputs: resize=HxW, channels=rgb|bgr|gray, scale=1/255, offset, "
+                   "mean, std, dtype, features=logmel|mfcc; or a .toml of them (default: preprocess.toml beside the "
+                   "data or the model). Recorded in the manifest.")
 @click.option("--calibration", type=click.Choice(["data", "random"]), default="data", show_default=True,
               help="int8/int16x8 of a Keras model: calibrate on real samples, or on synthetic ones (recorded).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
@@ -38,9 +45,9 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
 @click.option("--threads", "num_threads", type=COUNT, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, calibration,
-                    data_dir, num_samples, max_disagreement, max_accuracy_drop, min_snr_db, tune, trials, tuning_db,
-                    num_threads, as_json):
+def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data,
+                    preprocess, calibration, data_dir, num_samples, max_disagreement, max_accuracy_drop, min_snr_db,
+                    tune, trials, tuning_db, num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
     \b
@@ -48,6 +55,7 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
       edgedl compile lenet.keras --target x86_64 --quantize int8
       edgedl compile model.tflite --target rpi4 --backend tvm -o model-rpi4.edgedl
       edgedl compile lenet.keras --target ethos_u55_128 --quantize int8
+      edgedl compile model.keras --target x86_64 -q int8 --data photos/ --preprocess resize=96x96
     """
     from pathlib import Path
 
@@ -57,7 +65,7 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     from edgedl.compile import CompileOptions, compile_model
 
     options = CompileOptions(backend=backend, quantize=quantize, io_type=io_type, dataset=dataset, calibration=calibration,
-                             data_dir=data_dir,
+                             data_dir=data_dir, data=data, preprocess=list(preprocess) or None,
                              num_samples=num_samples, max_disagreement=max_disagreement,
                              max_accuracy_drop=max_accuracy_drop, min_snr_db=min_snr_db, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,

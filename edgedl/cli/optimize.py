@@ -70,11 +70,19 @@ def _whole(value):
 @click.option("--strip-names", is_flag=True,
               help="Drop what no runtime reads from the .tflite (intermediate tensor names, metadata) and store "
                    "repeated tables once.")
-@click.option("--representative", type=click.Path(dir_okay=False),
-              help="Calibration inputs as a .npy array (N, *input_shape) instead of training samples.")
+@click.option("--representative", type=click.Path(),
+              help="Calibration inputs instead of training samples: a .npy array (N, *input_shape), or a .npz or "
+                   "a folder of images or wav files, as --data takes.")
 @click.option("--output", "-o", "--out", "out_dir", cls=OutputOption, required=True, type=click.Path(),
               help="Folder for model.keras, model.tflite, report.json, report.md and stages.png (a plot of every stage).")
 @click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
+@click.option("--data", "data", type=click.Path(),
+              help="Labelled samples from a file instead of a data set: .npz (x, y; x_train, y_train to fine-tune "
+                   "on others), or a folder of images or wav files in class sub-folders.")
+@click.option("--preprocess", multiple=True, metavar="KEY=VALUE|TOML",
+              help="How --data and --representative become model inputs: resize=HxW, channels=rgb|bgr|gray, "
+                   "scale=1/255, offset, mean, std, dtype, features=logmel|mfcc; or a .toml of them (default: "
+                   "preprocess.toml beside the data or the model).")
 @click.option("--epochs", "-e", type=COUNT,
               help="Fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps); for a zoo name, also the training epochs.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
@@ -85,13 +93,13 @@ def _whole(value):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, structured_schedule, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
-             per_tensor, strip_names, representative, out_dir, dataset, epochs, data_dir, limit, seed, deterministic,
-             as_json):
+             per_tensor, strip_names, representative, out_dir, dataset, data, preprocess, epochs, data_dir, limit, seed,
+             deterministic, as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
 
     Every stage is measured on the test split: accuracy, size, gzip'd size, parameters, MACs and
     sparsity. A model file written by `edgedl train` brings its recipe and data set from the metrics
-    JSON beside it; other files need --dataset.
+    JSON beside it; other files need --dataset, or --data for samples of your own.
 
     \b
     Examples:
@@ -101,6 +109,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
       edgedl optimize lenet.keras --structured 0.5 --qat -o lenet-small
       edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 -o kws-tiny
       edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names -o kws-small
+      edgedl optimize model.keras --data photos/ --preprocess resize=96x96 -q int8 -o model-int8
     """
     from edgedl import zoo
     from edgedl.errors import OptionError
@@ -127,7 +136,8 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
     options = OptimizeOptions(
         prune=prune, structured=structured, quantize=quantize, qat=qat, io_type=io_type, per_channel=not per_tensor,
         strip_names=strip_names, num_calibration=num_calibration, representative=representative, distill=distill,
-        distill_alpha=distill_alpha, lr_scale=lr_scale, dataset=dataset, epochs=epochs, data_dir=data_dir,
+        distill_alpha=distill_alpha, lr_scale=lr_scale, dataset=dataset, data=data,
+        preprocess=list(preprocess) or None, epochs=epochs, data_dir=data_dir,
         limit=limit, seed=seed, deterministic=deterministic, out_dir=out_dir,
     ).check()
     if model in zoo.model_names():

@@ -1,4 +1,5 @@
-"""Real data sets, the first stage of the pipeline: MNIST, scikit-learn digits, FSDD speech, CIFAR-10.
+"""Real data sets, the first stage of the pipeline: MNIST, scikit-learn digits, FSDD speech, CIFAR-10,
+and the data a user brings (``--data``: a .npz, .npy, or a folder of images or wav files; :mod:`edgedl.data.user`).
 
 Each loader returns a :class:`Dataset` of float32 inputs and int64 labels, with a JSON-able record
 of the preprocessing applied, so a model trained on it can be fed the same way on a device.
@@ -17,7 +18,8 @@ Example:
 
 from edgedl.data.base import Dataset, DatasetInfo, resolve_data_dir
 from edgedl.data.fetch import download
-from edgedl.data.registry import DATASETS, is_present, list_datasets, load_dataset, missing_files
+from edgedl.data.registry import DATASETS, is_present, list_datasets, load_data, load_dataset, missing_files
+from edgedl.data.user import Preprocess, load_user_data
 
 __all__ = [
     "DATASETS",
@@ -26,7 +28,10 @@ __all__ = [
     "download",
     "is_present",
     "list_datasets",
+    "load_data",
     "load_dataset",
+    "load_user_data",
     "missing_files",
+    "Preprocess",
     "resolve_data_dir",
 ]

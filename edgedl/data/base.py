@@ -20,8 +20,9 @@ class Dataset:
     """A data set split into train and test arrays, ready for a model.
 
     ``x`` arrays are float32 with the batch axis first; ``y`` arrays are int64 class indices into
-    ``classes``. ``preprocessing`` is a plain, JSON-able description of what was done to the raw
-    data, enough to redo it on a device; ``subset`` says how a ``limit`` picked the samples.
+    ``classes`` (None for unlabelled data a user brings). ``preprocessing`` is a plain, JSON-able
+    description of what was done to the raw data, enough to redo it on a device; ``subset`` says how
+    a ``limit`` picked the samples; ``file`` names the file a user brought (path, kind, sha256).
 
     Example:
         >>> from edgedl.data import load_dataset
@@ -32,19 +33,20 @@ class Dataset:
 
     name: str
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: np.ndarray | None
     x_test: np.ndarray
-    y_test: np.ndarray
+    y_test: np.ndarray | None
     classes: list[str]
     split: str
     source: str
     preprocessing: dict
     subset: dict = field(default_factory=dict)
+    file: dict | None = None
 
     @classmethod
     def from_parts(cls, name: str, parts: dict, **fields) -> Dataset:
         """A data set from ``{"train": (x, y), "test": (x, y)}`` and its other fields (classes,
-        split, source, preprocessing, subset): how each loader ends."""
+        split, source, preprocessing, subset, file): how each loader ends."""
         (x_train, y_train), (x_test, y_test) = parts["train"], parts["test"]
         return cls(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **fields)
 
@@ -57,18 +59,25 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def labelled(self) -> bool:
+        return self.y_test is not None
+
     def class_counts(self, part: str = "train") -> dict[str, int]:
-        """Samples per class in ``part`` ("train" or "test"), in class order."""
+        """Samples per class in ``part`` ("train" or "test"), in class order ({} without labels)."""
         y = {"train": self.y_train, "test": self.y_test}[part]
+        if y is None:
+            return {}
         counts = np.bincount(y, minlength=self.num_classes)
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
     def summary(self) -> dict:
-        """A JSON-able description: sizes, shapes, classes and their counts, source, preprocessing."""
-        return {
+        """A JSON-able description: sizes, shapes, classes and their counts, source, preprocessing
+        (and the file a user brought, if any)."""
+        d = {
             "name": self.name,
             "split": self.split,
-            "sizes": {"train": int(len(self.y_train)), "test": int(len(self.y_test))},
+            "sizes": {"train": int(len(self.x_train)), "test": int(len(self.x_test))},
             "input_shape": self.input_shape,
             "num_classes": self.num_classes,
             "classes": list(self.classes),
@@ -77,6 +86,9 @@ class Dataset:
             "preprocessing": self.preprocessing,
             "subset": self.subset,
         }
+        if self.file is not None:
+            d["file"] = self.file
+        return d
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,56 @@ def dataset_root(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """``<resolved data dir>/<name>``."""
     _info(name)
     return resolve_data_dir(data_dir)[0] / name
+
+
+def load_data(
+    dataset: str | None = None,
+    data: str | os.PathLike | None = None,
+    *,
+    preprocess=None,
+    data_dir: str | os.PathLike | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    input_shape=None,
+    input_names=None,
+    model_path=None,
+) -> Dataset:
+    """The one way into data: a built-in data set by name (``--dataset``), or a file or folder the
+    user brings (``--data``, see :func:`edgedl.data.user.load_user_data`).
+
+    Args:
+        dataset: a name in :data:`DATASETS`; the built-in data sets are presets of the same result.
+        data: a ``.npz``, ``.npy``, or a folder of images or wav files in class sub-folders.
+        preprocess: for ``data``: a :class:`~edgedl.data.user.Preprocess`, ``KEY=VALUE`` strings or
+            a ``.toml`` path (None: a ``preprocess.toml`` beside the data or the model, else defaults).
+        data_dir, split: for ``dataset`` (see :func:`load_dataset`).
+        limit, seed: at most this many samples per split, picked with ``seed``.
+        input_shape, input_names, model_path: for ``data``: the model's input, to resize images to
+            and check the samples against, and where a ``preprocess.toml`` may sit beside it.
+
+    Returns:
+        A :class:`Dataset`.
+
+    Raises:
+        OptionError: both or neither of ``dataset`` and ``data``, or a preprocessing step that does
+            not apply to the data set.
+        DataError, InputFileError: as :func:`load_dataset` and
+            :func:`~edgedl.data.user.load_user_data`.
+
+    Example:
+        >>> load_data("digits", limit=10).x_test.shape
+        (10, 28, 28, 1)
+    """
+    if (dataset is None) == (data is None):
+        raise OptionError("give one of --dataset (a built-in data set) and --data (a file or folder)"
+                          + (", not both" if dataset is not None else ""))
+    if data is not None:
+        from edgedl.data.user import load_user_data
+
+        return load_user_data(data, preprocess, limit=limit, input_shape=input_shape, seed=seed,
+                              input_names=input_names, model_path=model_path)
+    if preprocess:
+        raise OptionError(f"--preprocess applies to data given with --data; data set '{dataset}' brings its own "
+                          "preprocessing: leave it out")
+    return load_dataset(dataset, data_dir=data_dir, split=split, limit=limit, seed=seed)

@@ -50,7 +50,8 @@ class OptimizeOptions:
             ``.tflite`` and store repeated tables once; the float32 baseline is stripped too, so sizes
             compare like with like.
         num_calibration: representative samples for int8/int16x8, drawn from the training split.
-        representative: calibration inputs (array or ``.npy`` path) instead of training samples.
+        representative: calibration inputs instead of training samples: an array, or a path in any
+            form ``data`` takes (``.npy``, ``.npz``, a folder of images or wav files).
         distill: every fine-tuning stage also learns from the float baseline's predictions.
         distill_alpha: with ``distill``, the share of the fine-tuning loss on the labels, in [0, 1)
             (default :data:`edgedl.optimize.finetune.DISTILL_ALPHA`).
@@ -58,6 +59,12 @@ class OptimizeOptions:
             (default :data:`edgedl.optimize.finetune.LR_SCALE`); QAT keeps its own.
         dataset: data set for fine-tuning, calibration and accuracy (default: the recipe's, or the one
             in the metrics JSON beside a model file).
+        data: a labelled file or folder instead of ``dataset`` (a ``.npz`` with ``x`` and ``y``, or a
+            folder of images or wav files in class sub-folders; :func:`edgedl.data.load_data`); without
+            ``x_train``/``y_train`` in it, the same samples fine-tune, calibrate and are measured.
+        preprocess: how ``data`` (and a ``representative`` file) become model inputs: ``KEY=VALUE``
+            strings, a ``.toml``, or an :class:`edgedl.data.Preprocess` (default: a
+            ``preprocess.toml`` beside the data or the model, else the defaults).
         epochs: epochs of each fine-tuning stage (default: a quarter of the recipe's, at least 2000
             optimizer steps, at most the recipe's epochs); for a zoo name, also the training epochs.
         data_dir: data directory (else ``EDGEDL_DATA``, else the user cache).
@@ -86,6 +93,8 @@ class OptimizeOptions:
     distill_alpha: float | None = None
     lr_scale: float | None = None
     dataset: str | None = None
+    data: str | Path | None = None
+    preprocess: object = None
     epochs: int | None = None
     data_dir: str | Path | None = None
     limit: int | None = None
@@ -100,7 +109,7 @@ class OptimizeOptions:
         Raises:
             OptionError: an option out of range, or two that do not go together (the message names
                 the ``edgedl optimize`` options).
-            InputFileError: the representative data file is missing or not a ``.npy`` array.
+            InputFileError: the representative data file is missing or not in a form it takes.
         """
         if self.checked:
             return self
@@ -110,7 +119,7 @@ class OptimizeOptions:
         parsed = dataclasses.replace(self, prune=prune, structured=structured, quantize=self._quantize_mode())
         parsed._check_numbers()
         parsed._check_pairs()
-        parsed = dataclasses.replace(parsed, representative=load_representative(self.representative),
+        parsed = dataclasses.replace(parsed, representative=load_representative(self.representative, self.preprocess),
                                      distill_alpha=None if self.distill_alpha is None else check_distill_alpha(self.distill_alpha))
         object.__setattr__(parsed, "checked", True)
         return parsed
@@ -158,6 +167,10 @@ class OptimizeOptions:
         if self.representative is not None and mode not in ("int8", "int16x8"):
             raise OptionError(f"--representative is calibration data for --quantize int8 or int16x8, but "
                               f"{'--quantize ' + mode if mode else 'no --quantize'} calibrates nothing: leave it out")
+        if self.data is not None and self.dataset is not None:
+            raise OptionError("give one of --dataset (a built-in data set) and --data (a file or folder), not both")
+        if self.preprocess and self.data is None and self.representative is None:
+            raise OptionError("--preprocess applies to data given with --data or --representative: leave it out")
         if self.distill and not retrains and not self.qat:
             raise OptionError("--distill teaches fine-tuning: use it with --prune, --structured or --qat")
         if self.distill_alpha is not None and not self.distill:
@@ -225,13 +238,21 @@ def check_quantizable(model, quantize: str | None) -> None:
         )
 
 
-def load_representative(spec) -> np.ndarray | None:
-    """Representative data given as an array or a ``.npy`` path (None: take it from the training split)."""
+def load_representative(spec, preprocess=None) -> np.ndarray | None:
+    """Representative data given as an array, a ``.npy`` path (loaded as it is), or a ``.npz`` or a
+    folder of images or wav files (:func:`edgedl.data.load_user_data` with ``preprocess``; the
+    training split, which is the whole file unless it holds ``x_train``). None: take it from the
+    training split."""
     if spec is None or isinstance(spec, np.ndarray):
         return spec
     path = Path(spec)
+    if path.is_dir() or path.suffix.lower() == ".npz":
+        from edgedl.data import load_user_data
+
+        return load_user_data(path, preprocess).x_train
     if not path.is_file():
-        raise InputFileError(path, "no such file; representative data must be a .npy array of model inputs")
+        raise InputFileError(path, "no such file; representative data must be a .npy array of model inputs, a "
+                                   ".npz, or a folder of images or wav files")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/OSError/UnpicklingError

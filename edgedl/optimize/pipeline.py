@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from edgedl.errors import OptionError
+from edgedl.errors import InputFileError, OptionError
 from edgedl.modelio import ModelAndRecipe, resolve_model
 from edgedl.optimize.finetune import DISTILL_ALPHA, FineTune, Teacher
 from edgedl.optimize.measure import Export, Measure, calibration_samples, versions
@@ -91,9 +91,24 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
 
 def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
     """(the data set, the split asked of it): the architecture is checked against the options first."""
-    from edgedl.data import DATASETS, load_dataset
+    from edgedl.data import DATASETS, load_data, load_dataset
     from edgedl.keras_utils import check_shapes, set_determinism
 
+    if options.data is not None:
+        if source.model is None:
+            raise OptionError(f"'{source.name}' is a zoo name, trained here on a built-in data set; --data takes a "
+                              f"trained model: train it first (edgedl train {source.name} -o {source.name}.keras), "
+                              "or give --dataset")
+        check_architecture(source.model, options)  # before anything slow
+        data = load_data(data=options.data, preprocess=options.preprocess, limit=options.limit, seed=options.seed,
+                         input_shape=tuple(source.model.input_shape[1:]),
+                         input_names=[t.name for t in source.model.inputs], model_path=source.path)
+        if not data.labelled:
+            raise InputFileError(options.data, "has no labels; optimize fine-tunes and measures accuracy on labelled "
+                                               "samples: give a .npz with x and y, or a folder with class sub-folders")
+        check_shapes(source.model, data)
+        set_determinism(options.deterministic)
+        return data, data.split
     dataset = options.dataset or source.dataset
     if dataset is None:
         raise OptionError(f"optimizing '{source.name}' needs --dataset: it has no zoo recipe and no metrics JSON beside it")
@@ -198,10 +213,13 @@ def _convert_stage(model, options: OptimizeOptions, tune: FineTune, measure: Mea
 def _describe_data(data, options: OptimizeOptions, export: Export) -> dict:
     """The report's ``data``: which data set and split, how many samples, where calibration came from."""
     integer = options.quantize in ("int8", "int16x8")
-    return {"dataset": data.name, "split": data.split, "num_train": int(len(data.x_train)),
-            "num_test": int(len(data.x_test)), "limit": options.limit,
-            "num_calibration": int(min(len(export.calibration), options.num_calibration)) if integer else 0,
-            "calibration_from": "--representative" if options.representative is not None else "training split"}
+    described = {"dataset": data.name, "split": data.split, "num_train": int(len(data.x_train)),
+                 "num_test": int(len(data.x_test)), "limit": options.limit,
+                 "num_calibration": int(min(len(export.calibration), options.num_calibration)) if integer else 0,
+                 "calibration_from": "--representative" if options.representative is not None else "training split"}
+    if data.file is not None:  # a file the user brought: which one, and the steps that made its inputs
+        described.update(file=data.file, preprocessing=data.preprocessing)
+    return described
 
 
 def _describe_finetuning(tune: FineTune, recipe_from: str, deterministic: bool) -> dict:

@@ -1,0 +1,242 @@
+"""Data a user brings (``--data``): a .npz, a .npy, a folder of images or of wav files in class
+sub-folders, preprocessed by a recorded spec, through compile, bench and optimize; bad files are one
+error line that names the file and what was expected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from edgedl.bundle import read_manifest
+from edgedl.cli.main import main
+from edgedl.data import Preprocess, load_data, load_dataset, load_user_data
+from edgedl.errors import InputFileError, OptionError
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The digits as a user would bring them: .npz (with and without a train split, and at the raw
+    0..16 levels), .npy, and PNG files at the raw levels in class folders (10 per class)."""
+    digits = load_dataset("digits")
+    d = tmp_path_factory.mktemp("user_data")
+    paths = {"split": d / "digits_split.npz", "test": d / "digits_test.npz", "npy": d / "digits.npy",
+             "raw": d / "digits_raw.npz", "images": d / "images"}
+    np.savez(paths["split"], x_train=digits.x_train, y_train=digits.y_train, x=digits.x_test, y=digits.y_test)
+    np.savez(paths["test"], x=digits.x_test, y=digits.y_test)
+    np.save(paths["npy"], digits.x_test[:40])
+    levels = lambda x: np.round(x * 16).astype(np.uint8)  # noqa: E731  (back to the 0..16 of the 8x8 source)
+    np.savez(paths["raw"], x_train=levels(digits.x_train), y_train=digits.y_train, x=levels(digits.x_test),
+             y=digits.y_test)
+    from PIL import Image
+
+    for c in range(10):
+        folder = paths["images"] / f"digit_{c}"
+        folder.mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(digits.y_test == c)[:10]):
+            Image.fromarray(levels(digits.x_test[index])[..., 0]).save(folder / f"{i}.png")
+    return paths
+
+
+def run_cli(capsys, *args):
+    """``edgedl ARGS`` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+def the_error(code, err) -> str:
+    assert code not in (0, None), err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def test_a_npz_is_the_same_data_as_the_data_set_and_records_the_file(files):
+    digits = load_dataset("digits", limit=50)
+    ds = load_data(data=files["split"], limit=50, input_shape=(28, 28, 1))
+    assert np.array_equal(ds.x_train, digits.x_train) and np.array_equal(ds.y_train, digits.y_train)
+    assert np.array_equal(ds.x_test, digits.x_test) and np.array_equal(ds.y_test, digits.y_test)
+    assert ds.file == {"path": "digits_split.npz", "kind": "npz archive", "sha256": sha256(files["split"])}
+    assert ds.split == "the file's x_train and x_test" and ds.classes == [str(c) for c in range(10)]
+    alone = load_data(data=files["test"])  # no train split: the whole file is the test split, and trains too
+    assert alone.split == "whole file, no split (train = test)" and len(alone.x_test) == 359
+    assert alone.x_train is alone.x_test and alone.summary()["sizes"] == {"train": 359, "test": 359}
+    unlabelled = load_data(data=files["npy"], input_shape=(28, 28, 1))
+    assert unlabelled.y_test is None and unlabelled.classes == [] and unlabelled.summary()["class_counts"]["test"] == {}
+
+
+def test_images_in_class_folders_are_decoded_resized_and_scaled_as_the_spec_says(files):
+    digits = load_dataset("digits")
+    ds = load_user_data(files["images"], ["scale=1/16"], input_shape=(28, 28, 1))
+    assert ds.classes == [f"digit_{c}" for c in range(10)] and ds.x_test.shape == (100, 28, 28, 1)
+    first = digits.x_test[np.flatnonzero(digits.y_test == 0)[0]]
+    assert np.abs(ds.x_test[0] - first).max() <= 1 / 32 + 1e-6  # the 0..16 levels, rounded, scaled back
+    spec = ds.preprocessing["spec"]
+    assert spec["resize"] == [28, 28] and spec["channels"] == "gray" and spec["scale"] == 1 / 16
+    assert ds.file["kind"] == "image folder" and len(ds.file["sha256"]) == 64
+    # the same steps, read back from the record, give the same inputs
+    again = load_user_data(files["images"], Preprocess.from_record(ds.preprocessing))
+    assert np.array_equal(again.x_test, ds.x_test)
+    # resize and three channels in reverse order, then mean and std per channel
+    rgb = load_user_data(files["images"], ["resize=14x14", "channels=bgr", "mean=1,2,3", "std=2"], limit=20)
+    assert rgb.x_test.shape == (20, 14, 14, 3) and rgb.subset["method"].startswith("class-balanced")
+
+
+def test_a_preprocess_toml_beside_the_data_is_used_and_named(files, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(files["images"], folder)
+    (folder / "preprocess.toml").write_text('scale = "1/16"\nchannels = "gray"\n')
+    ds = load_user_data(folder, input_shape=(28, 28, 1))
+    assert ds.preprocessing["spec"]["scale"] == 1 / 16 and ds.preprocessing["spec_from"].endswith("preprocess.toml")
+    (folder / "preprocess.toml").write_text("size = 3\n")
+    with pytest.raises(InputFileError, match=r"preprocess.toml: unknown key\(s\) size; a preprocessing spec takes"):
+        load_user_data(folder)
+
+
+def test_wav_files_in_class_folders_give_the_fsdd_features(data_dir, tmp_path):
+    from edgedl.data import fsdd
+
+    recs = [r for r in fsdd.list_recordings(data_dir / "fsdd") if r.speaker == "jackson" and r.index < 3]
+    for r in recs:
+        (tmp_path / "wavs" / f"d{r.digit}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.path, tmp_path / "wavs" / f"d{r.digit}" / r.path.name)
+    for kind, shape in (("logmel", (61, 40, 1)), ("mfcc", (61, 13, 1))):
+        ds = load_user_data(tmp_path / "wavs", input_shape=shape)  # the features follow the model's input
+        mean, std = fsdd.normalisation(kind)
+        expected = ((fsdd.raw_features(recs, kind) - mean) / std)[..., None]
+        assert ds.x_test.shape == (30, *shape) and np.allclose(ds.x_test, expected, atol=1e-5)
+        assert list(ds.y_test) == [r.digit for r in recs] and ds.preprocessing["audio"]["features"] == kind
+
+
+def test_bad_files_are_one_error_that_names_the_file_and_what_was_expected(files, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputFileError, match=r"empty: holds no images or .wav files; expected class sub-folders"):
+        load_user_data(tmp_path / "empty")
+    (tmp_path / "bad" / "cat").mkdir(parents=True)
+    (tmp_path / "bad" / "cat" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(InputFileError, match=r"broken.png: not a readable image"):
+        load_user_data(tmp_path / "bad")
+    np.savez(tmp_path / "other.npz", inputs=np.zeros((3, 4)), labels=np.zeros(3))
+    with pytest.raises(InputFileError, match=r"other.npz: holds inputs, labels; expected an array 'x' of inputs"):
+        load_user_data(tmp_path / "other.npz")
+    np.savez(tmp_path / "small.npz", x=np.zeros((3, 8, 8)))
+    with pytest.raises(InputFileError, match=r"small.npz: its samples have shape \(8, 8\); the model takes \(28, 28, 1\)"):
+        load_user_data(tmp_path / "small.npz", input_shape=(28, 28, 1))
+    np.savez(tmp_path / "labels.npz", x=np.zeros((3, 4)), y=np.array([0.5, 1, 2]))
+    with pytest.raises(InputFileError, match=r"labels.npz: array 'y' holds non-integer values"):
+        load_user_data(tmp_path / "labels.npz")
+    for name, message in (("bad.npz", "not a .npz archive (not a zip file)"), ("bad.npy", "not a .npy array (no NumPy header)")):
+        (tmp_path / name).write_bytes(b"garbage")
+        with pytest.raises(InputFileError, match=rf"{name}: {re.escape(message)}; expected"):
+            load_user_data(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputFileError, match=r"notes.txt: unknown data format '.txt'; --data takes a .npz, a .npy"):
+        load_user_data(tmp_path / "notes.txt")
+    with pytest.raises(OptionError, match=r"--preprocess resize and channels apply to image folders"):
+        load_user_data(files["test"], ["resize=8x8"])
+    with pytest.raises(OptionError, match=r"--preprocess got 'scale'; expected KEY=VALUE"):
+        Preprocess.parse(["scale"])
+    with pytest.raises(OptionError, match=r"give one of --dataset .* and --data .*, not both"):
+        load_data("digits", files["test"])
+
+
+# ---------------------------------------------------------------------------- compile, bench, optimize
+
+
+def test_compile_with_a_npz_checks_on_exactly_what_the_data_set_gives(trained_lenet, files, tmp_path):
+    from edgedl.compile import CompileOptions, compile_model
+
+    by_name = compile_model(str(trained_lenet["keras"]), "x86_64", str(tmp_path / "name.edgedl"),
+                            CompileOptions(backend="litert", quantize="int8", dataset="digits", num_samples=60))
+    by_file = compile_model(str(trained_lenet["keras"]), "x86_64", str(tmp_path / "file.edgedl"),
+                            CompileOptions(backend="litert", quantize="int8", data=str(files["split"]),
+                                           num_samples=60))
+    assert by_file.manifest["fidelity"] == by_name.manifest["fidelity"]  # same samples, same calibration
+    fidelity = by_file.manifest["fidelity"]
+    assert fidelity["reference_accuracy"] >= 0.75 and fidelity["accuracy"] >= 0.75  # LeNet after 3 epochs on digits
+    samples = by_file.manifest["samples"]
+    assert samples["dataset"] == "digits_split.npz" and samples["num_samples"] == 60
+    assert samples["file"] == {"path": "digits_split.npz", "kind": "npz archive", "sha256": sha256(files["split"])}
+    assert by_file.manifest["preprocessing"]["spec"]["scale"] == 1.0
+    assert "data" not in by_file.manifest["options"]
+
+
+def test_an_image_folder_through_compile_and_bench_with_the_manifest_steps(trained_lenet, files, tmp_path, capsys):
+    bundle = tmp_path / "images.edgedl"
+    code, out, err = run_cli(capsys, "compile", trained_lenet["keras"], "--target", "x86_64", "--backend", "litert",
+                             "--data", files["images"], "--preprocess", "scale=1/16", "--samples", 100, "-o", bundle)
+    assert code == 0, err
+    manifest = read_manifest(bundle)
+    checked = manifest["fidelity"]["accuracy"]
+    assert checked > 0.8 and manifest["fidelity"]["samples"] == 100
+    assert manifest["preprocessing"]["spec"]["scale"] == 1 / 16 and manifest["samples"]["file"]["kind"] == "image folder"
+
+    quick = ("--runs", 3, "--repeats", 1, "--warmup", 0, "--json")
+    code, out, err = run_cli(capsys, "bench", bundle, "--data", files["images"], *quick)
+    assert code == 0, err
+    accuracy = json.loads(out)["accuracy"]
+    assert accuracy["accuracy"] == checked and accuracy["samples"] == 100  # the manifest's steps, the same samples
+    assert accuracy["file"]["sha256"] == manifest["samples"]["file"]["sha256"]
+    code, out, err = run_cli(capsys, "bench", bundle, "--data", files["images"], "--preprocess", "scale=-1/16",
+                             "--preprocess", "offset=1", *quick)
+    assert code == 0, err
+    assert json.loads(out)["accuracy"]["accuracy"] < checked - 0.3  # other steps (inverted): other inputs
+
+    code, out, err = run_cli(capsys, "bench", bundle, *quick)  # the file it was checked on is not here: no accuracy
+    assert code == 0, err
+    assert "accuracy" not in (json.loads(out).get("accuracy") or {})
+
+
+def test_unlabelled_samples_check_agreement_without_accuracy(trained_lenet, files, tmp_path):
+    from edgedl.compile import CompileOptions, compile_model
+
+    r = compile_model(str(trained_lenet["keras"]), "x86_64", str(tmp_path / "npy.edgedl"),
+                      CompileOptions(backend="litert", data=str(files["npy"]), num_samples=30))
+    assert r.manifest["fidelity"]["top1_agreement"] == 1.0 and r.manifest["fidelity"]["samples"] == 30
+    assert "accuracy" not in r.manifest["fidelity"] and r.manifest["samples"]["file"]["kind"] == "npy array"
+
+
+def test_compile_refuses_bad_data_in_one_line(trained_lenet, files, tmp_path, capsys):
+    np.savez(tmp_path / "other.npz", inputs=np.zeros((3, 28, 28, 1)))
+    np.savez(tmp_path / "small.npz", x=np.zeros((3, 8, 8, 1)), y=np.zeros(3, np.int64))
+    (tmp_path / "empty").mkdir()
+    base = ("compile", trained_lenet["keras"], "--target", "x86_64", "--backend", "litert", "-o", tmp_path / "x.edgedl")
+    for args, message in (
+        (("--data", tmp_path / "empty"), "empty: holds no images or .wav files; expected class sub-folders"),
+        (("--data", tmp_path / "other.npz"), "other.npz: holds inputs; expected an array 'x' of inputs"),
+        (("--data", tmp_path / "small.npz"), "small.npz: its samples have shape (8, 8, 1); the model takes (28, 28, 1)"),
+        (("--data", files["test"], "--preprocess", "size=3"), "--preprocess: unknown key(s) size; the keys are resize"),
+        (("--data", files["test"], "--dataset", "digits"), "give one of --dataset (a built-in data set) and --data"),
+    ):
+        assert message in the_error(*run_cli(capsys, *base, *args)[::2])
+
+
+def test_optimize_fine_tunes_and_calibrates_on_files(trained_lenet, files):
+    from edgedl.optimize import OptimizeOptions, optimize
+
+    # the npz at the raw 0..16 levels, the images the calibration: one spec scales both
+    report = optimize(str(trained_lenet["keras"]), OptimizeOptions(
+        quantize="int8", data=str(files["raw"]), representative=str(files["images"]), preprocess=["scale=1/16"]),
+        progress=False)
+    baseline, int8 = report.stages[0].accuracy, report.stages[-1].accuracy
+    assert baseline > 0.8 and int8 >= baseline - 0.03
+    d = report.data
+    assert d["file"]["sha256"] == sha256(files["raw"]) and d["num_test"] == 359 and d["num_train"] == 1438
+    assert d["calibration_from"] == "--representative" and d["num_calibration"] == 100
+    assert d["preprocessing"]["spec"]["scale"] == 1 / 16
+    with pytest.raises(InputFileError, match="digits.npy: has no labels; optimize fine-tunes and measures accuracy"):
+        optimize(str(trained_lenet["keras"]), OptimizeOptions(quantize="int8", data=str(files["npy"])), progress=False)
