@@ -200,6 +200,26 @@ def test_keras2_sequential_rnn_wrapper_and_mixed_precision_forms_load_with_the_s
         assert change in caplog.text
 
 
+def test_keras2_separable_and_transposed_convolutions_load_with_the_same_outputs(tmp_path):
+    inputs = keras.Input((8, 8, 3), name="input_1")
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="separable_conv2d")(inputs)
+    twin = randomized(keras.Model(inputs, keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same",
+                                                                      name="conv2d_transpose")(x)))
+    pointwise = {"depthwise_initializer": glorot(), "pointwise_initializer": glorot(), "depthwise_regularizer": None,
+                 "pointwise_regularizer": None, "depthwise_constraint": None, "pointwise_constraint": None}
+    config = functional("model", [
+        input_layer("input_1", (8, 8, 3)),
+        layer("SeparableConv2D", "separable_conv2d", calls("input_1"), filters=4, kernel_size=[3, 3], **CONV,
+              depth_multiplier=1, **pointwise),
+        layer("Conv2DTranspose", "conv2d_transpose", calls("separable_conv2d"), filters=2, kernel_size=[3, 3],
+              **{**CONV, "strides": [2, 2]}, kernel_initializer=glorot(), kernel_regularizer=None,
+              kernel_constraint=None, output_padding=None),
+    ], "input_1", "conv2d_transpose")
+    write_keras2_h5(tmp_path / "convs.h5", config, twin)
+    x = np.random.default_rng(6).random((2, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(load_model(str(tmp_path / "convs.h5")).predict(x, verbose=0), twin.predict(x, verbose=0))
+
+
 def test_upgrade_keras2_config_changes_only_the_values_keras2_always_wrote():
     config = depthwise_cnn_config(groups=2)
     assert modelio.upgrade_keras2_config(config) == []
