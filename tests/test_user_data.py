@@ -225,6 +225,20 @@ def test_compile_refuses_bad_data_in_one_line(trained_lenet, files, tmp_path, ca
         assert message in the_error(*run_cli(capsys, *base, *args)[::2])
 
 
+def test_optimize_and_bench_refuse_data_options_that_do_not_go_together(trained_lenet, files, tmp_path, capsys):
+    for args, message in (
+        (("optimize", trained_lenet["keras"], "-q", "int8", "-o", tmp_path / "o", "--data", files["test"], "--dataset",
+          "digits"), "give one of --dataset (a built-in data set) and --data (a file or folder), not both"),
+        (("optimize", trained_lenet["keras"], "-q", "int8", "-o", tmp_path / "o", "--preprocess", "scale=2"),
+         "--preprocess applies to data given with --data or --representative: leave it out"),
+        (("optimize", "lenet", "-q", "int8", "-o", tmp_path / "o", "--data", files["test"]),
+         "'lenet' is a zoo name, trained here on a built-in data set; --data takes a trained model"),
+        (("bench", tmp_path / "none.edgedl", "--preprocess", "scale=2"),
+         "--preprocess applies to data given with --data: leave it out, or give --data"),
+    ):
+        assert message in the_error(*run_cli(capsys, *args)[::2])
+
+
 def test_optimize_fine_tunes_and_calibrates_on_files(trained_lenet, files):
     from edgedl.optimize import OptimizeOptions, optimize
 

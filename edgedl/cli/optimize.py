@@ -71,18 +71,14 @@ def _whole(value):
               help="Drop what no runtime reads from the .tflite (intermediate tensor names, metadata) and store "
                    "repeated tables once.")
 @click.option("--representative", type=click.Path(),
-              help="Calibration inputs instead of training samples: a .npy array (N, *input_shape), or a .npz or "
-                   "a folder of images or wav files, as --data takes.")
+              help="Calibration inputs instead of training samples: a .npy, or what --data takes.")
 @click.option("--output", "-o", "--out", "out_dir", cls=OutputOption, required=True, type=click.Path(),
               help="Folder for model.keras, model.tflite, report.json, report.md and stages.png (a plot of every stage).")
 @click.option("--dataset", "-d", help="Data set (default: the recipe's, or the one in the metrics JSON beside MODEL).")
 @click.option("--data", "data", type=click.Path(),
-              help="Labelled samples from a file instead of a data set: .npz (x, y; x_train, y_train to fine-tune "
-                   "on others), or a folder of images or wav files in class sub-folders.")
+              help="Labelled .npz (x, y), or class folders of images or wavs.")
 @click.option("--preprocess", multiple=True, metavar="KEY=VALUE|TOML",
-              help="How --data and --representative become model inputs: resize=HxW, channels=rgb|bgr|gray, "
-                   "scale=1/255, offset, mean, std, dtype, features=logmel|mfcc; or a .toml of them (default: "
-                   "preprocess.toml beside the data or the model).")
+              help="Steps for --data: resize=HxW, scale=1/255, mean, std... or a .toml.")
 @click.option("--epochs", "-e", type=COUNT,
               help="Fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps); for a zoo name, also the training epochs.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
@@ -99,7 +95,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
 
     Every stage is measured on the test split: accuracy, size, gzip'd size, parameters, MACs and
     sparsity. A model file written by `edgedl train` brings its recipe and data set from the metrics
-    JSON beside it; other files need --dataset, or --data for samples of your own.
+    JSON beside it; other files need --dataset or --data.
 
     \b
     Examples:
@@ -109,7 +105,6 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
       edgedl optimize lenet.keras --structured 0.5 --qat -o lenet-small
       edgedl optimize ds_cnn.keras --prune 0.8 --prune-scope erk --prune-block 4 -q int8 -o kws-tiny
       edgedl optimize ds_cnn.keras -q int8 --per-tensor --strip-names -o kws-small
-      edgedl optimize model.keras --data photos/ --preprocess resize=96x96 -q int8 -o model-int8
     """
     from edgedl import zoo
     from edgedl.errors import OptionError
