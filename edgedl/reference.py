@@ -74,7 +74,7 @@ class Reference:
 def choose_samples(input_shape, *, dataset: str | None = None, data=None, preprocess=None,
                    trained_on: dict | None = None, data_dir: str | None = None, limit: int | None = None,
                    search: bool = False, taker: str = "the model", input_names=None,
-                   model_path=None) -> Samples | None:
+                   model_path=None, recorded=None) -> Samples | None:
     """Real samples for a model whose inputs (without the batch) have ``input_shape``.
 
     Args:
@@ -85,7 +85,7 @@ def choose_samples(input_shape, *, dataset: str | None = None, data=None, prepro
             file (``file``: path, kind, sha256) and its preprocessing holds the spec applied.
         preprocess: for ``data``: ``--preprocess`` (KEY=VALUE strings, a .toml, a
             :class:`~edgedl.data.user.Preprocess`); None: a ``preprocess.toml`` beside the data or
-            ``model_path``, else the defaults.
+            ``model_path``, else the steps in ``recorded`` for this kind of data, else the defaults.
         trained_on: what the model records of its training (``{"dataset": ..., "split": ...}``, from
             the metrics beside it or a bundle's manifest); its data set and split are used when
             ``dataset`` is not given.
@@ -96,6 +96,9 @@ def choose_samples(input_shape, *, dataset: str | None = None, data=None, prepro
         taker: how a shape mismatch names the model ("the model", "the bundle").
         input_names: the model's input names (a .npz may hold an array named after its input).
         model_path: the model, beside which a ``preprocess.toml`` may sit.
+        recorded: the model's recorded ``preprocessing`` (default: ``trained_on``'s; a bundle's
+            manifest's for bench): its steps for files (a built-in data set's preset, or compile's
+            ``--data``) apply to ``data`` of the same kind when none are given.
 
     Returns:
         The samples, or None when no data set is named and none (searched) fits.
@@ -110,7 +113,8 @@ def choose_samples(input_shape, *, dataset: str | None = None, data=None, prepro
     if data is not None:
         # at least 10 per split: the training split also calibrates int8 conversion
         loaded = load_data(dataset, data, preprocess=preprocess, limit=None if limit is None else max(limit, 10),
-                           input_shape=input_shape, input_names=input_names, model_path=model_path)
+                           input_shape=input_shape, input_names=input_names, model_path=model_path,
+                           recorded=recorded if recorded is not None else (trained_on or {}).get("preprocessing"))
         x, y = loaded.x_test[:limit], None if loaded.y_test is None else loaded.y_test[:limit]
         description = {"dataset": loaded.name, "split": loaded.split, "num_samples": int(len(x)),
                        "file": loaded.file, "preprocessing": loaded.preprocessing}

@@ -46,6 +46,17 @@ def files(tmp_path_factory):
     return paths
 
 
+def load_example(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(capsys, *args):
     """``edgedl ARGS`` in this process: (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as stop:
@@ -119,7 +130,18 @@ def test_wav_files_in_class_folders_give_the_fsdd_features(data_dir, tmp_path):
         mean, std = fsdd.normalisation(kind)
         expected = ((fsdd.raw_features(recs, kind) - mean) / std)[..., None]
         assert ds.x_test.shape == (30, *shape) and np.allclose(ds.x_test, expected, atol=1e-5)
-        assert list(ds.y_test) == [r.digit for r in recs] and ds.preprocessing["audio"]["features"] == kind
+        assert list(ds.y_test) == [r.digit for r in recs] and ds.preprocessing["features"] == kind
+        assert ds.preprocessing["spec_from"] == "defaults"
+    # the record is FSDD's kind of description: the example KWS app rebuilds the same features from it
+    app = load_example("kws_app")
+    features = app.Features(ds.preprocessing)
+    got = np.stack([features(app.read_wav(str(r.path), 8000)) for r in recs[:3]])
+    np.testing.assert_allclose(got, ds.x_test[:3], atol=1e-4)
+    # a model trained on fsdd records the fsdd preset: wav files given to it get the same steps
+    recorded = load_dataset("fsdd", data_dir=data_dir, limit=1).preprocessing
+    again = load_user_data(tmp_path / "wavs", recorded=recorded, input_shape=(61, 40, 1))
+    assert again.preprocessing["spec_from"] == "the model's recorded preprocessing"
+    assert np.array_equal(again.x_test, load_user_data(tmp_path / "wavs", input_shape=(61, 40, 1)).x_test)
 
 
 def test_bad_files_are_one_error_that_names_the_file_and_what_was_expected(files, tmp_path):
@@ -195,6 +217,22 @@ def test_an_image_folder_through_compile_and_bench_with_the_manifest_steps(train
                              "--preprocess", "offset=1", *quick)
     assert code == 0, err
     assert json.loads(out)["accuracy"]["accuracy"] < checked - 0.3  # other steps (inverted): other inputs
+
+    # The digits preset: the model's metrics record the digits' steps for image files (0..16 levels, 28x28), so
+    # without --preprocess, compile and bench feed the images exactly as above.
+    preset = tmp_path / "preset.edgedl"
+    code, out, err = run_cli(capsys, "compile", trained_lenet["keras"], "--target", "x86_64", "--backend", "litert",
+                             "--data", files["images"], "--samples", 100, "-o", preset)
+    assert code == 0, err
+    m = read_manifest(preset)
+    assert m["fidelity"]["accuracy"] == checked and m["preprocessing"]["spec"] == manifest["preprocessing"]["spec"]
+    assert m["preprocessing"]["spec_from"] == "the model's recorded preprocessing"
+    code, out, err = run_cli(capsys, "bench", tmp_path / "preset.edgedl", "--data", files["images"], *quick)
+    assert code == 0, err
+    assert json.loads(out)["accuracy"]["accuracy"] == checked
+    code, out, err = run_cli(capsys, "bench", bundle, "--data", files["test"], *quick)  # a .npz: not image steps
+    assert code == 0, err
+    assert json.loads(out)["accuracy"]["preprocessing"]["scale"] == 1.0
 
     code, out, err = run_cli(capsys, "bench", bundle, *quick)  # the file it was checked on is not here: no accuracy
     assert code == 0, err

@@ -28,18 +28,15 @@ def samples(manifest: dict, options: BenchOptions):
     bundle was checked on (:func:`edgedl.reference.choose_samples`); (None, None, None) when none is
     named (a bundle checked on a file scores accuracy only with ``--data``).
 
-    A file is preprocessed by ``--preprocess`` if given, else by the steps the manifest records
-    (those compile applied to its ``--data``), else by the defaults."""
-    from edgedl.data import Preprocess
+    A file is preprocessed by ``--preprocess`` if given, else by the steps the manifest records for
+    its kind of data (those compile applied to its ``--data``, or the preset of the data set the
+    model was trained on), else by the defaults."""
     from edgedl.reference import choose_samples
 
-    preprocess = None
-    if options.data is not None:
-        preprocess = options.preprocess or Preprocess.from_record(manifest.get("preprocessing"))
     chosen = choose_samples(manifest["inputs"][0]["shape"][1:], dataset=options.dataset, data=options.data,
-                            preprocess=preprocess, trained_on=manifest.get("samples"), data_dir=options.data_dir,
-                            limit=options.limit, taker="the bundle",
-                            input_names=[manifest["inputs"][0].get("name")])
+                            preprocess=options.preprocess, trained_on=manifest.get("samples"),
+                            data_dir=options.data_dir, limit=options.limit, taker="the bundle",
+                            input_names=[manifest["inputs"][0].get("name")], recorded=manifest.get("preprocessing"))
     if chosen is None:
         return None, None, None
     d = chosen.description

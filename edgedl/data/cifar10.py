@@ -20,6 +20,7 @@ import numpy as np
 
 from edgedl._io import atomic_path
 from edgedl.data.base import Dataset, check_split, choose, decoded_cache_dir, subset_description
+from edgedl.data.user import preset
 from edgedl.errors import InputFileError
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ def load(root: Path, *, split: str, limit: int | None, seed: int, features=None)
             "range": [0.0, 1.0],
             "layout": "NHWC",
             "dtype": "float32",
+            **preset("image folder", resize=(32, 32), channels="rgb", scale=1 / 255),
         },
         subset=subset_description(limit, seed, interleaved=interleaved),
     )

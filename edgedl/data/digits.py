@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgedl.data.base import Dataset, check_split, choose, subset_description
+from edgedl.data.user import preset
 from edgedl.errors import MissingDependencyError
 
 CLASSES = [str(d) for d in range(10)]
@@ -83,6 +84,7 @@ def load(root=None, *, split: str, limit: int | None, seed: int, features=None) 
             "layout": "NHWC",
             "dtype": "float32",
             "split": {"method": "stratified per class", "test_fraction": TEST_FRACTION, "seed": SPLIT_SEED},
+            **preset("image folder", resize=(SIZE, SIZE), channels="gray", scale=1 / 16),  # files at 0..16 levels
         },
         subset=subset_description(limit, seed, interleaved=False),
     )

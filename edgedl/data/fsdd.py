@@ -17,6 +17,7 @@ import numpy as np
 
 from edgedl.data import features as F
 from edgedl.data.base import Dataset, balanced_order, subset_description
+from edgedl.data.user import preset
 from edgedl.errors import DataError, InputFileError, OptionError
 
 CLASSES = [str(d) for d in range(10)]
@@ -162,6 +163,8 @@ def load(root: Path, *, split: str, limit: int | None, seed: int, features: str 
     }
     preprocessing["layout"] = "N, frames, bands, 1"
     preprocessing["dtype"] = "float32"
+    preprocessing.update(preset("wav folder", features=kind, mean=tuple(np.atleast_1d(mean).tolist()),
+                                std=tuple(np.atleast_1d(std).tolist())))
     return Dataset.from_parts(
         "fsdd", arrays,
         classes=list(CLASSES),

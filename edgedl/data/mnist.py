@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl.data.base import Dataset, check_split, choose, subset_description
+from edgedl.data.user import preset
 from edgedl.errors import InputFileError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def load(root: Path, *, split: str, limit: int | None, seed: int, features=None)
             "range": [0.0, 1.0],
             "layout": "NHWC",
             "dtype": "float32",
+            **preset("image folder", resize=(28, 28), channels="gray", scale=1 / 255),
         },
         subset=subset_description(limit, seed, interleaved=False),
     )

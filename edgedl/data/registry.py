@@ -178,6 +178,7 @@ def load_data(
     input_shape=None,
     input_names=None,
     model_path=None,
+    recorded=None,
 ) -> Dataset:
     """The one way into data: a built-in data set by name (``--dataset``), or a file or folder the
     user brings (``--data``, see :func:`edgedl.data.user.load_user_data`).
@@ -191,6 +192,8 @@ def load_data(
         limit, seed: at most this many samples per split, picked with ``seed``.
         input_shape, input_names, model_path: for ``data``: the model's input, to resize images to
             and check the samples against, and where a ``preprocess.toml`` may sit beside it.
+        recorded: for ``data``: a ``preprocessing`` record (a model's, a bundle's) whose steps apply
+            when none are given or found beside the data or the model, if they are for its kind.
 
     Returns:
         A :class:`Dataset`.
@@ -212,7 +215,7 @@ def load_data(
         from edgedl.data.user import load_user_data
 
         return load_user_data(data, preprocess, limit=limit, input_shape=input_shape, seed=seed,
-                              input_names=input_names, model_path=model_path)
+                              input_names=input_names, model_path=model_path, recorded=recorded)
     if preprocess:
         raise OptionError(f"--preprocess applies to data given with --data; data set '{dataset}' brings its own "
                           "preprocessing: leave it out")

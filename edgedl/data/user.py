@@ -112,14 +112,16 @@ class Preprocess:
         return cls(**_values(values, "--preprocess"), origin=" + ".join(origins) or origin)
 
     @classmethod
-    def from_record(cls, preprocessing) -> Preprocess | None:
-        """The spec recorded in a data set's (or a manifest's) ``preprocessing``; None if it holds none
-        (a built-in data set describes its steps in words)."""
-        spec = (preprocessing or {}).get("spec") if isinstance(preprocessing, dict) else None
-        if not isinstance(spec, dict):
+    def from_record(cls, preprocessing, kind: str | None = None,
+                    origin: str = "the recorded preprocessing") -> Preprocess | None:
+        """The spec recorded in a data set's (or a manifest's, or a model's metrics') ``preprocessing``;
+        None if it holds none, or (with ``kind``) if its steps are for another kind of data (the
+        digits' steps are for image files, not for a .npz of inputs already scaled)."""
+        record = preprocessing if isinstance(preprocessing, dict) else {}
+        spec = record.get("spec")
+        if not isinstance(spec, dict) or (kind is not None and record.get("spec_applies_to") != kind):
             return None
-        return cls(**_values({k: v for k, v in spec.items() if v is not None}, "the manifest's preprocessing"),
-                   origin="the bundle's manifest")
+        return cls(**_values({k: v for k, v in spec.items() if v is not None}, origin), origin=origin)
 
     def with_defaults(self, kind: str, input_shape=None, first_image=None) -> Preprocess:
         """The spec with every step decided: what a kind of file and the model's input imply."""
@@ -252,9 +254,23 @@ def _read_toml(path: Path) -> dict:
     return data
 
 
-def resolve_preprocess(preprocess, data_path, model_path=None) -> Preprocess:
-    """The spec for ``data_path``: ``preprocess`` if given, else a ``preprocess.toml`` in the data's
-    folder (or beside the data file), else one beside the model, else the defaults."""
+def preset(kind: str, **steps) -> dict:
+    """What a built-in data set adds to its ``preprocessing`` so that files of ``kind`` ("image
+    folder", "wav folder") get its steps: ``spec`` and ``spec_applies_to``. A model trained on it
+    records them, and compile and bench apply them to such files given with ``--data``.
+
+    Example:
+        >>> preset("image folder", resize=(28, 28), channels="gray", scale=1 / 255)["spec"]["resize"]
+        [28, 28]
+    """
+    return {"spec": Preprocess(**steps).spec(), "spec_applies_to": kind}
+
+
+def resolve_preprocess(preprocess, data_path, kind: str, model_path=None, recorded=None) -> Preprocess:
+    """The spec for ``data_path`` (of ``kind``): ``preprocess`` if given, else a ``preprocess.toml``
+    in the data's folder (or beside the data file), else one beside the model, else the steps
+    ``recorded`` for this kind of data (the model's metrics or the bundle's manifest), else the
+    defaults."""
     if preprocess is not None and not (isinstance(preprocess, (list, tuple)) and not preprocess):
         return Preprocess.parse(preprocess)
     data_path = Path(data_path)
@@ -264,14 +280,14 @@ def resolve_preprocess(preprocess, data_path, model_path=None) -> Preprocess:
     for place in places:
         if place.is_file():
             return dataclasses.replace(Preprocess.parse(str(place)), origin=str(place))
-    return Preprocess()
+    return Preprocess.from_record(recorded, kind, origin="the model's recorded preprocessing") or Preprocess()
 
 
 # ---------------------------------------------------------------------------------------------------
 
 
 def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=None, *, seed: int = 0,
-                   input_names=None, model_path=None) -> Dataset:
+                   input_names=None, model_path=None, recorded=None) -> Dataset:
     """A :class:`~edgedl.data.base.Dataset` from a file or folder the user brings.
 
     Args:
@@ -288,6 +304,8 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
         seed: picks the ``limit`` subset.
         input_names: the model's input names (a ``.npz`` may hold one array per input).
         model_path: the model, beside which a ``preprocess.toml`` may sit.
+        recorded: a ``preprocessing`` record (the model's metrics', a bundle's manifest's) whose
+            steps apply when no spec is given or found and they are for this kind of data.
 
     Returns:
         The data set: without a train/test split in the file, the whole file is the test split and
@@ -311,26 +329,24 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
                                 "wav files in class sub-folders")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise OptionError(f"limit must be a positive integer or None, received: limit={limit!r}")
-    spec = resolve_preprocess(preprocess, p, model_path)
+    kind = data_kind(p)
+    spec = resolve_preprocess(preprocess, p, kind, model_path, recorded)
     if p.is_dir():
         loaded = _load_folder(p, spec, limit, input_shape, seed)
-    elif p.suffix.lower() == ".npz":
+    elif kind == "npz archive":
         loaded = _load_npz(p, spec, limit, input_shape, seed, input_names)
-    elif p.suffix.lower() == ".npy":
-        loaded = _load_npy(p, spec, limit, input_shape)
     else:
-        raise InputFileError(p, f"unknown data format '{p.suffix or '(no suffix)'}'; --data takes a .npz, a .npy, "
-                                "or a folder of images or wav files in class sub-folders")
+        loaded = _load_npy(p, spec, limit, input_shape)
     parts, classes, split, kind, spec, sha = loaded
     if input_shape is not None:
         parts = {part: (_fit(x, input_shape, p), y) for part, (x, y) in parts.items()}
-    preprocessing = {"from": kind, "spec": spec.spec(), "spec_from": spec.origin,
+    preprocessing = {"from": kind, "spec_applies_to": kind, "spec": spec.spec(), "spec_from": spec.origin,
                      "order": "decode, channels, resize (bilinear), features, x * scale + offset, "
                               "(x - mean) / std, dtype"}
-    if kind == "wav folder":
+    if kind == "wav folder":  # described as FSDD's are, so an app that redoes FSDD's features redoes these
         from edgedl.data import features as F
 
-        preprocessing["audio"] = F.describe(spec.features)
+        preprocessing.update(F.describe(spec.features), normalise=_normalise(spec), layout="N, frames, bands, 1")
     ds = Dataset.from_parts(
         p.name, parts, classes=classes, split=split, source=str(p), preprocessing=preprocessing,
         subset=_subset(limit, seed, labelled=parts["test"][1] is not None),
@@ -338,6 +354,35 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
     )
     log.info("loaded %s (%s): %d train, %d test, input %s", p, kind, len(ds.x_train), len(ds.x_test), ds.input_shape)
     return ds
+
+
+def _normalise(spec: Preprocess) -> dict:
+    """Scale, offset, mean and std folded into one ``(x - mean) / std`` (as FSDD records its own)."""
+    scale = 1.0 if spec.scale is None else spec.scale
+    mean = [(m - spec.offset) / scale for m in (spec.mean or (0.0,))]
+    std = [s / scale for s in (spec.std or (1.0,))]
+    one = lambda v: v[0] if len(v) == 1 else v  # noqa: E731
+    from edgedl.data.fsdd import normalisation
+
+    fsdd_mean, fsdd_std = (np.atleast_1d(v).tolist() for v in normalisation(spec.features))
+    own = list(spec.mean or ()) == fsdd_mean and list(spec.std or ()) == fsdd_std
+    return {"formula": "(x - mean) / std", "mean": one(mean), "std": one(std),
+            "computed_on": "official train split of FSDD v1.0.10" if own else f"given ({spec.origin})"}
+
+
+def data_kind(path) -> str:
+    """"npz archive", "npy array", "image folder" or "wav folder" (a folder's file names are read).
+
+    Raises:
+        InputFileError: none of those (named, with what ``--data`` takes).
+    """
+    p = Path(path)
+    if p.is_dir():
+        return _folder_files(p)[2]
+    if p.suffix.lower() in (".npz", ".npy"):
+        return {".npz": "npz archive", ".npy": "npy array"}[p.suffix.lower()]
+    raise InputFileError(p, f"unknown data format '{p.suffix or '(no suffix)'}'; --data takes a .npz, a .npy, "
+                            "or a folder of images or wav files in class sub-folders")
 
 
 def _subset(limit: int | None, seed: int, labelled: bool) -> dict:
