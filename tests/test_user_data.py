@@ -290,5 +290,10 @@ def test_optimize_fine_tunes_and_calibrates_on_files(trained_lenet, files):
     assert d["file"]["sha256"] == sha256(files["raw"]) and d["num_test"] == 359 and d["num_train"] == 1438
     assert d["calibration_from"] == "--representative" and d["num_calibration"] == 100
     assert d["preprocessing"]["spec"]["scale"] == 1 / 16
+    # PNG files at the digits' levels, no --preprocess: the model's recorded digits preset scales them
+    images = optimize(str(trained_lenet["keras"]), OptimizeOptions(quantize="float16", data=str(files["images"])),
+                      progress=False)
+    assert images.stages[0].accuracy > 0.8 and images.data["num_test"] == 100
+    assert images.data["preprocessing"]["spec_from"] == "the model's recorded preprocessing"
     with pytest.raises(InputFileError, match="digits.npy: has no labels; optimize fine-tunes and measures accuracy"):
         optimize(str(trained_lenet["keras"]), OptimizeOptions(quantize="int8", data=str(files["npy"])), progress=False)

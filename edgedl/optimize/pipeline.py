@@ -100,9 +100,13 @@ def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
                               f"trained model: train it first (edgedl train {source.name} -o {source.name}.keras), "
                               "or give --dataset")
         check_architecture(source.model, options)  # before anything slow
+        from edgedl.modelio import metrics_beside
+
+        recorded = metrics_beside(source.path).get("preprocessing") if source.path else None  # the model's preset
         data = load_data(data=options.data, preprocess=options.preprocess, limit=options.limit, seed=options.seed,
                          input_shape=tuple(source.model.input_shape[1:]),
-                         input_names=[t.name for t in source.model.inputs], model_path=source.path)
+                         input_names=[t.name for t in source.model.inputs], model_path=source.path,
+                         recorded=recorded)
         if not data.labelled:
             raise InputFileError(options.data, "has no labels; optimize fine-tunes and measures accuracy on labelled "
                                                "samples: give a .npz with x and y, or a folder with class sub-folders")
