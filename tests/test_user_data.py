@@ -107,6 +107,22 @@ def test_images_in_class_folders_are_decoded_resized_and_scaled_as_the_spec_says
     assert rgb.x_test.shape == (20, 14, 14, 3) and rgb.subset["method"].startswith("class-balanced")
 
 
+def test_a_npz_may_name_its_array_after_the_model_input(files, tmp_path):
+    digits = load_dataset("digits", limit=20)
+    np.savez(tmp_path / "named.npz", image=digits.x_test, y=digits.y_test)
+    ds = load_user_data(tmp_path / "named.npz", input_names=["image"], input_shape=(28, 28, 1))
+    assert np.array_equal(ds.x_test, digits.x_test) and np.array_equal(ds.y_test, digits.y_test)
+    with pytest.raises(InputFileError, match=r"holds one array per input \(image\); edgedl's compile, bench and "
+                                             r"optimize feed models with one input"):
+        load_user_data(tmp_path / "named.npz", input_names=["image", "mask"])
+
+
+def test_a_preprocess_toml_given_or_beside_the_data_is_used_and_named(files, tmp_path):
+    (tmp_path / "steps.toml").write_text("[preprocess]\nscale = 0.0625\nresize = [28, 28]\n")
+    spec = Preprocess.parse([str(tmp_path / "steps.toml"), "offset=0.5"])  # a file, then options over it
+    assert (spec.scale, spec.resize, spec.offset, spec.origin) == (0.0625, (28, 28), 0.5, "steps.toml + --preprocess")
+
+
 def test_a_preprocess_toml_beside_the_data_is_used_and_named(files, tmp_path):
     folder = tmp_path / "images"
     shutil.copytree(files["images"], folder)
