@@ -83,6 +83,15 @@ class CompileOptions:
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise OptionError(f"--data-dir '{self.data_dir}' is not a folder; give the folder holding the data sets "
                               "(mnist/, fsdd/, cifar10/) or leave it out")
+        if self.data is not None or self.preprocess:  # a wrong --data or --preprocess, before the model loads
+            from edgedl.data.user import Preprocess, data_kind
+
+            if self.data is None or self.dataset is not None:
+                raise OptionError("--preprocess applies to data given with --data: leave it out, or give --data"
+                                  if self.data is None else "give one of --dataset (a built-in data set) and --data "
+                                  "(a file or folder), not both")
+            data_kind(self.data)  # there, and of a kind --data takes
+            Preprocess.parse(self.preprocess)
         if self.sign_key:
             from edgedl.signing import load_private_key
 

@@ -271,6 +271,7 @@ def test_compile_refuses_bad_data_in_one_line(trained_lenet, files, tmp_path, ca
     base = ("compile", trained_lenet["keras"], "--target", "x86_64", "--backend", "litert", "-o", tmp_path / "x.edgedl")
     for args, message in (
         (("--data", tmp_path / "empty"), "empty: holds no images or .wav files; expected class sub-folders"),
+        (("--data", tmp_path / "missing.npz"), "missing.npz: no such file or folder; --data takes a .npz, a .npy"),
         (("--data", tmp_path / "other.npz"), "other.npz: holds inputs; expected an array 'x' of inputs"),
         (("--data", tmp_path / "small.npz"), "small.npz: its samples have shape (8, 8, 1); the model takes (28, 28, 1)"),
         (("--data", files["test"], "--preprocess", "size=3"), "--preprocess: unknown key(s) size; the keys are resize"),
@@ -289,6 +290,10 @@ def test_optimize_and_bench_refuse_data_options_that_do_not_go_together(trained_
          "'lenet' is a zoo name, trained here on a built-in data set; --data takes a trained model"),
         (("bench", tmp_path / "none.edgedl", "--preprocess", "scale=2"),
          "--preprocess applies to data given with --data: leave it out, or give --data"),
+        (("bench", tmp_path / "none.edgedl", "--data", files["test"], "--preprocess", "scale=two"),
+         "--preprocess scale must be a number (e.g. 0.5 or 1/255), got 'two'"),
+        (("optimize", trained_lenet["keras"], "-q", "int8", "-o", tmp_path / "o", "--data", tmp_path / "nothing"),
+         "nothing: no such file or folder; --data takes"),
     ):
         assert message in the_error(*run_cli(capsys, *args)[::2])
 

@@ -101,3 +101,8 @@ class BenchOptions:
             raise OptionError("give one of --dataset (a built-in data set) and --data (a file or folder), not both")
         if self.preprocess and self.data is None:
             raise OptionError("--preprocess applies to data given with --data: leave it out, or give --data")
+        if self.data is not None:  # there, of a kind --data takes, with steps that parse: before the bundle runs
+            from edgedl.data.user import Preprocess, data_kind
+
+            data_kind(self.data)
+            Preprocess.parse(self.preprocess)

@@ -324,9 +324,6 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
         (['0', '1', ...], 'image folder')
     """
     p = Path(path)
-    if not p.exists():
-        raise InputFileError(p, "no such file or folder; --data takes a .npz, a .npy, or a folder of images or "
-                                "wav files in class sub-folders")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise OptionError(f"limit must be a positive integer or None, received: limit={limit!r}")
     kind = data_kind(p)
@@ -374,9 +371,12 @@ def data_kind(path) -> str:
     """"npz archive", "npy array", "image folder" or "wav folder" (a folder's file names are read).
 
     Raises:
-        InputFileError: none of those (named, with what ``--data`` takes).
+        InputFileError: missing, or none of those (named, with what ``--data`` takes).
     """
     p = Path(path)
+    if not p.exists():
+        raise InputFileError(p, "no such file or folder; --data takes a .npz, a .npy, or a folder of images or "
+                                "wav files in class sub-folders")
     if p.is_dir():
         return _folder_files(p)[2]
     if p.suffix.lower() in (".npz", ".npy"):

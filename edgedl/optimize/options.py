@@ -171,6 +171,11 @@ class OptimizeOptions:
             raise OptionError("give one of --dataset (a built-in data set) and --data (a file or folder), not both")
         if self.preprocess and self.data is None and self.representative is None:
             raise OptionError("--preprocess applies to data given with --data or --representative: leave it out")
+        if self.data is not None:  # there, of a kind --data takes, with steps that parse: before any training
+            from edgedl.data.user import Preprocess, data_kind
+
+            data_kind(self.data)
+            Preprocess.parse(self.preprocess)
         if self.distill and not retrains and not self.qat:
             raise OptionError("--distill teaches fine-tuning: use it with --prune, --structured or --qat")
         if self.distill_alpha is not None and not self.distill:
