@@ -273,9 +273,10 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSourc
 
 
 def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
-    """Real samples for calibration and fidelity (:func:`edgedl.reference.choose_samples`): ``--dataset``,
-    else the one the model was trained on, else the first data set whose input shape matches. Without
-    any, the check runs on seeded uniform noise and says so."""
+    """Real samples for calibration and fidelity (:func:`edgedl.reference.choose_samples`): ``--data`` (a
+    file or folder, with its ``--preprocess`` steps), ``--dataset``, else the one the model was trained on,
+    else the first data set whose input shape matches. Without any, the check runs on seeded uniform noise
+    and says so."""
     from edgedl.backends.base import check_one_input
 
     if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
