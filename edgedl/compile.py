@@ -293,8 +293,9 @@ def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
         return samples
     if source.kind == "keras" and options.quantize in CALIBRATED and options.calibration != "random":
         raise OptionError(f"{source.path.name}: -q {options.quantize} calibrates on real samples and no data set fits "
-                          f"its input {tuple(source.input_shape)}; name one with --dataset, or calibrate on synthetic "
-                          "inputs with --calibration random (recorded; accuracy usually suffers)")
+                          f"its input {tuple(source.input_shape)}; give your own with --data (a .npz, .npy or a folder of images or wavs), "
+                          "name one with --dataset, or calibrate on synthetic inputs with --calibration random "
+                          "(recorded; accuracy usually suffers)")
     return noise_samples(source.input_shape, options.num_samples, source.path, source.input_range)
 
 
@@ -304,7 +305,7 @@ def convert_source(source: ModelSource, options: CompileOptions, samples: Sample
     from edgedl.convert import to_tflite
 
     calibration = samples.calibration
-    if options.calibration == "random" and samples.y is not None:  # asked for, though real samples exist
+    if options.calibration == "random" and "synthetic" not in samples.description:  # asked for, though real samples exist
         calibration = noise_samples(source.input_shape, max(len(samples), 100), source.path).x
     blob = to_tflite(source.keras_model, options.quantize, representative=calibration, io_type=options.io_type)
     return _io.write_bytes(work / "source.tflite", blob)
