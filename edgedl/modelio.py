@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgedl import _lazy
+from edgedl import _io, _lazy
 from edgedl.errors import InputFileError, ModelError
 
 log = logging.getLogger(__name__)
@@ -240,16 +240,6 @@ def _renumber_nested_model_calls(cfg: dict, changes: list[str]) -> None:
                     changes.append(f"'{layer.get('name', '?')}': input from nested model '{call[0]}' call {call[1]}")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def converted_model_path(path: Path) -> Path:
     """Where the .keras conversion of a Keras 2 .h5 file is kept: the user cache, by the file's sha256.
 
@@ -259,7 +249,7 @@ def converted_model_path(path: Path) -> Path:
     """
     from edgedl.data.base import user_cache_dir
 
-    return user_cache_dir() / "models" / f"{_sha256(Path(path))}-c{KERAS2_CONVERTER}.keras"
+    return user_cache_dir() / "models" / f"{_io.sha256_file(Path(path))}-c{KERAS2_CONVERTER}.keras"
 
 
 def _load_keras2_h5(path: Path, keras_version: str, keras):

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from edgedl.bundle import read_manifest
-from edgedl.cli.main import main
 from edgedl.data import Preprocess, load_data, load_dataset, load_user_data
 from edgedl.errors import InputFileError, OptionError
+
+from cli_run import run_cli, the_error  # tests/cli_run.py
 
 
 def sha256(path) -> str:
@@ -55,22 +56,6 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def run_cli(capsys, *args):
-    """``edgedl ARGS`` in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
-
-
-def the_error(code, err) -> str:
-    assert code not in (0, None), err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------- loading
