@@ -19,6 +19,7 @@ import numpy as np
 
 from edgedl import __version__, _io, _isolate
 from edgedl.bundle import Bundle
+from edgedl.data.base import ModelInput
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.modelio import metrics_beside
 from edgedl.reference import (
@@ -281,11 +282,10 @@ def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
 
     if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
         check_one_input(source.path, [getattr(t, "name", "?") for t in source.keras_model.inputs])
-    samples = choose_samples(source.input_shape, dataset=options.dataset, trained_on=source.metadata,
-                             data_dir=options.data_dir, limit=options.num_samples, search=True,
-                             data=options.data, preprocess=options.preprocess, model_path=source.path,
-                             input_names=None if source.keras_model is None else
-                             [t.name for t in source.keras_model.inputs])
+    names = None if source.keras_model is None else [t.name for t in source.keras_model.inputs]
+    samples = choose_samples(ModelInput(source.input_shape, names, source.path), dataset=options.dataset,
+                             data=options.data, preprocess=options.preprocess, data_dir=options.data_dir,
+                             trained_on=source.metadata, limit=options.num_samples, search=True)
     if samples is not None:
         problem = range_problem(samples.x, source.input_range, f"data set '{samples.description['dataset']}'")
         if problem:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgedl import _isolate
+from edgedl.data.base import ModelInput
 from edgedl.errors import EdgeDLError, InputFileError, OptionError
 
 log = logging.getLogger(__name__)
@@ -71,34 +72,30 @@ class Reference:
         return fidelity(self.outputs, outputs, self.samples.y) | {"reference": self.label}
 
 
-def choose_samples(input_shape, *, dataset: str | None = None, data=None, preprocess=None,
-                   trained_on: dict | None = None, data_dir: str | None = None, limit: int | None = None,
-                   search: bool = False, taker: str = "the model", input_names=None,
-                   model_path=None, recorded=None) -> Samples | None:
-    """Real samples for a model whose inputs (without the batch) have ``input_shape``.
+def choose_samples(model: ModelInput, *, dataset: str | None = None, data=None, preprocess=None,
+                   data_dir: str | None = None, trained_on: dict | None = None, limit: int | None = None,
+                   search: bool = False) -> Samples | None:
+    """Real samples for a model (``model.shape`` is one sample's shape): the user's file, the data set
+    asked for, else the one the model was trained on (and its split), else, with ``search``, the
+    first data set whose inputs fit.
 
     Args:
-        input_shape: one sample's shape.
+        model: the model's input and what it records (:class:`~edgedl.data.base.ModelInput`;
+            ``taker`` names it in a shape mismatch: "the model", "the bundle").
         dataset: the data set asked for (``--dataset``); it must fit.
         data: a file or folder the user brings (``--data``: .npz, .npy, images or wav files in class
             sub-folders; :func:`edgedl.data.load_data`); it must fit. The description then names the
             file (``file``: path, kind, sha256) and its preprocessing holds the spec applied.
         preprocess: for ``data``: ``--preprocess`` (KEY=VALUE strings, a .toml, a
             :class:`~edgedl.data.user.Preprocess`); None: a ``preprocess.toml`` beside the data or
-            ``model_path``, else the steps in ``recorded`` for this kind of data, else the defaults.
+            the model, else the steps the model records for this kind of data, else the defaults.
+        data_dir: the data sets' folder (``--data-dir``, else ``EDGEDL_DATA``).
         trained_on: what the model records of its training (``{"dataset": ..., "split": ...}``, from
             the metrics beside it or a bundle's manifest); its data set and split are used when
             ``dataset`` is not given.
-        data_dir: the data sets' folder (``--data-dir``, else ``EDGEDL_DATA``).
         limit: at most this many test samples (None: the whole test split).
         search: with neither a data set asked for nor one recorded, try every data set whose inputs
             have this shape.
-        taker: how a shape mismatch names the model ("the model", "the bundle").
-        input_names: the model's input names (a .npz may hold an array named after its input).
-        model_path: the model, beside which a ``preprocess.toml`` may sit.
-        recorded: the model's recorded ``preprocessing`` (default: ``trained_on``'s; a bundle's
-            manifest's for bench): its steps for files (a built-in data set's preset, or compile's
-            ``--data``) apply to ``data`` of the same kind when none are given.
 
     Returns:
         The samples, or None when no data set is named and none (searched) fits.
@@ -108,48 +105,65 @@ def choose_samples(input_shape, *, dataset: str | None = None, data=None, prepro
         DataError: the named data set cannot be read.
         InputFileError: ``data`` is unreadable, not of a form it should be, or does not fit the model.
     """
-    from edgedl.data import DATASETS, load_data, load_dataset
-
+    trained_on = trained_on or {}
     if data is not None:
-        # at least 10 per split: the training split also calibrates int8 conversion
-        loaded = load_data(dataset, data, preprocess=preprocess, limit=None if limit is None else max(limit, 10),
-                           input_shape=input_shape, input_names=input_names, model_path=model_path,
-                           recorded=recorded if recorded is not None else (trained_on or {}).get("preprocessing"))
-        x, y = loaded.x_test[:limit], None if loaded.y_test is None else loaded.y_test[:limit]
-        description = {"dataset": loaded.name, "split": loaded.split, "num_samples": int(len(x)),
-                       "file": loaded.file, "preprocessing": loaded.preprocessing}
-        return Samples(x, y, description, loaded.x_train)
+        recorded = model.recorded if model.recorded is not None else trained_on.get("preprocessing")
+        return _user_samples(replace(model, recorded=recorded), dataset, data, preprocess, limit)
     if preprocess:
         raise OptionError("--preprocess applies to data given with --data: leave it out, or give --data")
-    trained_on = trained_on or {}
     if trained_on.get("file"):  # checked on a file the user brought, which is not here: nothing to load by name
         trained_on = {}
     name = dataset or trained_on.get("dataset")
-    want = tuple(int(d) for d in input_shape)
+    want = tuple(int(d) for d in model.shape)
     if name:
         candidates = [name]
     elif search:  # only data sets whose inputs can fit: loading FSDD or CIFAR-10 to find they do not costs seconds
+        from edgedl.data import DATASETS
+
         candidates = [n for n, info in DATASETS.items() if tuple(info.input_shape) == want]
     else:
         return None
     for n in candidates:
         split = trained_on.get("split") if n == trained_on.get("dataset") else None
-        try:
-            # at least 10 per split: the training split also calibrates int8 conversion
-            data = load_dataset(n, data_dir=data_dir, limit=None if limit is None else max(limit, 10), split=split)
-        except EdgeDLError as e:
-            if name:
-                raise
-            log.debug("data set %s not usable: %s", n, e)
+        samples = _dataset_samples(n, split, data_dir, limit, required=bool(name))
+        if samples is None:
             continue
-        if tuple(data.input_shape) == want:
-            x, y = data.x_test[:limit], data.y_test[:limit]
-            description = {"dataset": data.name, "split": data.split, "num_samples": int(len(x)),
-                           "preprocessing": data.preprocessing}
-            return Samples(x, y, description, data.x_train)
+        if tuple(samples.x.shape[1:]) == want:
+            return samples
         if name:
-            raise OptionError(f"data set '{n}' gives inputs of shape {tuple(data.input_shape)}; {taker} takes {want}")
+            raise OptionError(f"data set '{n}' gives inputs of shape {tuple(samples.x.shape[1:])}; {model.taker} "
+                              f"takes {want}")
     return None
+
+
+def _user_samples(model: ModelInput, dataset, data, preprocess, limit) -> Samples:
+    from edgedl.data import load_data
+
+    # at least 10 per split: the training split also calibrates int8 conversion
+    loaded = load_data(dataset, data, preprocess=preprocess, limit=None if limit is None else max(limit, 10),
+                       model=model)
+    x, y = loaded.x_test[:limit], None if loaded.y_test is None else loaded.y_test[:limit]
+    description = {"dataset": loaded.name, "split": loaded.split, "num_samples": int(len(x)),
+                   "file": loaded.file, "preprocessing": loaded.preprocessing}
+    return Samples(x, y, description, loaded.x_train)
+
+
+def _dataset_samples(name: str, split, data_dir, limit, required: bool) -> Samples | None:
+    """A built-in data set's test samples; None when it cannot be read and was not asked for by name."""
+    from edgedl.data import load_dataset
+
+    try:
+        # at least 10 per split: the training split also calibrates int8 conversion
+        data = load_dataset(name, data_dir=data_dir, limit=None if limit is None else max(limit, 10), split=split)
+    except EdgeDLError as e:
+        if required:
+            raise
+        log.debug("data set %s not usable: %s", name, e)
+        return None
+    x, y = data.x_test[:limit], data.y_test[:limit]
+    description = {"dataset": data.name, "split": data.split, "num_samples": int(len(x)),
+                   "preprocessing": data.preprocessing}
+    return Samples(x, y, description, data.x_train)
 
 
 def input_range(spec) -> tuple[float, float] | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgedl.bundle import read_manifest
-from edgedl.data import Preprocess, load_data, load_dataset, load_user_data
+from edgedl.data import ModelInput, Preprocess, load_data, load_dataset, load_user_data
 from edgedl.errors import InputFileError, OptionError
 
 from cli_run import run_cli, the_error  # tests/cli_run.py
@@ -63,7 +63,7 @@ def load_example(name):
 
 def test_a_npz_is_the_same_data_as_the_data_set_and_records_the_file(files):
     digits = load_dataset("digits", limit=50)
-    ds = load_data(data=files["split"], limit=50, input_shape=(28, 28, 1))
+    ds = load_data(data=files["split"], limit=50, model=ModelInput((28, 28, 1)))
     assert np.array_equal(ds.x_train, digits.x_train) and np.array_equal(ds.y_train, digits.y_train)
     assert np.array_equal(ds.x_test, digits.x_test) and np.array_equal(ds.y_test, digits.y_test)
     assert ds.file == {"path": "digits_split.npz", "kind": "npz archive", "sha256": sha256(files["split"])}
@@ -71,7 +71,7 @@ def test_a_npz_is_the_same_data_as_the_data_set_and_records_the_file(files):
     alone = load_data(data=files["test"])  # no train split: the whole file is the test split, and trains too
     assert alone.split == "whole file, no split (train = test)" and len(alone.x_test) == 359
     assert alone.x_train is alone.x_test and alone.summary()["sizes"] == {"train": 359, "test": 359}
-    unlabelled = load_data(data=files["npy"], input_shape=(28, 28, 1))
+    unlabelled = load_data(data=files["npy"], model=ModelInput((28, 28, 1)))
     assert unlabelled.y_test is None and unlabelled.classes == [] and unlabelled.summary()["class_counts"]["test"] == {}
 
 

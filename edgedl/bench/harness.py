@@ -33,10 +33,12 @@ def samples(manifest: dict, options: BenchOptions):
     model was trained on), else by the defaults."""
     from edgedl.reference import choose_samples
 
-    chosen = choose_samples(manifest["inputs"][0]["shape"][1:], dataset=options.dataset, data=options.data,
-                            preprocess=options.preprocess, trained_on=manifest.get("samples"),
-                            data_dir=options.data_dir, limit=options.limit, taker="the bundle",
-                            input_names=[manifest["inputs"][0].get("name")], recorded=manifest.get("preprocessing"))
+    from edgedl.data.base import ModelInput
+
+    model = ModelInput(tuple(manifest["inputs"][0]["shape"][1:]), [manifest["inputs"][0].get("name")],
+                       recorded=manifest.get("preprocessing"), taker="the bundle")
+    chosen = choose_samples(model, dataset=options.dataset, data=options.data, preprocess=options.preprocess,
+                            data_dir=options.data_dir, trained_on=manifest.get("samples"), limit=options.limit)
     if chosen is None:
         return None, None, None
     d = chosen.description

@@ -16,7 +16,7 @@ Example:
     {'train': 1438, 'test': 359}
 """
 
-from edgedl.data.base import Dataset, DatasetInfo, resolve_data_dir
+from edgedl.data.base import Dataset, DatasetInfo, ModelInput, resolve_data_dir
 from edgedl.data.fetch import download
 from edgedl.data.registry import DATASETS, is_present, list_datasets, load_data, load_dataset, missing_files
 from edgedl.data.user import Preprocess, load_user_data

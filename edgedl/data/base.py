@@ -92,6 +92,24 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class ModelInput:
+    """What data must fit, and what the model says of its data: its input's shape (without the batch)
+    and names, the model file (a ``preprocess.toml`` may sit beside it) and its recorded
+    ``preprocessing`` (its metrics', a bundle's manifest's); ``taker`` names it in messages.
+
+    Example:
+        >>> ModelInput((28, 28, 1), taker="the bundle").shape
+        (28, 28, 1)
+    """
+
+    shape: tuple | None = None
+    names: list | None = None
+    path: object = None
+    recorded: dict | None = None
+    taker: str = "the model"
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """What is known about a data set before loading it (the registry entry)."""
 

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from edgedl.data.base import Dataset, DatasetInfo, missing_data_error, resolve_data_dir
+from edgedl.data.base import Dataset, DatasetInfo, ModelInput, missing_data_error, resolve_data_dir
 from edgedl.errors import DataError, OptionError
 
 log = logging.getLogger(__name__)
@@ -175,10 +175,7 @@ def load_data(
     split: str | None = None,
     limit: int | None = None,
     seed: int = 0,
-    input_shape=None,
-    input_names=None,
-    model_path=None,
-    recorded=None,
+    model: ModelInput | None = None,
 ) -> Dataset:
     """The one way into data: a built-in data set by name (``--dataset``), or a file or folder the
     user brings (``--data``, see :func:`edgedl.data.user.load_user_data`).
@@ -190,10 +187,10 @@ def load_data(
             a ``.toml`` path (None: a ``preprocess.toml`` beside the data or the model, else defaults).
         data_dir, split: for ``dataset`` (see :func:`load_dataset`).
         limit, seed: at most this many samples per split, picked with ``seed``.
-        input_shape, input_names, model_path: for ``data``: the model's input, to resize images to
-            and check the samples against, and where a ``preprocess.toml`` may sit beside it.
-        recorded: for ``data``: a ``preprocessing`` record (a model's, a bundle's) whose steps apply
-            when none are given or found beside the data or the model, if they are for its kind.
+        model: for ``data``: the model's input (:class:`ModelInput`), to resize images to and check
+            the samples against; where a ``preprocess.toml`` may sit beside it; and its recorded
+            ``preprocessing``, whose steps apply when none are given or found, if they are for this
+            kind of data.
 
     Returns:
         A :class:`Dataset`.
@@ -214,8 +211,9 @@ def load_data(
     if data is not None:
         from edgedl.data.user import load_user_data
 
-        return load_user_data(data, preprocess, limit=limit, input_shape=input_shape, seed=seed,
-                              input_names=input_names, model_path=model_path, recorded=recorded)
+        model = model or ModelInput()
+        return load_user_data(data, preprocess, limit=limit, input_shape=model.shape, seed=seed,
+                              input_names=model.names, model_path=model.path, recorded=model.recorded)
     if preprocess:
         raise OptionError(f"--preprocess applies to data given with --data; data set '{dataset}' brings its own "
                           "preprocessing: leave it out")

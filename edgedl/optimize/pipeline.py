@@ -91,7 +91,7 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
 
 def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
     """(the data set, the split asked of it): the architecture is checked against the options first."""
-    from edgedl.data import DATASETS, load_data, load_dataset
+    from edgedl.data import DATASETS, ModelInput, load_data, load_dataset
     from edgedl.keras_utils import check_shapes, set_determinism
 
     if options.data is not None:
@@ -103,10 +103,10 @@ def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
         from edgedl.modelio import metrics_beside
 
         recorded = metrics_beside(source.path).get("preprocessing") if source.path else None  # the model's preset
+        model = ModelInput(tuple(source.model.input_shape[1:]), [t.name for t in source.model.inputs], source.path,
+                           recorded)
         data = load_data(data=options.data, preprocess=options.preprocess, limit=options.limit, seed=options.seed,
-                         input_shape=tuple(source.model.input_shape[1:]),
-                         input_names=[t.name for t in source.model.inputs], model_path=source.path,
-                         recorded=recorded)
+                         model=model)
         if not data.labelled:
             raise InputFileError(options.data, "has no labels; optimize fine-tunes and measures accuracy on labelled "
                                                "samples: give a .npz with x and y, or a folder with class sub-folders")
