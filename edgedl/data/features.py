@@ -1,6 +1,6 @@
 """Audio features in plain numpy: framing, Hann window, power spectrum, mel filterbank, log, DCT.
 
-Used by the FSDD loader; small and dependency-free so the same steps can be redone on a device
+Used by the FSDD loader and for wav files users bring; small and dependency-free so the same steps can be redone on a device
 from the parameters a :class:`~edgedl.data.base.Dataset` records in ``preprocessing``.
 
 Example:
@@ -12,7 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import struct
+import wave
+from pathlib import Path
+
 import numpy as np
+
+from edgedl.errors import InputFileError
 
 SAMPLE_RATE = 8000
 NUM_SAMPLES = 8000  # 1.0 s: shorter clips are zero-padded at the end, longer ones cut at 1.0 s
@@ -139,3 +145,47 @@ def describe(kind: str) -> dict:
     if kind == "mfcc":
         d["dct"] = {"type": "DCT-II", "norm": "ortho", "num_coefficients": NUM_MFCC}
     return d
+
+
+# Normalisation: (features - MEAN) / STD. Computed once with ``normalisation_constants()`` below on
+# the official train split (2700 recordings of FSDD v1.0.10, all 61 frames each, zero padding
+# included) and hard-coded so every run, and every device, uses the same numbers. log-mel: one mean
+# and std over all values (keeps the relative level of the bands); MFCC: one per coefficient (their
+# scales differ by orders of magnitude).
+LOGMEL_MEAN = -9.9912
+LOGMEL_STD = 4.9934
+MFCC_MEAN = (
+    -63.1896, 2.9606, 0.8259, -0.3243, -1.4748, -0.7287, -0.5391, -0.2863, -0.4445, -0.2538, -0.3536, -0.4467, -0.4875,
+)
+MFCC_STD = (
+    29.958, 5.7263, 3.3591, 2.5542, 2.8298, 2.3299, 1.6609, 1.4111, 1.3029, 1.1766, 1.2444, 1.162, 1.1324,
+)
+
+
+def normalisation(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """FSDD's feature normalisation (mean, std) for ``kind`` ("logmel" or "mfcc")."""
+    if kind == "mfcc":
+        return np.asarray(MFCC_MEAN, np.float32), np.asarray(MFCC_STD, np.float32)
+    return np.float32(LOGMEL_MEAN), np.float32(LOGMEL_STD)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Samples of an 8 kHz mono 16-bit PCM WAV file as float32 in [-1, 1).
+
+    Raises:
+        InputFileError: the file is not such a WAV file, or is corrupt or truncated.
+    """
+    try:
+        with wave.open(str(path), "rb") as w:
+            channels, width, rate, count = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            if (channels, width, rate) != (1, 2, SAMPLE_RATE):
+                raise InputFileError(
+                    path,
+                    f"expected 8 kHz mono 16-bit PCM, got {rate} Hz, {channels} channel(s), {8 * width}-bit",
+                )
+            data = w.readframes(count)
+    except (wave.Error, EOFError, OSError, RuntimeError, ValueError, struct.error) as e:  # all seen on bad files
+        raise InputFileError(path, f"not a readable WAV file ({e})") from e
+    if len(data) != 2 * count:
+        raise InputFileError(path, f"truncated: the header declares {count} samples, the file holds {len(data) // 2}")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0

@@ -8,14 +8,13 @@ same steps from ``Dataset.preprocessing``.
 from __future__ import annotations
 
 import re
-import struct
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgedl.data import features as F
+from edgedl.data.features import LOGMEL_MEAN, LOGMEL_STD, MFCC_MEAN, MFCC_STD, normalisation, read_wav  # noqa: F401
 from edgedl.data.base import Dataset, balanced_order, subset_description
 from edgedl.data.user import preset
 from edgedl.errors import DataError, InputFileError, OptionError
@@ -25,21 +24,6 @@ SPLITS = ("official", "speaker:NAME")
 FEATURES = ("logmel", "mfcc")
 TEST_INDICES = range(5)  # upstream convention: index 0..4 of every speaker and digit is test
 FILENAME = re.compile(r"(\d)_([A-Za-z]+)_(\d+)\.wav")
-
-# Normalisation: (features - MEAN) / STD. Computed once with ``normalisation_constants()`` below on
-# the official train split (2700 recordings of FSDD v1.0.10, all 61 frames each, zero padding
-# included) and hard-coded so every run, and every device, uses the same numbers. log-mel: one mean
-# and std over all values (keeps the relative level of the bands); MFCC: one per coefficient (their
-# scales differ by orders of magnitude).
-LOGMEL_MEAN = -9.9912
-LOGMEL_STD = 4.9934
-MFCC_MEAN = (
-    -63.1896, 2.9606, 0.8259, -0.3243, -1.4748, -0.7287, -0.5391, -0.2863, -0.4445, -0.2538, -0.3536, -0.4467, -0.4875,
-)
-MFCC_STD = (
-    29.958, 5.7263, 3.3591, 2.5542, 2.8298, 2.3299, 1.6609, 1.4111, 1.3029, 1.1766, 1.2444, 1.162, 1.1324,
-)
-
 
 @dataclass(frozen=True)
 class Recording:
@@ -90,40 +74,12 @@ def split_recordings(recs: list[Recording], split: str) -> tuple[list[Recording]
     return train, test
 
 
-def read_wav(path: Path) -> np.ndarray:
-    """Samples of an 8 kHz mono 16-bit PCM WAV file as float32 in [-1, 1).
-
-    Raises:
-        InputFileError: the file is not such a WAV file, or is corrupt or truncated.
-    """
-    try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate, count = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            if (channels, width, rate) != (1, 2, F.SAMPLE_RATE):
-                raise InputFileError(
-                    path,
-                    f"expected 8 kHz mono 16-bit PCM, got {rate} Hz, {channels} channel(s), {8 * width}-bit",
-                )
-            data = w.readframes(count)
-    except (wave.Error, EOFError, OSError, RuntimeError, ValueError, struct.error) as e:  # all seen on bad files
-        raise InputFileError(path, f"not a readable WAV file ({e})") from e
-    if len(data) != 2 * count:
-        raise InputFileError(path, f"truncated: the header declares {count} samples, the file holds {len(data) // 2}")
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-
-
 def raw_features(recs: list[Recording], kind: str) -> np.ndarray:
     """Un-normalised features of ``recs``: (N, frames, bands) float32."""
     signals = np.zeros((len(recs), F.NUM_SAMPLES), dtype=np.float32)
     for i, rec in enumerate(recs):
         signals[i] = F.pad_or_trim(read_wav(rec.path))
     return F.mfcc(signals) if kind == "mfcc" else F.log_mel(signals)
-
-
-def normalisation(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    if kind == "mfcc":
-        return np.asarray(MFCC_MEAN, np.float32), np.asarray(MFCC_STD, np.float32)
-    return np.float32(LOGMEL_MEAN), np.float32(LOGMEL_STD)
 
 
 def normalisation_constants(root: Path, kind: str) -> tuple:

@@ -143,7 +143,7 @@ class Preprocess:
             features = self.features or ("mfcc" if want and len(want) >= 2 and want[1] == 13 else "logmel")
             changes["features"] = features
             if self.mean is None and self.std is None:
-                from edgedl.data.fsdd import normalisation
+                from edgedl.data.features import normalisation
 
                 mean, std = normalisation(features)
                 changes["mean"] = tuple(float(v) for v in np.atleast_1d(mean))
@@ -359,7 +359,7 @@ def _normalise(spec: Preprocess) -> dict:
     mean = [(m - spec.offset) / scale for m in (spec.mean or (0.0,))]
     std = [s / scale for s in (spec.std or (1.0,))]
     one = lambda v: v[0] if len(v) == 1 else v  # noqa: E731
-    from edgedl.data.fsdd import normalisation
+    from edgedl.data.features import normalisation
 
     fsdd_mean, fsdd_std = (np.atleast_1d(v).tolist() for v in normalisation(spec.features))
     own = list(spec.mean or ()) == fsdd_mean and list(spec.std or ()) == fsdd_std
@@ -577,7 +577,7 @@ def _image(path: Path, spec: Preprocess) -> np.ndarray:
 def _wav_features(paths: list[Path], kind: str) -> np.ndarray:
     """Un-normalised FSDD features of wav files: (N, frames, bands)."""
     from edgedl.data import features as F
-    from edgedl.data.fsdd import read_wav
+    from edgedl.data.features import read_wav
 
     signals = np.stack([F.pad_or_trim(read_wav(p)) for p in paths])
     return F.mfcc(signals) if kind == "mfcc" else F.log_mel(signals)
