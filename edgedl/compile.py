@@ -24,7 +24,7 @@ from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError
 from edgedl.modelio import metrics_beside
 from edgedl.reference import (
     CHECK_TIMEOUT_S, Bounds, Reference, Samples, choose_samples, input_range, noise_samples, one_class_problem,
-    range_problem, reference_outputs,
+    range_problem, reference_all_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class ModelSource:
     kind: str                           # keras, tflite, onnx
     sha256: str
     tflite: Path | None
-    reference: object                   # callable(float batch) -> float outputs
+    reference: object                   # callable(float batch) -> list of float outputs, one per model output
     input_shape: tuple
     metadata: dict
     keras_model: object = None
@@ -154,8 +154,9 @@ class ModelSource:
         if self.kind != "tflite" or kernels in (None, "xnnpack") or self.interpreter != "litert":
             return default
         if kernels not in self.references:
-            outputs = reference_outputs(self.path, default.samples.x, kernels=kernels)
-            self.references[kernels] = Reference(default.samples, outputs, self.reference_label(kernels))
+            outputs = reference_all_outputs(self.path, default.samples.x, kernels=kernels)
+            self.references[kernels] = Reference(default.samples, outputs[0], self.reference_label(kernels),
+                                                 outputs[1:])
         return self.references[kernels]
 
 
@@ -218,7 +219,8 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         if source.kind == "keras":
             say(f"converting to .tflite ({options.quantize})")
             source.tflite = convert_source(source, options, samples, work)
-        reference = Reference(samples, source.reference(samples.x), source.reference_label())
+        outputs = source.reference(samples.x)
+        reference = Reference(samples, outputs[0], source.reference_label(), outputs[1:])
         problem = one_class_problem(reference.outputs, samples)
         if problem:
             raise OptionError(f"{source.path.name}: {problem}")
@@ -259,17 +261,17 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSourc
         if options.quantize != "none":
             raise OptionError(f"--quantize applies to Keras models; {p.name} is already a .tflite "
                               f"({'quantized' if probe['quantized'] else 'float'})")
-        return ModelSource(p, "tflite", sha, p, partial(reference_outputs, p, interpreter=probe["interpreter"]),
+        return ModelSource(p, "tflite", sha, p, partial(reference_all_outputs, p, interpreter=probe["interpreter"]),
                            probe["input_shape"], meta, input_range=probe["input_range"],
                            interpreter=probe["interpreter"])
     if p.suffix.lower() == ".onnx":
         shape = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
                              timeout=CHECK_TIMEOUT_S)
-        return ModelSource(p, "onnx", sha, None, partial(reference_outputs, p), shape, meta)
+        return ModelSource(p, "onnx", sha, None, partial(reference_all_outputs, p), shape, meta)
     from edgedl.modelio import load_model
 
     model = load_model(str(p))
-    return ModelSource(p, "keras", sha, None, partial(reference_outputs, model), tuple(model.input_shape[1:]), meta,
+    return ModelSource(p, "keras", sha, None, partial(reference_all_outputs, model), tuple(model.input_shape[1:]), meta,
                        keras_model=model)
 
 
@@ -342,14 +344,12 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
         checked = _isolate.run(_check_compiled, source.path, name, compiled, samples.x, options.num_threads, timed,
                                file=source.path, tool=ENGINE_NAMES.get(name, name),
                                action=f"running its {name} build on {len(samples)} samples", timeout=CHECK_TIMEOUT_S)
-        if np.shape(checked["outputs"]) != np.shape(reference.outputs):
-            raise BackendError(f"{name}'s build of {source.path.name} gives outputs of shape "
-                               f"{np.shape(checked['outputs'])}, the reference {np.shape(reference.outputs)}")
+        outputs = _in_reference_order(checked["outputs"], [reference.outputs, *reference.more], name, source)
     except EdgeDLError as e:
         if alone:
             raise
         return Candidate(name, False, error=str(e))
-    result = reference.compare(checked["outputs"])
+    result = reference.compare(outputs)
     problems = options.bounds().check(result)
     return Candidate(name, not problems, compiled, fidelity=result, p50_us=checked.get("p50_us"),
                      problems=problems or None)
@@ -450,18 +450,31 @@ def _io_problem(engine) -> str:
     return ""
 
 
+def _in_reference_order(built: list, wanted: list, name: str, source: ModelSource) -> list:
+    """The build's outputs in the reference's order. The TFLite converter may order a model's outputs
+    differently from Keras; they are matched by shape, which must leave no doubt."""
+    built_shapes, wanted_shapes = [np.shape(o) for o in built], [np.shape(o) for o in wanted]
+    if built_shapes == wanted_shapes:
+        return list(built)
+    if sorted(map(str, built_shapes)) == sorted(map(str, wanted_shapes)) and len(set(wanted_shapes)) == len(wanted):
+        return [built[built_shapes.index(shape)] for shape in wanted_shapes]
+    shown = lambda shapes: ", ".join(str(s) for s in shapes)  # noqa: E731
+    raise BackendError(f"{name}'s build of {source.path.name} gives outputs of shape {shown(built_shapes)}, the "
+                       f"reference {shown(wanted_shapes)}")
+
+
 def _check_compiled(source: Path, name: str, compiled, x: np.ndarray, num_threads: int, timed: bool) -> dict:
     """Run a compiled model on the samples (in a child process): its float outputs, and its median
     latency on one sample where ``timed``."""
     from edgedl.backends import get_backend
-    from edgedl.runtime.quant import predict
+    from edgedl.runtime.quant import predict_outputs
 
     engine = get_backend(name).load(compiled, num_threads=num_threads)
     problem = _io_problem(engine)
     if problem:
         raise BackendError(f"{source}: built with {name}, {problem}")
     try:
-        result = {"outputs": predict(engine, x)}
+        result = {"outputs": predict_outputs(engine, x)}
     except (ValueError, RuntimeError) as e:
         raise BackendError(f"{source}: {name} cannot run its build ({' '.join(str(e).split())[:200]})") from None
     if timed:

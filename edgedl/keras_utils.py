@@ -113,9 +113,17 @@ def evaluate(model, x, y, batch_size: int = 256) -> tuple[float, float]:
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
-    """The outputs of a Keras model on arrays, ``batch_size`` samples at a time, in inference mode."""
-    outs = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
+    """The (first) output of a Keras model on arrays, ``batch_size`` samples at a time, in inference mode."""
+    return predict_outputs(model, x, batch_size)[0]
+
+
+def predict_outputs(model, x, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of a Keras model on arrays, one (N, ...) array each, in inference mode."""
+    batches = []
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size], training=False)
+        batches.append([np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])])
+    return [np.concatenate([b[k] for b in batches], axis=0) for k in range(len(batches[0]))]
 
 
 def _keras_callback_base():

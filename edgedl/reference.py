@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +65,19 @@ class Reference:
     samples: Samples
     outputs: np.ndarray
     label: str = "the source model"
+    more: list = field(default_factory=list)   # the outputs after the first, for models with several
 
-    def compare(self, outputs: np.ndarray) -> dict:
+    def compare(self, outputs) -> dict:
         """A build's :func:`fidelity` on the same samples (with accuracy where they have labels), and
-        what it was compared with."""
-        return fidelity(self.outputs, outputs, self.samples.y) | {"reference": self.label}
+        what it was compared with. ``outputs``: the first output, or a list of every output; with
+        several, ``outputs`` in the result holds each one's error against its reference."""
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        result = fidelity(self.outputs, outputs[0], self.samples.y) | {"reference": self.label}
+        references = [self.outputs, *self.more]
+        if len(references) > 1:
+            result["outputs"] = [{"index": k, **fidelity(ref, out, classes=k == 0 or _is_distribution(ref))}
+                                 for k, (ref, out) in enumerate(zip(references, outputs))]
+        return result
 
 
 def choose_samples(model: ModelInput, *, dataset: str | None = None, data=None, preprocess=None,
@@ -217,7 +225,13 @@ def noise_samples(input_shape, num_samples: int, where, value_range: tuple[float
 
 
 def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interpreter: str = "litert") -> np.ndarray:
-    """The reference's float outputs on ``x``.
+    """The reference's float (first) output on ``x`` (see :func:`reference_all_outputs`)."""
+    return reference_all_outputs(model, x, kernels, interpreter)[0]
+
+
+def reference_all_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interpreter: str = "litert"
+                          ) -> list[np.ndarray]:
+    """The reference's float outputs on ``x``, every one, each (N, ...).
 
     Args:
         model: a loaded Keras model (run here), or the path of a ``.keras``/``.h5``/SavedModel (loaded
@@ -233,9 +247,9 @@ def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interprete
         InputFileError: the file is not a model the reference can run (named), or crashed its engine.
     """
     if not isinstance(model, (str, Path)):
-        from edgedl.keras_utils import predict
+        from edgedl.keras_utils import predict_outputs
 
-        return predict(model, x)
+        return predict_outputs(model, x)
     path = Path(model)
     suffix = path.suffix.lower()
     if suffix == ".tflite" and interpreter == "tflm":
@@ -245,12 +259,12 @@ def reference_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interprete
         return _isolate.run(_tflite_outputs, path, x, kernels, file=path, tool="LiteRT",
                             action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
     if suffix == ".onnx":
-        return _isolated(_onnx_outputs, path, "ONNX Runtime", x)
+        return [_isolated(_onnx_outputs, path, "ONNX Runtime", x)]
     if suffix in KERAS_SUFFIXES or path.is_dir():
+        from edgedl.keras_utils import predict_outputs
         from edgedl.modelio import load_model
-        from edgedl.keras_utils import predict
 
-        return predict(load_model(str(path)), x)
+        return predict_outputs(load_model(str(path)), x)
     raise InputFileError(path, "not a reference model; expected .keras, .h5, a SavedModel folder, .tflite or .onnx")
 
 
@@ -293,10 +307,24 @@ class Bounds:
         if snr is not None and snr < self.min_snr_db:
             problems.append(f"its outputs' signal-to-noise ratio against the reference is {snr:.1f} dB, below "
                             f"{self.min_snr_db:g} dB (RMSE {result['rmse']:.4g}); lower --min-snr to accept it")
+        for other in result.get("outputs", [])[1:]:
+            if other.get("snr_db") is not None and other["snr_db"] < self.min_snr_db:
+                problems.append(f"output {other['index']}'s signal-to-noise ratio against the reference is "
+                                f"{other['snr_db']:.1f} dB, below {self.min_snr_db:g} dB (RMSE {other['rmse']:.4g}); "
+                                "lower --min-snr to accept it")
         return problems
 
 
-def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None = None) -> dict:
+def _is_distribution(outputs: np.ndarray) -> bool:
+    """Whether outputs read as class probabilities (non-negative rows that sum to 1): how a second
+    output is told to be a classifier's rather than a regression head's."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    return (outputs.ndim >= 2 and outputs.shape[-1] > 1 and bool(np.all(outputs >= 0))
+            and bool(np.allclose(outputs.sum(-1), 1.0, atol=1e-3)))
+
+
+def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None = None,
+             classes: bool | None = None) -> dict:
     """How a build's outputs compare with the reference's on the same samples.
 
     Returns:
@@ -306,7 +334,8 @@ def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | No
         score per sample) ``top1_agreement`` (share of samples whose top class is the reference's)
         and ``reference_classes`` (how many distinct classes the reference predicts), and with
         labels ``accuracy``, ``reference_accuracy`` and ``accuracy_drop`` (the reference's minus
-        the build's).
+        the build's). ``classes``: whether the outputs are class scores (None: when there are more
+        than one per sample).
 
     Example:
         >>> fidelity(np.eye(3), np.eye(3) * 0.9, np.arange(3))["top1_agreement"]
@@ -327,7 +356,9 @@ def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | No
         result.update(max_abs_error=float(np.max(np.abs(error))), mean_abs_error=float(np.mean(np.abs(error))),
                       rmse=float(np.sqrt(np.mean(error ** 2))), cosine=float(np.mean(cosine)),
                       snr_db=float(min(snr, MAX_SNR_DB)))
-    if reference.ndim >= 2 and reference.shape[-1] > 1:  # class scores: top-1 means something
+    if classes is None:
+        classes = reference.ndim >= 2 and reference.shape[-1] > 1
+    if classes:  # class scores: top-1 means something
         ref_top1, top1 = reference.argmax(-1), outputs.argmax(-1)
         result["top1_agreement"] = float(np.mean(ref_top1 == top1))
         result["reference_classes"] = int(len(np.unique(ref_top1)))
@@ -363,21 +394,21 @@ def _isolated(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:
 def _tflite_outputs(path: Path, x: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
     """LiteRT's outputs of a ``.tflite`` on float samples with one kernel set (in a child process)."""
     from edgedl.runtime.engines import LiteRTEngine
-    from edgedl.runtime.quant import predict
+    from edgedl.runtime.quant import predict_outputs
 
     engine = LiteRTEngine(path, kernels=kernels)
     try:
-        return predict(engine, x)
+        return predict_outputs(engine, x)
     except (ValueError, RuntimeError) as e:  # "Tensor data is null": no operator writes the output
         raise InputFileError(path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})") from None
 
 
 def _tflm_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     """TFLite Micro's interpreter's outputs of a ``.tflite`` on float samples (in a child process)."""
-    from edgedl.runtime.quant import predict
+    from edgedl.runtime.quant import predict_outputs
     from edgedl.runtime.tflm import TFLMEngine
 
-    return predict(TFLMEngine(path), x)
+    return predict_outputs(TFLMEngine(path), x)
 
 
 def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:

@@ -167,3 +167,37 @@ def test_tflite_micro_is_held_to_the_reference_kernels_it_implements(trained_len
     micro = load(tmp_path / "m7.edgedl").predict(x)
     differ = {k: np.mean(micro != reference_outputs(trained_lenet["int8"], x, kernels=k)) for k in ("reference", "xnnpack")}
     assert differ["reference"] < differ["xnnpack"], differ
+
+
+@pytest.mark.slow
+def test_every_output_of_a_two_headed_model_is_checked_and_returned_by_the_runtime(trained_lenet, tmp_path):
+    """A classifier with a second, regression head: compile checks each output against its own
+    reference (agreement and accuracy for the classes, the error of both), and the runtime returns both."""
+    import keras
+
+    from edgedl.data import load_dataset
+    from edgedl.runtime import load
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    head = keras.layers.Dense(3, name="box")(keras.layers.Flatten()(inputs))
+    two = keras.Model(inputs, [trained_lenet["model"](inputs), head])
+    two.save(tmp_path / "two.keras")
+    for quantize in ("none", "int8"):
+        bundle = compile_model(str(tmp_path / "two.keras"), "x86_64", str(tmp_path / f"two-{quantize}.edgedl"),
+                               CompileOptions(backend="litert", quantize=quantize, dataset="digits", num_samples=50))
+        f = bundle.manifest.fidelity
+        assert [o["index"] for o in f["outputs"]] == [0, 1] and "top1_agreement" in f["outputs"][0]
+        assert "top1_agreement" not in f["outputs"][1] and f["outputs"][1]["snr_db"] > 10
+        assert f["reference_accuracy"] > 0.7 and f["accuracy_drop"] <= 0.05 and len(bundle.manifest["outputs"]) == 2
+        x = load_dataset("digits").x_test[:5]
+        outputs = load(bundle.path).predict(x)  # in the compiled model's order (the manifest's outputs)
+        assert sorted(o.shape for o in outputs) == [(5, 3), (5, 10)]
+        boxes = next(o for o in outputs if o.shape == (5, 3))
+        if quantize == "none":
+            assert np.allclose(boxes, two.predict(x, verbose=0)[1], atol=1e-4)
+    with pytest.raises(BackendError, match=r"output 1's signal-to-noise ratio against the reference is [\d.]+ dB, "
+                                           r"below 150 dB"):
+        compile_model(str(tmp_path / "two.keras"), "x86_64", str(tmp_path / "strict.edgedl"),
+                      CompileOptions(backend="litert", quantize="int8", dataset="digits", num_samples=50,
+                                     min_snr_db=150))

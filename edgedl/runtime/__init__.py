@@ -18,7 +18,7 @@ import numpy as np
 from edgedl.bundle import Bundle, open_bundle
 from edgedl.errors import BackendError, InputFileError, OptionError
 from edgedl.runtime.engines import Engine, TensorSpec
-from edgedl.runtime.quant import dequantize, quantize
+from edgedl.runtime.quant import dequantize, predict_outputs, quantize
 
 __all__ = ["load", "Model", "TensorSpec"]
 
@@ -87,12 +87,15 @@ class Model:
                               f"or one sample of shape {sample}")
         return x
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float inputs (N, ...) to float outputs (N, ...): quantized and dequantized per the manifest."""
+    def predict(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Float inputs (N, ...) to float outputs (N, ...): quantized and dequantized per the manifest.
+        A model with several outputs gives a list, one array per output, as Keras does."""
         x = self.check(x)
         if x.dtype.kind not in "fiu":
             raise OptionError(f"input dtype {x.dtype} is not numeric; predict() takes float arrays")
         x = x.astype(np.float32, copy=False)
+        if len(self.outputs) > 1:
+            return predict_outputs(self.engine, x)
         spec_in, spec_out = self.inputs[0], self.outputs[0]
         outs = [dequantize(self.engine.invoke(quantize(s[None], spec_in)), spec_out)[0] for s in x]
         return np.stack(outs)

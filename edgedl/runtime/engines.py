@@ -59,6 +59,10 @@ class Engine:
     def invoke(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """One raw input tensor through the model; every output, in the order of ``outputs``."""
+        return [self.invoke(x)]
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
         spec = self.inputs[0]
         if tuple(x.shape) != tuple(spec.shape):
@@ -136,6 +140,10 @@ class LiteRTEngine(Engine):
             raise InputFileError(self.model_path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})"
                                  ) from None
 
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+        self.invoke(x)
+        return [self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()]
+
     def invoke_fast(self, x: np.ndarray) -> None:
         """Invoke without copying the output back (for latency loops)."""
         self.interpreter.set_tensor(self._in, x)
@@ -192,12 +200,14 @@ class TVMEngine(Engine):
         return rt.tensor(x, self.device) if hasattr(rt, "tensor") else self._tvm.nd.array(x, self.device)
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
+        return self.invoke_all(x)[0]
+
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
         x = self.check_input(x)
         try:
             out = self._main(self._tensor(x))
-            if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple"):
-                out = out[0]
-            return out.numpy()
+            outs = list(out) if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple") else [out]
+            return [o.numpy() for o in outs]
         except Exception as e:  # noqa: BLE001 - TVM's InternalError on a corrupt executable, and the like
             raise BackendError(f"TVM failed to run the model: {' '.join(str(e).split())[:200]}") from None
 

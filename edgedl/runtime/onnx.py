@@ -116,11 +116,19 @@ class ONNXRuntimeEngine(Engine):
         self.outputs = _agree(found_out, outputs, "output")
         self._in = found_in[0].name
         self._out = [found_out[0].name]
+        self._all = [s.name for s in found_out]
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         x = self.check_input(x)
         try:
             return self.session.run(self._out, {self._in: x})[0]
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
+            raise BackendError(f"{self.path.name}: ONNX Runtime failed to run it ({ort_message(e)})") from None
+
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+        x = self.check_input(x)
+        try:
+            return list(self.session.run(self._all, {self._in: x}))
         except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
             raise BackendError(f"{self.path.name}: ONNX Runtime failed to run it ({ort_message(e)})") from None
 

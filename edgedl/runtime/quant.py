@@ -24,6 +24,13 @@ def dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return (y.astype(np.float32) - spec.zero_point) * np.float32(spec.scale)
 
 
+def predict_outputs(engine, x: np.ndarray) -> list[np.ndarray]:
+    """Run float samples (N, ...) one at a time through an engine; every output as float (N, ...)."""
+    spec_in = engine.inputs[0]
+    per_sample = [engine.invoke_all(quantize(sample[None], spec_in)) for sample in x]
+    return [np.stack([dequantize(raw[k], spec)[0] for raw in per_sample]) for k, spec in enumerate(engine.outputs)]
+
+
 def predict(engine, x: np.ndarray) -> np.ndarray:
     """Run float samples (N, ...) one at a time through an engine; float outputs (N, ...)."""
     spec_in, spec_out = engine.inputs[0], engine.outputs[0]

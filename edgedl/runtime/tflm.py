@@ -139,3 +139,7 @@ class TFLMEngine(Engine):
         except RuntimeError as e:
             raise BackendError(f"TFLite Micro failed to invoke the model: {' '.join(str(e).split())[:200]}") from None
         return np.array(self.interpreter.get_output(0))
+
+    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+        first = self.invoke(x)
+        return [first] + [np.array(self.interpreter.get_output(i)) for i in range(1, len(self.outputs))]
