@@ -303,3 +303,25 @@ def test_optimize_fine_tunes_and_calibrates_on_files(trained_lenet, files):
     assert images.data["preprocessing"]["spec_from"] == "the model's recorded preprocessing"
     with pytest.raises(InputFileError, match="digits.npy: has no labels; optimize fine-tunes and measures accuracy"):
         optimize(str(trained_lenet["keras"]), OptimizeOptions(quantize="int8", data=str(files["npy"])), progress=False)
+
+
+@pytest.mark.slow
+def test_the_runtime_reads_image_files_by_the_steps_the_bundle_records(trained_lenet, files, tmp_path):
+    """An application hands the runtime PNG files as a camera would give them; the bundle's recorded
+    digits preset (0..16 levels, 28x28, gray) turns them into the inputs compile checked."""
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.runtime import load
+
+    bundle = compile_model(str(trained_lenet["keras"]), "x86_64", str(tmp_path / "l.edgedl"),
+                           CompileOptions(backend="litert", quantize="int8", num_samples=50))
+    model = load(bundle.path)
+    pngs = sorted(files["images"].glob("digit_*/*.png"))
+    labels = np.array([int(p.parent.name.removeprefix("digit_")) for p in pngs])
+    x = model.inputs_from_files(pngs)
+    assert x.shape == (100, 28, 28, 1)
+    same = load_user_data(files["images"], Preprocess.from_record(bundle.manifest["preprocessing"]),
+                          input_shape=(28, 28, 1))
+    assert np.allclose(np.sort(x.ravel()), np.sort(same.x_test.ravel()))
+    assert np.mean(model.predict(x).argmax(-1) == labels) > 0.8
+    with pytest.raises(InputFileError, match=r"notes.txt: not an image"):
+        model.inputs_from_files([tmp_path / "notes.txt"])

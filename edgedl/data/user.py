@@ -599,3 +599,40 @@ def _folder_sha256(root: Path, files: list[Path]) -> str:
         digest.update(f.relative_to(root).as_posix().encode() + b"\0")
         digest.update(_sha256(f).encode())
     return digest.hexdigest()
+
+
+def inputs_from_files(paths, preprocessing, input_shape) -> np.ndarray:
+    """Model inputs from image or wav files, by the steps ``preprocessing`` (a bundle manifest's, a
+    model's metrics') records for that kind of file: what an application does with the runtime.
+
+    Raises:
+        OptionError: no files, or files of two kinds, or no steps recorded for their kind (the
+            model was checked on arrays: preprocess the files as its data was, and call predict).
+        InputFileError: a file that is not an image or an 8 kHz mono 16-bit wav, or unreadable.
+
+    Example:
+        >>> x = inputs_from_files(["three.png"], manifest["preprocessing"], (28, 28, 1))  # doctest: +SKIP
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise OptionError("no files given; give image or .wav files")
+    kinds = set()
+    for p in paths:
+        suffix = p.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES + (WAV_SUFFIX,):
+            raise InputFileError(p, f"not an image ({', '.join(IMAGE_SUFFIXES[:4])}, ...) or a .wav file")
+        kinds.add("wav folder" if suffix == WAV_SUFFIX else "image folder")
+    if len(kinds) > 1:
+        raise OptionError("the files mix images and .wav files; give one kind")
+    kind = kinds.pop()
+    spec = Preprocess.from_record(preprocessing, kind, origin="the recorded preprocessing")
+    if spec is None:
+        noun = "image" if kind == "image folder" else ".wav"
+        raise OptionError(f"the model records no steps for {noun} files (it was checked on arrays): preprocess them "
+                          "as its data was, and call predict")
+    if kind == "image folder":
+        spec = spec.with_defaults(kind, input_shape, _open_image(paths[0]))
+        return spec.apply(np.stack([_image(p, spec) for p in paths]))
+    spec = spec.with_defaults(kind, input_shape)
+    return spec.apply(_wav_features(paths, spec.features))[..., None]
+

@@ -100,6 +100,23 @@ class Model:
         outs = [dequantize(self.engine.invoke(quantize(s[None], spec_in)), spec_out)[0] for s in x]
         return np.stack(outs)
 
+    def inputs_from_files(self, paths) -> np.ndarray:
+        """Model inputs from image or 8 kHz wav files, made by the steps the manifest records for that
+        kind of file (the data set's, or those compile applied to ``--data``): decode, channels,
+        resize, audio features, scale, mean and std.
+
+        Raises:
+            OptionError: the manifest records no steps for such files, or the files mix kinds.
+            InputFileError: a file that is not an image or a readable wav.
+
+        Example:
+            >>> model = load("lenet.edgedl")                                      # doctest: +SKIP
+            >>> model.predict(model.inputs_from_files(["three.png"])).argmax(-1)  # doctest: +SKIP
+        """
+        from edgedl.data.user import inputs_from_files
+
+        return inputs_from_files(paths, self.manifest.get("preprocessing"), self.input_shape[1:])
+
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
         """Pre-quantized inputs in the model's own dtype (N, ...) to raw outputs (N, ...)."""
         x = self.check(x)
