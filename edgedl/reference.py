@@ -383,7 +383,8 @@ def one_class_problem(reference: np.ndarray, samples: Samples) -> str:
     where = samples.description.get("dataset") or "the data"
     return (f"the model predicts class {int(predicted[0])} for all {len(reference)} samples of {where} "
             f"({100 * accuracy:.0f}% accurate over {len(labels)} classes): the samples are not what it expects "
-            "(their scale, e.g. 0-255 against 0-1, or their preprocessing), so no check on them means anything")
+            "(their scale, e.g. 0-255 against 0-1, or their preprocessing) or the model is not trained, so no check on "
+            "them means anything: give the data the way the model was trained on it (--data with --preprocess)")
 
 
 def _isolated(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:
