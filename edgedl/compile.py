@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -175,7 +175,8 @@ class Candidate:
 
     def record(self) -> dict:
         """What the manifest's selection says of this candidate."""
-        return {k: v for k, v in asdict(self).items() if k != "compiled" and v is not None}
+        return {f.name: getattr(self, f.name) for f in fields(self)  # not asdict: it deep-copies the build
+                if f.name != "compiled" and getattr(self, f.name) is not None}
 
 
 def compile_model(model: str, target: str, out: str, options: CompileOptions | None = None,
@@ -392,12 +393,11 @@ def _refuse_unfaithful(chosen: Candidate, tgt, options: CompileOptions) -> None:
 
 
 def _write(out: str, manifest: dict, files_dir: Path, options: CompileOptions) -> Bundle:
-    from edgedl.bundle import Manifest, check_output, digest_of, signature_of, write_bundle
+    from edgedl.bundle import check_output, write_bundle
 
     check_output(out, force=options.force)  # again: something may have appeared there meanwhile
-    written = write_bundle(out, manifest, files_dir, archive=options.archive, sign_key=options.sign_key)
-    signature = signature_of(out)
-    return Bundle(Path(out), Manifest(written), digest_of(out), signature["public_key"] if signature else None)
+    write_bundle(out, manifest, files_dir, archive=options.archive, sign_key=options.sign_key)
+    return Bundle.at(out)
 
 
 def _probe_tflite(path: Path) -> dict:

@@ -253,11 +253,9 @@ def reference_all_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interp
     path = Path(model)
     suffix = path.suffix.lower()
     if suffix == ".tflite" and interpreter == "tflm":
-        return _isolate.run(_tflm_outputs, path, x, file=path, tool="TFLite Micro",
-                            action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
+        return _isolated(_tflm_outputs, path, "TFLite Micro", x)
     if suffix == ".tflite":
-        return _isolate.run(_tflite_outputs, path, x, kernels, file=path, tool="LiteRT",
-                            action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
+        return _isolated(_tflite_outputs, path, "LiteRT", x, kernels)
     if suffix == ".onnx":
         return [_isolated(_onnx_outputs, path, "ONNX Runtime", x)]
     if suffix in KERAS_SUFFIXES or path.is_dir():
@@ -387,9 +385,10 @@ def one_class_problem(reference: np.ndarray, samples: Samples) -> str:
             "them means anything: give the data the way the model was trained on it (--data with --preprocess)")
 
 
-def _isolated(fn, path: Path, tool: str, x: np.ndarray) -> np.ndarray:
-    return _isolate.run(fn, path, x, file=path, tool=tool, action=f"computing the reference on {len(x)} samples",
-                        timeout=CHECK_TIMEOUT_S)
+def _isolated(fn, path: Path, tool: str, x: np.ndarray, *args):
+    """``fn(path, x, *args)`` in a child process: a model file from elsewhere first runs there."""
+    return _isolate.run(fn, path, x, *args, file=path, tool=tool,
+                        action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
 
 
 def _tflite_outputs(path: Path, x: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
