@@ -187,7 +187,7 @@ def backend_support(graph, target) -> dict:
         backend = get_backend(name)
         try:
             unsupported = backend.unsupported_ops(graph, target)
-            cpu = backend.cpu_fallback_ops(graph, target) if hasattr(backend, "cpu_fallback_ops") else {}
+            cpu = backend.cpu_fallback_ops(graph, target)
         except EdgeDLError as e:
             support[name] = {"ok": False, "unsupported": {}, "note": str(e)}
             continue

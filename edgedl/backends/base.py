@@ -76,6 +76,11 @@ class Backend:
         support table is these answers, and ``tests/test_inspect.py`` holds them to what compile does."""
         return {}
 
+    def cpu_fallback_ops(self, graph, target: Target) -> dict:
+        """{operator name: reason} for operators the build leaves to the target's CPU (an NPU backend's
+        fallback); empty for a backend that runs the whole model."""
+        return {}
+
     def runs_here(self, target: Target) -> tuple[bool, str]:
         """(ok, reason): whether this machine can run what this backend compiles for ``target``
         (by default: whether the target's code runs here, :meth:`Target.runs_here`)."""

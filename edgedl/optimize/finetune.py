@@ -133,7 +133,7 @@ def finetune(model, tune: FineTune, *, callbacks=(), title: str = "fine-tuning")
     keras.utils.set_random_seed(tune.seed)
     recipe = tune.recipe
     batch_size = int(recipe.get("batch_size", 64))
-    steps = math.ceil(len(tune.x) / batch_size)
+    steps = tune.steps_per_epoch
     # the model is trained already: no warm-up, start the cosine at a fraction of the recipe's rate
     tuned = dict(recipe, learning_rate=float(recipe.get("learning_rate", 1e-3)) * tune.rate_scale, warmup_epochs=0)
     teacher = tune.teacher

@@ -14,6 +14,7 @@ import logging
 import time
 
 from edgedl.errors import InputFileError, OptionError
+from edgedl.keras_utils import set_determinism
 from edgedl.modelio import ModelAndRecipe, resolve_model
 from edgedl.optimize.finetune import DISTILL_ALPHA, FineTune, Teacher
 from edgedl.optimize.measure import Export, Measure, calibration_samples, versions
@@ -62,6 +63,7 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
     options = options.check()
     source = resolve_model(model)
     data, split = _load_data(source, options)
+    set_determinism(options.deterministic)
     measure = Measure(data.x_test, data.y_test, _export_for(options, data.x_train))
     tune = _fine_tuning(options, source, data, progress)
     current, trained_here = _trained_model(source, options, split, progress)
@@ -92,7 +94,7 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
 def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
     """(the data set, the split asked of it): the architecture is checked against the options first."""
     from edgedl.data import DATASETS, ModelInput, load_data, load_dataset
-    from edgedl.keras_utils import check_shapes, set_determinism
+    from edgedl.keras_utils import check_shapes
 
     if options.data is not None:
         if source.model is None:
@@ -111,7 +113,6 @@ def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
             raise InputFileError(options.data, "has no labels; optimize fine-tunes and measures accuracy on labelled "
                                                "samples: give a .npz with x and y, or a folder with class sub-folders")
         check_shapes(source.model, data)
-        set_determinism(options.deterministic)
         return data, data.split
     dataset = options.dataset or source.dataset
     if dataset is None:
@@ -122,7 +123,6 @@ def _load_data(source: ModelAndRecipe, options: OptimizeOptions):
     check_architecture(probe, options)  # before anything slow
     data = load_dataset(dataset, data_dir=options.data_dir, split=split, limit=options.limit, seed=options.seed)
     check_shapes(probe, data)
-    set_determinism(options.deterministic)
     return data, split
 
 

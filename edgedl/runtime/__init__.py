@@ -18,7 +18,7 @@ import numpy as np
 from edgedl.bundle import Bundle, open_bundle
 from edgedl.errors import BackendError, InputFileError, OptionError
 from edgedl.runtime.engines import Engine, TensorSpec
-from edgedl.runtime.quant import dequantize, predict_outputs, quantize
+from edgedl.runtime.quant import predict, predict_outputs
 
 __all__ = ["load", "Model", "TensorSpec"]
 
@@ -96,9 +96,7 @@ class Model:
         x = x.astype(np.float32, copy=False)
         if len(self.outputs) > 1:
             return predict_outputs(self.engine, x)
-        spec_in, spec_out = self.inputs[0], self.outputs[0]
-        outs = [dequantize(self.engine.invoke(quantize(s[None], spec_in)), spec_out)[0] for s in x]
-        return np.stack(outs)
+        return predict(self.engine, x)
 
     def inputs_from_files(self, paths) -> np.ndarray:
         """Model inputs from image or 8 kHz wav files, made by the steps the manifest records for that
