@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import __version__, _io, _isolate
+from edgedl.backends.base import check_inputs
 from edgedl.bundle import Bundle
 from edgedl.data.base import ModelInput
 from edgedl.errors import BackendError, EdgeDLError, InputFileError, OptionError, UnsupportedOperatorError
@@ -125,10 +126,11 @@ class ModelSource:
     sha256: str
     tflite: Path | None
     reference: object                   # callable(float batch) -> list of float outputs, one per model output
-    input_shape: tuple
+    input_shape: tuple | list           # one sample's shape; a list of them for a model with several inputs
     metadata: dict
     keras_model: object = None
-    input_range: tuple | None = None    # the float range a quantized input covers (None: float input)
+    input_range: tuple | list | None = None  # the float range a quantized input covers (None: float input)
+    input_names: list = field(default_factory=list)  # in the order of the samples' arrays
     references: dict = field(default_factory=dict, repr=False)  # kernel set -> Reference, computed once
     interpreter: str = "litert"         # a .tflite's reference: LiteRT, or TFLite Micro's for ops only it has
 
@@ -264,16 +266,24 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSourc
                               f"({'quantized' if probe['quantized'] else 'float'})")
         return ModelSource(p, "tflite", sha, p, partial(reference_all_outputs, p, interpreter=probe["interpreter"]),
                            probe["input_shape"], meta, input_range=probe["input_range"],
-                           interpreter=probe["interpreter"])
+                           interpreter=probe["interpreter"], input_names=probe["input_names"])
     if p.suffix.lower() == ".onnx":
-        shape = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
-                             timeout=CHECK_TIMEOUT_S)
-        return ModelSource(p, "onnx", sha, None, partial(reference_all_outputs, p), shape, meta)
+        shapes, names = _isolate.run(_probe_onnx, p, file=p, tool="ONNX Runtime", action="loading it",
+                                     timeout=CHECK_TIMEOUT_S)
+        return ModelSource(p, "onnx", sha, None, partial(reference_all_outputs, p), _one_or_list(shapes), meta,
+                           input_names=names)
     from edgedl.modelio import load_model
 
     model = load_model(str(p))
-    return ModelSource(p, "keras", sha, None, partial(reference_all_outputs, model), tuple(model.input_shape[1:]), meta,
-                       keras_model=model)
+    check_inputs(p, model.inputs)
+    shapes = [tuple(int(d) for d in t.shape[1:]) for t in model.inputs]
+    return ModelSource(p, "keras", sha, None, partial(reference_all_outputs, model), _one_or_list(shapes), meta,
+                       keras_model=model, input_names=[getattr(t, "name", f"input_{k}") for k, t in enumerate(model.inputs)])
+
+
+def _one_or_list(items: list):
+    """One input's item itself; several inputs' as the list."""
+    return items[0] if len(items) == 1 else list(items)
 
 
 def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
@@ -281,11 +291,7 @@ def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
     file or folder, with its ``--preprocess`` steps), ``--dataset``, else the one the model was trained on,
     else the first data set whose input shape matches. Without any, the check runs on seeded uniform noise
     and says so."""
-    from edgedl.backends.base import check_one_input
-
-    if source.kind == "keras":  # a .tflite or .onnx is checked as it loads; a Keras model before its samples
-        check_one_input(source.path, [getattr(t, "name", "?") for t in source.keras_model.inputs])
-    names = None if source.keras_model is None else [t.name for t in source.keras_model.inputs]
+    names = source.input_names or None
     samples = choose_samples(ModelInput(source.input_shape, names, source.path), dataset=options.dataset,
                              data=options.data, preprocess=options.preprocess, data_dir=options.data_dir,
                              trained_on=source.metadata, limit=options.num_samples, search=True)
@@ -299,7 +305,9 @@ def samples_for(source: ModelSource, options: CompileOptions) -> Samples:
                           f"its input {tuple(source.input_shape)}; give your own with --data (a .npz, .npy or a folder of images or wavs), "
                           "name one with --dataset, or calibrate on synthetic inputs with --calibration random "
                           "(recorded; accuracy usually suffers)")
-    return noise_samples(source.input_shape, options.num_samples, source.path, source.input_range)
+    samples = noise_samples(source.input_shape, options.num_samples, source.path, source.input_range)
+    samples.names = names if isinstance(samples.x, list) else None
+    return samples
 
 
 def convert_source(source: ModelSource, options: CompileOptions, samples: Samples, work: Path) -> Path:
@@ -342,7 +350,7 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
     say(f"checking {name} against {reference.label} on {len(samples)} samples")
     try:
         timed = not alone and tgt.runs_here()[0]  # only then do measured latencies say anything about the target
-        checked = _isolate.run(_check_compiled, source.path, name, compiled, samples.x, options.num_threads, timed,
+        checked = _isolate.run(_check_compiled, source.path, name, compiled, samples, options.num_threads, timed,
                                file=source.path, tool=ENGINE_NAMES.get(name, name),
                                action=f"running its {name} build on {len(samples)} samples", timeout=CHECK_TIMEOUT_S)
         outputs = _in_reference_order(checked["outputs"], [reference.outputs, *reference.more], name, source)
@@ -409,7 +417,7 @@ def _probe_tflite(path: Path) -> dict:
     graph = read_tflite(path)
     if not graph.inputs or not graph.outputs:
         raise InputFileError(path, f"the model has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
-                                   "edgedl needs one input and at least one output")
+                                   "edgedl needs at least one of each")
     interpreter = "litert"
     try:
         engine = LiteRTEngine(path)
@@ -420,8 +428,9 @@ def _probe_tflite(path: Path) -> dict:
     problem = _io_problem(engine)
     if problem:
         raise InputFileError(path, problem)
-    return {"quantized": graph.is_quantized, "input_shape": tuple(engine.inputs[0].shape[1:]),
-            "input_range": input_range(engine.inputs[0]), "interpreter": interpreter}
+    return {"quantized": graph.is_quantized, "input_shape": _one_or_list([tuple(s.shape[1:]) for s in engine.inputs]),
+            "input_range": _one_or_list([input_range(s) for s in engine.inputs]), "interpreter": interpreter,
+            "input_names": [s.name for s in engine.inputs]}
 
 
 def _tflm_only(path: Path, litert_error: InputFileError):
@@ -438,12 +447,12 @@ def _tflm_only(path: Path, litert_error: InputFileError):
 
 
 def _io_problem(engine) -> str:
-    """What is wrong with an engine's first input and output for edgedl, or "" (one input and an
-    output, each with a batch axis of 1 and fixed, positive sizes)."""
+    """What is wrong with an engine's inputs and first output for edgedl, or "" (inputs and an output,
+    each with a batch axis of 1 and fixed, positive sizes)."""
     if not engine.inputs or not engine.outputs:
-        return (f"the model has {len(engine.inputs)} inputs and {len(engine.outputs)} outputs; edgedl needs one "
-                "input and at least one output")
-    for kind, spec in (("input", engine.inputs[0]), ("output", engine.outputs[0])):
+        return (f"the model has {len(engine.inputs)} inputs and {len(engine.outputs)} outputs; edgedl needs at "
+                "least one of each")
+    for kind, spec in [("input", s) for s in engine.inputs] + [("output", engine.outputs[0])]:
         if len(spec.shape) < 1 or spec.shape[0] != 1 or min(spec.shape) < 1:
             return (f"its {kind} '{spec.name[:80]}' has the shape {list(spec.shape)}; edgedl needs a batch axis "
                     "of 1 first and fixed, positive sizes")
@@ -463,9 +472,11 @@ def _in_reference_order(built: list, wanted: list, name: str, source: ModelSourc
                        f"reference {shown(wanted_shapes)}")
 
 
-def _check_compiled(source: Path, name: str, compiled, x: np.ndarray, num_threads: int, timed: bool) -> dict:
+def _check_compiled(source: Path, name: str, compiled, samples: Samples, num_threads: int, timed: bool) -> dict:
     """Run a compiled model on the samples (in a child process): its float outputs, and its median
-    latency on one sample where ``timed``."""
+    latency on one sample where ``timed``. Several inputs are fed by name (the build may order them
+    otherwise than the source)."""
+    from edgedl import _inputs
     from edgedl.backends import get_backend
     from edgedl.runtime.quant import predict_outputs
 
@@ -473,6 +484,10 @@ def _check_compiled(source: Path, name: str, compiled, x: np.ndarray, num_thread
     problem = _io_problem(engine)
     if problem:
         raise BackendError(f"{source}: built with {name}, {problem}")
+    x = samples.x
+    if isinstance(x, list):
+        x = _inputs.reorder(x, _inputs.order_for(samples.names, _inputs.sample_shapes(x), engine.inputs,
+                                                 f"{name}'s build of {source.name}"))
     try:
         result = {"outputs": predict_outputs(engine, x)}
     except (ValueError, RuntimeError) as e:
@@ -481,14 +496,16 @@ def _check_compiled(source: Path, name: str, compiled, x: np.ndarray, num_thread
         from edgedl.bench import measure_latency
         from edgedl.runtime.quant import quantize
 
-        result["p50_us"] = measure_latency(engine, quantize(x[:1], engine.inputs[0]), 10, 100)["p50_us"]
+        first = [quantize(a[:1], spec) for a, spec in zip(_inputs.as_list(x), engine.inputs)]
+        result["p50_us"] = measure_latency(engine, _inputs.like(x, first), 10, 100)["p50_us"]
     return result
 
 
-def _probe_onnx(path: Path) -> tuple:
+def _probe_onnx(path: Path) -> tuple[list, list]:
     from edgedl.backends.onnxruntime import onnx_reference
 
-    return tuple(onnx_reference(path)[1])
+    _, shapes, names = onnx_reference(path)
+    return shapes, names
 
 
 def _dir_sha(p: Path) -> str:

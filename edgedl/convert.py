@@ -28,10 +28,11 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
     """Convert a Keras model to a ``.tflite`` flatbuffer with batch size 1.
 
     Args:
-        model: a ``keras.Model`` with one input.
+        model: a ``keras.Model``.
         quantize: ``none``, ``dynamic`` (int8 weights), ``float16``, ``int8`` (full integer,
             per-channel weights) or ``int16x8`` (int16 activations, int8 weights).
-        representative: calibration inputs (N, *input_shape) for ``int8`` and ``int16x8``.
+        representative: calibration inputs (N, *input_shape) for ``int8`` and ``int16x8``; for a model
+            with several inputs, a list of such arrays in the order of ``model.inputs``.
         io_type: ``float``, ``int8`` or ``uint8`` input/output for the integer modes.
         num_calibration: how many representative samples to use.
         per_channel: one scale per output channel for int8 weights (``False``: one per tensor,
@@ -51,7 +52,7 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
     tf = _lazy.tf()
     _check_modes(quantize, io_type, per_channel)
     fixed = _batch_of_one(model)
-    shape = tuple(fixed.input_shape)
+    shapes = [tuple(t.shape) for t in fixed.inputs]
     converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -64,10 +65,11 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
             raise UnsupportedOperatorError(
                 f"'{quantize}' quantization cannot take the recurrent layer(s) {', '.join(recurrent)} of "
                 f"'{model.name}' (TensorFlow's calibrator crashes on them); use dynamic or float16")
-        samples = representative_samples(representative, shape, num_calibration)
+        samples = [representative_samples(r, shape, num_calibration)
+                   for r, shape in zip(_per_input(representative, len(shapes)), shapes)]
         if not per_channel:
             converter._experimental_disable_per_channel = True  # the converter's only switch for it
-        converter.representative_dataset = lambda: ([s[None]] for s in samples)
+        converter.representative_dataset = lambda: ([s[i][None] for s in samples] for i in range(len(samples[0])))
         ops = tf.lite.OpsSet
         converter.target_spec.supported_ops = [
             ops.TFLITE_BUILTINS_INT8 if quantize == "int8"
@@ -94,16 +96,20 @@ def _check_modes(quantize: str, io_type: str, per_channel: bool) -> None:
 
 
 def _batch_of_one(model):
-    """``model`` behind an input of batch size 1 (the TFLite converter makes a dynamic batch dynamic reshapes)."""
-    if len(model.inputs or ()) != 1:
-        names = ", ".join(repr(getattr(t, "name", "?")) for t in model.inputs or ())
-        raise ModelError(f"model '{model.name}' has {len(model.inputs or ())} inputs ({names}); edgedl converts "
-                         "one-input models for now")
-    shape = (1,) + tuple(model.input_shape[1:])
-    dtype = getattr(model.inputs[0], "dtype", "float32") or "float32"
+    """``model`` behind inputs of batch size 1 (the TFLite converter makes a dynamic batch dynamic
+    reshapes); each input keeps its name, which the ``.tflite`` signature carries
+    (``serving_default_<name>:0``) and :func:`edgedl._inputs.order_for` matches samples by."""
+    if not model.inputs:
+        raise ModelError(f"model '{model.name}' declares no inputs; edgedl converts models with at least one")
     keras = _lazy.keras()
-    fixed_input = keras.Input(batch_shape=shape, dtype=dtype, name="input")
-    return keras.Model(fixed_input, model(fixed_input, training=False), name=model.name)
+    fixed = []
+    for k, tensor in enumerate(model.inputs):
+        name = getattr(tensor, "name", None) or f"input_{k}"
+        fixed.append(keras.Input(batch_shape=(1,) + tuple(tensor.shape[1:]),
+                                 dtype=getattr(tensor, "dtype", "float32") or "float32",
+                                 name="input" if len(model.inputs) == 1 else name))
+    args = fixed[0] if len(fixed) == 1 else fixed
+    return keras.Model(args, model(args, training=False), name=model.name)
 
 
 def _convert(converter, quantize: str, name: str) -> bytes:
@@ -131,6 +137,16 @@ def _all_layers(model):
             inner = getattr(layer, wrapped, None)
             if inner is not None and hasattr(inner, "weights"):
                 yield inner
+
+
+def _per_input(representative, count: int) -> list:
+    """The calibration arrays, one per model input (a list for a model with several)."""
+    if count == 1 or representative is None:
+        return [representative] * count
+    if not isinstance(representative, (list, tuple)) or len(representative) != count:
+        raise OptionError(f"the model has {count} inputs: representative data must be a list of {count} arrays, "
+                          "one per input in the model's order")
+    return list(representative)
 
 
 def representative_samples(data, shape, count: int) -> np.ndarray:

@@ -118,10 +118,13 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
 
 
 def predict_outputs(model, x, batch_size: int = 256) -> list[np.ndarray]:
-    """Every output of a Keras model on arrays, one (N, ...) array each, in inference mode."""
+    """Every output of a Keras model on arrays (one (N, ...) array, or a list of them in the order of
+    ``model.inputs``), one (N, ...) array each, in inference mode."""
+    from edgedl import _inputs
+
     batches = []
-    for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size], training=False)
+    for i in range(0, _inputs.count(x), batch_size):
+        out = model(_inputs.take(x, slice(i, i + batch_size)), training=False)
         batches.append([np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])])
     return [np.concatenate([b[k] for b in batches], axis=0) for k in range(len(batches[0]))]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedl import _isolate
+from edgedl import _inputs, _isolate
 from edgedl.data.base import ModelInput
 from edgedl.errors import EdgeDLError, InputFileError, OptionError
 
@@ -48,13 +48,14 @@ class Samples:
     training split (what int8 conversion calibrates on), when there is one.
     """
 
-    x: np.ndarray
+    x: np.ndarray | list     # one array (N, ...), or a list of them for a model with several inputs
     y: np.ndarray | None
     description: dict
-    calibration: np.ndarray | None = None
+    calibration: np.ndarray | list | None = None
+    names: list | None = None   # the inputs' names, in the order of ``x``'s arrays (several inputs)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return _inputs.count(self.x)
 
 
 @dataclass
@@ -122,6 +123,11 @@ def choose_samples(model: ModelInput, *, dataset: str | None = None, data=None, 
     if trained_on.get("file"):  # checked on a file the user brought, which is not here: nothing to load by name
         trained_on = {}
     name = dataset or trained_on.get("dataset")
+    if isinstance(model.shape, list):  # several inputs: no built-in data set gives them
+        if name and dataset:
+            raise OptionError(f"data set '{name}' gives one input per sample; {model.taker} takes {len(model.shape)} "
+                              "inputs: give a .npz with one array per input with --data")
+        return None
     want = tuple(int(d) for d in model.shape)
     if name:
         candidates = [name]
@@ -150,10 +156,10 @@ def _user_samples(model: ModelInput, dataset, data, preprocess, limit) -> Sample
     # at least 10 per split: the training split also calibrates int8 conversion
     loaded = load_data(dataset, data, preprocess=preprocess, limit=None if limit is None else max(limit, 10),
                        model=model)
-    x, y = loaded.x_test[:limit], None if loaded.y_test is None else loaded.y_test[:limit]
-    description = {"dataset": loaded.name, "split": loaded.split, "num_samples": int(len(x)),
+    x, y = _inputs.take(loaded.x_test, slice(None, limit)), None if loaded.y_test is None else loaded.y_test[:limit]
+    description = {"dataset": loaded.name, "split": loaded.split, "num_samples": _inputs.count(x),
                    "file": loaded.file, "preprocessing": loaded.preprocessing}
-    return Samples(x, y, description, loaded.x_train)
+    return Samples(x, y, description, loaded.x_train, names=model.names if isinstance(x, list) else None)
 
 
 def _dataset_samples(name: str, split, data_dir, limit, required: bool) -> Samples | None:
@@ -191,9 +197,14 @@ def input_range(spec) -> tuple[float, float] | None:
     return float((info.min - spec.zero_point) * spec.scale), float((info.max - spec.zero_point) * spec.scale)
 
 
-def range_problem(x: np.ndarray, expected: tuple[float, float] | None, where: str) -> str:
+def range_problem(x, expected, where: str) -> str:
     """Why samples do not fit an input's float range ("" when they do): they cover less than a tenth
-    of it, or lie a tenth of it or more outside it (0-1 pixels for a model that takes 0-255 ones)."""
+    of it, or lie a tenth of it or more outside it (0-1 pixels for a model that takes 0-255 ones).
+    For several inputs, ``x`` and ``expected`` are lists, one per input."""
+    if isinstance(x, (list, tuple)):
+        ranges = expected if isinstance(expected, (list, tuple)) else [expected] * len(x)
+        problems = [range_problem(a, r, f"{where} (input {k})") for k, (a, r) in enumerate(zip(x, ranges))]
+        return next((p for p in problems if p), "")
     if expected is None or not len(x):
         return ""
     lo, hi = expected
@@ -205,13 +216,20 @@ def range_problem(x: np.ndarray, expected: tuple[float, float] | None, where: st
             f"[{lo:.3g}, {hi:.3g}]: give data scaled the way the model was trained (or a model that takes this data)")
 
 
-def noise_samples(input_shape, num_samples: int, where, value_range: tuple[float, float] | None = None) -> Samples:
+def noise_samples(input_shape, num_samples: int, where, value_range=None) -> Samples:
     """Seeded uniform noise over the input's range (``value_range``, else [0, 1)) for a model no data
-    set fits; the description says the inputs are synthetic and over what range.
+    set fits; the description says the inputs are synthetic and over what range. For a model with
+    several inputs, ``input_shape`` is a list of shapes and ``value_range`` a list of ranges (or None).
 
     Raises:
         InputFileError: one sample would be larger than any model edgedl checks (a malformed shape).
     """
+    if isinstance(input_shape, list):
+        ranges = value_range if isinstance(value_range, list) else [value_range] * len(input_shape)
+        parts = [noise_samples(s, num_samples, where, r) for s, r in zip(input_shape, ranges)]
+        x = [p.x for p in parts]
+        description = parts[0].description | {"synthetic": [p.description["synthetic"] for p in parts]}
+        return Samples(x, None, description, x)
     per_sample = math.prod(int(d) for d in input_shape)
     if per_sample > MAX_SAMPLE_ELEMENTS:
         raise InputFileError(where, f"its input shape {tuple(input_shape)} has {per_sample:,} elements per sample "
@@ -237,7 +255,9 @@ def reference_all_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interp
         model: a loaded Keras model (run here), or the path of a ``.keras``/``.h5``/SavedModel (loaded
             here), a ``.tflite`` (run with LiteRT) or an ``.onnx`` (run with ONNX Runtime); a
             ``.tflite`` or ``.onnx`` runs in a child process.
-        x: float inputs, (N, *sample).
+        x: float inputs, (N, *sample); for a model with several inputs, a list of such arrays in the
+            order of the model's inputs (a ``.tflite``'s or ``.onnx``'s own order, a Keras model's
+            ``inputs``).
         kernels: a ``.tflite``'s LiteRT kernel set: ``xnnpack`` (LiteRT's default), ``builtin`` or
             ``reference`` (the portable kernels TFLite Micro implements).
         interpreter: what runs a ``.tflite``: ``litert``, or ``tflm`` (TFLite Micro's interpreter, for a
@@ -257,7 +277,7 @@ def reference_all_outputs(model, x: np.ndarray, kernels: str = "xnnpack", interp
     if suffix == ".tflite":
         return _isolated(_tflite_outputs, path, "LiteRT", x, kernels)
     if suffix == ".onnx":
-        return [_isolated(_onnx_outputs, path, "ONNX Runtime", x)]
+        return _isolated(_onnx_outputs, path, "ONNX Runtime", x)
     if suffix in KERAS_SUFFIXES or path.is_dir():
         from edgedl.keras_utils import predict_outputs
         from edgedl.modelio import load_model
@@ -388,7 +408,7 @@ def one_class_problem(reference: np.ndarray, samples: Samples) -> str:
 def _isolated(fn, path: Path, tool: str, x: np.ndarray, *args):
     """``fn(path, x, *args)`` in a child process: a model file from elsewhere first runs there."""
     return _isolate.run(fn, path, x, *args, file=path, tool=tool,
-                        action=f"computing the reference on {len(x)} samples", timeout=CHECK_TIMEOUT_S)
+                        action=f"computing the reference on {_inputs.count(x)} samples", timeout=CHECK_TIMEOUT_S)
 
 
 def _tflite_outputs(path: Path, x: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
@@ -411,7 +431,7 @@ def _tflm_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     return predict_outputs(TFLMEngine(path), x)
 
 
-def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+def _onnx_outputs(path: Path, x) -> list[np.ndarray]:
     from edgedl.backends.onnxruntime import onnx_reference
 
     return onnx_reference(path)[0](x)

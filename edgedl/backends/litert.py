@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edgedl.backends.base import Backend, CompiledModel, check_one_input, check_outputs
+from edgedl.backends.base import Backend, CompiledModel, check_inputs, check_outputs
 from edgedl.errors import BackendError
 from edgedl.runtime.engines import LiteRTEngine
 
@@ -46,7 +46,7 @@ class LiteRTBackend(Backend):
     def compile(self, tflite_path, target, out_dir, options):
         start = time.perf_counter()
         source = LiteRTEngine(tflite_path)
-        check_one_input(tflite_path, [s.name for s in source.inputs])
+        check_inputs(tflite_path, [s.name for s in source.inputs])
         check_outputs(tflite_path, [s.name for s in source.outputs])
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

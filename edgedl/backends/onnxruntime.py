@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import _io, _lazy
-from edgedl.backends.base import Backend, CompiledModel, check_one_input, check_outputs
+from edgedl.backends.base import Backend, CompiledModel, check_outputs
 from edgedl.errors import InputFileError, MissingDependencyError, OptionError, UnsupportedOperatorError
 
 DEFAULT_OPSET = 17
@@ -34,13 +34,13 @@ def _tf2onnx():
 
 
 def export_onnx(keras_model, path, opset: int = DEFAULT_OPSET) -> Path:
-    """Export a one-input Keras model to ``path`` (.onnx) with batch size 1, atomically.
+    """Export a Keras model to ``path`` (.onnx) with batch size 1, atomically.
 
     Uses Keras 3's ``model.export(format="onnx")`` (tf2onnx under the TensorFlow backend) with an input
     signature of batch 1, so every shape in the graph is fixed.
 
     Args:
-        keras_model: a ``keras.Model`` with one input.
+        keras_model: a ``keras.Model`` (its inputs keep their names in the ``.onnx``).
         path: where to write the ``.onnx`` file.
         opset: the ONNX opset to target.
 
@@ -56,12 +56,13 @@ def export_onnx(keras_model, path, opset: int = DEFAULT_OPSET) -> Path:
     """
     tf = _lazy.tf()
     _tf2onnx()
-    if len(keras_model.inputs) != 1:
-        raise OptionError(f"export_onnx takes one-input models; '{keras_model.name}' has {len(keras_model.inputs)}")
-    tensor = keras_model.inputs[0]
-    shape = (1,) + tuple(keras_model.input_shape[1:])
-    name = (getattr(tensor, "name", None) or "input").split(":")[0]
-    signature = [tf.TensorSpec(shape, getattr(tensor, "dtype", None) or "float32", name=name)]
+    if not keras_model.inputs:
+        raise OptionError(f"export_onnx needs a model with inputs; '{keras_model.name}' declares none")
+    signature = [tf.TensorSpec((1,) + tuple(t.shape[1:]), getattr(t, "dtype", None) or "float32",
+                               name=(getattr(t, "name", None) or f"input_{k}").split(":")[0])
+                 for k, t in enumerate(keras_model.inputs)]
+    if len(signature) > 1:
+        signature = [signature]  # one argument: the list of inputs, as the model is called
     path = Path(path)
     with _io.atomic_path(path, suffix=".onnx") as tmp:
         try:
@@ -75,62 +76,76 @@ def export_onnx(keras_model, path, opset: int = DEFAULT_OPSET) -> Path:
     return path
 
 
-def onnx_reference(path) -> tuple[object, tuple]:
-    """(reference, input shape without batch) for a float ``.onnx`` model, run by ONNX Runtime on the CPU.
+def onnx_reference(path) -> tuple[object, list[tuple], list[str]]:
+    """(reference, input shapes without batch, input names) for a float ``.onnx`` model, run by ONNX
+    Runtime on the CPU.
 
-    ``reference(x)`` takes float samples (N, ...) and returns the first output as float32 (N, ...).
+    ``reference(x)`` takes float samples (N, ...), or for a model with several inputs a list of them
+    in the order of ``names``, and returns every output as float32 (N, ...).
 
     Raises:
-        InputFileError: the model cannot be loaded, has more than one input, or takes no float input.
+        InputFileError: the model cannot be loaded, has no input or output, or an input that is not float
+            or not of fixed sizes past the batch.
 
     Example:
-        >>> reference, shape = onnx_reference("lenet.onnx")  # doctest: +SKIP
-        >>> reference(x_test[:8]).shape  # doctest: +SKIP
+        >>> reference, shapes, names = onnx_reference("lenet.onnx")  # doctest: +SKIP
+        >>> reference(x_test[:8])[0].shape  # doctest: +SKIP
         (8, 10)
     """
+    from edgedl import _inputs
     from edgedl.runtime.onnx import ort_message, session
 
     path = Path(path)
     sess = session(path)
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    check_one_input(path, [n.name for n in inputs])
+    if not inputs:
+        raise InputFileError(path, "the model declares no inputs; edgedl's compile and bench need at least one")
     check_outputs(path, [n.name for n in outputs])
-    node = inputs[0]
-    if node.type not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
-        raise InputFileError(path, f"its input '{node.name}' is {node.type}; the reference needs a float-input "
-                                   "model (export the float model, quantize with --quantize)")
-    dims = list(node.shape)
-    if not dims or any(not isinstance(d, int) or d < 1 for d in dims[1:]):
-        raise InputFileError(path, f"its input '{node.name}' has the shape {dims}; edgedl needs a batch axis and "
-                                   "fixed, positive sizes on the others (only the batch may be dynamic)")
-    if isinstance(dims[0], int) and dims[0] != 1:
-        raise InputFileError(path, f"its input '{node.name}' has a fixed batch of {dims[0]}; edgedl runs one sample "
-                                   "per inference: export the model with batch 1 or a dynamic batch")
-    fixed_batch = isinstance(dims[0], int)
-    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}[node.type]
-    first = [outputs[0].name]
+    dtypes, shapes, fixed_batch = [], [], False
+    for node in inputs:
+        if node.type not in ONNX_FLOATS:
+            raise InputFileError(path, f"its input '{node.name}' is {node.type}; the reference needs a float-input "
+                                       "model (export the float model, quantize with --quantize)")
+        dims = list(node.shape)
+        if not dims or any(not isinstance(d, int) or d < 1 for d in dims[1:]):
+            raise InputFileError(path, f"its input '{node.name}' has the shape {dims}; edgedl needs a batch axis and "
+                                       "fixed, positive sizes on the others (only the batch may be dynamic)")
+        if isinstance(dims[0], int) and dims[0] != 1:
+            raise InputFileError(path, f"its input '{node.name}' has a fixed batch of {dims[0]}; edgedl runs one "
+                                       "sample per inference: export the model with batch 1 or a dynamic batch")
+        fixed_batch = fixed_batch or isinstance(dims[0], int)
+        dtypes.append(ONNX_FLOATS[node.type])
+        shapes.append(tuple(int(d) for d in dims[1:]))
+    names = [n.name for n in inputs]
+    every = [n.name for n in outputs]
 
-    def reference(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=dtype)
+    def reference(x) -> list[np.ndarray]:
+        arrays = [np.asarray(a, dtype=t) for a, t in zip(_inputs.as_list(x), dtypes)]
         step = 1 if fixed_batch else 256
+        n = len(arrays[0])
         try:
-            parts = [sess.run(first, {node.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+            parts = [sess.run(every, {name: a[i:i + step] for name, a in zip(names, arrays)})
+                     for i in range(0, n, step)]
         except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
+            declared = ", ".join(str([step, *a.shape[1:]]) for a in arrays)
             raise InputFileError(path, f"ONNX Runtime cannot run it on inputs of the shape it declares "
-                                       f"{[step, *x.shape[1:]]} ({ort_message(e)})") from None
-        return np.concatenate(parts).astype(np.float32)
+                                       f"{declared} ({ort_message(e)})") from None
+        return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(every))]
 
-    return reference, tuple(int(d) for d in dims[1:])
+    return reference, shapes, names
+
+
+ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def onnx_io_specs(path) -> tuple[list, list]:
-    """(inputs, outputs): the ``TensorSpec`` lists of a one-input ``.onnx`` file, with batch 1.
+    """(inputs, outputs): the ``TensorSpec`` lists of an ``.onnx`` file, with batch 1.
 
     A dynamic first dimension becomes 1; any other dynamic dimension is refused.
 
     Raises:
-        InputFileError: ONNX Runtime cannot load the file, it has more or fewer than one input, no
-            output, or a dynamic dimension past the batch.
+        InputFileError: ONNX Runtime cannot load the file, it has no input or no output, or a dynamic
+            dimension past the batch.
 
     Example:
         >>> inputs, outputs = onnx_io_specs("lenet.onnx")  # doctest: +SKIP
@@ -142,16 +157,17 @@ def onnx_io_specs(path) -> tuple[list, list]:
 
     path = Path(path)
     sess = session(path)
-    check_one_input(path, [n.name for n in sess.get_inputs()])
+    if not sess.get_inputs():
+        raise InputFileError(path, "the model declares no inputs; edgedl needs at least one")
     check_outputs(path, [n.name for n in sess.get_outputs()])
     try:
         specs_in, specs_out = session_specs(sess)
     except BackendError as e:
         raise InputFileError(path, str(e)) from None
-    if specs_in[0].shape[:1] != (1,):
-        raise InputFileError(path, f"its input '{specs_in[0].name}' has a fixed batch of {specs_in[0].shape[0]}; "
-                                   "edgedl runs one sample per inference: export the model with batch 1 or a "
-                                   "dynamic batch")
+    for spec in specs_in:
+        if spec.shape[:1] != (1,):
+            raise InputFileError(path, f"its input '{spec.name}' has a fixed batch of {spec.shape[0]}; edgedl runs "
+                                       "one sample per inference: export the model with batch 1 or a dynamic batch")
     return specs_in, specs_out
 
 
@@ -208,12 +224,11 @@ class ONNXRuntimeBackend(Backend):
         toolchain = {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
         specs_in = specs_out = None
         if model_path.suffix == ".onnx":
-            onnx_io_specs(model_path)  # one input, an output, fixed shapes past the batch: say so by name
+            onnx_io_specs(model_path)  # inputs, an output, fixed shapes past the batch: say so by name
             shutil.copyfile(model_path, onnx_path)
             converted = "given"
         elif model_path.suffix == ".tflite":
             specs_in, specs_out = _tflite_io(model_path)
-            check_one_input(model_path, [s.name for s in specs_in])
             check_outputs(model_path, [s.name for s in specs_out])
             toolchain["tf2onnx"] = _from_tflite(model_path, onnx_path, opset)
             converted = "tflite via tf2onnx"

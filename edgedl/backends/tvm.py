@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from edgedl import _lazy
-from edgedl.backends.base import Backend, CompiledModel, check_one_input, check_outputs
+from edgedl.backends.base import Backend, CompiledModel, check_inputs, check_outputs
 from edgedl.errors import BackendError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.runtime.engines import TVMEngine
 
@@ -160,7 +160,7 @@ def import_model(path: Path, exact_int8: bool = True):
     from edgedl.runtime.engines import LiteRTEngine
 
     engine = LiteRTEngine(path)
-    check_one_input(path, [s.name for s in engine.inputs])
+    check_inputs(path, [s.name for s in engine.inputs])
     check_outputs(path, [s.name for s in engine.outputs])
     buf = path.read_bytes()
     kwargs = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedl._inputs import count
 from edgedl.errors import DataError, OptionError
 
 
@@ -51,8 +52,10 @@ class Dataset:
         return cls(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **fields)
 
     @property
-    def input_shape(self) -> tuple:
-        """Shape of one sample, without the batch axis."""
+    def input_shape(self) -> tuple | list:
+        """Shape of one sample, without the batch axis (a list of them for several inputs)."""
+        if isinstance(self.x_train, list):
+            return [tuple(int(d) for d in x.shape[1:]) for x in self.x_train]
         return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property
@@ -77,7 +80,7 @@ class Dataset:
         d = {
             "name": self.name,
             "split": self.split,
-            "sizes": {"train": int(len(self.x_train)), "test": int(len(self.x_test))},
+            "sizes": {"train": count(self.x_train), "test": count(self.x_test)},
             "input_shape": self.input_shape,
             "num_classes": self.num_classes,
             "classes": list(self.classes),

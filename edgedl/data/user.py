@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedl._inputs import count
 from edgedl.data.base import Dataset, choose, subset_description
 from edgedl.errors import InputFileError, OptionError
 
@@ -327,6 +328,9 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise OptionError(f"limit must be a positive integer or None, received: limit={limit!r}")
     kind = data_kind(p)
+    if input_names is not None and len(input_names) > 1 and kind != "npz archive":
+        raise InputFileError(p, f"is a {kind}, which gives one input per sample; the model has {len(input_names)} "
+                                "inputs: give a .npz with one array per input, named as the model's inputs")
     spec = resolve_preprocess(preprocess, p, kind, model_path, recorded)
     if p.is_dir():
         loaded = _load_folder(p, spec, limit, input_shape, seed)
@@ -335,7 +339,7 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
     else:
         loaded = _load_npy(p, spec, limit, input_shape)
     parts, classes, split, kind, spec, sha = loaded
-    if input_shape is not None:
+    if input_shape is not None and not isinstance(parts["test"][0], list):
         parts = {part: (_fit(x, input_shape, p), y) for part, (x, y) in parts.items()}
     preprocessing = {"from": kind, "spec_applies_to": kind, "spec": spec.spec(), "spec_from": spec.origin,
                      "order": "decode, channels, resize (bilinear), features, x * scale + offset, "
@@ -349,7 +353,7 @@ def load_user_data(path, preprocess=None, limit: int | None = None, input_shape=
         subset=_subset(limit, seed, labelled=parts["test"][1] is not None),
         file={"path": p.name, "kind": kind, "sha256": sha},
     )
-    log.info("loaded %s (%s): %d train, %d test, input %s", p, kind, len(ds.x_train), len(ds.x_test), ds.input_shape)
+    log.info("loaded %s (%s): %d train, %d test", p, kind, count(parts["train"][0]), count(parts["test"][0]))
     return ds
 
 
@@ -447,12 +451,11 @@ def _load_npz(path: Path, spec: Preprocess, limit, input_shape, seed: int, input
     except Exception as e:  # numpy raises ValueError, OSError, BadZipFile ... on a bad archive
         raise InputFileError(path, f"not a readable .npz archive ({_reason(e)})") from None
     names = [str(n) for n in (input_names or [])]
+    if len(names) > 1:
+        return _load_npz_inputs(path, arrays, names, spec, limit, input_shape, seed, sha)
     test_key = next((k for k in ("x", "x_test") if k in arrays), None)
     if test_key is None:
         named = [n for n in names if n in arrays]
-        if len(names) > 1 and named:
-            raise InputFileError(path, f"holds one array per input ({', '.join(named)}); edgedl's compile, bench "
-                                       "and optimize feed models with one input")
         test_key = named[0] if named else None
     if test_key is None:
         held = ", ".join(sorted(arrays)) or "no arrays"
@@ -470,6 +473,39 @@ def _load_npz(path: Path, spec: Preprocess, limit, input_shape, seed: int, input
     classes = _classes(path, arrays.get("classes"), y_test, y_train)
     parts = {"train": _take(x_train, y_train, limit, seed), "test": _take(x_test, y_test, limit, seed)}
     return parts, classes, split, "npz archive", spec, sha
+
+
+def _load_npz_inputs(path: Path, arrays: dict, names: list[str], spec: Preprocess, limit, input_shape, seed: int,
+                     sha: str):
+    """A ``.npz`` holding one array per input of a model with several (named as the model's inputs),
+    with optional labels ``y`` and ``classes``. Each input's array takes the numeric steps of the
+    spec (scale, offset, mean, std, dtype); the whole file is the test split and calibrates too."""
+    from edgedl._inputs import short_name
+
+    keys = []
+    for name in names:
+        key = next((k for k in (name, short_name(name)) if k in arrays), None)
+        if key is None:
+            held = ", ".join(sorted(arrays)) or "no arrays"
+            raise InputFileError(path, f"holds {held}; the model has {len(names)} inputs, so the archive needs one "
+                                       f"array per input, named {', '.join(repr(short_name(n)) for n in names)} "
+                                       "(and 'y' for labels)")
+        keys.append(key)
+    spec = spec.with_defaults("npz archive", None)
+    xs = [spec.apply(_inputs(path, k, arrays[k])) for k in keys]
+    counts = {k: len(x) for k, x in zip(keys, xs)}
+    if len(set(counts.values())) != 1:
+        raise InputFileError(path, "its input arrays hold different numbers of samples ("
+                                   + ", ".join(f"'{k}': {n}" for k, n in counts.items()) + "); give one per sample each")
+    if input_shape is not None:
+        xs = [_fit(x, shape, path) for x, shape in zip(xs, input_shape)]
+    y = _labels(path, "y", arrays["y"], len(xs[0])) if "y" in arrays else None
+    classes = _classes(path, arrays.get("classes"), y)
+    if limit is not None and limit < len(xs[0]):
+        index = choose(y, limit, seed) if y is not None else np.arange(limit)
+        xs, y = [x[index] for x in xs], (None if y is None else y[index])
+    parts = {"train": (xs, y), "test": (xs, y)}
+    return parts, classes, SPLIT_NONE, "npz archive", spec, sha
 
 
 def _reason(e: Exception) -> str:
