@@ -42,7 +42,8 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
         bundle: the bundle (folder or archive) to measure.
         options: a :class:`~edgedl.bench.options.BenchOptions`; its ``warmup``, ``runs``,
             ``repeats`` and ``threads`` are used (default: BenchOptions()).
-        x, y: samples to score (float inputs, labels), or None.
+        x, y: samples to score (float inputs, labels), or None. For a bundle with several inputs
+            ``x`` is a list of float arrays, one per input in the bundle's order, each (N, ...).
         progress: optional callable(done, total) for a progress bar.
         trusted: Ed25519 public keys; when given, only a bundle signed by one of them is loaded
             (the agent's ``--trust``; see :func:`edgedl.runtime.load`).
@@ -56,22 +57,20 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
         100
     """
     import edgedl.runtime as rt
-    from edgedl.runtime.quant import quantize
 
     options = options or BenchOptions()
     rss_before = rss_bytes()
     t0 = time.perf_counter()
     model = rt.load(bundle, num_threads=options.threads, trusted=trusted)
     load_s = time.perf_counter() - t0
-    spec = model.inputs[0]
-    sample = x[:1] if x is not None and len(x) else np.zeros(model.input_shape, np.float32)
-    raw = quantize(sample.reshape(model.input_shape), spec)
+    raw = raw_sample(model, x)
     t0 = time.perf_counter()
     model.invoke(raw)
     first_us = (time.perf_counter() - t0) * 1e6
 
+    num_samples = count_samples(x)
     timed = options.repeats * options.runs
-    total = timed + (len(x) if x is not None else 0)
+    total = timed + num_samples
     repeats_done = (lambda done, _: progress(done, total)) if progress else None
     timing = time_invocations(model.engine, raw, options.warmup, options.runs, options.repeats, repeats_done)
     manifest = model.manifest
@@ -89,7 +88,7 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
         "estimates": manifest.get("estimates") or {},
         "compile_fidelity": manifest.get("fidelity") or {},
     }
-    if x is not None and len(x):
+    if num_samples:
         result.update(_score(model, x, y, (lambda done: progress(timed + done, total)) if progress else None))
     return result
 
@@ -103,18 +102,66 @@ def _memory(rss_before: int, manifest: dict) -> dict:
     return memory
 
 
-def _score(model, x: np.ndarray, y: np.ndarray | None, progress=None) -> dict:
-    """Run every sample once: the top-1 classes (for the harness's agreement figure) and the accuracy.
+def save_samples(path, x, y=None) -> None:
+    """Write samples for the worker or the agent: ``x`` (and ``y``) in an ``.npz``; the arrays of a
+    bundle with several inputs as ``x_0``, ``x_1``, ... in the bundle's input order."""
+    arrays = {f"x_{i}": a for i, a in enumerate(x)} if isinstance(x, (list, tuple)) else {"x": x}
+    np.savez(path, **arrays, **({} if y is None else {"y": y}))
+
+
+def load_samples(path) -> tuple:
+    """(x, y) from a :func:`save_samples` file: x an array, or a list of them (several inputs)."""
+    with np.load(path, allow_pickle=False) as data:
+        y = data["y"] if "y" in data.files else None
+        if "x" in data.files:
+            return data["x"], y
+        return [data[f"x_{i}"] for i in range(sum(1 for k in data.files if k.startswith("x_")))], y
+
+
+def count_samples(x) -> int:
+    """How many samples ``x`` holds: an array (N, ...), a list of them (one per input), or None (0)."""
+    if x is None:
+        return 0
+    if isinstance(x, (list, tuple)):
+        return int(len(x[0])) if len(x) else 0
+    return int(len(x))
+
+
+def raw_sample(model, x=None):
+    """What the timing loop runs: the first sample of ``x`` (real data where the bench has samples),
+    else zeros, quantized per input; one array for a model with one input, else a list of them in
+    the order of ``model.inputs``.
+
+    Example:
+        >>> raw_sample(load("lenet.edgedl")).shape  # doctest: +SKIP
+        (1, 28, 28, 1)
+    """
+    from edgedl.runtime.quant import quantize
+
+    if count_samples(x):
+        arrays = model.arrange([a[:1] for a in x] if isinstance(x, (list, tuple)) else x[:1])
+    else:
+        arrays = [np.zeros(spec.shape, np.float32) for spec in model.inputs]
+    raw = [quantize(a.reshape(spec.shape), spec) for a, spec in zip(arrays, model.inputs)]
+    return raw[0] if len(raw) == 1 else raw
+
+
+def _score(model, x, y: np.ndarray | None, progress=None) -> dict:
+    """Run every sample once: the top-1 classes of the first output (for the harness's agreement
+    figure) and the accuracy. ``x``: an array, or a list of arrays (one per input).
 
     ``progress`` is told the samples done, every 50 and at the end.
     """
+    several = isinstance(x, (list, tuple))
+    num = count_samples(x)
     outputs = []
-    for i in range(len(x)):
-        outputs.append(model.predict(x[i:i + 1])[0])
-        if progress and (i % 50 == 49 or i == len(x) - 1):
+    for i in range(num):
+        out = model.predict([a[i:i + 1] for a in x] if several else x[i:i + 1])
+        outputs.append((out[0] if isinstance(out, list) else out)[0])
+        if progress and (i % 50 == 49 or i == num - 1):
             progress(i + 1)
     top1 = np.stack(outputs).argmax(-1)
-    accuracy = {"samples": int(len(x))}
+    accuracy = {"samples": num}
     if y is not None:
         accuracy["accuracy"] = float(np.mean(top1 == y))
     return {"outputs_top1": top1.tolist(), "accuracy": accuracy}

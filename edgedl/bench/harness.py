@@ -136,10 +136,13 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
     x, y, desc = samples(opened.manifest, options)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
-                   "repeats": options.repeats, "threads": options.threads, "samples": None}
+                   "repeats": options.repeats, "threads": options.threads, "samples": None,
+                   "num_inputs": len(opened.manifest["inputs"])}
         if x is not None:
+            from edgedl.bench.core import save_samples
+
             request["samples"] = str(Path(tmp) / "samples.npz")
-            np.savez(request["samples"], x=x, **({} if y is None else {"y": y}))
+            save_samples(request["samples"], x, y)
         if options.device:
             from edgedl.bench.remote import run_remote
 

@@ -62,13 +62,13 @@ class Timing:
         }
 
 
-def time_invocations(engine, x: np.ndarray, warmup: int = 20, runs: int = 200, repeats: int = 1,
+def time_invocations(engine, x, warmup: int = 20, runs: int = 200, repeats: int = 1,
                      progress=None) -> Timing:
     """Time ``engine.invoke`` (``invoke_fast`` where the engine has it) on one raw input.
 
     Args:
         engine: a runtime engine (anything with ``invoke(x)``).
-        x: the raw (already quantized) input it takes.
+        x: the raw (already quantized) input it takes: one array, or a list of them (one per input).
         warmup: untimed invocations first.
         runs: timed invocations per repeat.
         repeats: how many times to time ``runs`` invocations (their spread says how noisy the host is).
@@ -101,8 +101,8 @@ def time_invocations(engine, x: np.ndarray, warmup: int = 20, runs: int = 200, r
     return timing
 
 
-def measure_latency(engine, x: np.ndarray, warmup: int = 20, runs: int = 200) -> dict:
-    """Time ``engine.invoke`` on one raw input: ``warmup`` untimed runs, then ``runs`` timed ones;
+def measure_latency(engine, x, warmup: int = 20, runs: int = 200) -> dict:
+    """Time ``engine.invoke`` on one raw input (a list of them for several inputs): ``warmup`` untimed runs, then ``runs`` timed ones;
     their :func:`latency_stats`.
 
     Example:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
 
 def main(argv=None) -> int:
     from edgedl import _io
-    from edgedl.bench.core import measure
+    from edgedl.bench.core import load_samples, measure
     from edgedl.bench.options import BenchOptions
     from edgedl.errors import EdgeDLError
 
@@ -23,9 +21,7 @@ def main(argv=None) -> int:
         req = json.load(f)
     x = y = None
     if req.get("samples"):
-        data = np.load(req["samples"])
-        x = data["x"]
-        y = data["y"] if "y" in data.files else None
+        x, y = load_samples(req["samples"])
 
     def progress(done, total):
         print(json.dumps({"done": done, "total": total}), flush=True)

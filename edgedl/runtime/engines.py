@@ -50,26 +50,62 @@ class TensorSpec:
 
 
 class Engine:
-    """Interface: ``inputs``/``outputs`` specs and ``invoke(x) -> y`` on one raw input tensor."""
+    """Interface: ``inputs``/``outputs`` specs and ``invoke(x) -> y`` on raw batch-1 tensors.
+
+    ``x`` is one raw batch-1 array for a model with one input, or a list (or tuple) of them, one per
+    entry of ``inputs``, in that order.
+    """
 
     name = "engine"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x) -> np.ndarray:
         raise NotImplementedError
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """One raw input tensor through the model; every output, in the order of ``outputs``."""
+    def invoke_all(self, x) -> list[np.ndarray]:
+        """Raw input tensor(s) through the model; every output, in the order of ``outputs``."""
         return [self.invoke(x)]
 
+    def check_inputs(self, x) -> list[np.ndarray]:
+        """The raw input tensors, one per entry of ``inputs``, after checking their number, shapes and dtypes.
+
+        Args:
+            x: one array (a model with one input) or a list/tuple of arrays in the order of ``inputs``.
+
+        Returns:
+            The arrays, C-contiguous, in the order of ``inputs``.
+
+        Raises:
+            BackendError: a wrong number of arrays, or an array whose shape or dtype is not its
+                input's (the input named where the model has several).
+
+        Example:
+            >>> engine = Engine()
+            >>> engine.inputs = [TensorSpec("a", (1, 2), "float32"), TensorSpec("b", (1, 3), "float32")]
+            >>> [t.shape for t in engine.check_inputs([np.zeros((1, 2), np.float32), np.zeros((1, 3), np.float32)])]
+            [(1, 2), (1, 3)]
+        """
+        arrays = list(x) if isinstance(x, (list, tuple)) else [x]
+        if len(arrays) != len(self.inputs):
+            names = ", ".join(repr(s.name) for s in self.inputs)
+            plural = "input" if len(self.inputs) == 1 else "inputs"
+            raise BackendError(f"the model takes {len(self.inputs)} {plural} ({names}), got {len(arrays)}")
+        several = len(self.inputs) > 1
+        checked = []
+        for spec, a in zip(self.inputs, arrays):
+            a = np.asarray(a)
+            what = f"input '{spec.name}'" if several else "input"
+            if tuple(a.shape) != tuple(spec.shape):
+                raise BackendError(f"{what} has shape {tuple(a.shape)}, the model takes {tuple(spec.shape)}")
+            if a.dtype != np.dtype(spec.dtype):
+                raise BackendError(f"{what} has dtype {a.dtype}, the model takes {spec.dtype}")
+            checked.append(np.ascontiguousarray(a))
+        return checked
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        spec = self.inputs[0]
-        if tuple(x.shape) != tuple(spec.shape):
-            raise BackendError(f"input has shape {tuple(x.shape)}, the model takes {tuple(spec.shape)}")
-        if x.dtype != np.dtype(spec.dtype):
-            raise BackendError(f"input has dtype {x.dtype}, the model takes {spec.dtype}")
-        return np.ascontiguousarray(x)
+        """The one raw input of a one-input model, checked (:meth:`check_inputs` for several)."""
+        return self.check_inputs(x)[0]
 
 
 def _import(module: str, extra: str):
@@ -127,26 +163,31 @@ class LiteRTEngine(Engine):
                                  ) from None
         self.inputs = [_litert_spec(d) for d in self.interpreter.get_input_details()]
         self.outputs = [_litert_spec(d) for d in self.interpreter.get_output_details()]
-        self._in = self.interpreter.get_input_details()[0]["index"]
+        self._ins = [d["index"] for d in self.interpreter.get_input_details()]
         self._out = self.interpreter.get_output_details()[0]["index"]
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_input(x)
+    def invoke(self, x) -> np.ndarray:
+        arrays = self.check_inputs(x)
         try:
-            self.interpreter.set_tensor(self._in, x)
+            for index, a in zip(self._ins, arrays):
+                self.interpreter.set_tensor(index, a)
             self.interpreter.invoke()
             return self.interpreter.get_tensor(self._out)
         except (ValueError, RuntimeError) as e:  # e.g. a model whose tensors have no data ("Tensor data is null")
             raise InputFileError(self.model_path, f"LiteRT cannot run it ({' '.join(str(e).split())[:200]})"
                                  ) from None
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+    def invoke_all(self, x) -> list[np.ndarray]:
         self.invoke(x)
         return [self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()]
 
-    def invoke_fast(self, x: np.ndarray) -> None:
-        """Invoke without copying the output back (for latency loops)."""
-        self.interpreter.set_tensor(self._in, x)
+    def invoke_fast(self, x) -> None:
+        """Invoke without checking the input(s) or copying the output back (for latency loops)."""
+        if isinstance(x, (list, tuple)):
+            for index, a in zip(self._ins, x):
+                self.interpreter.set_tensor(index, a)
+        else:
+            self.interpreter.set_tensor(self._ins[0], x)
         self.interpreter.invoke()
 
 
@@ -199,19 +240,19 @@ class TVMEngine(Engine):
         rt = self._tvm.runtime
         return rt.tensor(x, self.device) if hasattr(rt, "tensor") else self._tvm.nd.array(x, self.device)
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x) -> np.ndarray:
         return self.invoke_all(x)[0]
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
-        x = self.check_input(x)
+    def invoke_all(self, x) -> list[np.ndarray]:
+        tensors = [self._tensor(a) for a in self.check_inputs(x)]
         try:
-            out = self._main(self._tensor(x))
+            out = self._main(*tensors)
             outs = list(out) if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "Tuple") else [out]
             return [o.numpy() for o in outs]
         except Exception as e:  # noqa: BLE001 - TVM's InternalError on a corrupt executable, and the like
             raise BackendError(f"TVM failed to run the model: {' '.join(str(e).split())[:200]}") from None
 
-    def time_evaluator(self, x: np.ndarray, number: int, repeat: int):
-        """TVM's own timer: (per-repeat mean seconds list)."""
+    def time_evaluator(self, x, number: int, repeat: int):
+        """TVM's own timer on the raw input(s) ``x`` (as :meth:`invoke` takes them): per-repeat mean seconds."""
         fn = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return list(fn(self._tensor(x)).results)
+        return list(fn(*[self._tensor(a) for a in self.check_inputs(x)]).results)

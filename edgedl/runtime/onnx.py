@@ -86,7 +86,8 @@ def session_specs(sess) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 class ONNXRuntimeEngine(Engine):
-    """An ``.onnx`` model run by ONNX Runtime, one sample (batch 1) per ``invoke``.
+    """An ``.onnx`` model run by ONNX Runtime, one sample (batch 1) per ``invoke``; a model with several
+    inputs takes a list of arrays in the order of the session's inputs (fed by their names).
 
     Args:
         model_path: the ``.onnx`` file.
@@ -107,30 +108,29 @@ class ONNXRuntimeEngine(Engine):
         self.session = session(model_path, num_threads=num_threads, device=device)
         self.path = Path(model_path)
         found_in, found_out = session_specs(self.session)
-        if len(found_in) != 1 or not found_out:
+        if not found_in or not found_out:
             names = ", ".join(repr(s.name) for s in found_in)
             raise InputFileError(model_path, f"the model has {len(found_in)} input(s) ({names}) and {len(found_out)} "
-                                             "output(s); edgedl's runtime runs models with one input and at least one "
-                                             "output")
+                                             "output(s); edgedl's runtime runs models with at least one input and at "
+                                             "least one output")
         self.inputs = _agree(found_in, inputs, "input")
         self.outputs = _agree(found_out, outputs, "output")
-        self._in = found_in[0].name
+        self._ins = [s.name for s in found_in]
         self._out = [found_out[0].name]
         self._all = [s.name for s in found_out]
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_input(x)
+    def _run(self, names: list[str], x) -> list[np.ndarray]:
+        feed = dict(zip(self._ins, self.check_inputs(x)))
         try:
-            return self.session.run(self._out, {self._in: x})[0]
+            return list(self.session.run(names, feed))
         except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
             raise BackendError(f"{self.path.name}: ONNX Runtime failed to run it ({ort_message(e)})") from None
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
-        x = self.check_input(x)
-        try:
-            return list(self.session.run(self._all, {self._in: x}))
-        except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the graph cannot run
-            raise BackendError(f"{self.path.name}: ONNX Runtime failed to run it ({ort_message(e)})") from None
+    def invoke(self, x) -> np.ndarray:
+        return self._run(self._out, x)[0]
+
+    def invoke_all(self, x) -> list[np.ndarray]:
+        return self._run(self._all, x)
 
 
 def _agree(found: list[TensorSpec], given: list[TensorSpec] | None, what: str) -> list[TensorSpec]:

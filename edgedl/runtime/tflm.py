@@ -132,14 +132,15 @@ class TFLMEngine(Engine):
             raise InputFileError(path, f"its tensors cannot be read ({type(e).__name__}: {str(e)[:160]}); the file is "
                                        "malformed") from None
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_input(self.check_input(x), 0)
+    def invoke(self, x) -> np.ndarray:
+        for i, a in enumerate(self.check_inputs(x)):
+            self.interpreter.set_input(a, i)
         try:
             self.interpreter.invoke()
         except RuntimeError as e:
             raise BackendError(f"TFLite Micro failed to invoke the model: {' '.join(str(e).split())[:200]}") from None
         return np.array(self.interpreter.get_output(0))
 
-    def invoke_all(self, x: np.ndarray) -> list[np.ndarray]:
+    def invoke_all(self, x) -> list[np.ndarray]:
         first = self.invoke(x)
         return [first] + [np.array(self.interpreter.get_output(i)) for i in range(1, len(self.outputs))]
