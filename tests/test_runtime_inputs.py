@@ -339,6 +339,26 @@ def test_bench_times_and_scores_a_bundle_with_two_inputs(models, tmp_path):
     assert child["accuracy"]["accuracy"] == 0.75 and child["timing"]["latency"]["runs"] == 4
 
 
+def test_bench_scores_a_npz_with_one_array_per_input_against_the_keras_reference(models, tmp_path):
+    """``edgedl bench --data two.npz --reference two.keras``: the archive's arrays go to the bundle's
+    inputs by name, and to the Keras reference's in its own order (TFLite's is 'b', 'a')."""
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
+
+    bundle = _bundle(tmp_path, models["int8"])
+    keras_path = tmp_path / "two.keras"
+    models["keras"].save(keras_path)
+    xa, xb = _samples(40, seed=5)
+    y = models["keras"].predict([xa, xb], verbose=0).argmax(-1)
+    np.savez(tmp_path / "two.npz", a=xa, b=xb, y=y)
+    result = bench(str(bundle), BenchOptions(data=str(tmp_path / "two.npz"), reference=str(keras_path), warmup=0,
+                                             runs=3, repeats=1)).data
+    accuracy = result["accuracy"]
+    assert accuracy["samples"] == 40 and accuracy["reference_accuracy"] == 1.0
+    assert accuracy["accuracy"] >= 0.9 and accuracy["reference_agreement"] == accuracy["accuracy"]
+    assert result["timing"]["latency"]["runs"] == 3
+
+
 def test_remote_bench_of_several_inputs_is_refused_in_one_line(models, tmp_path):
     from edgedl.bench.options import BenchOptions
     from edgedl.bench.remote import run_remote

@@ -30,12 +30,15 @@ def samples(manifest: dict, options: BenchOptions):
 
     A file is preprocessed by ``--preprocess`` if given, else by the steps the manifest records for
     its kind of data (those compile applied to its ``--data``, or the preset of the data set the
-    model was trained on), else by the defaults."""
+    model was trained on), else by the defaults. For a bundle with several inputs ``x`` is a list of
+    arrays in the bundle's input order (a ``.npz`` with one array per input name)."""
     from edgedl.reference import choose_samples
 
     from edgedl.data.base import ModelInput
 
-    model = ModelInput(tuple(manifest["inputs"][0]["shape"][1:]), [manifest["inputs"][0].get("name")],
+    inputs = manifest["inputs"]
+    shapes = [tuple(s["shape"][1:]) for s in inputs]
+    model = ModelInput(shapes[0] if len(shapes) == 1 else shapes, [s.get("name") for s in inputs],
                        recorded=manifest.get("preprocessing"), taker="the bundle")
     chosen = choose_samples(model, dataset=options.dataset, data=options.data, preprocess=options.preprocess,
                             data_dir=options.data_dir, trained_on=manifest.get("samples"), limit=options.limit)
@@ -154,7 +157,7 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
         result.setdefault("accuracy", {}).update(desc)
     top1 = np.asarray(result.pop("outputs_top1", []))
     if options.reference and x is not None:
-        ref = reference_top1(options.reference, x)
+        ref = reference_top1(options.reference, x, opened.manifest)
         result["accuracy"]["reference"] = str(options.reference)
         result["accuracy"]["reference_agreement"] = float(np.mean(ref == top1))
         if y is not None:
@@ -164,11 +167,41 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
     return BenchResult(result)
 
 
-def reference_top1(path: str, x: np.ndarray) -> np.ndarray:
-    """Top-1 classes of the float reference model (Keras, .tflite or .onnx) on ``x``."""
-    from edgedl.reference import reference_outputs
+def reference_top1(path: str, x, manifest: dict | None = None) -> np.ndarray:
+    """Top-1 classes of the float reference model (Keras, .tflite or .onnx) on ``x``.
 
-    return reference_outputs(path, x).argmax(-1)
+    With a bundle's ``manifest``, samples of several inputs (a list in the bundle's input order) go
+    to the reference's inputs by name (or by shape where that leaves no doubt), and of a reference
+    with several outputs the one shaped like the bundle's first output is taken.
+    """
+    from edgedl.reference import reference_all_outputs
+
+    model = path
+    if manifest is not None and isinstance(x, (list, tuple)):
+        model, x = _in_reference_order(path, x, manifest)
+    outputs = reference_all_outputs(model, x)
+    if manifest is not None and len(outputs) > 1:
+        want = tuple(manifest["outputs"][0]["shape"][1:])
+        same = [o for o in outputs if tuple(o.shape[1:]) == want]
+        if len(same) == 1:
+            return same[0].argmax(-1)
+    return outputs[0].argmax(-1)
+
+
+def _in_reference_order(path: str, x: list, manifest: dict) -> tuple:
+    """(the reference to run, ``x`` in the order of its inputs): a loaded Keras model runs as it is."""
+    from types import SimpleNamespace
+
+    from edgedl import _inputs
+    from edgedl.compile import CompileOptions, load_source
+
+    with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as work:
+        source = load_source(str(path), CompileOptions(), Path(work))
+    shapes = source.input_shape if isinstance(source.input_shape, list) else [source.input_shape]
+    specs = [SimpleNamespace(name=n, shape=(1, *s)) for n, s in zip(source.input_names, shapes)]
+    names = [s.get("name", "") for s in manifest["inputs"]]
+    order = _inputs.order_for(names, _inputs.sample_shapes(x), specs, f"the reference {Path(path).name}")
+    return (source.keras_model if source.keras_model is not None else path), _inputs.reorder(list(x), order)
 
 
 def _estimates_vs_measured(result: dict) -> dict:

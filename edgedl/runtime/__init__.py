@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgedl._inputs import short_name
 from edgedl.bundle import Bundle, open_bundle
 from edgedl.errors import BackendError, InputFileError, OptionError
 from edgedl.runtime.engines import Engine, TensorSpec
@@ -217,16 +218,6 @@ class Model:
         """One raw batch-1 tensor (a list of them, one per input, for several) through the engine (the
         lowest level; used by the benchmark loop)."""
         return self.engine.invoke(x)
-
-
-def short_name(name: str) -> str:
-    """An input's name without TFLite's signature decoration: ``serving_default_a:0`` -> ``a``.
-
-    Example:
-        >>> short_name("serving_default_a:0"), short_name("input")
-        ('a', 'input')
-    """
-    return name.removeprefix("serving_default_").removesuffix(":0") or name
 
 
 def load(bundle: str | Path, num_threads: int = 1, trusted: list[bytes] | None = None) -> Model:
