@@ -120,11 +120,9 @@ def load_samples(path) -> tuple:
 
 def count_samples(x) -> int:
     """How many samples ``x`` holds: an array (N, ...), a list of them (one per input), or None (0)."""
-    if x is None:
-        return 0
-    if isinstance(x, (list, tuple)):
-        return int(len(x[0])) if len(x) else 0
-    return int(len(x))
+    from edgedl._inputs import count
+
+    return 0 if x is None or (isinstance(x, (list, tuple)) and not x) else int(count(x))
 
 
 def raw_sample(model, x=None):
@@ -136,10 +134,11 @@ def raw_sample(model, x=None):
         >>> raw_sample(load("lenet.edgedl")).shape  # doctest: +SKIP
         (1, 28, 28, 1)
     """
+    from edgedl._inputs import take
     from edgedl.runtime.quant import quantize
 
     if count_samples(x):
-        arrays = model.arrange([a[:1] for a in x] if isinstance(x, (list, tuple)) else x[:1])
+        arrays = model.arrange(take(x, slice(0, 1)))
     else:
         arrays = [np.zeros(spec.shape, np.float32) for spec in model.inputs]
     raw = [quantize(a.reshape(spec.shape), spec) for a, spec in zip(arrays, model.inputs)]
@@ -152,11 +151,12 @@ def _score(model, x, y: np.ndarray | None, progress=None) -> dict:
 
     ``progress`` is told the samples done, every 50 and at the end.
     """
-    several = isinstance(x, (list, tuple))
+    from edgedl._inputs import take
+
     num = count_samples(x)
     outputs = []
     for i in range(num):
-        out = model.predict([a[i:i + 1] for a in x] if several else x[i:i + 1])
+        out = model.predict(take(x, slice(i, i + 1)))
         outputs.append((out[0] if isinstance(out, list) else out)[0])
         if progress and (i % 50 == 49 or i == num - 1):
             progress(i + 1)
