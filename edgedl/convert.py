@@ -69,7 +69,9 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
                    for r, shape in zip(_per_input(representative, len(shapes)), shapes)]
         if not per_channel:
             converter._experimental_disable_per_channel = True  # the converter's only switch for it
-        converter.representative_dataset = lambda: ([s[i][None] for s in samples] for i in range(len(samples[0])))
+        names = [t.name for t in fixed.inputs]  # by name: the calibrator feeds a list in the .tflite's own order
+        converter.representative_dataset = lambda: ({n: s[i][None] for n, s in zip(names, samples)}
+                                                    for i in range(len(samples[0])))
         ops = tf.lite.OpsSet
         converter.target_spec.supported_ops = [
             ops.TFLITE_BUILTINS_INT8 if quantize == "int8"

@@ -390,12 +390,12 @@ def assemble(request: str) -> str:
 
 
 def _samples(req: dict):
-    import numpy as np
+    """(x, y) of the uploaded samples: x one array, or a list of them for a bundle with several inputs."""
+    from edgedl.bench.core import load_samples
 
     if not req.get("samples"):
         return None, None
-    with np.load(_workpath(req["samples"]), allow_pickle=False) as data:
-        return data["x"], (data["y"] if "y" in data.files else None)
+    return load_samples(_workpath(req["samples"]))
 
 
 @contextlib.contextmanager
@@ -459,12 +459,9 @@ def repeat(request: str) -> str:
     the same statistics as a local run over all repeats, and keeps finished repeats if the device
     is lost later.
     """
-    import numpy as np
-
     import edgedl.runtime as rt
-    from edgedl.bench.core import peak_rss_bytes, rss_bytes
+    from edgedl.bench.core import peak_rss_bytes, raw_sample, rss_bytes
     from edgedl.bench.timing import time_invocations
-    from edgedl.runtime.quant import quantize
 
     req = json.loads(request)
     threads, runs = _int(req, "threads", 1, 1024), _int(req, "runs", 1, 10**8)
@@ -475,8 +472,7 @@ def repeat(request: str) -> str:
             _session.clear()
             model = rt.load(_workpath(req["bundle"]), num_threads=threads, trusted=_config["trusted"])
             x, _ = _samples(req)
-            sample = x[:1] if x is not None and len(x) else np.zeros(model.input_shape, np.float32)
-            raw = quantize(sample.reshape(model.input_shape), model.inputs[0])
+            raw = raw_sample(model, x)
             warmup = _int(req, "warmup", 0, 10**7)  # once per session: the model stays warm between repeats
             _session.update(key=key, model=model, raw=raw)
         (times,) = time_invocations(_session["model"].engine, _session["raw"], warmup, runs).repeats

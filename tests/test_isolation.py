@@ -253,7 +253,7 @@ def test_a_model_without_inputs_or_outputs_is_one_error_in_compile(lenet, tmp_pa
 
     bad = mutated(lenet, tmp_path / f"no_{field}.tflite", drop)
     proc = edgedl(tmp_path, "compile", bad, "--target", "x86_64", "--backend", "litert", "-o", tmp_path / "n.edgedl")
-    assert "edgedl needs one input and at least one output" in one_error_line(proc, tmp_path, bad)
+    assert "edgedl needs at least one of each" in one_error_line(proc, tmp_path, bad)
 
 
 @pytest.fixture(scope="module")

@@ -228,6 +228,30 @@ def test_a_tvm_bundle_runs_through_an_agent(bundles, agent, tmp_path):
     assert r["timing"]["latency"]["runs"] == 100
 
 
+def test_a_bundle_with_two_inputs_is_timed_and_scored_through_an_agent(agent, tmp_path):
+    """The samples of each input travel to the device, and it times and scores the model as here."""
+    import keras
+    import numpy as np
+
+    from edgedl.bench.harness import bench
+    from edgedl.compile import CompileOptions, compile_model
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    model = keras.Model([a, b], keras.layers.Dense(3, activation="softmax")(keras.layers.Concatenate()([a, b])))
+    model.save(tmp_path / "two.keras")
+    rng = np.random.default_rng(0)
+    xa, xb = rng.random((30, 8), np.float32), rng.random((30, 4), np.float32)
+    np.savez(tmp_path / "two.npz", a=xa, b=xb, y=model.predict([xa, xb], verbose=0).argmax(-1))
+    bundle = tmp_path / "two.edgedl"
+    compile_model(str(tmp_path / "two.keras"), "x86_64", str(bundle),
+                  CompileOptions(backend="litert", data=str(tmp_path / "two.npz")))
+    local = bench(str(bundle), options(data=str(tmp_path / "two.npz"))).data
+    remote = bench(str(bundle), options(data=str(tmp_path / "two.npz"), device=agent.device)).data
+    assert remote["device"] == agent.device and remote["timing"]["latency"]["runs"] == 600
+    assert remote["accuracy"] == local["accuracy"] and remote["accuracy"]["accuracy"] == 1.0
+
+
 def test_an_archive_bundle_is_uploaded_as_one_file(bundles, agent, tmp_path):
     from edgedl.bench.remote import run_remote
     from edgedl.bundle import read_manifest, write_bundle

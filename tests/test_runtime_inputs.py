@@ -333,8 +333,7 @@ def test_bench_times_and_scores_a_bundle_with_two_inputs(models, tmp_path):
     save_samples(samples, x, y)
     back, back_y = load_samples(samples)
     assert [a.shape for a in back] == [(20, B), (20, A)] and (back_y == y).all()
-    request = {"bundle": str(bundle), "warmup": 1, "runs": 4, "repeats": 1, "threads": 1, "samples": str(samples),
-               "num_inputs": 2}
+    request = {"bundle": str(bundle), "warmup": 1, "runs": 4, "repeats": 1, "threads": 1, "samples": str(samples)}
     child = run_local(str(bundle), request, timeout=120)
     assert child["accuracy"]["accuracy"] == 0.75 and child["timing"]["latency"]["runs"] == 4
 
@@ -357,14 +356,3 @@ def test_bench_scores_a_npz_with_one_array_per_input_against_the_keras_reference
     assert accuracy["samples"] == 40 and accuracy["reference_accuracy"] == 1.0
     assert accuracy["accuracy"] >= 0.9 and accuracy["reference_agreement"] == accuracy["accuracy"]
     assert result["timing"]["latency"]["runs"] == 3
-
-
-def test_remote_bench_of_several_inputs_is_refused_in_one_line(models, tmp_path):
-    from edgedl.bench.options import BenchOptions
-    from edgedl.bench.remote import run_remote
-
-    bundle = _bundle(tmp_path, models["float"])
-    request = {"warmup": 0, "runs": 1, "repeats": 1, "threads": 1, "samples": None, "num_inputs": 2}
-    with pytest.raises(OptionError, match=r"has 2 inputs, and a remote device benchmarks bundles with one input "
-                                          r"\(the agent, edgedl serve, times one input tensor\)"):
-        run_remote(bundle, request, BenchOptions(device="127.0.0.1:9", timeout=5))

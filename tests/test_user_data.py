@@ -97,8 +97,8 @@ def test_a_npz_may_name_its_array_after_the_model_input(files, tmp_path):
     np.savez(tmp_path / "named.npz", image=digits.x_test, y=digits.y_test)
     ds = load_user_data(tmp_path / "named.npz", input_names=["image"], input_shape=(28, 28, 1))
     assert np.array_equal(ds.x_test, digits.x_test) and np.array_equal(ds.y_test, digits.y_test)
-    with pytest.raises(InputFileError, match=r"holds one array per input \(image\); edgedl's compile, bench and "
-                                             r"optimize feed models with one input"):
+    with pytest.raises(InputFileError, match=r"the model has 2 inputs, so the archive needs one array per input, "
+                                             r"named 'image', 'mask'"):
         load_user_data(tmp_path / "named.npz", input_names=["image", "mask"])
 
 

@@ -139,8 +139,7 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
     x, y, desc = samples(opened.manifest, options)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
-                   "repeats": options.repeats, "threads": options.threads, "samples": None,
-                   "num_inputs": len(opened.manifest["inputs"])}
+                   "repeats": options.repeats, "threads": options.threads, "samples": None}
         if x is not None:
             from edgedl.bench.core import save_samples
 

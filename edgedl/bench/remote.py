@@ -48,14 +48,14 @@ def run_remote(bundle, request: dict, options, progress=None) -> dict:
     Args:
         bundle: the bundle (folder or archive) to upload.
         request: what to measure: ``warmup``, ``runs``, ``repeats``, ``threads``, ``samples``
-            (a local .npz with ``x`` and ``y``, or None) and ``num_inputs`` (the bundle's; one only).
+            (a local .npz written by :func:`edgedl.bench.core.save_samples`, or None).
         options: ``device`` (``HOST:PORT`` or ``tracker://HOST:PORT/KEY``), ``timeout`` (seconds
             for the whole run, queueing at a tracker included) and ``retries`` (reconnects on a
             lost device).
         progress: optional callable(done, total).
 
     Raises:
-        OptionError: a malformed device, or a bundle with several inputs. DeviceError: unreachable,
+        OptionError: a malformed device. DeviceError: unreachable,
             lost, hung, or no device free under the key. InputFileError: the device refused the bundle (a file named).
 
     Example:
@@ -63,10 +63,6 @@ def run_remote(bundle, request: dict, options, progress=None) -> dict:
         >>> run_remote("lenet.edgedl", {"warmup": 5, "runs": 50, "repeats": 3, "threads": 1, "samples": None},
         ...            BenchOptions(device="127.0.0.1:9090", timeout=60))  # doctest: +SKIP
     """
-    num_inputs = int(request.get("num_inputs", 1))
-    if num_inputs > 1:
-        raise OptionError(f"{bundle} has {num_inputs} inputs, and a remote device benchmarks bundles with one input "
-                          "(the agent, edgedl serve, times one input tensor); benchmark it here, without --device")
     device = parse_device(options.device)
     run = _RemoteMeasurement(Path(bundle), request, device, float(options.timeout), int(options.retries or 0), progress)
     return run.run()
@@ -183,8 +179,10 @@ class _RemoteMeasurement:
         self.remote_bundle = self.remote_samples = None
         self.num_samples = 0
         if request.get("samples"):
-            with np.load(request["samples"]) as data:
-                self.num_samples = int(len(data["x"]))
+            from edgedl._inputs import count
+            from edgedl.bench.core import load_samples
+
+            self.num_samples = count(load_samples(request["samples"])[0])
 
     # -- the run ------------------------------------------------------------------------------------
 
