@@ -38,7 +38,9 @@ class EmulationResult:
     instructions per operator node (``(operator, instructions)`` in execution order).
 
     Instructions are SysTick ticks times :attr:`instructions_per_tick` (exact to one tick: the
-    count is repeatable, its resolution is ``instructions_per_tick`` instructions).
+    count is repeatable, its resolution is ``instructions_per_tick`` instructions). On a real
+    board (``instructions_per_tick`` 0) the ticks are processor cycles: ``cycles`` holds them and
+    ``operators`` counts cycles.
     """
 
     board: str
@@ -49,6 +51,7 @@ class EmulationResult:
     instructions: list[int] = field(default_factory=list)
     operators: list[list[tuple[str, int]]] = field(default_factory=list)
     ticks: list[int] = field(default_factory=list)
+    cycles: list[int] = field(default_factory=list)
 
     @property
     def arena_used_bytes(self) -> int:
@@ -57,11 +60,14 @@ class EmulationResult:
     def summary(self) -> dict:
         """Counts as JSON-ready data (outputs left out): instructions per inference (min, max,
         mean), per-operator instructions of the first inference, the arena."""
-        ins = self.instructions
-        return {"board": self.board, "core": self.core, "num_inferences": len(ins),
+        def stats(xs):
+            return {"min": min(xs), "max": max(xs), "mean": sum(xs) / len(xs)} if xs else None
+
+        unit = "instructions" if self.instructions_per_tick else "cycles"
+        return {"board": self.board, "core": self.core, "num_inferences": len(self.ticks),
                 "instructions_per_tick": self.instructions_per_tick,
-                "instructions": {"min": min(ins), "max": max(ins), "mean": sum(ins) / len(ins)} if ins else None,
-                "operators": [{"operator": t, "instructions": c} for t, c in (self.operators[0] if self.operators else [])],
+                "instructions": stats(self.instructions), "cycles": stats(self.cycles),
+                "operators": [{"operator": t, unit: c} for t, c in (self.operators[0] if self.operators else [])],
                 "arena_bytes": self.info.arena_bytes, "arena_used_bytes": self.info.arena_used_bytes}
 
 
@@ -145,17 +151,21 @@ class Emulator:
         self.close()
 
 
-def run(elf: str | os.PathLike, core: str, inputs: list[list[np.ndarray]], timeout: float = INFERENCE_TIMEOUT_S,
-        boot_timeout: float = BOOT_TIMEOUT_S) -> EmulationResult:
-    """Run ``elf`` on the emulated board of ``core`` over ``inputs`` (per sample, one array per model
-    input) and collect what the firmware reports.
+def run(elf: str | os.PathLike | None, core: str, inputs: list[list[np.ndarray]], timeout: float = INFERENCE_TIMEOUT_S,
+        boot_timeout: float = BOOT_TIMEOUT_S, device: str | None = None) -> EmulationResult:
+    """Run ``elf`` on the emulated board of ``core`` (or on a real board at ``device``) over
+    ``inputs`` (per sample, one array per model input) and collect what the firmware reports.
 
     Args:
-        elf: the firmware (:attr:`FirmwareBuild.elf <edgedl.mcu.build.FirmwareBuild.elf>`).
+        elf: the firmware (:attr:`FirmwareBuild.elf <edgedl.mcu.build.FirmwareBuild.elf>`); unused
+            with ``device`` (the board runs what was flashed on it).
         core: its core (``cortex-m4``, ``cortex-m7``, ``cortex-m55``).
         inputs: ``[[input0, input1, ...], ...]``, one list per sample, in the model's dtypes.
         timeout: seconds one inference may take (wall clock) before the run is abandoned.
-        boot_timeout: seconds the firmware has to boot and say hello.
+        boot_timeout: seconds the firmware has to say hello.
+        device: a real board speaking the harness protocol, e.g. ``serial:///dev/ttyACM0``: its
+            counts are SysTick ticks at the processor clock, i.e. cycles (``result.cycles``), and
+            ``result.instructions`` stays empty.
 
     Returns:
         An :class:`EmulationResult`.
@@ -170,14 +180,34 @@ def run(elf: str | os.PathLike, core: str, inputs: list[list[np.ndarray]], timeo
         True
     """
     start = time.perf_counter()
-    with Emulator(elf, core, timeout=timeout, boot_timeout=boot_timeout) as emu:
-        per_tick = emu.board.instructions_per_tick
-        result = EmulationResult(emu.board.machine, emu.board.core, emu.info, per_tick)
-        for sample in inputs:
-            inference: Inference = emu.client.infer(list(sample))
-            result.outputs.append(inference.outputs)
-            result.ticks.append(inference.ticks)
+    board = board_for(core)
+    if device is not None:
+        from edgedl.mcu.protocol import open_device
+
+        transport = open_device(device)
+        try:
+            client = Client(transport, timeout=timeout, name=device)
+            info = client.hello(request=True, timeout=boot_timeout)
+            result = EmulationResult(device, board.core, info, 0.0)
+            _collect(client, inputs, result, None)
+        finally:
+            transport.close()
+    else:
+        with Emulator(elf, board, timeout=timeout, boot_timeout=boot_timeout) as emu:
+            result = EmulationResult(board.machine, board.core, emu.info, board.instructions_per_tick)
+            _collect(emu.client, inputs, result, board.instructions_per_tick)
+    log.info("%d inference(s) on %s in %.2f s", len(inputs), result.board, time.perf_counter() - start)
+    return result
+
+
+def _collect(client: Client, inputs, result: EmulationResult, per_tick: float | None) -> None:
+    for sample in inputs:
+        inference: Inference = client.infer(list(sample))
+        result.outputs.append(inference.outputs)
+        result.ticks.append(inference.ticks)
+        if per_tick:  # emulated: ticks are a fixed number of instructions
             result.instructions.append(round(inference.ticks * per_tick))
             result.operators.append([(op, round(t * per_tick)) for op, t in inference.operators])
-    log.info("%d inference(s) on %s in %.2f s", len(inputs), emu.board.machine, time.perf_counter() - start)
-    return result
+        else:  # a real board: SysTick at the processor clock counts cycles
+            result.cycles.append(inference.ticks)
+            result.operators.append(list(inference.operators))
