@@ -407,3 +407,15 @@ def test_other_cores(core, firmware, samples, tflm_outputs):
     with Emulator(fw.elf, core) as emu:
         instructions, ticks = emu.client.calibrate()
     assert abs(instructions / ticks - emu.board.instructions_per_tick) < 0.01
+
+
+@needs_toolchain
+def test_an_arena_too_small_is_reported_at_boot(firmware, lenet_model, mirror, tmp_path):
+    from edgedl.mcu.build import build_firmware
+    from edgedl.mcu.emulate import run
+
+    firmware("cortex-m4", "reference")  # objects cached: this only links
+    small = build_firmware(lenet_model, "cortex-m4", "reference", out_dir=tmp_path / "small", arena_bytes=2048,
+                           mirror=mirror)
+    with pytest.raises(DeviceError, match=r"reports: AllocateTensors failed: the arena is too small.*\(TFLite Micro: Failed to allocate"):
+        run(small.elf, "cortex-m4", [], boot_timeout=20)

@@ -287,13 +287,16 @@ class Client:
             kind = chr(kind)
             if kind == "L":
                 text = payload.decode("utf-8", "replace").strip()
-                self.logs.append(text)
-                log.debug("%s: %s", self.name, text)
+                if text:  # MicroPrintf ends each message with a separate line break
+                    self.logs.append(text)
+                    log.debug("%s: %s", self.name, text)
                 continue
             if kind == "F":
                 raise DeviceError(f"the firmware on {self.name} crashed: {payload.decode('ascii', 'replace').strip()}")
             if kind == "E":
-                raise DeviceError(f"the firmware on {self.name} reports: {payload.decode('utf-8', 'replace').strip()}")
+                text = payload.decode("utf-8", "replace").strip()
+                said = f" (TFLite Micro: {' / '.join(self.logs[-3:])})" if self.logs else ""
+                raise DeviceError(f"the firmware on {self.name} reports: {text}{said}")
             return kind, payload
 
     def send(self, kind: str, payload: bytes = b"") -> None:
