@@ -417,5 +417,6 @@ def test_an_arena_too_small_is_reported_at_boot(firmware, lenet_model, mirror, t
     firmware("cortex-m4", "reference")  # objects cached: this only links
     small = build_firmware(lenet_model, "cortex-m4", "reference", out_dir=tmp_path / "small", arena_bytes=2048,
                            mirror=mirror)
-    with pytest.raises(DeviceError, match=r"reports: AllocateTensors failed: the arena is too small.*\(TFLite Micro: Failed to allocate"):
+    with pytest.raises(DeviceError, match=r"reports: AllocateTensors failed: the arena is too small.*"
+                                          r"\(TFLite Micro: Failed to allocate"):
         run(small.elf, "cortex-m4", [], boot_timeout=20)
