@@ -41,6 +41,9 @@ class Board:
         device_defines: preprocessor symbols the device header reads (which FPU variant).
         flash: where code and read-only data are linked.
         ram: where data, bss, heap, stack and the tensor arena are linked.
+        boot: where the core reads its reset vector when that is not the start of ``flash``: a
+            two-word stub (initial stack pointer, reset handler) is linked there, and the startup
+            code points VTOR at the full vector table in flash.
         uart_base: the CMSDK APB UART0 the harness speaks its protocol on.
         systick_hz: the emulated board's SysTick (processor) clock. Under ``-icount shift=0`` QEMU
             runs one instruction per virtual nanosecond, so one SysTick tick is
@@ -59,6 +62,7 @@ class Board:
     device_defines: tuple[str, ...]
     flash: Region
     ram: Region
+    boot: int | None
     uart_base: int
     systick_hz: int
     cmsis_nn: bool
@@ -86,7 +90,7 @@ BOARDS: dict[str, Board] = {b.core: b for b in (
         core="cortex-m4", machine="mps2-an386",
         cpu_flags=("-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
         device="ARMCM4", device_defines=("ARMCM4_FP",),
-        flash=Region(0x00000000, 4 * MIB), ram=Region(0x20000000, 4 * MIB),  # SSRAM1, SSRAM2/3
+        flash=Region(0x00000000, 4 * MIB), ram=Region(0x20000000, 4 * MIB), boot=None,  # SSRAM1, SSRAM2/3
         uart_base=0x40004000, systick_hz=25_000_000, cmsis_nn=True, cmsis_nn_extension="DSP",
         cycles_per_instruction=1.2,
         cpi_basis=_CPI_BASIS.format(detail=(
@@ -97,7 +101,7 @@ BOARDS: dict[str, Board] = {b.core: b for b in (
         core="cortex-m7", machine="mps2-an500",
         cpu_flags=("-mthumb", "-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
         device="ARMCM7", device_defines=("ARMCM7_DP",),
-        flash=Region(0x00000000, 4 * MIB), ram=Region(0x20000000, 4 * MIB),
+        flash=Region(0x00000000, 4 * MIB), ram=Region(0x20000000, 4 * MIB), boot=None,
         uart_base=0x40004000, systick_hz=25_000_000, cmsis_nn=True, cmsis_nn_extension="DSP",
         cycles_per_instruction=0.7,
         cpi_basis=_CPI_BASIS.format(detail=(
@@ -108,9 +112,10 @@ BOARDS: dict[str, Board] = {b.core: b for b in (
         core="cortex-m55", machine="mps3-an547",
         cpu_flags=("-mthumb", "-mcpu=cortex-m55", "-mfloat-abi=hard"),
         device="ARMCM55", device_defines=(),
-        # The Corstone-300 boots secure: code and data use the secure aliases (address bit 28) of
-        # ITCM (512 KiB) and DTCM (512 KiB); the UART0 is the secure alias too.
-        flash=Region(0x10000000, 512 * KIB), ram=Region(0x30000000, 512 * KIB),
+        # The Corstone-300 boots secure, so everything uses the secure aliases (address bit 28):
+        # code in the 8 MiB QSPI flash, data in the 4 MiB of ISRAM0/1, the reset vector in ITCM
+        # (where the secure vector table is at reset), UART0 at its secure address.
+        flash=Region(0x38000000, 8 * MIB), ram=Region(0x31000000, 4 * MIB), boot=0x10000000,
         uart_base=0x59303000, systick_hz=32_000_000, cmsis_nn=True, cmsis_nn_extension="MVE",
         cycles_per_instruction=1.0,
         cpi_basis=_CPI_BASIS.format(detail=(
