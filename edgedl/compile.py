@@ -64,6 +64,8 @@ class CompileOptions:
     archive: bool = False
     force: bool = False               # replace an existing bundle at the output path (never anything else)
     sign_key: str | None = None       # Ed25519 private key file: sign the bundle's digest
+    kernels: str | None = None        # tflm on an MCU: cmsis_nn or reference (None: the core's default)
+    firmware: bool = True             # tflm on an MCU: build the firmware project and its ELF
     backend_options: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -114,6 +116,8 @@ class CompileOptions:
         opts = dict(self.backend_options)
         if name == "tvm":
             opts.update(tune=self.tune, trials=self.trials, tuning_db=self.tuning_db)
+        if name == "tflm":
+            opts.update(firmware=self.firmware, **({"kernels": self.kernels} if self.kernels else {}))
         return opts
 
 

@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# Firmware builds fetch TFLite Micro and CMSIS sources: from the shared offline mirror (the project
+# downloads from GitHub by default; these machines have no internet beyond the package registries).
+_MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "mirror"
+if "EDGEDL_MIRROR" not in os.environ and _MIRROR.is_dir():
+    os.environ["EDGEDL_MIRROR"] = str(_MIRROR)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

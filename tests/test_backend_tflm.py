@@ -71,15 +71,28 @@ def test_the_c_array_round_trips_to_the_tflite(lenet, compiled):
     assert "extern const unsigned char g_model_data[];" in header
     assert f"g_model_data_arena_size = {compiled.estimates['arena_bytes']};" in header
     assert (compiled.directory / "model.tflite").read_bytes() == model
-    assert sorted(compiled.files) == ["model.tflite", "model_data.cc", "model_data.h"]
+    top = sorted(f for f in compiled.files if "/" not in f)
+    assert top == ["model.tflite", "model_data.cc", "model_data.h"]
+    firmware = {f.removeprefix("firmware/") for f in compiled.files if f.startswith("firmware/")}
+    assert {"firmware.elf", "main.cc", "op_resolver.cc", "board.ld", "Makefile", "model_data.cc"} <= firmware
 
 
-def test_the_fit_check_passes_on_cortex_m7_with_stated_allowances(lenet, compiled):
+def test_flash_and_ram_on_cortex_m7_are_read_from_the_linked_firmware(lenet, compiled):
     e = compiled.estimates
-    assert e["fits"] is True
-    assert e["ram_needed_bytes"] == e["arena_bytes"] + RUNTIME_RAM_BYTES and e["ram_budget_bytes"] == 640 * 1024
-    assert e["flash_needed_bytes"] == e["model_bytes"] + e["code_flash_bytes"] and e["flash_budget_bytes"] == 2 << 20
-    assert e["model_bytes"] == lenet["int8"].stat().st_size
+    firmware = e["firmware"]
+    assert e["fits"] is True and firmware["built"] and firmware["core"] == "cortex-m7"
+    assert e["ram_needed_bytes"] == firmware["ram_bytes"] == firmware["data_bytes"] + firmware["bss_bytes"]
+    assert e["ram_needed_bytes"] > firmware["arena_bytes"] > e["arena_bytes"]  # arena, stack, heap; a margin on the arena
+    assert e["flash_needed_bytes"] == firmware["flash_bytes"] > e["model_bytes"] == lenet["int8"].stat().st_size
+    assert e["ram_budget_bytes"] == 640 * 1024 and e["flash_budget_bytes"] == 2 << 20
+    assert "read from the linked firmware" in e["note"]
+
+
+def test_without_firmware_the_fit_check_uses_stated_allowances(lenet, tmp_path):
+    e = get_backend("tflm").compile(lenet["int8"], load_target("cortex_m7"), tmp_path, {"firmware": False}).estimates
+    assert e["fits"] is True and "firmware" not in e
+    assert e["ram_needed_bytes"] == e["arena_bytes"] + RUNTIME_RAM_BYTES
+    assert e["flash_needed_bytes"] == e["model_bytes"] + e["code_flash_bytes"]
     assert "allowances" in e["note"]
 
 
@@ -150,7 +163,9 @@ def test_the_pipeline_writes_a_checked_bundle_for_cortex_m7(lenet, tmp_path):
     f = m["fidelity"]
     assert f["samples"] == 100 and f["top1_agreement"] >= 0.98  # TFLM int8 against the float Keras model
     assert f["max_abs_error"] < 0.1
-    assert sorted(e["path"] for e in m["files"]) == ["model.tflite", "model_data.cc", "model_data.h"]
+    assert sorted(e["path"] for e in m["files"] if "/" not in e["path"]) == ["model.tflite", "model_data.cc",
+                                                                              "model_data.h"]
+    assert "firmware/firmware.elf" in {e["path"] for e in m["files"]}
     assert m["toolchain"]["tflite-micro"]
 
 
@@ -224,6 +239,9 @@ def test_a_model_with_operators_only_tflite_micro_has_compiles_for_it_checked_ag
     assert m.backend == "tflm" and "SignalFftAutoScale" in m["estimates"]["operator_kernels"]
     assert m.fidelity["reference"] == "TFLite Micro's interpreter on autoscale.tflite"
     assert m.fidelity["max_abs_error"] == 0.0 and m["samples"]["synthetic"] == [-32768.0, 32767.0]
+    # the firmware harness links TFLite Micro's built-in kernels, not its Signal library: said, not hidden
+    assert m["estimates"]["firmware"]["built"] is False
+    assert "Register_FFT_AUTO_SCALE" in m["estimates"]["firmware"]["reason"]
     x = np.arange(16, dtype=np.int16).reshape(1, 16) * 10 - 50
     from edgedl.runtime import load
 

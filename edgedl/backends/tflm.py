@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ KERNEL_FLASH_BYTES = 4 * KIB      # ... plus about this much per distinct operat
 
 ARENA_ALIGNMENT = 16              # TFLM aligns the arena to 16 bytes; sizes are searched in these steps
 MAX_ARENA_BYTES = 1 << 30
-OPTIONS = ("array_name", "runtime_ram_kb", "code_flash_kb")
+OPTIONS = ("array_name", "runtime_ram_kb", "code_flash_kb", "firmware", "kernels")
+KERNEL_SETS = ("cmsis_nn", "reference")
 STEP_TIMEOUT_S = 120.0            # one build or run of TFLM's interpreter in a child process
 
 
@@ -68,6 +70,16 @@ class TFLMBackend(Backend):
                         opts["runtime_ram_bytes"], opts["code_flash_bytes"])
         if not fit["fits"]:
             raise BackendError(f"the model does not fit {target.name}: {'; '.join(fit['problems'])}")
+        firmware, no_firmware = None, None
+        if opts["firmware"] and firmware_core(target):
+            try:
+                firmware = build_target_firmware(model, target, out_dir / "firmware", arena["arena_bytes"],
+                                                 opts["kernels"])
+            except UnsupportedOperatorError as e:  # e.g. the Signal library's ops: the C array still serves
+                shutil.rmtree(out_dir / "firmware", ignore_errors=True)
+                no_firmware = f"no firmware built: {e}"
+            else:
+                fit = measured_fit(target, firmware)
         (out_dir / "model.tflite").write_bytes(model)
         sha = _io.sha256_file(out_dir / "model.tflite")
         source, header = c_array(model, opts["array_name"], sha, arena["arena_bytes"])
@@ -85,17 +97,33 @@ class TFLMBackend(Backend):
             "note": (f"arena found by bisection in {ARENA_ALIGNMENT}-byte steps with TFLM's reference kernels on "
                      "this 64-bit host: a 32-bit MCU needs the same or less for the same kernels (4-byte "
                      "pointers); optimised kernels (CMSIS-NN) may ask for other scratch buffers, so keep a margin. "
-                     f"Runtime RAM ({fit['runtime_ram_bytes']} B) and code size ({fit['code_flash_bytes']} B) "
-                     "are stated allowances, not measurements"),
+                     + (f"Flash and RAM are read from the linked firmware ({firmware.core}, {firmware.kernels} "
+                        "kernels, its arena with a margin for the kernels' scratch buffers)" if firmware else
+                        f"Runtime RAM ({fit['runtime_ram_bytes']} B) and code size ({fit['code_flash_bytes']} B) "
+                        "are stated allowances, not measurements")),
         }
+        files = ["model.tflite", "model_data.cc", "model_data.h"]
+        runtime = {"engine": "tflm", "model": "model.tflite", "arena_size": arena["arena_bytes"]}
+        if no_firmware:
+            estimates["firmware"] = {"built": False, "reason": no_firmware}
+        if firmware:
+            estimates["firmware"] = firmware_record(firmware)
+            (out_dir / "firmware" / "firmware.map").unlink(missing_ok=True)  # a build output `make` writes again
+            files += sorted(str(f.relative_to(out_dir)) for f in (out_dir / "firmware").rglob("*")
+                            if f.is_file() and "build" not in f.relative_to(out_dir / "firmware").parts)
+            runtime["firmware"] = {"elf": "firmware/firmware.elf", "core": firmware.core, "board": firmware.board,
+                                   "kernels": firmware.kernels, "arena_size": firmware.arena_bytes}
         return CompiledModel(
             backend=self.name, target=target.name, directory=out_dir,
-            files=["model.tflite", "model_data.cc", "model_data.h"],
-            runtime={"engine": "tflm", "model": "model.tflite", "arena_size": arena["arena_bytes"]},
+            files=files,
+            runtime=runtime,
             inputs=arena["inputs"], outputs=arena["outputs"],
             options={"array_name": opts["array_name"], "runtime_ram_bytes": opts["runtime_ram_bytes"],
-                     "code_flash_bytes": opts["code_flash_bytes"]},
-            toolchain={"tflite-micro": getattr(tflite_micro, "__version__", "unknown")},
+                     "code_flash_bytes": opts["code_flash_bytes"], "firmware": bool(firmware),
+                     **({"kernels": firmware.kernels} if firmware else {})},
+            toolchain={"tflite-micro": getattr(tflite_micro, "__version__", "unknown"),
+                       **({"arm-none-eabi-gcc": firmware.toolchain,
+                           "tflite-micro-sources": firmware.sources} if firmware else {})},
             estimates=estimates, compile_time_s=time.perf_counter() - start,
         )
 
@@ -136,10 +164,19 @@ def quantized_ops_refused(graph) -> dict:
 
 
 def _check_options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise OptionError(f"unknown tflm option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
     name = options.get("array_name", "g_model_data")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise OptionError(f"tflm option array_name must be a C identifier, got {name!r}")
-    out = {"array_name": name}
+    kernels = options.get("kernels")
+    if kernels is not None and kernels not in KERNEL_SETS:
+        raise OptionError(f"--kernels must be one of {', '.join(KERNEL_SETS)}, got {kernels!r}")
+    firmware = options.get("firmware", True)
+    if not isinstance(firmware, bool):
+        raise OptionError(f"tflm option firmware must be true or false, got {firmware!r}")
+    out = {"array_name": name, "kernels": kernels, "firmware": firmware}
     for key, default in (("runtime_ram_kb", RUNTIME_RAM_BYTES), ("code_flash_kb", CODE_FLASH_BYTES)):
         value = options.get(key)
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
@@ -325,6 +362,52 @@ def fit_check(target, arena_bytes: int, model_bytes: int, num_kernels: int,
     return {"ram_needed_bytes": ram_needed, "ram_budget_bytes": ram, "runtime_ram_bytes": runtime_ram_bytes,
             "flash_needed_bytes": flash_needed, "flash_budget_bytes": flash, "code_flash_bytes": code,
             "fits": not problems, "problems": problems}
+
+
+def firmware_core(target) -> str | None:
+    """The Cortex-M core edgedl builds a firmware for on an MCU target (None: not an MCU, or a core
+    without an emulated board)."""
+    if target.kind != "mcu":
+        return None
+    from edgedl.mcu.boards import BOARDS
+
+    arch = str(target.cpu.get("arch", ""))
+    return arch if arch in BOARDS else None
+
+
+def build_target_firmware(model: bytes, target, out: Path, arena_bytes: int, kernels: str | None):
+    """The firmware project and ELF for ``target``'s core (:func:`edgedl.mcu.build.build_firmware`),
+    with the measured arena plus a quarter and 4 KiB for the optimised kernels' scratch buffers."""
+    from edgedl.mcu.build import build_firmware
+
+    return build_firmware(model, core=firmware_core(target), kernels=kernels, out_dir=out,
+                          arena_bytes=arena_bytes + arena_bytes // 4 + 4096)
+
+
+def measured_fit(target, firmware) -> dict:
+    """Flash (text + data) and RAM (data + bss: arena, stack, heap) of the linked firmware against the
+    target's budgets; a BackendError with the numbers when it does not fit."""
+    problems = []
+    ram, flash = target.ram_bytes, target.flash_bytes
+    if ram is not None and firmware.ram_bytes > ram:
+        problems.append(f"the firmware needs {_kib(firmware.ram_bytes)} of RAM (arena {_kib(firmware.arena_bytes)}, "
+                        f"data, stack and heap), {target.name} has {_kib(ram)}: {_kib(firmware.ram_bytes - ram)} over")
+    if flash is not None and firmware.flash_bytes > flash:
+        problems.append(f"the firmware needs {_kib(firmware.flash_bytes)} of flash (model {_kib(firmware.model_bytes)} "
+                        f"and code), {target.name} has {_kib(flash)}: {_kib(firmware.flash_bytes - flash)} over")
+    if problems:
+        raise BackendError(f"the model does not fit {target.name}: {'; '.join(problems)}")
+    return {"ram_needed_bytes": firmware.ram_bytes, "ram_budget_bytes": ram, "flash_needed_bytes": firmware.flash_bytes,
+            "flash_budget_bytes": flash, "fits": True, "measured": "read from the linked firmware's ELF"}
+
+
+def firmware_record(firmware) -> dict:
+    """What the manifest says of a firmware build."""
+    return {"built": True, "core": firmware.core, "board": firmware.board, "kernels": firmware.kernels,
+            "operators": firmware.operators, "flash_bytes": firmware.flash_bytes, "ram_bytes": firmware.ram_bytes,
+            "text_bytes": firmware.text_bytes, "data_bytes": firmware.data_bytes, "bss_bytes": firmware.bss_bytes,
+            "arena_bytes": firmware.arena_bytes, "build_seconds": firmware.build_seconds,
+            "library_compiled": firmware.library_compiled, "library_files": firmware.library_files}
 
 
 def _kib(n: int) -> str:

@@ -43,11 +43,16 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (tuning database kept and reused).")
 @click.option("--trials", type=COUNT, default=64, show_default=True, help="TVM: MetaSchedule trials in total.")
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
+@click.option("--kernels", type=click.Choice(["cmsis_nn", "reference"]),
+              help="TFLite Micro on a Cortex-M: CMSIS-NN's optimised kernels or the reference ones (default: "
+                   "CMSIS-NN where the core has them).")
+@click.option("--no-firmware", "no_firmware", is_flag=True,
+              help="TFLite Micro on a Cortex-M: write the model's C array only, no firmware project and ELF.")
 @click.option("--threads", "num_threads", type=COUNT, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data,
                     preprocess, calibration, data_dir, num_samples, max_disagreement, max_accuracy_drop, min_snr_db,
-                    tune, trials, tuning_db, num_threads, as_json):
+                    tune, trials, tuning_db, kernels, no_firmware, num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
     \b
@@ -55,6 +60,7 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
       edgedl compile lenet.keras --target x86_64 --quantize int8
       edgedl compile model.tflite --target rpi4 --backend tvm -o model-rpi4.edgedl
       edgedl compile lenet.keras --target ethos_u55_128 --quantize int8
+      edgedl compile lenet.keras --target cortex_m4 --quantize int8 --kernels cmsis_nn
       edgedl compile model.keras --target x86_64 -q int8 --data photos/ --preprocess resize=96x96
     """
     from pathlib import Path
@@ -69,7 +75,7 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
                              num_samples=num_samples, max_disagreement=max_disagreement,
                              max_accuracy_drop=max_accuracy_drop, min_snr_db=min_snr_db, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
-                             sign_key=sign_key)
+                             sign_key=sign_key, kernels=kernels, firmware=not no_firmware)
     out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out  # compile_model checks it before any work
     console = Console(stderr=True)
     status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))

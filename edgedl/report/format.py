@@ -72,7 +72,18 @@ def _number(v) -> str:
     return str(v)
 
 
+def _firmware(v: dict) -> str:
+    """A TFLite Micro firmware build in one line: core, board, kernels, flash and RAM of its ELF."""
+    if not v.get("built"):
+        return v.get("reason") or "not built"
+    return (f"{v['core']} ({v['board']} board), {v['kernels']} kernels: flash {size(v['flash_bytes'])} "
+            f"(text + data), RAM {size(v['ram_bytes'])} (data + bss, arena {size(v['arena_bytes'])}), read from "
+            f"the ELF; {len(v.get('operators') or [])} operators registered")
+
+
 def _estimate(key: str, v) -> str:
+    if key == "firmware" and isinstance(v, dict):
+        return _firmware(v)
     if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_bytes"):
         return size(v)
     if isinstance(v, dict):
