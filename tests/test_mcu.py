@@ -194,6 +194,41 @@ def test_device_urls():
         open_device("tcp://board:1")
 
 
+def test_client_frames_over_a_pipe():
+    """The host side alone: junk before a frame is skipped, logs are kept, TFLite Micro's HALTED and
+    the firmware's error frames are one-line errors, silence ends at the deadline."""
+    import struct
+
+    from edgedl.mcu.protocol import HEADER, MAGIC
+
+    def frame(kind, payload=b""):
+        return HEADER.pack(MAGIC, ord(kind), len(payload)) + payload
+
+    spec = struct.pack("<BIB", 9, 4, 2) + struct.pack("<ii", 1, 4) + struct.pack("<fi", 0.5, -3)
+    hello = struct.pack("<BIIIBB", 1, 4096, 1000, 0x410FC241, 1, 1) + spec + spec
+    r, w = os.pipe()
+    try:
+        client = Client(FdTransport(r, w), timeout=1, name="the test board")
+        os.write(w, b"boot banner\r\nEDG" + frame("L", b"hello from TFLM\n") + frame("H", hello))
+        info = client.hello()
+        assert (info.arena_used_bytes, info.inputs[0].dtype, info.inputs[0].shape) == (1000, "int8", [1, 4])
+        assert info.outputs[0].zero_point == -3 and client.logs == ["hello from TFLM"]
+        os.write(w, frame("L", b"Failed to allocate 99 bytes\n") + frame("L", b"\r\n") + frame("E", b"Invoke failed\n"))
+        with pytest.raises(DeviceError, match=r"^the firmware on the test board reports: Invoke failed "
+                                              r"\(TFLite Micro: hello from TFLM / Failed to allocate 99 bytes\)$"):
+            client.read_frame("a result")
+        os.write(w, frame("L", b"HALTED\n"))
+        with pytest.raises(DeviceError, match=r"halted: TFLite Micro aborted after: .*Failed to allocate 99 bytes$"):
+            client.read_frame("a result")
+        start = time.monotonic()
+        with pytest.raises(DeviceError, match=r"did not answer within 0.3 s while edgedl waited for a result$"):
+            client.read_frame("a result", timeout=0.3)
+        assert time.monotonic() - start < 1
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # ----------------------------------------------------------------------------- firmware
 
 

@@ -285,6 +285,9 @@ class Client:
             kind = chr(kind)
             if kind == "L":
                 text = payload.decode("utf-8", "replace").strip()
+                if text == "HALTED":  # TFLite Micro's TFLITE_ABORT: it prints this, then spins forever
+                    said = f" after: {' / '.join(self.logs[-3:])}" if self.logs else ""
+                    raise DeviceError(f"the firmware on {self.name} halted: TFLite Micro aborted{said}")
                 if text:  # MicroPrintf ends each message with a separate line break
                     self.logs.append(text)
                     log.debug("%s: %s", self.name, text)

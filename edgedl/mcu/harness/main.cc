@@ -309,6 +309,16 @@ extern "C" void edgedl_fault(uint32_t* frame, uint32_t exc_return) {
   Halt(2);
 }
 
+// abort() (TFLite Micro's TFLITE_ABORT, a failed assertion) and exit() end here instead of in
+// newlib's endless loop, so the host hears about it.
+extern "C" void _exit(int code) {
+  char text[120];
+  snprintf(text, sizeof(text), "FAULT exit(%d) pc=0x%08lx: the firmware aborted (an assertion in TFLite Micro?)", code,
+           reinterpret_cast<unsigned long>(__builtin_return_address(0)));
+  TextFrame('F', text);
+  Halt(3);
+}
+
 extern "C" __attribute__((naked)) void HardFault_Handler(void) {
   __asm__ volatile(
       "tst lr, #4\n"
