@@ -144,6 +144,8 @@ def test_fetch_unpacks_from_the_mirror_once(mirror, tmp_path, monkeypatch):
     assert sources.fetch(names=["kissfft"])["kissfft"] == folder
     assert folder.stat().st_mtime_ns == stamp
     assert not list(folder.parent.glob(".*"))  # no temporary folders left behind
+    cached = {s["name"]: s["cached"] for s in sources.status()}
+    assert cached["kissfft"] and not cached["tflite-micro"]
 
 
 def test_fetch_names_the_missing_archive_and_the_mirror_option(tmp_path, monkeypatch):

@@ -128,6 +128,20 @@ def fetch(mirror: str | os.PathLike | None = None, names: list[str] | None = Non
     return out
 
 
+def status() -> list[dict]:
+    """Each pinned source and whether it is in the cache: ``[{"name", "repository", "commit", "url",
+    "path", "cached"}]`` (for ``edgedl toolchain``).
+
+    Example:
+        >>> [s["name"] for s in status()][:2]
+        ['tflite-micro', 'cmsis-nn']
+    """
+    root = sources_dir()
+    return [{"name": s.name, "repository": s.repository, "commit": s.commit, "url": s.url,
+             "path": str(root / s.folder_name), "cached": (root / s.folder_name).is_dir()}
+            for s in SOURCES.values()]
+
+
 def _hint() -> str:
     return f"pass --mirror DIR (or set {MIRROR_ENV}) with a folder holding the archive"
 
