@@ -457,3 +457,16 @@ def test_an_arena_too_small_is_reported_at_boot(firmware, lenet_model, mirror, t
     with pytest.raises(DeviceError, match=r"reports: AllocateTensors failed: the arena is too small.*"
                                           r"\(TFLite Micro: Failed to allocate"):
         run(small.elf, "cortex-m4", [], boot_timeout=20)
+
+
+def test_a_board_that_stops_reading_ends_the_send_in_time():
+    r, w = os.pipe()
+    try:
+        client = Client(FdTransport(r, w), timeout=0.5, name="the test board")
+        start = time.monotonic()
+        with pytest.raises(DeviceError, match=r"took no more input for the time allowed .* it stopped reading"):
+            client.send("I", bytes(1 << 20))  # nobody reads the pipe: it fills
+        assert time.monotonic() - start < 2
+    finally:
+        os.close(r)
+        os.close(w)

@@ -474,6 +474,8 @@ def build_firmware(model: bytes | str | os.PathLike, core: str = "cortex-m4", ke
     compile_units(app_units)
 
     elf = out / "firmware.elf"
+    elf.unlink(missing_ok=True)  # a failed link must not leave an older firmware looking current
+    _write_makefile(out, board, kernels, src, flags, app_units + units, tools)
     objects = [dirs[u.group] / u.obj for u in app_units + units]
     link_error = _link(tools, board, out, objects, elf)
     if link_error and "undefined reference" in link_error:
@@ -487,7 +489,7 @@ def build_firmware(model: bytes | str | os.PathLike, core: str = "cortex-m4", ke
         link_error = _link(tools, board, out, objects, elf)
     if link_error:
         raise BackendError(link_error)
-    _write_makefile(out, board, kernels, src, flags, app_units + units, tools)
+    _write_makefile(out, board, kernels, src, flags, app_units + units, tools)  # the units may have grown
 
     text, data, bss = elf_sizes(elf)
     return FirmwareBuild(

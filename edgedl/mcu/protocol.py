@@ -47,7 +47,7 @@ class Transport:
     def read(self, n: int, deadline: float) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def write(self, data: bytes) -> None:  # pragma: no cover - interface
+    def write(self, data: bytes, deadline: float | None = None) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def close(self) -> None:
@@ -85,11 +85,15 @@ class FdTransport(Transport):
                 return b""
             return data
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, deadline: float | None = None) -> None:
         view = memoryview(data)
         while view:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and (left <= 0 or not select.select([], [self.write_fd], [], left)[1]):
+                raise DeviceError(f"the board took no more input for the time allowed ({len(view)} of "
+                                  f"{len(data)} bytes unsent): it stopped reading")
             try:
-                written = os.write(self.write_fd, view)
+                written = os.write(self.write_fd, view[:select.PIPE_BUF])  # never blocks once writable
             except OSError as e:
                 self.closed = True
                 raise DeviceError(f"the board's connection closed while sending ({e.strerror or e})") from None
@@ -121,12 +125,16 @@ class SerialTransport(Transport):
                 return data
         return b""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, deadline: float | None = None) -> None:
         import serial
 
+        if deadline is not None:
+            self.port.write_timeout = max(0.1, deadline - time.monotonic())
         try:
             self.port.write(data)
             self.port.flush()
+        except serial.SerialTimeoutException:
+            raise DeviceError("the board took no more input for the time allowed: it stopped reading") from None
         except (serial.SerialException, OSError) as e:
             self.closed = True
             raise DeviceError(f"the serial port closed while sending ({e})") from None
@@ -301,7 +309,8 @@ class Client:
             return kind, payload
 
     def send(self, kind: str, payload: bytes = b"") -> None:
-        self.transport.write(HEADER.pack(MAGIC, ord(kind), len(payload)) + payload)
+        """Send one frame; a board that stops reading ends it after the client's timeout."""
+        self.transport.write(HEADER.pack(MAGIC, ord(kind), len(payload)) + payload, time.monotonic() + self.timeout)
 
     # -- commands
 
