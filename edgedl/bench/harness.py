@@ -18,7 +18,7 @@ import numpy as np
 from edgedl import _io
 from edgedl.bench.options import BenchOptions
 from edgedl.bench.result import BenchResult
-from edgedl.errors import DeviceError, EdgeDLError
+from edgedl.errors import DeviceError, EdgeDLError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,15 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
     options.validate()
     opened = open_bundle(bundle)  # verify before anything runs
     x, y, desc = samples(opened.manifest, options)
+    from edgedl.bench.mcu import has_firmware, measure_mcu
+
+    serial = str(options.device or "").startswith("serial://")
+    if serial and not has_firmware(opened.manifest):
+        raise OptionError(f"{bundle} has no microcontroller firmware (compile it with --backend tflm for a Cortex-M "
+                          f"target); a serial:// device runs that firmware")
+    if has_firmware(opened.manifest) and (options.device is None or serial):
+        result = measure_mcu(opened, x, y, device=options.device, timeout=options.timeout, progress=progress)
+        return _finish(result, options, opened, x, y, desc)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
                    "repeats": options.repeats, "threads": options.threads, "samples": None}
@@ -152,6 +161,12 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
         else:
             result = run_local(bundle, request, options.timeout, progress=progress)
     result["device"] = options.device or "local"
+    return _finish(result, options, opened, x, y, desc)
+
+
+def _finish(result: dict, options: BenchOptions, opened, x, y, desc) -> BenchResult:
+    """What only the host adds to a device's measurement: the data set, the float reference's
+    agreement, the estimates beside the measurements, the time."""
     if desc:
         result.setdefault("accuracy", {}).update(desc)
     top1 = np.asarray(result.pop("outputs_top1", []))
@@ -207,6 +222,11 @@ def _estimates_vs_measured(result: dict) -> dict:
     """Put each estimate beside the measurement of the same quantity, where both exist."""
     est = result.get("estimates") or {}
     out = {}
+    if "mcu" in result:  # the firmware's own arena use against the arena measured on this host
+        if est.get("arena_bytes"):
+            out["arena_bytes"] = {"estimated": est["arena_bytes"], "measured": result["mcu"]["arena_used_bytes"],
+                                  "note": "used by the firmware's kernels on the device"}
+        return out
     ms = est.get("inference_time_ms")
     if ms is not None:
         out["latency_us"] = {"estimated": float(ms) * 1000.0, "measured_p50": result["timing"]["latency"]["p50_us"],

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from edgedl.errors import OptionError
 
-FORMS = ("HOST:PORT (an `edgedl serve` agent, e.g. 127.0.0.1:9090) or tracker://HOST:PORT/KEY (a TVM tracker "
-         "and the device key to ask it for, e.g. tracker://127.0.0.1:9190/edgedl)")
+FORMS = ("HOST:PORT (an `edgedl serve` agent, e.g. 127.0.0.1:9090), tracker://HOST:PORT/KEY (a TVM tracker "
+         "and the device key to ask it for, e.g. tracker://127.0.0.1:9190/edgedl) or serial:///dev/ttyACM0 (a "
+         "microcontroller flashed with the bundle's firmware)")
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$")
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -95,8 +96,14 @@ class BenchOptions:
         if (isinstance(self.timeout, bool) or not isinstance(self.timeout, Real) or not math.isfinite(self.timeout)
                 or self.timeout <= 0):
             raise OptionError(f"--timeout must be a positive, finite number of seconds, got {self.timeout!r}")
-        if self.device:
+        if self.device and not str(self.device).startswith("serial://"):
             parse_device(self.device)  # a malformed --device fails before any data is loaded
+        elif self.device:
+            from urllib.parse import urlparse
+
+            if not urlparse(self.device).path:
+                raise OptionError(f"--device got '{self.device}'; a board on a serial port is serial:///dev/ttyACM0 "
+                                  "(optionally ?baud=115200)")
         if self.data is not None and self.dataset is not None:
             raise OptionError("give one of --dataset (a built-in data set) and --data (a file or folder), not both")
         if self.preprocess and self.data is None:

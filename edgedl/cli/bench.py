@@ -21,7 +21,9 @@ from edgedl.cli._options import COUNT, COUNT_OR_ZERO, SECONDS
 @click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed runs per repeat.")
 @click.option("--repeats", type=COUNT, default=5, show_default=True, help="Repeats (their spread is reported).")
 @click.option("--threads", type=COUNT, default=1, show_default=True, help="Engine threads.")
-@click.option("--device", help="HOST:PORT of an `edgedl serve` agent, or tracker://HOST:PORT/KEY (default: here).")
+@click.option("--device", help="HOST:PORT of an `edgedl serve` agent, tracker://HOST:PORT/KEY, or serial:///dev/ttyACM0 "
+                                "(a microcontroller flashed with the bundle's firmware) (default: here; a Cortex-M "
+                                "bundle's firmware runs on the emulated board of its core).")
 @click.option("--timeout", type=SECONDS, default=600, show_default=True, help="Seconds before a run counts as hung.")
 @click.option("--retries", type=COUNT_OR_ZERO, default=0, show_default=True, help="Retries on a lost remote device.")
 @click.option("--reference", type=click.Path(exists=True), help="Float model for top-1 agreement (.keras or .tflite).")
@@ -31,11 +33,17 @@ def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, ru
                   retries, reference, output, as_json):
     """Benchmark BUNDLE: load time, first and warm latency, throughput, memory, accuracy.
 
+    A Cortex-M bundle (compiled with --backend tflm for a cortex_m* target) runs its own firmware:
+    on the emulated board of its core (instructions counted exactly; latency an estimate at the
+    target's clock) or on a board on a serial port (cycles), scoring the data set there, with flash
+    and RAM read from the firmware.
+
     \b
     Examples:
       edgedl bench lenet.edgedl --dataset mnist
       edgedl bench model.edgedl --data photos/
       edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
+      edgedl bench lenet-m4.edgedl --device serial:///dev/ttyACM0
     """
     from edgedl import _io
     from edgedl.bench import BenchResult
