@@ -6,6 +6,12 @@ Where it sits: :func:`edgedl.bench.harness.bench` returns a :class:`BenchResult`
 :mod:`edgedl.report.bench` reads result files with :func:`read_results`. On disk a result is one JSON
 object in the schema :data:`SCHEMA`. Only the standard library is imported, so the device agent can
 import the schema too.
+
+A result is either *timed* (a ``timing`` object: latencies measured on the device) or a
+*microcontroller run* (an ``mcu`` object and no ``timing``: the bundle's firmware on an emulated
+Cortex-M board or a real one on a serial port, with instructions or cycles per inference and a
+latency that is an estimate, never a measurement). :attr:`BenchResult.is_mcu` tells them apart, and
+:attr:`BenchResult.p50` is None for a microcontroller run.
 """
 
 from __future__ import annotations
@@ -21,18 +27,28 @@ from edgedl.errors import InputFileError
 SCHEMA = "edgedl.bench/1"
 HOW_TO_MAKE = f"expected a result of `edgedl bench BUNDLE -o run.json` (schema {SCHEMA})"
 
-# Fields a result must have to be read; everything else is optional and shown where present.
+# Fields a result must have to be read; everything else is optional and shown where present. A timed
+# result needs the timing fields; a microcontroller run (an "mcu" object) needs REQUIRED_MCU instead.
 REQUIRED = (
     ("bundle", "path"), ("bundle", "backend"), ("bundle", "target"),
     ("timing", "latency", "p50_us"), ("timing", "latency", "p90_us"), ("timing", "latency", "p99_us"),
     ("timing", "latency", "min_us"), ("timing", "latency", "max_us"),
 )
+REQUIRED_MCU = (("mcu", "estimated_latency_ms"),)
+# A microcontroller run counts one of these per inference: instructions (emulated) or cycles (a board).
+MCU_COUNTS = (("mcu", "instructions"), ("mcu", "cycles"))
 # Optional figures: absent or null is fine, anything else must be a finite number (a list of them for lists).
 OPTIONAL_NUMBERS = (
     ("timing", "spread", "relative"), ("timing", "throughput_per_s"), ("accuracy", "accuracy"),
     ("bundle", "size_bytes"), ("memory", "peak_rss_bytes"), ("memory", "arena_bytes"),
+    ("mcu", "instructions_per_tick"), ("mcu", "clock_hz"), ("mcu", "cycles_per_instruction"),
+    ("mcu", "flash_bytes"), ("mcu", "ram_bytes"), ("mcu", "arena_bytes"), ("mcu", "arena_used_bytes"),
+    ("mcu", "fidelity", "top1_agreement"), ("mcu", "fidelity", "max_step_difference"),
+    ("mcu", "fidelity", "identical_share"),
 )
-OPTIONAL_NUMBER_LISTS = (("timing", "repeat_p50_us"),)
+OPTIONAL_NUMBER_LISTS = (("timing", "repeat_p50_us"), ("mcu", "instructions_range"), ("mcu", "cycles_range"))
+# Per operator type of a microcontroller run: optional figures of each entry of mcu.operators.
+OPERATOR_NUMBERS = ("count", "instructions", "cycles", "share")
 
 
 @dataclass
@@ -77,7 +93,11 @@ class BenchResult:
         return self.data
 
     def to_text(self) -> str:
-        """The result for a terminal: where it ran, latency, throughput, memory, accuracy and estimates."""
+        """The result for a terminal: where it ran, latency, throughput, memory, accuracy and estimates
+        (for a microcontroller run: board, kernels, instructions or cycles, the estimated latency,
+        flash, RAM, arena, accuracy, agreement with the reference kernels and the top operators)."""
+        if self.is_mcu:
+            return self._mcu_text()
         r = self.data
         t, lat = r["timing"], r["timing"]["latency"]
         b = r["bundle"]
@@ -103,6 +123,75 @@ class BenchResult:
             lines.append(f"  {k}: estimated {v['estimated']:.1f} vs measured {measured:.1f}"
                          + (f" ({v['note']})" if v.get("note") else ""))
         return "\n".join(lines)
+
+    def _mcu_text(self) -> str:
+        r, m, b = self.data, self.mcu, self.data["bundle"]
+        host = (r.get("host") or {}).get("machine")
+        lines = [f"{b['path']}: {b['backend']} for {b['target']} on {self.device}" + (f" ({host})" if host else "")]
+        board = f"{m.get('board') or '?'}" + (f" ({m['core']})" if m.get("core") else "")
+        where = (f"emulated board {board}" if m.get("emulated")
+                 else f"board {board} on {self.device.removeprefix('serial://')}" if self.device.startswith("serial:")
+                 else f"board {board}")
+        lines.append(f"  ran on the {where}; {m.get('kernels') or '?'} kernels")
+        samples = (r.get("settings") or {}).get("samples")
+        over = f" over {samples} samples" if samples else ""
+        if self.instructions is not None:
+            span = _range_text(m.get("instructions_range"))
+            tick = m.get("instructions_per_tick")
+            exact = f"; resolution {_count(tick)} instruction{'s' if tick != 1 else ''}" if tick else ""
+            lines.append(f"  instructions per inference {_count(self.instructions)} (median{over}{span}{exact})")
+        if self.cycles is not None:
+            lines.append(f"  cycles per inference {_count(self.cycles)} (median{over}"
+                         f"{_range_text(m.get('cycles_range'))}; the board's SysTick)")
+        lines.append(f"  latency: {self.estimate_text()}")
+        memory = [f"{label} {_kib(m.get(key))}" for label, key in (("flash", "flash_bytes"), ("RAM", "ram_bytes"))
+                  if m.get(key) is not None]
+        if memory:
+            memory[-1] += " from the ELF"
+        arena, used = m.get("arena_bytes", (r.get("memory") or {}).get("arena_bytes")), m.get("arena_used_bytes")
+        if arena is not None:
+            arena = f"arena {int(arena) / 1024:,.1f} KiB"
+            memory.append(f"{arena} ({int(used) / 1024:,.1f} KiB used)" if used is not None else arena)
+        if memory:
+            lines.append("  memory: " + ", ".join(memory))
+        acc = r.get("accuracy") or {}
+        if acc.get("accuracy") is not None:
+            on = " ".join(str(v) for v in (acc.get("samples", "?"), acc.get("dataset"), acc.get("split")) if v)
+            lines.append(f"  accuracy {100 * acc['accuracy']:.2f}% on {on} samples (computed by the firmware)")
+        fid = m.get("fidelity") or {}
+        if fid:
+            parts = []
+            if fid.get("top1_agreement") is not None:
+                parts.append(f"top-1 agreement {100 * fid['top1_agreement']:.2f}%")
+            if fid.get("max_step_difference") is not None:
+                parts.append(f"max step difference {_count(fid['max_step_difference'])}")
+            if fid.get("identical_share") is not None:
+                parts.append(f"identical outputs {100 * fid['identical_share']:.2f}%")
+            on = f" on {fid['samples']} samples" if fid.get("samples") else ""
+            lines.append(f"  fidelity vs {fid.get('reference') or 'the reference kernels'}{on}: "
+                         + (", ".join(parts) or "no figures"))
+        ops = list(zip(self.operators, self.operator_shares))[:5]
+        if ops:
+            unit = self.count_unit
+            lines.append(f"  top operators by {unit}: " + "; ".join(
+                f"{op.get('operator', '?')}" + (f" x{op['count']}" if op.get("count") is not None else "")
+                + (f" {100 * share:.1f}%" if share is not None else "")
+                + (f" ({_count(op[unit])})" if op.get(unit) is not None else "") for op, share in ops))
+        return "\n".join(lines)
+
+    def estimate_text(self) -> str:
+        """The estimated latency of a microcontroller run, with its basis, said to be an estimate:
+        ``estimated 27.75 ms at 64 MHz (assumes CPI 1.2; an estimate, not a measurement)``."""
+        m = self.mcu
+        clock = m.get("clock_hz")
+        at = f" at {clock / 1e6:g} MHz" if clock else ""
+        if self.instructions is not None and m.get("cycles_per_instruction") is not None:
+            basis = f"assumes CPI {m['cycles_per_instruction']:g}"
+        elif self.cycles is not None:
+            basis = "cycles counted on the board / its clock"
+        else:
+            basis = m.get("latency_basis") or "basis not stated"
+        return f"estimated {self.estimated_latency_ms:.2f} ms{at} ({basis}; an estimate, not a measurement)"
 
     # ----- key figures -----
 
@@ -130,26 +219,89 @@ class BenchResult:
         return self.name, self.target, self.device
 
     @property
+    def is_mcu(self) -> bool:
+        """A microcontroller run (an ``mcu`` object): counts and an estimated latency, no measured timing."""
+        return isinstance(self.data.get("mcu"), dict)
+
+    @property
     def latency(self) -> dict:
+        """The measured latency percentiles (µs); empty for a microcontroller run, which measures none."""
+        if self.is_mcu:
+            return (self.data.get("timing") or {}).get("latency") or {}
         return self.data["timing"]["latency"]
 
     @property
-    def p50(self) -> float:
-        return float(self.latency["p50_us"])
+    def p50(self) -> float | None:
+        """The measured median latency (µs); None for a microcontroller run (its latency is an estimate)."""
+        return None if self.is_mcu else float(self.latency["p50_us"])
 
     @property
     def repeat_p50(self) -> list[float]:
-        return [float(v) for v in self.data["timing"].get("repeat_p50_us") or []]
+        return [float(v) for v in (self.data.get("timing") or {}).get("repeat_p50_us") or []]
 
     @property
     def spread(self) -> float | None:
-        spread = (self.data["timing"].get("spread") or {}).get("relative")
+        spread = ((self.data.get("timing") or {}).get("spread") or {}).get("relative")
         return None if spread is None else float(spread)
 
     @property
     def throughput(self) -> float | None:
-        value = self.data["timing"].get("throughput_per_s")
+        value = (self.data.get("timing") or {}).get("throughput_per_s")
         return None if value is None else float(value)
+
+    @property
+    def mcu(self) -> dict:
+        """The ``mcu`` object of a microcontroller run (empty for a timed result)."""
+        return self.data.get("mcu") if self.is_mcu else {}
+
+    @property
+    def estimated_latency_ms(self) -> float | None:
+        """A microcontroller run's estimated latency (ms) from instructions or cycles at the clock; None otherwise."""
+        value = self.mcu.get("estimated_latency_ms")
+        return None if value is None else float(value)
+
+    @property
+    def instructions(self) -> int | None:
+        """Instructions per inference (median) of an emulated microcontroller run; None otherwise."""
+        value = self.mcu.get("instructions")
+        return None if value is None else int(value)
+
+    @property
+    def cycles(self) -> int | None:
+        """Cycles per inference (median) counted on a real board; None otherwise."""
+        value = self.mcu.get("cycles")
+        return None if value is None else int(value)
+
+    @property
+    def count_unit(self) -> str:
+        """What a microcontroller run counts per inference and per operator: ``instructions`` or ``cycles``."""
+        return "instructions" if self.instructions is not None or self.cycles is None else "cycles"
+
+    @property
+    def flash_bytes(self) -> int | None:
+        """Flash (text + data) of a microcontroller run's firmware, read from its ELF; None otherwise."""
+        value = self.mcu.get("flash_bytes")
+        return None if value is None else int(value)
+
+    @property
+    def ram_bytes(self) -> int | None:
+        """RAM (data + bss, arena included) of a microcontroller run's firmware; None otherwise."""
+        value = self.mcu.get("ram_bytes")
+        return None if value is None else int(value)
+
+    @property
+    def operators(self) -> list[dict]:
+        """A microcontroller run's counts per operator type, largest first (empty otherwise)."""
+        return [op for op in self.mcu.get("operators") or [] if isinstance(op, dict)]
+
+    @property
+    def operator_shares(self) -> list[float | None]:
+        """Each of :attr:`operators`' share of the run's count: as reported, else from the counts."""
+        unit = self.count_unit
+        total = sum(float(op.get(unit) or 0) for op in self.operators)
+        return [float(op["share"]) if op.get("share") is not None
+                else float(op[unit]) / total if op.get(unit) is not None and total > 0 else None
+                for op in self.operators]
 
     @property
     def accuracy(self) -> float | None:
@@ -220,16 +372,30 @@ def _problem(item) -> str | None:
         if isinstance(schema, str) and schema.startswith("edgedl.bench/"):
             return f"its schema {schema} is not {SCHEMA}, the one this edgedl ({__version__}) reads"
         return f"its schema is {schema!r}"
-    for path in REQUIRED:
+    mcu = "mcu" in item
+    if mcu and not isinstance(item["mcu"], dict):
+        return f"mcu is {_kind(item['mcu'])}, not an object"
+    required = ([p for p in REQUIRED if p[0] != "timing"] + list(REQUIRED_MCU)) if mcu else REQUIRED
+    for path in required:
         node = item
         for part in path:
             if not isinstance(node, dict) or part not in node:
                 return f"it lacks {'.'.join(path)}"
             node = node[part]
-        if path[0] == "timing":
+        if path[0] in ("timing", "mcu"):
             problem = _not_a_number(".".join(path), node)
             if problem:
                 return problem
+    if mcu:
+        counts = [path for path in MCU_COUNTS if item["mcu"].get(path[1]) is not None]
+        if not counts:
+            return "it lacks mcu.instructions or mcu.cycles (a microcontroller run counts one per inference)"
+        problem = next((p for p in (_not_a_number(".".join(path), item["mcu"][path[1]]) for path in counts) if p), None)
+        if problem:
+            return problem
+        problem = _operators_problem(item["mcu"].get("operators"))
+        if problem:
+            return problem
     for path in OPTIONAL_NUMBERS + OPTIONAL_NUMBER_LISTS:
         node = item
         for i, part in enumerate(path):
@@ -250,6 +416,42 @@ def _problem(item) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _operators_problem(operators) -> str | None:
+    """Why ``mcu.operators`` is not a list of per-operator counts, or None (absent or null is fine)."""
+    if operators is None:
+        return None
+    if not isinstance(operators, list):
+        return f"mcu.operators is {_kind(operators)}, not a list"
+    for j, op in enumerate(operators):
+        name = f"mcu.operators[{j}]"
+        if not isinstance(op, dict):
+            return f"{name} is {_kind(op)}, not an object"
+        if not isinstance(op.get("operator"), str):
+            return f"{name}.operator is {_kind(op.get('operator'))}, not an operator name"
+        for key in OPERATOR_NUMBERS:
+            problem = op.get(key) is not None and _not_a_number(f"{name}.{key}", op[key])
+            if problem:
+                return problem
+    return None
+
+
+def _range_text(span) -> str:
+    """``, min 1,479,960, max 1,480,040`` for a [min, max] pair, else nothing."""
+    if isinstance(span, list) and len(span) == 2 and all(v is not None for v in span):
+        return f", min {_count(span[0])}, max {_count(span[1])}"
+    return ""
+
+
+def _count(value) -> str:
+    """A count for people: 1,480,000; 40; 1.5."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{float(value):,.1f}"
+
+
+def _kib(n) -> str:
+    """Bytes as ``173.1 KiB (177,300 B)``."""
+    return "?" if n is None else f"{int(n) / 1024:,.1f} KiB ({int(n):,} B)"
 
 
 def _not_a_number(name: str, node) -> str | None:

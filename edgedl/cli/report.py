@@ -1,4 +1,5 @@
-"""``edgedl report``: benchmark results side by side (HTML with plots, or Markdown), with a regression check."""
+"""``edgedl report``: benchmark results side by side (HTML with plots, or Markdown), with a regression check;
+microcontroller runs (estimated latencies) in tables of their own."""
 
 import json
 
@@ -39,7 +40,8 @@ def report(results, output, baseline, threshold, fail_on_regression, as_json):
         click.echo(json.dumps(rep.summary(), indent=2))
     elif output:
         front = ", ".join(r.label for r in rep.pareto) or "none (no accuracy)"
-        click.echo(f"wrote {output}: {len(rep.runs)} run(s); Pareto front: {front}")
+        on_mcu = f" ({len(rep.mcu_runs)} on microcontrollers, latency estimated)" if rep.mcu_runs else ""
+        click.echo(f"wrote {output}: {len(rep.runs)} run(s){on_mcu}; Pareto front: {front}")
         if rep.baseline:
             click.echo(rep.regression_summary())
     else:

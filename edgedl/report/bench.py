@@ -9,7 +9,13 @@ number of them and shows
   other run is both faster and at least as accurate) marked and listed;
 * each run's latency distribution (min, p50, p90, p99, max and the median of every repeat);
 * against a baseline, per bundle, target and device: the baseline p50, the new p50, the change and
-  a verdict (a slowdown beyond the threshold is a regression).
+  a verdict (a slowdown beyond the threshold is a regression);
+* microcontroller runs (results with an ``mcu`` object: firmware on an emulated or real Cortex-M
+  board) in a table of their own (board, kernels, instructions or cycles per inference, the
+  estimated latency marked as an estimate, flash, RAM, arena, accuracy, agreement with the
+  reference kernels) and a table (and, in HTML, a plot) of their instructions per operator type.
+  Their latency is an estimate, never a measurement: they stay out of the latency tables and plots,
+  the Pareto front and the regression check.
 
 HTML reports are one self-contained file (plots inline as PNG, drawn by matplotlib's Agg renderer);
 Markdown reports hold the same tables without the plots.
@@ -117,7 +123,8 @@ def _label(runs: list[Run]) -> None:
 def compare(runs: list[Run], baseline: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Comparison]:
     """Match runs to baseline runs by bundle name, target and device; compare their p50 latency.
 
-    Several runs with the same key count as one, with the median of their p50s.
+    Several runs with the same key count as one, with the median of their p50s. Microcontroller runs
+    (no measured latency) are left out on both sides.
     """
     new, old = _group(runs), _group(baseline)
     out = []
@@ -132,14 +139,15 @@ def compare(runs: list[Run], baseline: list[Run], threshold: float = DEFAULT_THR
 def _group(runs: list[Run]) -> dict:
     groups: dict = {}
     for r in runs:
-        groups.setdefault(r.key, []).append(r.p50)
+        if not r.is_mcu:
+            groups.setdefault(r.key, []).append(r.p50)
     return groups
 
 
 def pareto_front(runs: list[Run]) -> list[Run]:
     """The runs with an accuracy that no other run beats on both counts (at least as accurate and at
-    least as fast, better in one), fastest first."""
-    scored = [r for r in runs if r.accuracy is not None]
+    least as fast, better in one), fastest first. Microcontroller runs (an estimated latency) are not on it."""
+    scored = [r for r in runs if r.accuracy is not None and not r.is_mcu]
     front = [r for r in scored
              if not any(o.accuracy >= r.accuracy and o.p50 <= r.p50 and (o.accuracy > r.accuracy or o.p50 < r.p50)
                         for o in scored)]
@@ -163,16 +171,28 @@ class Report:
     def pareto(self) -> list[Run]:
         return pareto_front(self.runs)
 
+    @property
+    def timed(self) -> list[Run]:
+        """The runs with measured latencies (everything but microcontroller runs)."""
+        return [r for r in self.runs if not r.is_mcu]
+
+    @property
+    def mcu_runs(self) -> list[Run]:
+        """The microcontroller runs: counts and an estimated latency, reported apart from the timed runs."""
+        return [r for r in self.runs if r.is_mcu]
+
     def summary(self) -> dict:
-        """JSON-able: the runs' key figures, the Pareto front and the regression check."""
+        """JSON-able: the timed runs' key figures, the Pareto front, the regression check and, apart,
+        the microcontroller runs (``mcu_runs``: their latency is ``estimated_latency_ms``, an estimate)."""
         return {
             "runs": [{"label": r.label, "bundle": r.name, "backend": r.backend, "target": r.target,
                       "device": r.device, "p50_us": r.p50, "accuracy": r.accuracy, "size_bytes": r.size_bytes,
-                      "source": r.source} for r in self.runs],
+                      "source": r.source} for r in self.timed],
             "pareto": [r.label for r in self.pareto],
             "threshold": self.threshold,
             "comparisons": [c.to_dict() for c in self.comparisons] if self.baseline else [],
             "regressions": [c.label for c in self.regressions],
+            "mcu_runs": [_mcu_summary(r) for r in self.mcu_runs],
         }
 
     def save(self, path) -> Path:
@@ -190,7 +210,7 @@ class Report:
         head = ["bundle", "backend", "target", "device", "p50 (µs)", "p90 (µs)", "p99 (µs)", "throughput (/s)",
                 "accuracy", "size (KiB)", "peak memory"]
         rows = []
-        for r in self.runs:
+        for r in self.timed:
             lat = r.latency
             machine = (r.data.get("host") or {}).get("machine")
             memory = mib(r.peak_memory_bytes) + " RSS" if r.peak_memory_bytes else "–"
@@ -206,7 +226,7 @@ class Report:
         head = ["run", "runs × repeats", "repeat medians (µs)", "spread", "load (ms)", "first inference (µs)",
                 "mean ± std (µs)", "accuracy on", "agreement with reference", "created", "file"]
         rows = []
-        for r in self.runs:
+        for r in self.timed:
             s, t, acc = r.data.get("settings") or {}, r.data["timing"], r.data.get("accuracy") or {}
             lat = r.latency
             on = f"{acc.get('samples', '?')} {acc.get('dataset', '')}".strip() if acc else "–"
@@ -229,10 +249,42 @@ class Report:
     def estimate_rows(self) -> tuple[list[str], list[list[str]]]:
         head = ["run", "quantity", "estimated", "measured", "note"]
         rows = []
-        for r in self.runs:
+        for r in self.timed:
             for quantity, v in (r.data.get("estimates_vs_measured") or {}).items():
                 rows.append([r.label, quantity, num(v.get("estimated")),
                              num(v.get("measured_p50", v.get("measured"))), str(v.get("note") or "")])
+        return head, rows
+
+    def mcu_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["bundle", "target", "board", "kernels", "instructions per inference",
+                "estimated latency (ms, estimate)", "flash (KiB)", "RAM (KiB)", "arena used (KiB)", "accuracy",
+                "top-1 agreement with reference kernels"]
+        rows = []
+        for r in self.mcu_runs:
+            m = r.mcu
+            board = str(m.get("board") or "?") + (" (emulated)" if m.get("emulated") else f" ({r.device})")
+            count = _count(r.instructions) if r.instructions is not None else f"{_count(r.cycles)} cycles"
+            arena, used = m.get("arena_bytes", r.arena_bytes), m.get("arena_used_bytes")
+            arena_text = (f"{num(used / 1024)} of {num(arena / 1024)}" if used is not None and arena is not None
+                          else num(arena / 1024) if arena is not None else "–")
+            rows.append([r.label, r.target, board, str(m.get("kernels") or "–"), count,
+                         f"≈ {num(r.estimated_latency_ms, 2)}", _kib(r.flash_bytes), _kib(r.ram_bytes), arena_text,
+                         percent(r.accuracy), percent((m.get("fidelity") or {}).get("top1_agreement"))])
+        return head, rows
+
+    def mcu_basis(self) -> list[str]:
+        """How each microcontroller run's latency was estimated (what turns counts into milliseconds)."""
+        return [f"{r.label}: ≈ {num(r.estimated_latency_ms, 2)} ms, {r.mcu['latency_basis']}"
+                if r.mcu.get("latency_basis") else f"{r.label}: {r.estimate_text()}" for r in self.mcu_runs]
+
+    def mcu_operator_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["run", "operator", "count", "instructions per inference (cycles on a board)", "share"]
+        rows = []
+        for r in self.mcu_runs:
+            unit = r.count_unit
+            for op, share in zip(r.operators, r.operator_shares):
+                rows.append([r.label, str(op.get("operator")), _count(op.get("count")),
+                             _count(op.get(unit)) + ("" if unit == "instructions" else " cycles"), percent(share)])
         return head, rows
 
     def _sources(self) -> str:
@@ -243,6 +295,12 @@ class Report:
             plural = "s" if len(self.baseline) != 1 else ""
             text += f"; baseline: {len(self.baseline)} run{plural} from {', '.join(base)}"
         return text
+
+    def _no_pareto(self) -> str:
+        if self.mcu_runs:
+            return ("No timed run has an accuracy (microcontroller runs are not on the front: their latency is an "
+                    "estimate).")
+        return "No run has an accuracy."
 
     def _pareto_items(self) -> list[str]:
         return [f"{r.label}: {percent(r.accuracy)} at p50 {num(r.p50)} µs, {num((r.size_bytes or 0) / 1024)} KiB "
@@ -264,18 +322,25 @@ class Report:
     def to_markdown(self) -> str:
         """The report as Markdown: the tables and the Pareto front (the plots are in the HTML report)."""
         out = ["# Benchmark report", "", self._sources() + f". Written by edgedl {__version__}.", "", "## Runs", ""]
-        out += md_table(*self.run_rows())
+        out += md_table(*self.run_rows()) if self.timed else [_NO_TIMED]
         out += ["", "## Pareto front: accuracy vs p50 latency", ""]
         items = self._pareto_items()
-        out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or ["No run has an accuracy."]
+        out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or [self._no_pareto()]
         out += ["", "## Regression check", "", self.regression_summary()]
         if self.baseline:
             out += ["", f"Threshold: a p50 more than {100 * self.threshold:g}% above the baseline's is a regression.",
                     ""] + md_table(*self.comparison_rows())
-        out += ["", "## Measurement details", ""] + md_table(*self.detail_rows())
+        if self.timed:
+            out += ["", "## Measurement details", ""] + md_table(*self.detail_rows())
         head, rows = self.estimate_rows()
         if rows:
             out += ["", "## Estimates vs measurements", ""] + md_table(head, rows)
+        if self.mcu_runs:
+            out += ["", "## Microcontroller runs", "", _MCU_NOTE, ""] + md_table(*self.mcu_rows())
+            out += ["", "How the latencies were estimated:", ""] + [f"* {line}" for line in self.mcu_basis()]
+            head, rows = self.mcu_operator_rows()
+            if rows:
+                out += ["", "### Instructions per operator type", ""] + md_table(head, rows)
         out += ["", "Plots (accuracy vs latency vs size, latency distributions) are in the HTML report: "
                 "`edgedl report ... -o report.html`.", ""]
         return "\n".join(out)
@@ -293,30 +358,31 @@ class Report:
 
         head, rows = self.run_rows()
         parts += ['<section id="runs"><h2>Runs</h2>',
-                  html_table(head, rows, "runs-table", "run", [r.label for r in self.runs],
-                              numeric=range(4, 10)), "</section>"]
+                  html_table(head, rows, "runs-table", "run", [r.label for r in self.timed],
+                              numeric=range(4, 10)) if self.timed else f"<p>{e(_NO_TIMED)}</p>", "</section>"]
 
         parts.append('<section id="tradeoff"><h2>Accuracy, latency and size</h2>')
-        scored = [r for r in self.runs if r.accuracy is not None]
+        scored = [r for r in self.timed if r.accuracy is not None]
         if scored:
-            parts.append(figure_html(plot_tradeoff(self.runs, self.pareto), "plot-tradeoff",
+            parts.append(figure_html(plot_tradeoff(self.timed, self.pareto), "plot-tradeoff",
                                  "Accuracy against p50 latency; marker area is proportional to bundle size, colour is "
                                  "the target, shape the backend. The dashed line joins the Pareto front (ringed).",
                                  "accuracy against p50 latency, marker size by bundle size"))
-        unscored = [r.label for r in self.runs if r.accuracy is None]
+        unscored = [r.label for r in self.timed if r.accuracy is None]
         if unscored:
             parts.append(f"<p>Not plotted (no accuracy measured): {e(', '.join(unscored))}.</p>")
         parts.append("<h3>Pareto front: no other run is both faster and at least as accurate</h3>")
         items = self._pareto_items()
         parts.append('<ol id="pareto">' + "".join(f'<li class="pareto" data-run="{e(r.label)}">{e(item)}</li>'
                                                    for r, item in zip(self.pareto, items)) + "</ol>"
-                     if items else "<p>No run has an accuracy.</p>")
+                     if items else f"<p>{e(self._no_pareto())}</p>")
         parts.append("</section>")
 
-        parts += ['<section id="latency"><h2>Latency distributions</h2>',
-                  figure_html(plot_latency(self.runs), "plot-latency",
-                          "Per run: whiskers from min to max, box from p50 to p90, a bar at p99, dots at the median of "
-                          "each repeat. Log scale.", "latency distribution of each run"), "</section>"]
+        if self.timed:
+            parts += ['<section id="latency"><h2>Latency distributions</h2>',
+                      figure_html(plot_latency(self.timed), "plot-latency",
+                              "Per run: whiskers from min to max, box from p50 to p90, a bar at p99, dots at the "
+                              "median of each repeat. Log scale.", "latency distribution of each run"), "</section>"]
 
         parts.append('<section id="regression"><h2>Regression check</h2>')
         parts.append(f'<p class="verdict{" bad" if self.regressions else ""}">{e(self.regression_summary())}</p>')
@@ -332,16 +398,65 @@ class Report:
         parts.append("</section>")
 
         head, rows = self.detail_rows()
-        parts += ['<section id="details"><h2>Measurement details</h2>',
-                  html_table(head, rows, "details-table", "detail", [r.label for r in self.runs], numeric=range(4, 7)),
-                  "</section>"]
+        if self.timed:
+            parts += ['<section id="details"><h2>Measurement details</h2>',
+                      html_table(head, rows, "details-table", "detail", [r.label for r in self.timed],
+                                 numeric=range(4, 7)), "</section>"]
         head, rows = self.estimate_rows()
         if rows:
             parts += ['<section id="estimates"><h2>Estimates vs measurements</h2>',
                       html_table(head, rows, "estimates-table", "estimate", [r[0] for r in rows], numeric=range(2, 4)),
                       "</section>"]
+        if self.mcu_runs:
+            head, rows = self.mcu_rows()
+            parts += ['<section id="mcu"><h2>Microcontroller runs</h2>', f"<p>{e(_MCU_NOTE)}</p>",
+                      html_table(head, rows, "mcu-table", "mcu-run", [r.label for r in self.mcu_runs],
+                                 numeric=range(4, 11)),
+                      "<p>How the latencies were estimated:</p><ul>"
+                      + "".join(f"<li>{e(line)}</li>" for line in self.mcu_basis()) + "</ul>"]
+            head, rows = self.mcu_operator_rows()
+            if rows:
+                parts += ["<h3>Instructions per operator type</h3>",
+                          html_table(head, rows, "mcu-operators-table", "mcu-operator",
+                                     [f"{r[0]}: {r[1]}" for r in rows], numeric=range(2, 5)),
+                          figure_html(plot_mcu_operators(self.mcu_runs), "plot-mcu-operators",
+                                      "Share of each run's instructions (cycles on a board) per operator type, from "
+                                      "the profiler in the firmware.", "instructions per operator type of each run")]
+            parts.append("</section>")
         parts.append("</body>\n</html>\n")
         return "\n".join(parts)
+
+
+_NO_TIMED = "No timed runs: the microcontroller runs below have counted instructions and an estimated latency."
+_MCU_NOTE = ("Firmware runs on Cortex-M boards (emulated, or real on a serial port). Their latencies are estimates "
+             "from counted instructions (or a board's cycles) at the target's clock, not measurements, and are kept "
+             "out of the latency tables, the Pareto front and the regression check.")
+
+
+def _count(value) -> str:
+    if value is None:
+        return "–"
+    return f"{int(value):,}" if float(value).is_integer() else num(value)
+
+
+def _kib(n) -> str:
+    return "–" if n is None else num(n / 1024)
+
+
+def _mcu_summary(r: Run) -> dict:
+    """A microcontroller run's key figures for ``edgedl report --json``."""
+    m = r.mcu
+    fid = m.get("fidelity") or {}
+    return {"label": r.label, "bundle": r.name, "backend": r.backend, "target": r.target, "device": r.device,
+            "board": m.get("board"), "core": m.get("core"), "emulated": m.get("emulated"), "kernels": m.get("kernels"),
+            "instructions": r.instructions, "cycles": r.cycles, "estimated_latency_ms": r.estimated_latency_ms,
+            "latency_is_estimate": True, "latency_basis": m.get("latency_basis"), "clock_hz": m.get("clock_hz"),
+            "cycles_per_instruction": m.get("cycles_per_instruction"), "flash_bytes": r.flash_bytes,
+            "ram_bytes": r.ram_bytes, "arena_bytes": m.get("arena_bytes", r.arena_bytes),
+            "arena_used_bytes": m.get("arena_used_bytes"), "accuracy": r.accuracy,
+            "top1_agreement": fid.get("top1_agreement"), "max_step_difference": fid.get("max_step_difference"),
+            "operators": [dict(op, share=share) for op, share in zip(r.operators, r.operator_shares)],
+            "size_bytes": r.size_bytes, "source": r.source}
 
 
 def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Report:
@@ -421,6 +536,42 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
                           markeredgecolor="crimson", label="Pareto front"))
     ax.legend(handles=handles, fontsize=8, loc="best", title="target / backend", title_fontsize=8)
     ax.set_title("accuracy vs latency (marker area ∝ bundle size)", fontsize=10)
+    return png_bytes(fig)
+
+
+def plot_mcu_operators(runs: list[Run]) -> bytes:
+    """One bar per microcontroller run, split by operator type into its share of the run's instructions
+    (cycles on a board); the same colour is the same operator type in every bar. PNG."""
+    from matplotlib import colormaps
+
+    rows = [(r, list(zip(r.operators, r.operator_shares))) for r in runs]
+    kinds: list[str] = []
+    for _, ops in rows:
+        kinds += [str(op.get("operator")) for op, share in ops
+                  if share is not None and str(op.get("operator")) not in kinds]
+    colours = colormaps["tab20"]
+    fig, ax = new_figure(8.0, 1.6 + 0.5 * len(rows))
+    drawn: set = set()
+    for i, (r, ops) in enumerate(rows):
+        y, left = len(rows) - 1 - i, 0.0
+        for op, share in ops:
+            if share is None:
+                continue
+            kind = str(op.get("operator"))
+            ax.barh(y, 100 * share, left=left, height=0.6, color=colours(kinds.index(kind) % 20), edgecolor="white",
+                    linewidth=0.5, label=kind if kind not in drawn else None)
+            if share >= 0.08:
+                ax.text(left + 50 * share, y, f"{100 * share:.0f}%", ha="center", va="center", fontsize=7)
+            drawn.add(kind)
+            left += 100 * share
+    ax.set_yticks(range(len(rows)), [f"{r.label} ({r.mcu.get('kernels') or '?'})" for r, _ in reversed(rows)],
+                  fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of instructions per inference (%; cycles on a board)")
+    ax.grid(True, axis="x", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="operator", title_fontsize=7)
     return png_bytes(fig)
 
 
