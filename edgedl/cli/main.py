@@ -27,6 +27,7 @@ COMMANDS = {
     "report": "edgedl.cli.report:report",
     "serve": "edgedl.cli.serve:serve",
     "targets": "edgedl.cli.targets:targets",
+    "toolchain": "edgedl.cli.toolchain:toolchain",
 }
 
 
