@@ -46,7 +46,9 @@ def mcu_result(**changes) -> dict:
                              "top1_agreement": 1.0, "max_step_difference": 0, "identical_share": 1.0}},
         "accuracy": {"samples": 100, "accuracy": 0.84, "dataset": "digits", "split": "test"},
         "memory": {"arena_bytes": 17360},
-        "estimates": {"flash_bytes": 177300}, "compile_fidelity": {"top1_agreement": 1.0},
+        "estimates": {"arena_bytes": 17360}, "compile_fidelity": {"top1_agreement": 1.0},
+        "estimates_vs_measured": {"arena_bytes": {"estimated": 17360, "measured": 12000,
+                                                  "note": "used by the firmware's kernels on the device"}},
     }
     for path, value in changes.items():
         node = result
@@ -172,6 +174,7 @@ def test_an_emulated_run_prints_instructions_and_an_estimate_never_a_measured_la
         "max step difference 0, identical outputs 100.00%",
         "  top operators by instructions: CONV_2D x2 61.0% (900,000); DEPTHWISE_CONV_2D x2 27.0% (400,000); "
         "FULLY_CONNECTED x1 6.8% (100,000); AVERAGE_POOL_2D x1 3.4% (50,000); RESHAPE x1 1.4% (20,000)",
+        "  arena_bytes: estimated 17,360 vs measured 12,000 (used by the firmware's kernels on the device)",
     ]
 
 
@@ -213,7 +216,8 @@ def mixed(tmp_path):
     """A timed LeNet, and DS-CNN on the emulated board and on a real board (more accurate than LeNet's
     variant below, so a Pareto front that took them in would change)."""
     return [write(tmp_path / "lenet.json", timed_result()),
-            write(tmp_path / "m4.json", mcu_result(**{"accuracy.accuracy": 0.99})),
+            write(tmp_path / "m4.json", mcu_result(**{"accuracy.accuracy": 0.99, "estimates_vs_measured.latency_us": {
+                "estimated": 20000.0, "measured_p50": 27750.0}})),
             write(tmp_path / "board.json", board_result())]
 
 
@@ -250,6 +254,10 @@ def test_a_mixed_markdown_report_keeps_mcu_runs_out_of_the_latency_parts(capsys,
     assert "* ds_cnn_m4 (cortex_m4, emulated:mps2-an386): ≈ 27.75 ms, estimate: 1480000 instructions x 1.2" in mcu
     assert "| ds_cnn_m4 (cortex_m4, emulated:mps2-an386) | CONV_2D | 2 | 900,000 | 61.0% |" in mcu
     assert "| ds_cnn_m4 (cortex_m4, serial:///dev/ttyACM0) | SOFTMAX | 1 | 10,000 cycles | 0.7% |" in mcu
+    # Compile's arena estimate beside the firmware's use is a size, not a latency: it is listed with the others.
+    assert ("| ds_cnn_m4 (cortex_m4, emulated:mps2-an386) | arena_bytes | 17,360.0 | 12,000.0 | used by the "
+            "firmware's kernels on the device |") in section(text, "Estimates vs measurements")
+    assert "latency_us" not in text and "27,750" not in text
 
 
 def test_a_mixed_html_report_has_separate_tables_and_plots(mixed, tmp_path):

@@ -177,6 +177,10 @@ class BenchResult:
                 f"{op.get('operator', '?')}" + (f" x{op['count']}" if op.get("count") is not None else "")
                 + (f" {100 * share:.1f}%" if share is not None else "")
                 + (f" ({_count(op[unit])})" if op.get(unit) is not None else "") for op, share in ops))
+        for k, v in (r.get("estimates_vs_measured") or {}).items():  # e.g. the arena compile estimated vs used
+            if isinstance(v, dict) and not k.startswith("latency"):  # no latency here is a measurement
+                lines.append(f"  {k}: estimated {_count(v.get('estimated'))} vs measured {_count(v.get('measured'))}"
+                             + (f" ({v['note']})" if v.get("note") else ""))
         return "\n".join(lines)
 
     def estimate_text(self) -> str:
@@ -445,7 +449,9 @@ def _range_text(span) -> str:
 
 
 def _count(value) -> str:
-    """A count for people: 1,480,000; 40; 1.5."""
+    """A count for people: 1,480,000; 40; 1.5 (``?`` for none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
     return f"{int(value):,}" if float(value).is_integer() else f"{float(value):,.1f}"
 
 
