@@ -143,3 +143,16 @@ def test_toolchain_fetch_takes_a_mirror_and_status_says_what_is_cached(capsys, t
     monkeypatch.setenv("EDGEDL_CACHE", str(tmp_path / "other"))
     line = the_error(*run_cli(capsys, "toolchain", "fetch", "--mirror", tmp_path / "empty")[::2])
     assert "is not in the mirror" in line and "--mirror DIR" in line
+
+
+def test_a_firmware_over_the_targets_ram_is_refused_with_the_measured_numbers(trained_lenet, capsys, tmp_path):
+    """The stated allowance (arena + 16 KiB) fits 40 KiB; the linked firmware (arena with its margin,
+    stack, heap) does not, and the ELF's numbers are what the error gives."""
+    target = tmp_path / "small_m4.toml"
+    target.write_text('kind = "mcu"\nbackends = ["tflm"]\n[cpu]\narch = "cortex-m4"\nclock_mhz = 48\n'
+                      "[memory]\nram_kb = 40\nflash_kb = 1024\n")
+    line = the_error(*run_cli(capsys, "compile", trained_lenet["keras"], "-t", target, "-q", "int8", "--samples", 20,
+                              "-o", tmp_path / "small.edgedl")[::2])
+    assert re.search(r"does not fit small_m4: the firmware needs [\d.]+ KiB of RAM \(arena [\d.]+ KiB, data, stack "
+                     r"and heap\), small_m4 has 40 KiB: [\d.]+ KiB over", line), line
+    assert not (tmp_path / "small.edgedl").exists()
