@@ -305,6 +305,9 @@ def test_a_report_of_only_mcu_runs_works_in_every_format(capsys, tmp_path):
     page = Tables(report.save(tmp_path / "r.html").read_text())
     assert "runs-table" not in page.tables and len(page.tables["mcu-table"]) == 3
     assert page.images == ["plot-mcu-operators"]
+    code, stdout, _ = run_cli(capsys, "report", *runs, "-o", tmp_path / "r.md")
+    assert code in (0, None) and stdout.startswith(f"wrote {tmp_path / 'r.md'}: 3 run(s) (3 on microcontrollers, "
+                                                   "latency estimated); Pareto front: none (no timed run has an accuracy)")
     code, stdout, _ = run_cli(capsys, "report", *runs, "--json")
     assert code in (0, None) and json.loads(stdout)["runs"] == [] and len(json.loads(stdout)["mcu_runs"]) == 3
 

@@ -39,7 +39,8 @@ def report(results, output, baseline, threshold, fail_on_regression, as_json):
     if as_json:
         click.echo(json.dumps(rep.summary(), indent=2))
     elif output:
-        front = ", ".join(r.label for r in rep.pareto) or "none (no accuracy)"
+        front = ", ".join(r.label for r in rep.pareto) or ("none (no timed run has an accuracy)" if rep.mcu_runs
+                                                          else "none (no accuracy)")
         on_mcu = f" ({len(rep.mcu_runs)} on microcontrollers, latency estimated)" if rep.mcu_runs else ""
         click.echo(f"wrote {output}: {len(rep.runs)} run(s){on_mcu}; Pareto front: {front}")
         if rep.baseline:
