@@ -41,7 +41,7 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
     Args:
         bundle: the bundle (folder or archive) to measure.
         options: a :class:`~edgedl.bench.options.BenchOptions`; its ``warmup``, ``runs``,
-            ``repeats`` and ``threads`` are used (default: BenchOptions()).
+            ``repeats``, ``threads`` and ``profile`` are used (default: BenchOptions()).
         x, y: samples to score (float inputs, labels), or None. For a bundle with several inputs
             ``x`` is a list of float arrays, one per input in the bundle's order, each (N, ...).
         progress: optional callable(done, total) for a progress bar.
@@ -88,6 +88,11 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
         "estimates": manifest.get("estimates") or {},
         "compile_fidelity": manifest.get("fidelity") or {},
     }
+    if options.profile:  # after the timed runs, which it would slow
+        from edgedl.bench.profile import profile_model
+
+        result["profile"] = profile_model(model, raw, warmup=min(options.warmup, 10), runs=options.runs,
+                                          threads=options.threads)
     if num_samples:
         result.update(_score(model, x, y, (lambda done: progress(timed + done, total)) if progress else None))
     return result

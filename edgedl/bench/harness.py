@@ -145,10 +145,16 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
                           f"target); a serial:// device runs that firmware")
     if has_firmware(opened.manifest) and (options.device is None or serial):
         result = measure_mcu(opened, x, y, device=options.device, timeout=options.timeout, progress=progress)
+        if options.profile:
+            from edgedl.bench.profile import from_mcu
+
+            result["profile"] = from_mcu(result["mcu"])
         return _finish(result, options, opened, x, y, desc)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,
                    "repeats": options.repeats, "threads": options.threads, "samples": None}
+        if options.profile:
+            request["profile"] = True
         if x is not None:
             from edgedl.bench.core import save_samples
 
@@ -158,6 +164,12 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
             from edgedl.bench.remote import run_remote
 
             result = run_remote(bundle, request, options, progress=progress)
+            if options.profile and "profile" not in result:
+                from edgedl.bench.profile import not_available
+
+                backend = (result.get("bundle") or {}).get("backend", "remote")
+                result["profile"] = not_available(backend, "per-operator profiles are not yet collected from a remote "
+                                                           "device; bench the bundle here")
         else:
             result = run_local(bundle, request, options.timeout, progress=progress)
     result["device"] = options.device or "local"

@@ -79,6 +79,7 @@ class BenchOptions:
     timeout: float = 600.0
     retries: int = 0
     reference: str | None = None       # float model (.keras/.tflite) for the agreement figure
+    profile: bool = False              # also profile per operator (the result's ``profile``; edgedl.bench.profile)
 
     def validate(self):
         """Refuse settings no benchmark can use, by option name, before anything is loaded."""

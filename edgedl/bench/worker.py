@@ -27,7 +27,8 @@ def main(argv=None) -> int:
         print(json.dumps({"done": done, "total": total}), flush=True)
 
     try:
-        options = BenchOptions(warmup=req["warmup"], runs=req["runs"], repeats=req["repeats"], threads=req["threads"])
+        options = BenchOptions(warmup=req["warmup"], runs=req["runs"], repeats=req["repeats"], threads=req["threads"],
+                               profile=bool(req.get("profile")))
         result = measure(req["bundle"], options, x=x, y=y, progress=progress)
     except EdgeDLError as e:
         _io.write_json(result_path, {"error": str(e), "error_type": type(e).__name__})

@@ -27,10 +27,12 @@ from edgedl.cli._options import COUNT, COUNT_OR_ZERO, SECONDS
 @click.option("--timeout", type=SECONDS, default=600, show_default=True, help="Seconds before a run counts as hung.")
 @click.option("--retries", type=COUNT_OR_ZERO, default=0, show_default=True, help="Retries on a lost remote device.")
 @click.option("--reference", type=click.Path(exists=True), help="Float model for top-1 agreement (.keras or .tflite).")
+@click.option("--profile", is_flag=True,
+              help="Also profile per operator (time, share, calls; the result JSON's profile) where the engine can.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema edgedl.bench/1).")
 def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, runs, repeats, threads, device, timeout,
-                  retries, reference, output, as_json):
+                  retries, reference, profile, output, as_json):
     """Benchmark BUNDLE: load time, first and warm latency, throughput, memory, accuracy.
 
     A Cortex-M bundle (compiled with --backend tflm for a cortex_m* target) runs its own firmware:
@@ -55,7 +57,7 @@ def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, ru
         _io.check_writable(output, "--output", kind="file")
     options = BenchOptions(dataset=dataset, data_dir=data_dir, data=data, preprocess=list(preprocess) or None,
                            limit=limit, warmup=warmup, runs=runs, repeats=repeats, threads=threads, device=device,
-                           timeout=timeout, retries=retries, reference=reference)
+                           timeout=timeout, retries=retries, reference=reference, profile=profile)
     try:
         result = _run(bundle, options, as_json, bench)
     except DeviceError as e:

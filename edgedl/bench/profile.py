@@ -1,0 +1,330 @@
+"""Per-operator profiles (``edgedl bench --profile``): which operator of a bundle's model takes the time.
+
+Where it sits: :func:`edgedl.bench.core.measure` calls :func:`profile_model` on the device after the
+timing loop (so profiling never slows the timed runs), and the harness turns a microcontroller
+firmware's per-operator counts into the same record with :func:`from_mcu`. Each engine is asked
+for what it measures itself:
+
+- ONNX Runtime: session profiling (``SessionOptions.enable_profiling``); its trace has one event per
+  node per run and one ``model_run`` event per run, the measured total.
+- TVM: the Relax VM's instrument hook lists the kernel calls of one run with their arguments, and
+  TVM's own timer (``time_evaluator``) times each kernel on them and the whole ``main``, the
+  measured total (TVM 0.27's VM has no ``profile`` function any more).
+- LiteRT and TFLite Micro on the host: their Python interpreters expose no op profiler, so the
+  record says so (``available: false`` and why) rather than guessing per-op times.
+- A microcontroller firmware: TFLite Micro's MicroProfiler counts instructions (emulated board) or
+  cycles (real board) per operator.
+
+Only numpy and the runtimes are imported, so this runs in a remote agent too. The record (the
+``profile`` object of schema edgedl.bench/1)::
+
+    {"backend", "unit": "us" | "instructions" | "cycles", "rows": [{"op", "layer", "type", <unit key>,
+     "share", "calls"}, ...] (slowest first), "total", "measured_total", "coverage", "tolerance",
+     "within_tolerance", "source"}
+
+``total`` is the sum of the rows (per inference), ``measured_total`` the engine's own measure of a
+whole inference, and ``coverage`` their ratio: the part of an inference spent inside operators.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+UNIT_KEYS = {"us": "time_us", "instructions": "instructions", "cycles": "cycles"}
+# The operators' times must add up to the measured inference within this much (coverage in
+# [MIN_COVERAGE, MAX_COVERAGE]); the rest is the engine's own work between operators (scheduling,
+# memory allocation), which no operator owns. ONNX Runtime's profiler adds its own bookkeeping
+# between nodes to each run: on LeNet (12 nodes of a few microseconds) the nodes are ~55% of the
+# run; the larger the operators, the nearer 100%.
+MIN_COVERAGE = {"onnxruntime": 0.4, "tvm": 0.5, "mcu": 0.8}
+MAX_COVERAGE = 1.05
+PROFILE_RUNS = 100  # at most this many profiled inferences: the profile is of the mean inference
+
+
+def not_available(backend: str, reason: str) -> dict:
+    """The honest record of an engine that gives no per-operator times: no rows, and why.
+
+    Example:
+        >>> not_available("litert", "no op profiler")["available"]
+        False
+    """
+    return {"backend": backend, "available": False, "reason": reason, "rows": []}
+
+
+def keras_layer(name: str) -> str | None:
+    """The Keras layer a node or tensor name comes from, where the name carries the layer path
+    (``model/layer/op``, as TensorFlow's converter names what it converts from Keras); else None.
+
+    Of a fused name (``a;b;c``) the first part counts; a model scope repeated at its start
+    (``lenet_1/lenet_1/conv1_1``) counts once. TensorFlow names a scope again with ``_1``, ``_2``, ...;
+    where the model's own scope carries such a suffix the layer's suffix is TensorFlow's too and is
+    dropped.
+
+    Example:
+        >>> keras_layer("lenet_1/lenet_1/conv1_1/Relu;lenet_1/lenet_1/conv1_1/BiasAdd")
+        'conv1'
+        >>> keras_layer("sequential/conv2d/Relu"), keras_layer("Relu__5:0_nchwc")
+        ('conv2d', None)
+    """
+    first = str(name).split(";")[0]
+    first = first[len("fused "):] if first.startswith("fused ") else first
+    parts = [p for p in first.split(":")[0].split("/") if p]
+    while len(parts) > 1 and parts[1] == parts[0]:
+        parts.pop(0)
+    if len(parts) < 3:
+        return None
+    suffix = re.search(r"_\d+$", parts[0])
+    layer = parts[1]
+    if suffix and layer.endswith(suffix.group(0)):
+        layer = layer[: -len(suffix.group(0))]
+    return layer or None
+
+
+def finish(backend: str, unit: str, rows: list[dict], measured_total: float, source: str,
+           minimum: float | None = None) -> dict:
+    """A profile record from rows (each with ``op``, ``type``, ``calls`` and the unit's key, per
+    inference): shares, the total, its coverage of ``measured_total`` and whether that is within
+    the tolerance.
+
+    Example:
+        >>> p = finish("tvm", "us", [{"op": "a", "type": "a", "calls": 1, "time_us": 3.0},
+        ...                          {"op": "b", "type": "b", "calls": 1, "time_us": 1.0}], 4.0, "test")
+        >>> [r["op"] for r in p["rows"]], p["coverage"], p["within_tolerance"]
+        (['a', 'b'], 1.0, True)
+    """
+    key = UNIT_KEYS[unit]
+    rows = sorted(rows, key=lambda r: -r[key])
+    total = float(sum(r[key] for r in rows))
+    for r in rows:
+        r["share"] = r[key] / total if total else 0.0
+    low = MIN_COVERAGE.get(backend, 0.5) if minimum is None else minimum
+    coverage = total / measured_total if measured_total else 0.0
+    return {"backend": backend, "available": True, "unit": unit, "rows": rows, "total": total,
+            "measured_total": float(measured_total), "coverage": coverage,
+            "tolerance": (f"the operators add up to {low:.0%} to {MAX_COVERAGE:.0%} of the measured inference; "
+                          "the rest is the engine's work between operators"),
+            "within_tolerance": bool(low <= coverage <= MAX_COVERAGE), "source": source}
+
+
+def profile_model(model, raw, warmup: int = 10, runs: int = PROFILE_RUNS, threads: int = 1) -> dict:
+    """Profile a loaded bundle (:func:`edgedl.runtime.load`) per operator on one raw input.
+
+    Args:
+        model: the loaded model (its engine and manifest say how to profile it).
+        raw: the raw (quantized) input its engine takes, as the timing loop runs it.
+        warmup: unprofiled inferences first.
+        runs: profiled inferences (at most :data:`PROFILE_RUNS`).
+        threads: the engine threads the benchmark used.
+
+    Returns:
+        The ``profile`` record (see the module docstring), or :func:`not_available`'s record.
+
+    Example:
+        >>> import edgedl.runtime as rt
+        >>> model = rt.load("lenet.edgedl")                          # doctest: +SKIP
+        >>> profile_model(model, raw_sample(model))["rows"][0]["type"]  # doctest: +SKIP
+        'Conv'
+    """
+    runs = max(1, min(int(runs), PROFILE_RUNS))
+    engine = model.engine
+    name = getattr(engine, "name", "")
+    if name == "onnxruntime":
+        runtime = model.manifest["runtime"]
+        return profile_onnxruntime(model.bundle.directory / runtime["model"], raw, warmup, runs, threads,
+                                   device=runtime.get("device", "cpu"))
+    if name == "tvm":
+        return profile_tvm(engine, raw, runs, model.bundle.directory / model.manifest["runtime"]["library"])
+    if name == "litert":
+        from edgedl.runtime.engines import litert_interpreter_class
+
+        module = litert_interpreter_class().__module__.split(".")[0]
+        return not_available("litert", f"{module}'s Python Interpreter exposes no per-operator profiler (LiteRT's "
+                                       "is in the C++ benchmark_model tool, --enable_op_profiling)")
+    if name == "tflm":
+        return not_available("tflm", "the tflite_micro Python interpreter takes no MicroProfiler; compile for a "
+                                     "Cortex-M target (--backend tflm) and bench its firmware for per-operator counts")
+    return not_available(name or "unknown", f"no per-operator profiler for the {name or 'unknown'} engine")
+
+
+def profile_onnxruntime(model_path, raw, warmup: int, runs: int, threads: int = 1, device: str = "cpu") -> dict:
+    """ONNX Runtime's session profile of ``runs`` inferences (after ``warmup``): per node, the mean of
+    its kernel times; the measured total is the mean of ONNX Runtime's ``model_run`` events."""
+    from edgedl.runtime.onnx import PROVIDERS, _ort
+
+    ort = _ort()
+    with tempfile.TemporaryDirectory(prefix="edgedl-profile-") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 4
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        providers = PROVIDERS.get(device, PROVIDERS["cpu"])
+        sess = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        arrays = raw if isinstance(raw, (list, tuple)) else [raw]
+        feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    return onnxruntime_rows(events, skip=warmup, layer_of=onnx_layers(model_path))
+
+
+def onnx_layers(model_path):
+    """A function from an ONNX Runtime node name to its Keras layer: the layer path in the name,
+    else that of the node in the ``.onnx`` it came from, else that of the node producing its first
+    input (a ``Relu__5`` that tf2onnx split off ``conv1``'s convolution belongs to ``conv1``).
+
+    ONNX Runtime names a node it rewrites after the original's name or output (``Relu__5:0_nchwc``,
+    ``fused ...``); a node it adds (``ReorderOutput``, a layout change) maps to no layer. Without the
+    ``onnx`` package only the names themselves are read.
+
+    Example:
+        >>> onnx_layers("lenet.onnx")("Relu__5:0_nchwc")  # doctest: +SKIP
+        'conv1'
+    """
+    try:
+        import onnx
+
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+    except Exception as e:  # noqa: BLE001 - no onnx package here, or a model it cannot read
+        log.debug("profile: no ONNX graph for layer names (%s)", str(e)[:120])
+        return keras_layer
+    by_name = {n.name: n for n in graph.node}
+    by_output = {o: n for n in graph.node for o in n.output}
+
+    def layer_of(name: str) -> str | None:
+        layer = keras_layer(name)
+        if layer:
+            return layer
+        base = name.removesuffix("_nchwc")
+        node = by_name.get(base) or by_output.get(base) or by_name.get(base.split(":")[0])
+        if node is None:
+            return None
+        producer = by_output.get(node.input[0]) if node.input else None
+        return keras_layer(node.name) or (keras_layer(producer.name) if producer is not None else None)
+
+    return layer_of
+
+
+def onnxruntime_rows(events: list[dict], skip: int = 0, layer_of=keras_layer) -> dict:
+    """The profile record of an ONNX Runtime trace (its JSON events), leaving out the first ``skip``
+    runs; ``layer_of`` names each node's Keras layer (by default from the name alone).
+
+    Example:
+        >>> ev = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 10},
+        ...       {"cat": "Node", "name": "m_1/conv_1/Conv_kernel_time", "ts": 1, "dur": 8,
+        ...        "args": {"op_name": "Conv"}}]
+        >>> onnxruntime_rows(ev)["rows"][0]["layer"], onnxruntime_rows(ev)["coverage"]
+        ('conv', 0.8)
+    """
+    run_events = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[skip:]
+    if not run_events:
+        return not_available("onnxruntime", "ONNX Runtime's trace holds no profiled run")
+    starts = [e["ts"] for e in run_events]
+    per_run: dict[str, dict] = {}  # node -> its row and its time and calls in each run
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < starts[0]:
+            continue
+        run = bisect.bisect_right(starts, e["ts"]) - 1
+        name = e["name"][: -len("_kernel_time")]
+        node = per_run.setdefault(name, {"row": {"op": name, "layer": layer_of(name),
+                                                 "type": (e.get("args") or {}).get("op_name", "?")},
+                                         "us": np.zeros(len(starts)), "calls": np.zeros(len(starts))})
+        node["us"][run] += float(e["dur"])
+        node["calls"][run] += 1
+    rows = [dict(n["row"], time_us=float(np.median(n["us"])), calls=max(1, round(float(np.median(n["calls"])))))
+            for n in per_run.values()]
+    measured = float(np.median([e["dur"] for e in run_events]))
+    return finish("onnxruntime", "us", rows, measured,
+                  f"ONNX Runtime session profiling, median of {len(starts)} run(s): each node's kernel time against "
+                  "its model_run time (profiling slows each run; the result's timing is of unprofiled runs)")
+
+
+def profile_tvm(engine, raw, runs: int, library_path) -> dict:
+    """TVM's timer on each kernel the Relax VM calls in one inference (on that inference's own
+    arguments), against the same timer on the whole ``main``; the VM's builtins (allocation, shape
+    checks) are the rest of the measured total."""
+    tvm = engine._tvm
+    tensors = [engine._tensor(a) for a in engine.check_inputs(raw)]
+    vm = engine.vm
+    calls: list[tuple[str, list]] = []
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run:
+            calls.append((str(symbol), list(args)))
+        return 0
+
+    vm.set_instrument(instrument)
+    try:
+        vm["main"](*tensors)
+    finally:
+        vm.set_instrument(None)
+    library = next(iter(_imports(tvm.runtime.load_module(str(library_path)))), None)
+    if library is None:
+        return not_available("tvm", "the bundle's TVM library holds no kernel module to time")
+    repeat = 5
+    number = max(1, runs // repeat)
+
+    def timed_us(function, *args) -> float:  # the median of the repeats: a preempted repeat does not count
+        return float(np.median(function(*args).results)) * 1e6
+
+    rows: dict[str, dict] = {}
+    for symbol, args in calls:
+        if symbol.startswith("vm.builtin."):
+            continue
+        try:
+            us = timed_us(library.time_evaluator(symbol, engine.device, number=number, repeat=repeat), *args)
+        except Exception as e:  # noqa: BLE001 - a call that is not one of the library's kernels
+            log.debug("TVM profile: %s not timed (%s)", symbol, str(e)[:120])
+            continue
+        row = rows.setdefault(symbol, {"op": symbol, "layer": None, "type": re.sub(r"\d+$", "", symbol),
+                                       "time_us": 0.0, "calls": 0})
+        row["time_us"] += us
+        row["calls"] += 1
+    if not rows:
+        return not_available("tvm", "TVM's timer could time none of the kernels the VM called")
+    whole = timed_us(vm.time_evaluator("main", engine.device, number=number, repeat=repeat), *tensors)
+    return finish("tvm", "us", list(rows.values()), whole,
+                  f"TVM time_evaluator, median of {repeat} repeats of {number} run(s) of each kernel the Relax VM "
+                  "called (its instrument hook, on that call's arguments) against the same timer on main")
+
+
+def _imports(module) -> list:
+    """The modules a TVM library imports: the compiled kernels (the outer module is the VM's executable)."""
+    return list(getattr(module, "imports", None) or getattr(module, "imported_modules", None) or [])
+
+
+def from_mcu(mcu: dict) -> dict:
+    """The profile record of a microcontroller benchmark's ``mcu`` object: its per-operator counts
+    (instructions on the emulated board, cycles on a real one, from TFLite Micro's MicroProfiler in
+    the firmware) against the whole inference's count.
+
+    The firmware reports operator types, not node names: a row is one operator type with its nodes
+    summed (``calls``).
+
+    Example:
+        >>> p = from_mcu({"instructions": 1000, "cycles": None, "operators": [
+        ...     {"operator": "CONV_2D", "count": 2, "instructions": 900, "share": 0.9}]})
+        >>> p["unit"], p["rows"][0]["calls"], p["coverage"]
+        ('instructions', 2, 0.9)
+    """
+    unit = "instructions" if mcu.get("instructions") else "cycles"
+    operators = mcu.get("operators") or []
+    if not operators or not mcu.get(unit):
+        return not_available("mcu", "the firmware reported no per-operator counts")
+    rows = [{"op": o["operator"], "layer": None, "type": o["operator"], unit: float(o[unit]),
+             "calls": int(o.get("count", 1))} for o in operators]
+    where = "the emulated board's instruction count" if unit == "instructions" else "the board's SysTick cycles"
+    return finish("mcu", unit, rows, float(mcu[unit]),
+                  f"TFLite Micro's MicroProfiler in the firmware ({where}), one inference, against the whole "
+                  "inference's median count")
