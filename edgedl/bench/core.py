@@ -49,7 +49,8 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
             (the agent's ``--trust``; see :func:`edgedl.runtime.load`).
 
     Returns:
-        The measurement in schema edgedl.bench/1 (plain JSON-able data), with ``outputs_top1``.
+        The measurement in schema edgedl.bench/1 (plain JSON-able data), with ``outputs_top1`` (and
+        with ``profile`` where ``options.profile``; see :mod:`edgedl.bench.profile`).
 
     Example:
         >>> from edgedl.bench.options import BenchOptions

@@ -45,6 +45,7 @@ def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, ru
       edgedl bench lenet.edgedl --dataset mnist
       edgedl bench model.edgedl --data photos/
       edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
+      edgedl bench lenet.edgedl --profile -o run.json
       edgedl bench lenet-m4.edgedl --device serial:///dev/ttyACM0
     """
     from edgedl import _io
