@@ -122,7 +122,22 @@ class BenchResult:
             measured = v.get("measured_p50", v.get("measured"))
             lines.append(f"  {k}: estimated {v['estimated']:.1f} vs measured {measured:.1f}"
                          + (f" ({v['note']})" if v.get("note") else ""))
-        return "\n".join(lines)
+        return "\n".join(lines + self._profile_lines())
+
+    def _profile_lines(self, top: int = 8) -> list[str]:
+        """``--profile``: the operators that take the most, or why this engine gives no profile."""
+        p = self.data.get("profile")
+        if not p:
+            return []
+        if not p.get("available"):
+            return [f"  profile: not available ({p.get('reason', 'no reason given')})"]
+        unit = p["unit"]
+        key = {"us": "time_us"}.get(unit, unit)
+        shown = "; ".join(f"{row.get('layer') or row['op']} ({row['type']}) {100 * row['share']:.1f}%"
+                          for row in p["rows"][:top])
+        return [f"  profile ({p['source']}; operators add up to {100 * p['coverage']:.0f}% of the measured "
+                f"{p['measured_total']:,.1f} {unit}):",
+                f"    {shown}" + (f"; {len(p['rows']) - top} more" if len(p["rows"]) > top else "")]
 
     def _mcu_text(self) -> str:
         r, m, b = self.data, self.mcu, self.data["bundle"]
@@ -165,11 +180,17 @@ class BenchResult:
                 parts.append(f"top-1 agreement {100 * fid['top1_agreement']:.2f}%")
             if fid.get("max_step_difference") is not None:
                 parts.append(f"max step difference {_count(fid['max_step_difference'])}")
+            if fid.get("max_abs_difference") is not None:
+                parts.append(f"max abs difference {fid['max_abs_difference']:.3g}")
             if fid.get("identical_share") is not None:
                 parts.append(f"identical outputs {100 * fid['identical_share']:.2f}%")
             on = f" on {fid['samples']} samples" if fid.get("samples") else ""
             lines.append(f"  fidelity vs {fid.get('reference') or 'the reference kernels'}{on}: "
                          + (", ".join(parts) or "no figures"))
+            tflm = fid.get("tflm_interpreter") or {}
+            if tflm.get("identical_share") is not None:
+                lines.append(f"  vs TFLite Micro's interpreter on this host: identical outputs "
+                             f"{100 * tflm['identical_share']:.2f}%, max abs difference {tflm['max_abs_difference']:.3g}")
         ops = list(zip(self.operators, self.operator_shares))[:5]
         if ops:
             unit = self.count_unit
