@@ -151,7 +151,8 @@ def test_fetch_unpacks_from_the_mirror_once(mirror, tmp_path, monkeypatch):
 def test_fetch_names_the_missing_archive_and_the_mirror_option(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEDL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EDGEDL_MIRROR", str(tmp_path / "empty"))
-    with pytest.raises(BackendError, match=r"mborgerding-kissfft-v130\.zip.*--mirror DIR \(or set EDGEDL_MIRROR\)"):
+    with pytest.raises(BackendError, match=r"mborgerding-kissfft-v130\.zip.*edgedl toolchain fetch --mirror DIR` "
+                                           r"\(or set EDGEDL_MIRROR\)"):
         sources.fetch(names=["kissfft"])
     assert not (tmp_path / "cache" / "mcu" / "sources" / "kissfft-v130").exists()
 

@@ -78,6 +78,10 @@ class TFLMBackend(Backend):
             except UnsupportedOperatorError as e:  # e.g. the Signal library's ops: the C array still serves
                 shutil.rmtree(out_dir / "firmware", ignore_errors=True)
                 no_firmware = f"no firmware built: {e}"
+            except BackendError as e:  # no compiler, no sources: the C array alone is still there to take
+                if "does not fit" in str(e):
+                    raise
+                raise BackendError(f"{e} (or compile with --no-firmware for the model's C array alone)") from None
             else:
                 fit = measured_fit(target, firmware)
         (out_dir / "model.tflite").write_bytes(model)

@@ -143,7 +143,8 @@ def status() -> list[dict]:
 
 
 def _hint() -> str:
-    return f"pass --mirror DIR (or set {MIRROR_ENV}) with a folder holding the archive"
+    return (f"`edgedl toolchain fetch --mirror DIR` (or set {MIRROR_ENV}) with a folder holding the archive "
+            "fetches it once for every later build")
 
 
 def _location(source: Source, mirror) -> str:
