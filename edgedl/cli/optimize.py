@@ -65,6 +65,7 @@ def _whole(value):
               help="Input/output type of an int8 model: float, int8 or uint8.")
 @click.option("--num-calibration", type=COUNT, default=200, show_default=True,
               help="Representative samples from the training split for int8/int16x8.")
+@click.option("--quant-report", is_flag=True, help="Per-layer error vs float32 (int8, int16x8).")
 @click.option("--per-tensor", is_flag=True,
               help="One weight scale per tensor instead of per channel: a smaller file, at some risk to accuracy.")
 @click.option("--strip-names", is_flag=True,
@@ -89,7 +90,7 @@ def _whole(value):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, structured_schedule, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
-             per_tensor, strip_names, representative, out_dir, dataset, data, preprocess, epochs, data_dir, limit, seed,
+             quant_report, per_tensor, strip_names, representative, out_dir, dataset, data, preprocess, epochs, data_dir, limit, seed,
              deterministic, as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
 
@@ -131,7 +132,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
     options = OptimizeOptions(
         prune=prune, structured=structured, quantize=quantize, qat=qat, io_type=io_type, per_channel=not per_tensor,
         strip_names=strip_names, num_calibration=num_calibration, representative=representative, distill=distill,
-        distill_alpha=distill_alpha, lr_scale=lr_scale, dataset=dataset, data=data,
+        distill_alpha=distill_alpha, lr_scale=lr_scale, dataset=dataset, data=data, quant_report=quant_report,
         preprocess=list(preprocess) or None, epochs=epochs, data_dir=data_dir,
         limit=limit, seed=seed, deterministic=deterministic, out_dir=out_dir,
     ).check()
@@ -174,6 +175,11 @@ def _print_table(report):
     console.print(table)
     console.print("size: of the float32 .tflite for Keras stages, of the converted one for the last; "
                   "Δ pts: accuracy change in points; zeros: kernel sparsity", highlight=False)
+    if report.quant_report and report.quant_report["layers"]:
+        worst = report.quant_report["layers"][:3]
+        console.print("worst layers after quantization (SNR): " + ", ".join(
+            f"{r['layer'] or r['tensor']} {'n/a' if r['snr_db'] is None else format(r['snr_db'], '.1f') + ' dB'}"
+            for r in worst), highlight=False)
     for r in report.skipped_layers:
         console.print(f"not pruned: {r['layer']} ({r['kind']}): {r['reason']}", highlight=False)
     for path in report.files.values():

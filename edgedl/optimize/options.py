@@ -50,6 +50,9 @@ class OptimizeOptions:
             ``.tflite`` and store repeated tables once; the float32 baseline is stripped too, so sizes
             compare like with like.
         num_calibration: representative samples for int8/int16x8, drawn from the training split.
+        quant_report: with ``int8``/``int16x8``, compare each layer's float activations with the
+            quantized model's on test samples (:mod:`edgedl.optimize.quant_report`): RMSE, cosine and
+            SNR per Keras layer, worst first, in the report and a plot.
         representative: calibration inputs instead of training samples: an array, or a path in any
             form ``data`` takes (``.npy``, ``.npz``, a folder of images or wav files).
         distill: every fine-tuning stage also learns from the float baseline's predictions.
@@ -88,6 +91,7 @@ class OptimizeOptions:
     per_channel: bool = True
     strip_names: bool = False
     num_calibration: int = 200
+    quant_report: bool = False
     representative: object = field(default=None, repr=False, compare=False)
     distill: bool = False
     distill_alpha: float | None = None
@@ -164,6 +168,9 @@ class OptimizeOptions:
             raise OptionError("--lr-scale sets the fine-tuning rate after pruning: use it with --prune or --structured")
         if not self.per_channel and mode not in ("int8", "int16x8"):
             raise OptionError(f"--per-tensor needs --quantize int8 or int16x8, not '{mode or 'none'}'")
+        if self.quant_report and mode not in ("int8", "int16x8"):
+            raise OptionError(f"--quant-report compares float and integer activations: it needs -q int8 or int16x8 "
+                              f"(or --qat), not {'-q ' + mode if mode else 'no -q'}")
         if self.representative is not None and mode not in ("int8", "int16x8"):
             raise OptionError(f"--representative is calibration data for --quantize int8 or int16x8, but "
                               f"{'--quantize ' + mode if mode else 'no --quantize'} calibrates nothing: leave it out")
@@ -199,7 +206,8 @@ class OptimizeOptions:
                 "structured_layers": dict(cut.layers) if cut and cut.layers else None,
                 "structured_align": cut and cut.align, "structured_schedule": cut and cut.schedule,
                 "quantize": self.quantize, "qat": bool(self.qat), "io_type": self.io_type,
-                "per_channel": self.per_channel, "strip_names": self.strip_names, "distill": bool(self.distill),
+                "per_channel": self.per_channel, "strip_names": self.strip_names,
+                "quant_report": bool(self.quant_report), "distill": bool(self.distill),
                 "distill_alpha": self.distill_alpha, "epochs": self.epochs, "lr_scale": self.lr_scale, "seed": self.seed}
 
 

@@ -3,7 +3,8 @@
 :func:`optimize` reads top-down as its stages: check the options, find the model and its recipe,
 load the data, measure the float baseline, then structured pruning, unstructured pruning,
 quantization-aware training and conversion, each measured the same way (test accuracy, size,
-gzip'd size, parameters, MACs, sparsity: :mod:`edgedl.optimize.measure`). It returns an
+gzip'd size, parameters, MACs, sparsity: :mod:`edgedl.optimize.measure`), then, if asked, the
+integer model's error layer by layer (:mod:`edgedl.optimize.quant_report`). It returns an
 :class:`~edgedl.report.optimize.OptimizeReport` that holds the final Keras model and ``.tflite`` and
 knows how to save and format itself.
 """
@@ -19,6 +20,7 @@ from edgedl.modelio import ModelAndRecipe, resolve_model
 from edgedl.optimize.finetune import DISTILL_ALPHA, FineTune, Teacher
 from edgedl.optimize.measure import Export, Measure, calibration_samples, versions
 from edgedl.optimize.options import OptimizeOptions, check_architecture
+from edgedl.optimize.quant_report import quant_report
 from edgedl.report.optimize import OptimizeReport
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
         current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(current, options.prune, tune, measure)
         stages.append(row)
     current, tflite, rows, parts["qat"] = _convert_stage(current, options, tune, measure)
+    if options.quant_report:  # the integer .tflite's error, layer by layer
+        parts["quant_report"] = quant_report(current, tflite, options.quantize, measure.export, measure.x)
     report = OptimizeReport(
         model=current, tflite=tflite, stages=stages + rows, versions=versions(), **parts,
         source={"name": source.name, "path": source.path, "zoo_model": source.zoo_name, "trained_here_epochs": trained_here},

@@ -1,8 +1,9 @@
 """The optimization report: what each stage of :func:`edgedl.optimize.optimize` did to accuracy, size and MACs.
 
 :class:`OptimizeReport` is plain data that the pipeline fills in; it saves itself (the final
-``model.keras`` and ``model.tflite``, ``report.json``, ``report.md`` and ``stages.png``, all or
-nothing) and formats itself as Markdown; :func:`plot_stages` draws the stages side by side.
+``model.keras`` and ``model.tflite``, ``report.json``, ``report.md`` and ``stages.png``, and
+``quant_error.png`` with a per-layer quantization error; all or nothing) and formats itself as
+Markdown; :func:`plot_stages` draws the stages side by side.
 
 Example:
     >>> report = optimize("lenet.keras", OptimizeOptions(prune=0.8, quantize="int8"))  # doctest: +SKIP
@@ -26,6 +27,8 @@ from edgedl.report.plots import png_bytes
 
 FILES = {"model": "model.keras", "tflite": "model.tflite", "report": "report.json", "markdown": "report.md",
          "plot": "stages.png"}
+QUANT_PLOT = "quant_error.png"  # with a quant_report: SNR per layer (edgedl.optimize.quant_report.plot_snr)
+WORST_LAYERS = 10  # rows of report.md's per-layer error table
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class OptimizeReport:
     skipped_layers: list[dict] = field(default_factory=list)
     structured: dict | None = None
     qat: dict | None = None
+    quant_report: dict | None = None  # per-layer error of the integer model (edgedl.optimize.quant_report)
     versions: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
     files: dict = field(default_factory=dict)
@@ -115,7 +119,7 @@ class OptimizeReport:
         return {
             "source": self.source, "data": self.data, "options": self.options, "finetuning": self.finetuning,
             "stages": [s.to_dict() for s in self.stages], "pruned_layers": self.pruned_layers, "skipped_layers": self.skipped_layers,
-            "structured": self.structured, "qat": self.qat, "versions": self.versions,
+            "structured": self.structured, "qat": self.qat, "quant_report": self.quant_report, "versions": self.versions,
             "wall_time_s": self.wall_time_s, "files": self.files,
         }
 
@@ -167,6 +171,8 @@ class OptimizeReport:
             if self.qat.get("not_fake_quantized"):
                 lines += ["Kernels trained without fake quantization (the int8 export quantizes them all the same): "
                           + ", ".join(f"{r['layer']} ({r['kind']}: {r['reason']})" for r in self.qat["not_fake_quantized"]), ""]
+        if self.quant_report:
+            lines += _quant_lines(self.quant_report, self.files.get("quant_plot"))
         if self.files.get("plot"):
             lines += [f"![accuracy, size and MACs after each stage]({Path(self.files['plot']).name})", ""]
         if self.files:
@@ -181,29 +187,36 @@ class OptimizeReport:
         failure leaves neither a partial set nor old files mixed with new ones.
 
         Returns:
-            ``{"model": path, "tflite": path, "report": path, "markdown": path, "plot": path}`` (also kept
-            in ``files``).
+            ``{"model": path, "tflite": path, "report": path, "markdown": path, "plot": path}``, and
+            ``"quant_plot"`` with a ``quant_report`` (also kept in ``files``).
         """
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise OptionError(f"-o/--output must be a folder, but '{out}' is a file")
         check_out_files(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        files = {k: str(out / name) for k, name in FILES.items()}
+        names = {**FILES, **({"quant_plot": QUANT_PLOT} if self.quant_report else {})}
+        files = {k: str(out / name) for k, name in names.items()}
         staging = out.parent / f".{out.name}.{secrets.token_hex(4)}"
         staging.mkdir()  # not mkdtemp: its 0700 would become the output folder's when the folder is renamed into place
         try:
             self.model.save(staging / FILES["model"])
             (staging / FILES["tflite"]).write_bytes(self.tflite)
             (staging / FILES["plot"]).write_bytes(plot_stages(self.stages))
+            if self.quant_report:
+                from edgedl.optimize.quant_report import plot_snr
+
+                (staging / QUANT_PLOT).write_bytes(plot_snr(self.quant_report["layers"]))
             self.files = files
             (staging / FILES["markdown"]).write_text(self.to_markdown())
             _io.write_json(staging / FILES["report"], self.to_dict())
             if not out.exists():
                 os.replace(staging, out)
             else:
-                for name in FILES.values():
+                for name in names.values():
                     os.replace(staging / name, out / name)
+                if not self.quant_report and (out / QUANT_PLOT).is_file():  # an earlier run's, not this one's
+                    (out / QUANT_PLOT).unlink()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return files
@@ -211,7 +224,7 @@ class OptimizeReport:
 
 def check_out_files(out: Path) -> None:
     """OptionError if a file the report writes into ``out`` would replace a folder."""
-    for name in FILES.values():
+    for name in (*FILES.values(), QUANT_PLOT):
         if (out / name).is_dir():
             raise OptionError(f"-o/--output '{out}' holds a folder named '{name}', where edgedl writes a file: "
                               "move it away or choose another -o/--output")
@@ -249,6 +262,29 @@ def plot_stages(stages: list[StageResult]) -> bytes:
         ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
     return png_bytes(fig)
+
+
+def _quant_lines(quant: dict, plot: str | None) -> list[str]:
+    """report.md's per-layer error section: how it was measured, the worst layers, the plot."""
+    rows = quant["layers"]
+    lines = ["## Per-layer quantization error", "",
+             f"{quant.get('mode', 'integer')} model against the float32 one on {quant['samples']} test samples: "
+             f"{quant['method']}. RMSE is relative to the float activations' range; SNR in dB (higher is "
+             f"better). The {min(WORST_LAYERS, len(rows))} worst of {len(rows)} layers:", ""]
+    if not rows:
+        return lines[:2] + ["No tensor of the integer model matched one of the float model by name.", ""]
+    lines += ["| layer | op | SNR (dB) | cosine | RMSE / range | tensor |", "|---|---|---|---|---|---|"]
+    for r in rows[:WORST_LAYERS]:
+        lines.append(f"| {r['layer'] or '?'} | {r['op']} | {_num(r['snr_db'], '.1f')} | "
+                     f"{_num(r['cosine'], '.5f')} | {_num(r['rmse_rel'], '.2e')} | `{r['tensor'][:60]}` |")
+    lines.append("")
+    if plot:
+        lines += [f"![SNR per layer, worst first]({Path(plot).name})", ""]
+    return lines
+
+
+def _num(value, spec: str, missing: str = "n/a") -> str:
+    return missing if value is None else format(value, spec)
 
 
 def _kb(n: int) -> str:
