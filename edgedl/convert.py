@@ -24,7 +24,8 @@ RECURRENT_KINDS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM
 
 
 def to_tflite(model, quantize: str = "none", representative: np.ndarray | None = None,
-              io_type: str = "float", num_calibration: int = 200, per_channel: bool = True) -> bytes:
+              io_type: str = "float", num_calibration: int = 200, per_channel: bool = True,
+              keep_float=(), int16=()) -> bytes:
     """Convert a Keras model to a ``.tflite`` flatbuffer with batch size 1.
 
     Args:
@@ -38,6 +39,9 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         per_channel: one scale per output channel for int8 weights (``False``: one per tensor,
             which saves a float32 scale and an int64 zero point per channel, per weight and bias
             tensor; on small models that is a third of the file, at some risk to accuracy).
+        keep_float: Keras layer names left in float32 in an ``int8``/``int16x8`` model, and
+        int16: Keras layer names in int16x8 in an ``int8`` model; with either, Google's AI Edge
+            Quantizer quantizes the float32 ``.tflite`` (:func:`edgedl.optimize.selective.quantize_layers`).
 
     Returns:
         The ``.tflite`` bytes.
@@ -69,6 +73,10 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
                    for r, shape in zip(_per_input(representative, len(shapes)), shapes)]
         if not per_channel:
             converter._experimental_disable_per_channel = True  # the converter's only switch for it
+        if keep_float or int16:  # some layers at another precision: the AI Edge Quantizer's recipe does that
+            from edgedl.optimize.selective import quantize_layers
+
+            return quantize_layers(model, to_tflite(model), quantize, samples, keep_float, int16, io_type, per_channel)
         names = [t.name for t in fixed.inputs]  # by name: the calibrator feeds a list in the .tflite's own order
         converter.representative_dataset = lambda: ({n: s[i][None] for n, s in zip(names, samples)}
                                                     for i in range(len(samples[0])))
@@ -83,6 +91,8 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
             io = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
             converter.inference_input_type = io
             converter.inference_output_type = io
+    elif keep_float or int16:
+        raise OptionError(f"layers kept in float32 or int16x8 are part of an integer model: quantize int8, not '{quantize}'")
     elif io_type != "float":
         raise OptionError(f"I/O type '{io_type}' needs full integer quantization (int8), not '{quantize}'")
     return _convert(converter, quantize, model.name)

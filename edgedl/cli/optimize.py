@@ -4,7 +4,7 @@ import json
 
 import click
 
-from edgedl.cli._options import COUNT, SEED, OutputOption, Whole
+from edgedl.cli._options import COUNT, SEED, Number, OutputOption, Whole
 
 
 def _fraction(value):
@@ -53,7 +53,7 @@ def _whole(value):
               help="oneshot [default]: remove the channels, then fine-tune; polynomial: mask them a few more at a "
                    "time over the first half of fine-tuning, then remove them.")
 @click.option("--distill", is_flag=True,
-              help="Fine-tune on the labels and on the float baseline's predictions (knowledge distillation).")
+              help="Fine-tune on the labels and the float baseline's predictions (distillation).")
 @click.option("--distill-alpha", type=float, metavar="FRACTION",
               help="With --distill, the share of the loss on the labels, in [0, 1) [default: 0.5].")
 @click.option("--lr-scale", type=float, metavar="FACTOR",
@@ -66,8 +66,13 @@ def _whole(value):
 @click.option("--num-calibration", type=COUNT, default=200, show_default=True,
               help="Representative samples from the training split for int8/int16x8.")
 @click.option("--quant-report", is_flag=True, help="Per-layer error vs float32 (int8, int16x8).")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
+              help="Keep Keras layer LAYER float32 (repeatable).")
+@click.option("--int16", "int16", multiple=True, metavar="LAYER", help="Keras layer LAYER in int16x8 (repeatable).")
+@click.option("--max-drop", type=Number(0, 1), metavar="FRACTION",
+              help="Keep the worst layers float32 until accuracy drops at most this (0.01: 1 point).")
 @click.option("--per-tensor", is_flag=True,
-              help="One weight scale per tensor instead of per channel: a smaller file, at some risk to accuracy.")
+              help="One weight scale per tensor, not per channel: a smaller file, some risk to accuracy.")
 @click.option("--strip-names", is_flag=True,
               help="Drop what no runtime reads from the .tflite (intermediate tensor names, metadata) and store "
                    "repeated tables once.")
@@ -82,15 +87,15 @@ def _whole(value):
               help="Steps for --data: resize=HxW, scale=1/255, mean, std... or a .toml.")
 @click.option("--epochs", "-e", type=COUNT,
               help="Fine-tuning epochs per stage (default: a quarter of the recipe's, at least 2000 steps); for a zoo name, also the training epochs.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default: $EDGEDL_DATA, then the user cache).")
-@click.option("--limit", type=COUNT, help="Use at most this many samples per split (quick runs).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Default: $EDGEDL_DATA, then the user cache.")
+@click.option("--limit", type=COUNT, help="Use at most this many samples per split.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for fine-tuning and calibration samples.")
 @click.option("--deterministic", is_flag=True,
               help="Bit-identical fine-tuning for the same seed (can be slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_block, structured, structured_residual, structured_layers,
              structured_align, structured_schedule, distill, distill_alpha, lr_scale, quantize, qat, io_type, num_calibration,
-             quant_report, per_tensor, strip_names, representative, out_dir, dataset, data, preprocess, epochs, data_dir, limit, seed,
+             quant_report, keep_float, int16, max_drop, per_tensor, strip_names, representative, out_dir, dataset, data, preprocess, epochs, data_dir, limit, seed,
              deterministic, as_json):
     """Prune and quantize MODEL (a .keras/.h5/SavedModel path, or a zoo name), fine-tuning with its recipe.
 
@@ -133,6 +138,7 @@ def optimize(model, prune, prune_layers, prune_scope, prune_schedule, prune_bloc
         prune=prune, structured=structured, quantize=quantize, qat=qat, io_type=io_type, per_channel=not per_tensor,
         strip_names=strip_names, num_calibration=num_calibration, representative=representative, distill=distill,
         distill_alpha=distill_alpha, lr_scale=lr_scale, dataset=dataset, data=data, quant_report=quant_report,
+        keep_float=keep_float, int16=int16, max_drop=max_drop,
         preprocess=list(preprocess) or None, epochs=epochs, data_dir=data_dir,
         limit=limit, seed=seed, deterministic=deterministic, out_dir=out_dir,
     ).check()
@@ -180,6 +186,14 @@ def _print_table(report):
         console.print("worst layers after quantization (SNR): " + ", ".join(
             f"{r['layer'] or r['tensor']} {'n/a' if r['snr_db'] is None else format(r['snr_db'], '.1f') + ' dB'}"
             for r in worst), highlight=False)
+    if report.selective:
+        sel = report.selective
+        for k, s in enumerate(sel["steps"] if sel["max_drop"] is not None else []):
+            console.print(f"step {k}: float32 {', '.join(s['kept_float']) or 'none'}: {100 * s['accuracy']:.2f}% "
+                          f"({0.0 - 100 * s['drop']:+.2f} pts vs float32 .tflite), {_si(s['size_bytes'], 'B')}", highlight=False)
+        console.print(f"kept in float32: {', '.join(sel['keep_float']) or 'none'}; int16x8: "
+                      f"{', '.join(sel['int16']) or 'none'}" + ("" if sel["met"] else
+                      f" (--max-drop {sel['max_drop']:g} not met: no layer left)"), highlight=False)
     for r in report.skipped_layers:
         console.print(f"not pruned: {r['layer']} ({r['kind']}): {r['reason']}", highlight=False)
     for path in report.files.values():

@@ -53,6 +53,11 @@ class OptimizeOptions:
         quant_report: with ``int8``/``int16x8``, compare each layer's float activations with the
             quantized model's on test samples (:mod:`edgedl.optimize.quant_report`): RMSE, cosine and
             SNR per Keras layer, worst first, in the report and a plot.
+        keep_float: Keras layer names left in float32 in the int8 (or int16x8) model, and
+        int16: Keras layer names in int16x8 in the int8 model (:mod:`edgedl.optimize.selective`).
+        max_drop: accuracy-aware precision: the worst layers (lowest per-layer SNR) are kept in float32,
+            one at a time, until test accuracy is at most this much below the float32 model's, a
+            fraction in [0, 1] (0.01: one point).
         representative: calibration inputs instead of training samples: an array, or a path in any
             form ``data`` takes (``.npy``, ``.npz``, a folder of images or wav files).
         distill: every fine-tuning stage also learns from the float baseline's predictions.
@@ -92,6 +97,9 @@ class OptimizeOptions:
     strip_names: bool = False
     num_calibration: int = 200
     quant_report: bool = False
+    keep_float: tuple = ()
+    int16: tuple = ()
+    max_drop: float | None = None
     representative: object = field(default=None, repr=False, compare=False)
     distill: bool = False
     distill_alpha: float | None = None
@@ -123,6 +131,7 @@ class OptimizeOptions:
         parsed = dataclasses.replace(self, prune=prune, structured=structured, quantize=self._quantize_mode())
         parsed._check_numbers()
         parsed._check_pairs()
+        parsed._check_selective()
         parsed = dataclasses.replace(parsed, representative=load_representative(self.representative, self.preprocess),
                                      distill_alpha=None if self.distill_alpha is None else check_distill_alpha(self.distill_alpha))
         object.__setattr__(parsed, "checked", True)
@@ -191,6 +200,35 @@ class OptimizeOptions:
             raise OptionError("--per-tensor cannot go with --qat: quantization-aware training fake-quantizes "
                               "kernels per channel; use --per-tensor with post-training --quantize int8")
 
+    def _check_selective(self) -> None:
+        """--keep-float, --int16 and --max-drop: layers of an integer model at another precision."""
+        for name in ("keep_float", "int16"):  # one layer name, or several
+            value = getattr(self, name) or ()
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        drop = self.max_drop
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1):
+            raise OptionError(f"--max-drop must be a fraction of accuracy in [0, 1] (0.01: one point), got {drop!r}")
+        if not self.selective:
+            return
+        if self.quantize not in ("int8", "int16x8"):
+            raise OptionError(f"--keep-float, --int16 and --max-drop choose layers' precision in an integer model: "
+                              f"give -q int8, not {'-q ' + self.quantize if self.quantize else 'no -q'}")
+        if self.int16 and self.quantize != "int8":
+            raise OptionError("--int16 puts layers in int16x8 within an int8 model: use -q int8 "
+                              "(with -q int16x8 every layer is int16x8 already)")
+        if self.io_type not in ("float", "int8"):
+            raise OptionError(f"not supported: --io {self.io_type} with --keep-float/--int16/--max-drop (the AI Edge "
+                              "Quantizer writes float or int8 inputs and outputs)")
+        both = sorted(set(self.keep_float) & set(self.int16))
+        if both:
+            raise OptionError(f"layer(s) {', '.join(both)} asked in float (--keep-float) and in int16 (--int16): "
+                              "give each once")
+
+    @property
+    def selective(self) -> bool:
+        """Whether some layers get another precision (``--keep-float``, ``--int16``, ``--max-drop``)."""
+        return bool(self.keep_float or self.int16 or self.max_drop is not None)
+
     @property
     def retraining(self) -> list[str]:
         """The options that rewrite weights (``--prune``, ``--structured``, ``--qat``), as given."""
@@ -207,7 +245,8 @@ class OptimizeOptions:
                 "structured_align": cut and cut.align, "structured_schedule": cut and cut.schedule,
                 "quantize": self.quantize, "qat": bool(self.qat), "io_type": self.io_type,
                 "per_channel": self.per_channel, "strip_names": self.strip_names,
-                "quant_report": bool(self.quant_report), "distill": bool(self.distill),
+                "quant_report": bool(self.quant_report), "keep_float": list(self.keep_float),
+                "int16": list(self.int16), "max_drop": self.max_drop, "distill": bool(self.distill),
                 "distill_alpha": self.distill_alpha, "epochs": self.epochs, "lr_scale": self.lr_scale, "seed": self.seed}
 
 
@@ -225,6 +264,11 @@ def check_architecture(model, options: OptimizeOptions) -> None:
     if options.retraining:
         require_keras_layers(model, " and ".join(options.retraining))
     check_quantizable(model, options.quantize)
+    if options.selective:
+        from edgedl.optimize.selective import check_layers
+
+        check_layers(model, options.keep_float, "--keep-float")
+        check_layers(model, options.int16, "--int16")
     if options.structured is not None:
         plan_channels(model, options.structured)
     if options.prune is not None:

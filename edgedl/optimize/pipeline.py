@@ -21,6 +21,7 @@ from edgedl.optimize.finetune import DISTILL_ALPHA, FineTune, Teacher
 from edgedl.optimize.measure import Export, Measure, calibration_samples, versions
 from edgedl.optimize.options import OptimizeOptions, check_architecture
 from edgedl.optimize.quant_report import quant_report
+from edgedl.optimize.selective import selective_stage
 from edgedl.report.optimize import OptimizeReport
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
         current, row, parts["pruned_layers"], parts["skipped_layers"] = _prune_stage(current, options.prune, tune, measure)
         stages.append(row)
     current, tflite, rows, parts["qat"] = _convert_stage(current, options, tune, measure)
+    if options.selective:  # layers kept in float32 or int16x8, or as many as --max-drop needs
+        tflite, rows, parts["selective"] = selective_stage(current, options, measure, rows)
     if options.quant_report:  # the integer .tflite's error, layer by layer
         parts["quant_report"] = quant_report(current, tflite, options.quantize, measure.export, measure.x)
     report = OptimizeReport(

@@ -99,6 +99,7 @@ class OptimizeReport:
     structured: dict | None = None
     qat: dict | None = None
     quant_report: dict | None = None  # per-layer error of the integer model (edgedl.optimize.quant_report)
+    selective: dict | None = None  # layers kept in float32 or int16x8, and --max-drop's steps (edgedl.optimize.selective)
     versions: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
     files: dict = field(default_factory=dict)
@@ -119,7 +120,8 @@ class OptimizeReport:
         return {
             "source": self.source, "data": self.data, "options": self.options, "finetuning": self.finetuning,
             "stages": [s.to_dict() for s in self.stages], "pruned_layers": self.pruned_layers, "skipped_layers": self.skipped_layers,
-            "structured": self.structured, "qat": self.qat, "quant_report": self.quant_report, "versions": self.versions,
+            "structured": self.structured, "qat": self.qat, "quant_report": self.quant_report,
+            "selective": self.selective, "versions": self.versions,
             "wall_time_s": self.wall_time_s, "files": self.files,
         }
 
@@ -171,6 +173,8 @@ class OptimizeReport:
             if self.qat.get("not_fake_quantized"):
                 lines += ["Kernels trained without fake quantization (the int8 export quantizes them all the same): "
                           + ", ".join(f"{r['layer']} ({r['kind']}: {r['reason']})" for r in self.qat["not_fake_quantized"]), ""]
+        if self.selective:
+            lines += _selective_lines(self.selective)
         if self.quant_report:
             lines += _quant_lines(self.quant_report, self.files.get("quant_plot"))
         if self.files.get("plot"):
@@ -280,6 +284,26 @@ def _quant_lines(quant: dict, plot: str | None) -> list[str]:
     lines.append("")
     if plot:
         lines += [f"![SNR per layer, worst first]({Path(plot).name})", ""]
+    return lines
+
+
+def _selective_lines(sel: dict) -> list[str]:
+    """report.md's selective-precision section: what was kept, and each step of --max-drop."""
+    kept = ", ".join(sel["keep_float"]) or "none"
+    lines = ["## Selective precision", "", f"{sel['method']} ({sel['library']}).", "",
+             f"Kept in float32: {kept}. In int16x8: {', '.join(sel['int16']) or 'none'}. "
+             f"Float32 .tflite accuracy: {100 * sel['float_accuracy']:.2f}%.", ""]
+    if sel.get("max_drop") is not None:
+        verdict = "met" if sel["met"] else "not met: no layer left to keep in float32"
+        lines += [f"Accuracy-aware: at most {100 * sel['max_drop']:.2f} points below float32 ({verdict}); each step "
+                  "keeps the layer with the lowest per-layer SNR in float32 for the next.", "",
+                  "| step | kept in float32 | accuracy | drop (pts) | size | worst layer (SNR dB) |",
+                  "|---|---|---|---|---|---|"]
+        for k, s in enumerate(sel["steps"]):
+            worst = f"{s['worst_layer']} ({_num(s.get('worst_snr_db'), '.1f')})" if s.get("worst_layer") else ""
+            lines.append(f"| {k} | {', '.join(s['kept_float']) or 'none'} | {100 * s['accuracy']:.2f}% | "
+                         f"{100 * s['drop']:.2f} | {_kb(s['size_bytes'])} | {worst} |")
+        lines.append("")
     return lines
 
 
