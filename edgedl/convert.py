@@ -92,7 +92,8 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
             converter.inference_input_type = io
             converter.inference_output_type = io
     elif keep_float or int16:
-        raise OptionError(f"layers kept in float32 or int16x8 are part of an integer model: quantize int8, not '{quantize}'")
+        raise OptionError(f"layers kept in float32 or int16x8 are part of an integer model: quantize int8, "
+                          f"not '{quantize}'")
     elif io_type != "float":
         raise OptionError(f"I/O type '{io_type}' needs full integer quantization (int8), not '{quantize}'")
     return _convert(converter, quantize, model.name)

@@ -189,8 +189,9 @@ def _print_table(report):
     if report.selective:
         sel = report.selective
         for k, s in enumerate(sel["steps"] if sel["max_drop"] is not None else []):
+            change = 0.0 - 100 * s["drop"]  # 0.0 - : never "-0.00"
             console.print(f"step {k}: float32 {', '.join(s['kept_float']) or 'none'}: {100 * s['accuracy']:.2f}% "
-                          f"({0.0 - 100 * s['drop']:+.2f} pts vs float32 .tflite), {_si(s['size_bytes'], 'B')}", highlight=False)
+                          f"({change:+.2f} pts vs float32 .tflite), {_si(s['size_bytes'], 'B')}", highlight=False)
         console.print(f"kept in float32: {', '.join(sel['keep_float']) or 'none'}; int16x8: "
                       f"{', '.join(sel['int16']) or 'none'}" + ("" if sel["met"] else
                       f" (--max-drop {sel['max_drop']:g} not met: no layer left)"), highlight=False)

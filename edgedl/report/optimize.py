@@ -99,7 +99,7 @@ class OptimizeReport:
     structured: dict | None = None
     qat: dict | None = None
     quant_report: dict | None = None  # per-layer error of the integer model (edgedl.optimize.quant_report)
-    selective: dict | None = None  # layers kept in float32 or int16x8, and --max-drop's steps (edgedl.optimize.selective)
+    selective: dict | None = None  # layers kept float32 or int16x8, --max-drop's steps (edgedl.optimize.selective)
     versions: dict = field(default_factory=dict)
     wall_time_s: float = 0.0
     files: dict = field(default_factory=dict)
