@@ -5,6 +5,7 @@ Quantizer, and the accuracy-aware mode that keeps the worst layers in float32 un
 
 import json
 
+import numpy as np
 import pytest
 
 from cli_run import run_cli, the_error
@@ -95,13 +96,25 @@ def test_max_drop_keeps_the_worst_layers_in_float_until_met_and_reports_each_ste
     assert f"| {len(steps) - 1} | {', '.join(steps[-1]['kept_float']) or 'none'} |" in markdown
 
 
-def test_an_unknown_layer_is_one_line_listing_the_models_layers(trained_lenet, capsys, tmp_path):
-    code, _, err = run_cli(capsys, "optimize", trained_lenet["keras"], "-q", "int8", "--keep-float", "conv9",
+@pytest.mark.parametrize("flag", ["--keep-float", "--int16"])
+def test_an_unknown_layer_is_one_line_listing_the_models_layers(flag, trained_lenet, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "optimize", trained_lenet["keras"], "-q", "int8", flag, "conv9",
                            "--dataset", "digits", "-o", tmp_path / "out")
     line = the_error(code, err)
-    assert "--keep-float conv9: model 'lenet' has no layer 'conv9'" in line
+    assert f"{flag} conv9: model 'lenet' has no layer 'conv9'" in line
     assert "its layers: image, conv1, pool1, conv2, pool2, flatten, fc1, fc2, probs" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_layer_without_an_operator_of_its_own_is_named_with_those_that_have_one(trained_lenet):
+    from edgedl.convert import to_tflite
+    from edgedl.errors import OptionError
+
+    x = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
+    with pytest.raises(OptionError, match=r"layer 'image' has no operator of its own .*: conv1, pool1, conv2"):
+        to_tflite(trained_lenet["model"], "int8", x, keep_float=["image"])
+    with pytest.raises(OptionError, match="quantize int8, not 'float16'"):
+        to_tflite(trained_lenet["model"], "float16", keep_float=["conv1"])
 
 
 @pytest.mark.parametrize("kwargs, message", [
