@@ -410,10 +410,11 @@ def test_an_unreachable_tracker_is_named():
 @pytest.mark.parametrize("device", ["localhost", "127.0.0.1:", "127.0.0.1:99999", "http://host:9090",
                                     "tracker://127.0.0.1:9190", "tracker://127.0.0.1:9190/", "tracker://h/k",
                                     "host:90:90"])
-def test_a_malformed_device_shows_the_two_accepted_forms(device):
+def test_a_malformed_device_shows_the_accepted_forms(device):
     from edgedl.bench.options import parse_device
 
-    with pytest.raises(OptionError, match=r"expected HOST:PORT .* or tracker://HOST:PORT/KEY"):
+    with pytest.raises(OptionError,
+                       match=r"expected HOST:PORT .*, tracker://HOST:PORT/KEY .* or serial:///dev/ttyACM0"):
         parse_device(device)
 
 
