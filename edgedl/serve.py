@@ -21,6 +21,7 @@ length and a body; a request is a JSON frame ``{"call": NAME, "args": {...}}`` n
 ``edgedl.agent.assemble``   move uploaded files into a bundle folder (uploads are flat)
 ``edgedl.bench.measure``    JSON request in, :func:`~edgedl.bench.core.measure`'s JSON out
 ``edgedl.bench.repeat``     one timed repeat on a model kept loaded in the session: raw times
+``edgedl.bench.profile``    the per-operator profile of that model (``bench --profile``)
 ==========================  ==============================================================
 
 and the answer is one JSON frame. Nothing else can be called: a TVM RPC server would load and run
@@ -80,7 +81,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9090
 DEFAULT_KEY = "edgedl"
-FUNCTIONS = ("edgedl.agent.hello", "edgedl.agent.assemble", "edgedl.bench.measure", "edgedl.bench.repeat")
+FUNCTIONS = ("edgedl.agent.hello", "edgedl.agent.assemble", "edgedl.bench.measure", "edgedl.bench.repeat",
+             "edgedl.bench.profile")
 UPLOAD = "edgedl.agent.upload"
 PROTOCOL = "edgedl-agent/1"
 
@@ -459,27 +461,62 @@ def repeat(request: str) -> str:
     the same statistics as a local run over all repeats, and keeps finished repeats if the device
     is lost later.
     """
-    import edgedl.runtime as rt
-    from edgedl.bench.core import peak_rss_bytes, raw_sample, rss_bytes
+    from edgedl.bench.core import peak_rss_bytes, rss_bytes
     from edgedl.bench.timing import time_invocations
 
     req = json.loads(request)
     threads, runs = _int(req, "threads", 1, 1024), _int(req, "runs", 1, 10**8)
-    key = (req["bundle"], threads)
     with _measuring():
-        warmup = 0
-        if _session.get("key") != key:
-            _session.clear()
-            model = rt.load(_workpath(req["bundle"]), num_threads=threads, trusted=_config["trusted"])
-            x, _ = _samples(req)
-            raw = raw_sample(model, x)
-            warmup = _int(req, "warmup", 0, 10**7)  # once per session: the model stays warm between repeats
-            _session.update(key=key, model=model, raw=raw)
+        # warm-up once per session: the model stays loaded and warm between repeats
+        warmup = _int(req, "warmup", 0, 10**7) if _load_once(req, threads) else 0
         (times,) = time_invocations(_session["model"].engine, _session["raw"], warmup, runs).repeats
     return json.dumps({"times_s": times.tolist(), "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes()})
 
 
-_FUNCTIONS = dict(zip(FUNCTIONS, (hello, assemble, measure, repeat)))
+def _load_once(req: dict, threads: int) -> bool:
+    """Load the request's bundle into the session (verifying it) unless it is loaded already, with the
+    raw input the timing loop runs; True when it was loaded now."""
+    import edgedl.runtime as rt
+    from edgedl.bench.core import raw_sample
+
+    key = (req["bundle"], threads)
+    if _session.get("key") == key:
+        return False
+    _session.clear()
+    model = rt.load(_workpath(req["bundle"]), num_threads=threads, trusted=_config["trusted"])
+    x, _ = _samples(req)
+    _session.update(key=key, model=model, raw=raw_sample(model, x))
+    return True
+
+
+PROFILE_FIELDS = ("bundle", "samples", "threads", "warmup", "runs")
+
+
+def profile(request: str) -> str:
+    """The per-operator profile (:func:`edgedl.bench.profile.profile_model`) of the session's model,
+    loaded (and verified) as ``repeat`` loads it, on the input the timing loop runs.
+
+    The request holds ``bundle``, ``samples``, ``threads``, ``warmup`` and ``runs``, nothing else;
+    the answer is the ``profile`` record of a local ``bench --profile``, measured here, on the device.
+    """
+    from edgedl.bench.profile import PROFILE_WARMUP, profile_model
+
+    req = json.loads(request)
+    if not isinstance(req, dict):
+        raise OptionError("edgedl.bench.profile takes a JSON object")
+    unknown = sorted(str(k)[:40] for k in req if k not in PROFILE_FIELDS)
+    if unknown:
+        raise OptionError(f"edgedl.bench.profile takes {', '.join(PROFILE_FIELDS)}; got also {', '.join(unknown)}")
+    threads, runs = _int(req, "threads", 1, 1024), _int(req, "runs", 1, 10**8)
+    warmup = _int(req, "warmup", 0, 10**7)
+    with _measuring():
+        _load_once(req, threads)
+        record = profile_model(_session["model"], _session["raw"], warmup=min(warmup, PROFILE_WARMUP), runs=runs,
+                               threads=threads)
+    return json.dumps(record)
+
+
+_FUNCTIONS = dict(zip(FUNCTIONS, (hello, assemble, measure, repeat, profile)))
 
 
 # ---------------------------------------------------------------------------------------------------

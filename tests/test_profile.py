@@ -110,3 +110,44 @@ def test_onnx_runtime_traces_leave_out_the_warm_up_runs_and_average_the_rest():
                                          ("ReorderOutput_token_5", None), ("conv2d1", None)])
 def test_node_names_map_back_to_keras_layers_where_they_carry_the_path(name, layer):
     assert keras_layer(name) == layer
+
+
+# -- through an `edgedl serve` agent (a real one on loopback, started as tests/test_remote.py starts it) --
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    test_remote = pytest.importorskip("test_remote", reason="remote benches need TVM's RPC and psutil")
+    pool = test_remote.agent_pool(tmp_path_factory.mktemp("agent"))
+    yield next(pool)(1)[0]
+    pool.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_a_bench_through_an_agent_returns_the_profile_measured_on_the_agent(bundles, agent, backend):
+    result = bench(str(bundles[backend]), BenchOptions(**QUICK, device=agent.device, timeout=120)).data
+    profile = result["profile"]
+    check_adds_up(profile, backend)
+    assert result["device"] == agent.device and result["remote"]["sessions"] == 1
+    assert result["timing"]["latency"]["runs"] == 30  # the timed repeats are whole beside the profile
+    if backend == "onnxruntime":
+        convs = [r for r in profile["rows"] if r["type"] == "Conv"]
+        assert {r["layer"] for r in convs} == {"conv1", "conv2"}
+    else:
+        assert "conv2d" in {r["type"] for r in profile["rows"]} and "time_evaluator" in profile["source"]
+
+
+@pytest.mark.slow
+def test_an_engine_without_a_profiler_says_so_through_an_agent_too(bundles, agent):
+    profile = bench(str(bundles["litert"]), BenchOptions(**QUICK, device=agent.device, timeout=120)).data["profile"]
+    assert profile["available"] is False and "no per-operator profiler" in profile["reason"]
+
+
+def test_the_agent_refuses_a_profile_request_with_fields_it_does_not_take():
+    from edgedl.errors import OptionError
+    from edgedl.serve import profile
+
+    request = {"bundle": "bundle", "samples": None, "threads": 1, "warmup": 1, "runs": 1, "library": "/tmp/x.so"}
+    with pytest.raises(OptionError, match="takes bundle, samples, threads, warmup, runs; got also library"):
+        profile(json.dumps(request))

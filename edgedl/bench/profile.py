@@ -48,6 +48,7 @@ UNIT_KEYS = {"us": "time_us", "instructions": "instructions", "cycles": "cycles"
 MIN_COVERAGE = {"onnxruntime": 0.4, "tvm": 0.5, "mcu": 0.8}
 MAX_COVERAGE = 1.05
 PROFILE_RUNS = 100  # at most this many profiled inferences: the profile is of the mean inference
+PROFILE_WARMUP = 10  # at most this many unprofiled inferences first
 
 
 def not_available(backend: str, reason: str) -> dict:

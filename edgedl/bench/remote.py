@@ -14,7 +14,9 @@ One run is a few remote calls on one session, each with a deadline:
 2. ``edgedl.bench.measure``: load (verifying every sha256 on the device), first inference, memory,
    accuracy on the samples;
 3. ``edgedl.bench.repeat`` once per repeat: warm-up on the first, then the raw times of ``runs``
-   inferences, from which the same statistics as a local run are computed here.
+   inferences, from which the same statistics as a local run are computed here;
+4. with ``profile``, ``edgedl.bench.profile``: the per-operator profile of the same loaded model,
+   measured on the device after the timed repeats, as a local ``bench --profile`` measures it.
 
 Finished repeats are kept: a device lost mid-run is reconnected and the failed repeat run again
 (``retries`` times); when it cannot be, the :class:`~edgedl.errors.DeviceError` says how many
@@ -48,7 +50,8 @@ def run_remote(bundle, request: dict, options, progress=None) -> dict:
     Args:
         bundle: the bundle (folder or archive) to upload.
         request: what to measure: ``warmup``, ``runs``, ``repeats``, ``threads``, ``samples``
-            (a local .npz written by :func:`edgedl.bench.core.save_samples`, or None).
+            (a local .npz written by :func:`edgedl.bench.core.save_samples`, or None), and
+            ``profile`` (optional: True for the per-operator profile, :mod:`edgedl.bench.profile`).
         options: ``device`` (``HOST:PORT`` or ``tracker://HOST:PORT/KEY``), ``timeout`` (seconds
             for the whole run, queueing at a tracker included) and ``retries`` (reconnects on a
             lost device).
@@ -172,6 +175,7 @@ class _RemoteMeasurement:
         self.session = None
         self.frame: dict | None = None
         self.times: list[np.ndarray] = []
+        self.profile: dict | None = None
         self.memory: dict = {}
         self.agent: dict = {}
         self.sessions = 0
@@ -204,6 +208,8 @@ class _RemoteMeasurement:
                     self.times.append(np.asarray(out["times_s"], dtype=np.float64))
                     self.memory = {"rss_after_bytes": out["rss_bytes"], "peak_rss_bytes": out["peak_rss_bytes"]}
                     self._report()
+                if self.request.get("profile") and self.profile is None:
+                    self.profile = self._profile()
                 break
             except DeviceError as e:
                 self._close()
@@ -219,6 +225,19 @@ class _RemoteMeasurement:
         if self.progress:
             total = int(self.request["repeats"]) * int(self.request["runs"]) + self.num_samples
             self.progress(self.num_samples + sum(len(t) for t in self.times), total)
+
+    def _profile(self) -> dict:
+        """The device's per-operator profile of the loaded model; an agent that cannot give one (an older
+        agent without ``edgedl.bench.profile``) leaves the run whole and says so in the record."""
+        from edgedl.bench.profile import not_available
+
+        request = dict(self._remote_request(), warmup=int(self.request["warmup"]), runs=int(self.request["runs"]))
+        out = self._call("profiling each operator", lambda: self._remote_now("edgedl.bench.profile", request))
+        if "error" in out and out.get("error_type") != "InputFileError":
+            self._close()  # an agent that refuses the call ends the session
+            backend = (self.frame or {}).get("bundle", {}).get("backend", "remote")
+            return not_available(backend, f"the device {self.device} gave no profile: {str(out['error'])[:300]}")
+        return self._check(out)
 
     def _remote_request(self) -> dict:
         return {"bundle": self.remote_bundle, "samples": self.remote_samples, "threads": int(self.request["threads"])}
@@ -412,6 +431,8 @@ class _RemoteMeasurement:
         r["settings"] = {"warmup": int(req["warmup"]), "runs": int(req["runs"]), "repeats": int(req["repeats"]),
                          "threads": int(req["threads"])}
         r["timing"].update(Timing(self.times).summary())
+        if self.profile is not None:
+            r["profile"] = self.profile
         if self.memory:
             r["memory"]["rss_after_bytes"] = self.memory["rss_after_bytes"]
             r["memory"]["peak_rss_bytes"] = max(self.memory["peak_rss_bytes"], r["memory"]["peak_rss_bytes"])
