@@ -65,3 +65,23 @@ def test_quant_report_without_integer_quantization_is_a_one_line_error(tmp_path,
     code, _, err = run_cli(capsys, "optimize", tmp_path / "lenet.keras", *args, "--quant-report", "-o", tmp_path / "out")
     assert the_error(code, err) == ("error: --quant-report compares float and integer activations: it needs -q int8 "
                                     f"or int16x8 (or --qat), not {received}")
+
+
+def test_quant_report_with_strip_names_measures_the_selective_model_that_ships(trained_lenet):
+    from edgedl.optimize import OptimizeOptions, optimize
+
+    report = optimize(trained_lenet["model"], OptimizeOptions(
+        quantize="int8", keep_float=("conv1",), quant_report=True, strip_names=True, dataset="digits", limit=128),
+        progress=False)
+    quant = report.quant_report
+    assert quant["model"] == "int8 by the AI Edge Quantizer, conv1 in float32"
+    by_layer = {r["layer"]: r for r in quant["layers"]}
+    assert set(by_layer) == LENET_LAYERS
+    conv1 = by_layer["conv1"]  # float32 in the written model, fed the float input: no error at all
+    assert conv1["rmse_rel"] == 0 and conv1["snr_db"] is None and quant["layers"][-1] is conv1
+    assert all(10 < r["snr_db"] < 80 for r in quant["layers"][:-1])  # the int8 layers after it do err
+
+    plain = optimize(trained_lenet["model"], OptimizeOptions(quantize="int8", quant_report=True, strip_names=True,
+                                                             dataset="digits", limit=128), progress=False).quant_report
+    assert plain["model"] == "int8 by the TensorFlow Lite converter"
+    assert next(r for r in plain["layers"] if r["layer"] == "conv1")["snr_db"] > 10  # int8 there: it errs

@@ -85,7 +85,8 @@ def optimize(model, options: OptimizeOptions, *, progress: bool = True) -> Optim
     if options.selective:  # layers kept in float32 or int16x8, or as many as --max-drop needs
         tflite, rows, parts["selective"] = selective_stage(current, options, measure, rows)
     if options.quant_report:  # the integer .tflite's error, layer by layer
-        parts["quant_report"] = quant_report(current, tflite, options.quantize, measure.export, measure.x)
+        parts["quant_report"] = quant_report(current, tflite, options.quantize, measure.export, measure.x,
+                                              selective=parts.get("selective"))
     report = OptimizeReport(
         model=current, tflite=tflite, stages=stages + rows, versions=versions(), **parts,
         source={"name": source.name, "path": source.path, "zoo_model": source.zoo_name, "trained_here_epochs": trained_here},

@@ -42,31 +42,44 @@ METHOD = ("float32 and integer .tflite run side by side on LiteRT's built-in ker
           "(integer ones dequantized), so each row is the whole model's error up to that layer's output")
 
 
-def quant_report(model, tflite: bytes, mode: str, export, x, num_samples: int = NUM_SAMPLES) -> dict:
+def quant_report(model, tflite: bytes, mode: str, export, x, num_samples: int = NUM_SAMPLES,
+                 selective: dict | None = None) -> dict:
     """The pipeline's per-layer error of an integer ``.tflite`` against the float32 one of ``model``.
 
     Args:
         model: the Keras model ``tflite`` was converted from.
-        tflite: the integer ``.tflite`` (``int8`` or ``int16x8``).
+        tflite: the integer ``.tflite`` (``int8`` or ``int16x8``), the one the run writes.
         mode: its quantization mode.
         export: the run's :class:`~edgedl.optimize.measure.Export`; where it strips tensor names, both
             models are converted again with the names kept (the same calibration gives the same model).
         x: float samples (the test split); the first ``num_samples`` are run.
         num_samples: how many samples to run.
+        selective: the run's selective-precision record (:func:`edgedl.optimize.selective.selective_stage`),
+            where ``tflite`` came from it: a model converted again is then the AI Edge Quantizer's, with
+            the same layers in float32 and int16x8, not the converter's plain integer one.
 
     Returns:
-        What :func:`layer_errors` returns, with ``mode`` added.
+        What :func:`layer_errors` returns, with ``mode`` and ``model`` (which model was measured) added.
 
     Example:
         >>> quant_report(model, tflite, "int8", measure.export, data.x_test)["layers"][0]["layer"]  # doctest: +SKIP
         'fc1'
     """
     plain = dataclasses.replace(export, strip_names=False)
-    if export.strip_names:
-        tflite = plain(model, mode)
-    result = layer_errors(plain(model, "none"), tflite, x, output_layers=_output_layers(model),
-                          num_samples=num_samples)
-    return {"mode": mode, **result}
+    float_tflite = plain(model, "none")
+    keep, int16 = list((selective or {}).get("keep_float", ())), list((selective or {}).get("int16", ()))
+    if export.strip_names:  # the written model has no names to match: the same model again, with them
+        if selective is not None:
+            from edgedl.optimize.selective import _quantized
+
+            tflite = _quantized(model, float_tflite, mode, plain, keep, int16)
+        else:
+            tflite = plain(model, mode)
+    what = [f"{', '.join(keep)} in float32"] * bool(keep) + [f"{', '.join(int16)} in int16x8"] * bool(int16)
+    described = (f"{mode} by the AI Edge Quantizer" + (f", {'; '.join(what)}" if what else "")
+                 if selective is not None else f"{mode} by the TensorFlow Lite converter")
+    result = layer_errors(float_tflite, tflite, x, output_layers=_output_layers(model), num_samples=num_samples)
+    return {"mode": mode, "model": described, **result}
 
 
 def layer_errors(float_tflite: bytes, quantized_tflite: bytes, x, output_layers: list[str] | None = None,
