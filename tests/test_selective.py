@@ -139,3 +139,78 @@ def test_one_layer_name_is_taken_as_one_layer():
     options = OptimizeOptions(quantize="int8", keep_float="conv1").check()
     assert options.keep_float == ("conv1",) and options.selective
     assert not OptimizeOptions(quantize="int8").check().selective
+
+
+@pytest.fixture(scope="module")
+def outlier_mlp():
+    """An MLP on scikit-learn's digits whose first hidden layer, ``hard``, is hard to quantize: the
+    kernel rows of the pixels that are zero in every image (the top-left corner) are set to 200 times
+    its largest weight. The function is unchanged (those rows only ever meet zeros), but one int8
+    scale per output channel must now span the outlier, and the real weights fall into a few steps."""
+    keras = pytest.importorskip("keras")
+    from edgedl.data import load_dataset
+
+    data = load_dataset("digits")
+    keras.utils.set_random_seed(0)
+    image = keras.Input((28, 28, 1), name="image")
+    h = keras.layers.Flatten(name="flatten")(image)
+    h = keras.layers.Dense(32, activation="relu", name="hard")(h)
+    h = keras.layers.Dense(32, name="mid")(h)
+    h = keras.layers.Dense(16, activation="relu", name="late")(h)
+    model = keras.Model(image, keras.layers.Dense(10, activation="softmax", name="probs")(h), name="outlier")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(data.x_train, data.y_train, epochs=8, batch_size=64, verbose=0)
+    flat = data.x_train.reshape(len(data.x_train), -1)
+    zero = np.flatnonzero(flat.max(axis=0) == 0)
+    assert len(zero) and data.x_test.reshape(len(data.x_test), -1)[:, zero].max() == 0
+    kernel, bias = model.get_layer("hard").get_weights()
+    kernel[zero] = 200 * np.abs(kernel).max()
+    model.get_layer("hard").set_weights([kernel, bias])
+    return model, data
+
+
+def test_own_error_ranks_first_the_layer_whose_own_quantization_hurts(outlier_mlp):
+    from edgedl.convert import to_tflite
+    from edgedl.optimize.measure import tflite_accuracy
+    from edgedl.optimize.quant_report import _output_layers, layer_errors
+    from edgedl.optimize.selective import layer_sensitivity, quantize_layers
+
+    model, data = outlier_mlp
+    float_tflite, samples = to_tflite(model), [data.x_train[:200]]
+    own = layer_sensitivity(model, float_tflite, "int8", samples, data.x_test)
+    assert own["samples"] == 100 and "quantized alone" in own["method"]
+    rows = own["layers"]
+    assert [r["layer"] for r in rows][0] == "hard" and {r["layer"] for r in rows} == {"flatten", "hard", "mid", "late",
+                                                                                       "probs"}
+    assert rows[0]["snr_db"] < rows[1]["snr_db"] - 5  # by far the worst on its own
+
+    # in the integer model the error made in `hard` reaches every layer after it: the accumulated SNR
+    # cannot tell them apart, and the lowest is a later layer's
+    whole = quantize_layers(model, float_tflite, "int8", samples)
+    accumulated = {r["layer"]: r["snr_db"] for r in
+                   layer_errors(float_tflite, whole, data.x_test, output_layers=_output_layers(model))["layers"]}
+    assert all(accumulated[name] < accumulated["hard"] + 1 for name in ("mid", "late", "probs")), accumulated
+
+    # keeping `hard` in float32 is what recovers the accuracy
+    float_accuracy = tflite_accuracy(float_tflite, data.x_test, data.y_test)
+    kept = quantize_layers(model, float_tflite, "int8", samples, keep_float=["hard"])
+    assert tflite_accuracy(whole, data.x_test, data.y_test) < float_accuracy - 0.2
+    assert tflite_accuracy(kept, data.x_test, data.y_test) > float_accuracy - 0.1
+
+
+def test_max_drop_keeps_first_the_layer_hard_to_quantize_and_reports_its_ranking(outlier_mlp, tmp_path):
+    from edgedl.optimize import OptimizeOptions, optimize
+
+    model, _ = outlier_mlp
+    report = optimize(model, OptimizeOptions(quantize="int8", max_drop=0.1, dataset="digits", out_dir=tmp_path),
+                      progress=False)
+    sel = report.selective
+    assert sel["steps"][0]["kept_float"] == [] and sel["steps"][0]["drop"] > 0.1
+    assert sel["steps"][0]["worst_layer"] == "hard" and sel["steps"][1]["kept_float"] == ["hard"]
+    assert sel["met"] and sel["keep_float"] == ["hard"]
+    ranking = sel["ranking"]
+    assert ranking["by"] == "own error" and ranking["layers"][0]["layer"] == "hard"
+    assert ranking["layers"][0]["snr_db"] == sel["steps"][0]["worst_snr_db"]
+    assert all(r["accumulated_snr_db"] is not None for r in ranking["layers"] if r["layer"] != "flatten")
+    assert "ranks the layers by their own error: each layer quantized alone" in sel["method"]
+    assert "ranks the layers by their own error" in (tmp_path / "report.md").read_text()

@@ -4,8 +4,8 @@ an integer model with chosen Keras layers left in float32 or in int16x8.
 Where it sits: :func:`edgedl.convert.to_tflite` hands a conversion with ``keep_float`` or ``int16``
 layers to :func:`quantize_layers`; :func:`edgedl.optimize.optimize` calls :func:`selective_stage`
 once, after the plain conversion, which adds a ``selective`` row to the report and, with
-``max_drop``, keeps the worst layers in float (by :mod:`edgedl.optimize.quant_report`'s per-layer
-SNR) until the accuracy drop is met.
+``max_drop``, keeps the worst layers in float (by their own error, :func:`layer_sensitivity`: each
+layer quantized alone) until the accuracy drop is met.
 
 How: the float32 ``.tflite`` is quantized by Google's AI Edge Quantizer (``ai-edge-quantizer`` on
 PyPI, the LiteRT team's quantizer of converted models), with a recipe of static int8 (or int16x8)
@@ -27,6 +27,11 @@ from edgedl import _lazy
 from edgedl.errors import OptionError
 
 log = logging.getLogger(__name__)
+
+SENSITIVITY_METHOD = ("each layer quantized alone (its input quantized at its border, every other layer float32, "
+                      "the whole model's calibration ranges), its output against the float32 model's: the layer's "
+                      "own error on float inputs, as TensorFlow's QuantizationDebugger measures each operator, "
+                      "not the error accumulated from the layers before it")
 
 METHOD = ("the float32 .tflite quantized by Google's AI Edge Quantizer (static, min/max calibration on the "
           "run's representative samples), the chosen layers' operators left in float32 or given int16 "
@@ -116,15 +121,8 @@ def quantize_layers(model, float_tflite: bytes, mode: str, samples: list[np.ndar
         if name not in scopes:
             raise OptionError(f"layer '{name}' has no operator of its own in the .tflite (the converter folded "
                               f"or dropped it); layers with operators: {', '.join(scopes)}")
-    quantizer = _lazy.require("ai_edge_quantizer.quantizer")
-    qtyping = _lazy.require("ai_edge_quantizer.qtyping")
-    ops, granularity = qtyping.TFLOperationName, qtyping.QuantGranularity
-    weights = granularity.CHANNELWISE if per_channel else granularity.TENSORWISE
-    q = quantizer.Quantizer(bytearray(float_tflite))
-    q.add_static_config(".*", ops.ALL_SUPPORTED, 16 if mode == "int16x8" else 8, 8, weights)
-    if io_type == "float":  # the graph's inputs and outputs stay float32, as the converter's int8 models have them
-        for edge in (ops.INPUT, ops.OUTPUT):
-            q.update_quantization_recipe(".*", edge, algorithm_key="no_quantize")
+    q = _quantizer(float_tflite, ".*", 16 if mode == "int16x8" else 8, io_type, per_channel)
+    ops, weights = _ops(), _granularity(per_channel)
     for name in int16:
         q.add_static_config(_regex(scopes[name]), ops.ALL_SUPPORTED, 16, 8, weights)
     for name in keep_float:
@@ -133,6 +131,88 @@ def quantize_layers(model, float_tflite: bytes, mode: str, samples: list[np.ndar
         ranges = q.calibrate({_signature(float_tflite): _feeds(model, samples)})
         result = q.quantize(ranges, enable_progress_report=False)
     return bytes(result.quantized_model)
+
+
+def layer_sensitivity(model, float_tflite: bytes, mode: str, samples: list[np.ndarray], x, per_channel: bool = True,
+                      num_samples: int | None = None) -> dict:
+    """Each Keras layer's own quantization error: the model with that layer alone quantized.
+
+    For every layer with operators of its own, the float32 ``.tflite`` is quantized with only that
+    layer's operators in ``mode`` (its input quantized at its border, every other layer in float32,
+    the ranges of one calibration of the whole model), and that layer's output is compared with the
+    float32 model's (:func:`edgedl.optimize.quant_report.layer_errors`). Every layer is fed float
+    inputs, as TensorFlow's QuantizationDebugger feeds each operator, so an error made early does not
+    make the layers after it look worse: this is the ranking ``--max-drop`` keeps layers in float by.
+    The per-layer error of the whole integer model (``--quant-report``) is the other view: each row is
+    the error accumulated up to that layer.
+
+    Args:
+        model: the Keras model ``float_tflite`` was converted from.
+        float_tflite: its float32 ``.tflite``, with the converter's tensor names.
+        mode: ``int8`` or ``int16x8``.
+        samples: the calibration samples, one array (N, ...) per model input.
+        x: float samples the errors are measured on (the test split), as for ``layer_errors``.
+        per_channel: one weight scale per output channel (else per tensor).
+        num_samples: run at most this many of ``x`` (default: ``quant_report.NUM_SAMPLES``).
+
+    Returns:
+        ``{"method", "samples", "layers": [{"layer", "tensor", "op", "rmse_rel", "cosine", "snr_db"}, ...]}``,
+        worst first (lowest SNR); a layer whose output is exact when quantized alone has ``snr_db`` None
+        and comes last.
+
+    Raises:
+        MissingDependencyError: ``ai-edge-quantizer`` is not installed.
+
+    Example:
+        >>> rows = layer_sensitivity(model, to_tflite(model), "int8", [x_train[:200]], x_test)["layers"]  # doctest: +SKIP
+        >>> rows[0]["layer"], rows[0]["snr_db"]  # doctest: +SKIP
+        ('conv1', 24.7)
+    """
+    from edgedl.optimize.quant_report import NUM_SAMPLES, _output_layers, layer_errors
+
+    bits = 16 if mode == "int16x8" else 8
+    scopes = layer_scopes(float_tflite, model)
+    whole = _quantizer(float_tflite, ".*", bits, "float", per_channel)
+    with _lazy.quiet():
+        ranges = whole.calibrate({_signature(float_tflite): _feeds(model, samples)})
+    rows, count = [], 0
+    for name, scope in scopes.items():
+        alone = _quantizer(float_tflite, _regex(scope), bits, "float", per_channel)
+        with _lazy.quiet():
+            tflite = bytes(alone.quantize(ranges, enable_progress_report=False).quantized_model)
+        errors = layer_errors(float_tflite, tflite, x, output_layers=_output_layers(model),
+                              num_samples=NUM_SAMPLES if num_samples is None else num_samples)
+        count = errors["samples"]
+        row = next((r for r in errors["layers"] if r["layer"] == name), None)
+        if row is None:
+            log.warning("layer %s quantized alone: no output tensor of its own to compare; not ranked", name)
+            continue
+        rows.append(row)
+    rows.sort(key=lambda r: (r["snr_db"] is None, r["snr_db"] or 0.0))
+    return {"method": SENSITIVITY_METHOD, "samples": count, "layers": rows}
+
+
+def _ops():
+    return _lazy.require("ai_edge_quantizer.qtyping").TFLOperationName
+
+
+def _granularity(per_channel: bool):
+    granularity = _lazy.require("ai_edge_quantizer.qtyping").QuantGranularity
+    return granularity.CHANNELWISE if per_channel else granularity.TENSORWISE
+
+
+def _quantizer(float_tflite: bytes, regex: str, bits: int, io_type: str, per_channel: bool):
+    """An AI Edge Quantizer of ``float_tflite`` whose recipe quantizes the operators ``regex`` matches,
+    ``bits``-bit activations and int8 weights; with float ``io_type`` the graph's inputs and outputs
+    stay float32, as the converter's int8 models have them."""
+    quantizer = _lazy.require("ai_edge_quantizer.quantizer")
+    ops = _ops()
+    q = quantizer.Quantizer(bytearray(float_tflite))
+    q.add_static_config(regex, ops.ALL_SUPPORTED, bits, 8, _granularity(per_channel))
+    if io_type == "float":
+        for edge in (ops.INPUT, ops.OUTPUT):
+            q.update_quantization_recipe(".*", edge, algorithm_key="no_quantize")
+    return q
 
 
 def _regex(scopes: list[str]) -> str:
@@ -158,10 +238,12 @@ def selective_stage(model, options, measure, rows: list):
     int16x8, or with ``options.max_drop`` the worst layers returned to float32 until the accuracy drop
     against the float32 ``.tflite`` is at most ``max_drop`` (a fraction: 0.01 is one point).
 
-    Each step quantizes everything but the layers kept so far, measures test accuracy and, while the
-    drop is over the bound, the per-layer SNR (:func:`edgedl.optimize.quant_report.layer_errors`);
-    the layer with the lowest SNR that is not yet kept is kept in float32 for the next step. It ends
-    when the bound is met or no layer is left.
+    Each step quantizes everything but the layers kept so far and measures test accuracy; while the
+    drop is over the bound, the next layer of the ranking is kept in float32 for the next step. The
+    ranking is by each layer's own error (:func:`layer_sensitivity`: the layer quantized alone, on float
+    inputs, lowest SNR first), measured once, not by the error accumulated at each layer's output in
+    the integer model, where an error made early makes every layer after it look worse. It ends when
+    the bound is met or no layer is left.
 
     Args:
         model: the Keras model to convert (after the pipeline's other stages).
@@ -173,7 +255,10 @@ def selective_stage(model, options, measure, rows: list):
         ``(tflite, rows, summary)``: the final ``.tflite``, the rows, and the report's ``selective``
         record (``method``, ``library``, ``keep_float``, ``int16``, ``max_drop``, ``float_accuracy``,
         ``met``, ``steps``: each with ``kept_float``, ``accuracy``, ``drop``, ``size_bytes`` and the
-        ``worst_layer`` it then kept).
+        ``worst_layer`` it then kept, with its own SNR ``worst_snr_db``; with ``max_drop`` and a step
+        over it, ``ranking``: ``by`` (``"own error"``), ``method``, ``samples`` and ``layers``, the
+        rows of :func:`layer_sensitivity` with ``accumulated_snr_db``, the layer's SNR in the first
+        step's integer model, beside them).
 
     Example:
         >>> tflite, rows, summary = selective_stage(model, options, measure, rows)  # doctest: +SKIP
@@ -192,7 +277,7 @@ def selective_stage(model, options, measure, rows: list):
     float_accuracy = tflite_accuracy(float_tflite, measure.x, measure.y)
     mode, keep, int16 = options.quantize, list(options.keep_float), list(options.int16)
     candidates = set(layer_scopes(float_tflite, model))
-    steps = []
+    steps, ranking = [], None
     while True:
         tflite = _quantized(model, float_tflite, mode, export, keep, int16)
         accuracy = tflite_accuracy(tflite, measure.x, measure.y)
@@ -202,8 +287,14 @@ def selective_stage(model, options, measure, rows: list):
         log.info("selective precision: %s kept float, accuracy %.4f", keep or "nothing", accuracy)
         if options.max_drop is None or step["drop"] <= options.max_drop:
             break
-        errors = layer_errors(float_tflite, tflite, measure.x, output_layers=_output_layers(model))["layers"]
-        worst = [r for r in errors if r["layer"] in candidates - set(keep) - set(int16)]
+        if ranking is None:  # each layer's own error does not change with what is kept: measured once
+            ranking = layer_sensitivity(model, float_tflite, mode, _samples(model, export), measure.x,
+                                        export.per_channel)
+            accumulated = {r["layer"]: r["snr_db"] for r in
+                           layer_errors(float_tflite, tflite, measure.x, output_layers=_output_layers(model))["layers"]}
+            ranking = {"by": "own error", **ranking,
+                       "layers": [{**r, "accumulated_snr_db": accumulated.get(r["layer"])} for r in ranking["layers"]]}
+        worst = [r for r in ranking["layers"] if r["layer"] in candidates - set(keep) - set(int16)]
         if not worst:
             break
         step["worst_layer"], step["worst_snr_db"] = worst[0]["layer"], worst[0]["snr_db"]
@@ -212,16 +303,24 @@ def selective_stage(model, options, measure, rows: list):
     what = ", ".join([f"{', '.join(keep)} in float32"] * bool(keep) + [f"{', '.join(int16)} in int16x8"] * bool(int16))
     rows = rows + [measure.tflite("selective", f"{mode} (AI Edge Quantizer), {what or 'no layer kept'}", final,
                                   model, f"{mode} tflite, mixed precision" if keep or int16 else f"{mode} tflite")]
-    summary = {"method": METHOD, "library": f"ai-edge-quantizer {md.version('ai-edge-quantizer')}",
+    method = METHOD if options.max_drop is None else (f"{METHOD}. --max-drop ranks the layers by their own error: "
+                                                       f"{SENSITIVITY_METHOD}")
+    summary = {"method": method, "library": f"ai-edge-quantizer {md.version('ai-edge-quantizer')}",
                "keep_float": keep, "int16": int16, "max_drop": options.max_drop, "float_accuracy": float_accuracy,
-               "met": options.max_drop is None or steps[-1]["drop"] <= options.max_drop, "steps": steps}
+               "met": options.max_drop is None or steps[-1]["drop"] <= options.max_drop, "steps": steps,
+               "ranking": ranking}
     return final, rows, summary
 
 
 def _quantized(model, float_tflite: bytes, mode: str, export, keep: list[str], int16: list[str]) -> bytes:
     """One step's model, by the AI Edge Quantizer even with nothing kept, so every step is quantized alike."""
+    return quantize_layers(model, float_tflite, mode, _samples(model, export), keep, int16, export.io_type,
+                           export.per_channel)
+
+
+def _samples(model, export) -> list[np.ndarray]:
+    """The run's calibration samples, one array per model input."""
     from edgedl.convert import _per_input, representative_samples
 
-    samples = [representative_samples(r, (1,) + tuple(t.shape[1:]), export.num_calibration)
-               for r, t in zip(_per_input(export.calibration, len(model.inputs)), model.inputs)]
-    return quantize_layers(model, float_tflite, mode, samples, keep, int16, export.io_type, export.per_channel)
+    return [representative_samples(r, (1,) + tuple(t.shape[1:]), export.num_calibration)
+            for r, t in zip(_per_input(export.calibration, len(model.inputs)), model.inputs)]
