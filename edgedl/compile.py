@@ -34,6 +34,7 @@ SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
 SOURCE_FORMATS = ".keras, .h5, a SavedModel folder, .tflite or .onnx"
 CALIBRATIONS = ("data", "random")
 CALIBRATED = ("int8", "int16x8")   # quantization modes that calibrate activations on samples
+QUANT_REPORT_FILE = "quant_report.json"  # --quant-report: the per-layer error, a file of the bundle
 ENGINE_NAMES = {"litert": "LiteRT", "tflm": "TFLite Micro", "tvm": "TVM", "onnxruntime": "ONNX Runtime"}
 
 
@@ -66,6 +67,9 @@ class CompileOptions:
     sign_key: str | None = None       # Ed25519 private key file: sign the bundle's digest
     kernels: str | None = None        # tflm on an MCU: cmsis_nn or reference (None: the core's default)
     firmware: bool = True             # tflm on an MCU: build the firmware project and its ELF
+    quant_report: bool = False        # Keras, int8/int16x8: per-layer error vs float32, kept in the bundle
+    keep_float: tuple = ()            # Keras, int8/int16x8: layers left in float32 (edgedl.optimize.selective)
+    int16: tuple = ()                 # Keras, int8: layers in int16x8
     backend_options: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -100,6 +104,33 @@ class CompileOptions:
             from edgedl.signing import load_private_key
 
             load_private_key(self.sign_key)
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        """--quant-report, --keep-float and --int16 look inside an integer model edgedl quantizes itself."""
+        for name in ("keep_float", "int16"):  # one layer name, or several
+            value = getattr(self, name) or ()
+            setattr(self, name, (value,) if isinstance(value, str) else tuple(value))
+        integer = f"-q {self.quantize}" if self.quantize != "none" else "no -q"
+        if self.quant_report and self.quantize not in CALIBRATED:
+            raise OptionError(f"--quant-report compares float and integer activations: it needs -q int8 or int16x8, "
+                              f"not {integer}")
+        if (self.keep_float or self.int16) and self.quantize not in CALIBRATED:
+            raise OptionError(f"--keep-float and --int16 choose layers' precision in an integer model: give -q int8, "
+                              f"not {integer}")
+        if self.int16 and self.quantize != "int8":
+            raise OptionError("--int16 puts layers in int16x8 within an int8 model: use -q int8 "
+                              "(with -q int16x8 every layer is int16x8 already)")
+        both = sorted(set(self.keep_float) & set(self.int16))
+        if both:
+            raise OptionError(f"layer(s) {', '.join(both)} asked in float (--keep-float) and in int16 (--int16): "
+                              "give each once")
+
+    def looks_inside(self) -> str:
+        """The options that need a Keras source ("--quant-report, --keep-float"), or ""."""
+        flags = [f for f, on in (("--quant-report", self.quant_report), ("--keep-float", self.keep_float),
+                                 ("--int16", self.int16)) if on]
+        return ", ".join(flags)
 
     def bounds(self) -> Bounds:
         """How far a build may stray from the reference."""
@@ -214,6 +245,7 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
 
     options = options or CompileOptions()
     say = status or (lambda m: log.info(m))
+    _check_keras_only(Path(model), options)
     options.check()
     check_source_path(model)
     check_output(out, force=options.force)
@@ -223,9 +255,15 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         say(f"loading {model}")
         source = load_source(model, options, work)
         samples = samples_for(source, options)
+        quant = None
         if source.kind == "keras":
-            say(f"converting to .tflite ({options.quantize})")
+            say(f"converting to .tflite ({options.quantize}{_precision_note(options)})")
             source.tflite = convert_source(source, options, samples, work)
+            if options.quant_report:
+                from edgedl.optimize.quant_report import NUM_SAMPLES
+
+                say(f"comparing each layer's activations with float32 on {min(len(samples), NUM_SAMPLES)} samples")
+                quant = layer_report(source, options, samples)
         outputs = source.reference(samples.x)
         reference = Reference(samples, outputs[0], source.reference_label(), outputs[1:])
         problem = one_class_problem(reference.outputs, samples)
@@ -237,6 +275,8 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         chosen, reason = _choose(candidates, options)
         manifest = _manifest(source, tgt, chosen, candidates, reason, samples, options)
         _refuse_unfaithful(chosen, tgt, options)
+        if quant is not None:
+            _keep_quant_report(manifest, quant, chosen.compiled.directory)
         say(f"writing {out}")
         return _write(out, manifest, chosen.compiled.directory, options)
 
@@ -254,6 +294,46 @@ def check_source_path(path) -> Path:
     if p.is_file() and p.suffix.lower() not in SOURCE_SUFFIXES:
         raise InputFileError(p, f"unknown model format '{p.suffix or '(no suffix)'}'; expected {SOURCE_FORMATS}")
     return p
+
+
+def _check_keras_only(path: Path, options: CompileOptions) -> None:
+    """Refuse --quant-report, --keep-float and --int16 for a model edgedl does not quantize itself."""
+    flags = options.looks_inside()
+    if flags and path.suffix.lower() in (".tflite", ".onnx"):
+        raise OptionError(f"{flags} {'apply' if ',' in flags else 'applies'} to Keras models, which edgedl converts "
+                          f"and quantizes itself, not to {path.name}: give the Keras model it was made from")
+
+
+def _precision_note(options: CompileOptions) -> str:
+    """", conv1 in float32, fc1 in int16x8" for the status line (empty without selective precision)."""
+    parts = [f"{', '.join(names)} in {what}" for names, what in ((options.keep_float, "float32"),
+                                                                   (options.int16, "int16x8")) if names]
+    return "".join(f", {p}" for p in parts)
+
+
+def layer_report(source: ModelSource, options: CompileOptions, samples: Samples) -> dict:
+    """The converted model's error layer by layer against the float32 one, on the fidelity samples
+    (:func:`edgedl.optimize.quant_report.quant_report`: RMSE over the float range, cosine, SNR).
+
+    Example:
+        >>> layer_report(source, CompileOptions(quantize="int8"), samples)["layers"][0]["layer"]  # doctest: +SKIP
+        'probs'
+    """
+    from edgedl.optimize.measure import Export
+    from edgedl.optimize.quant_report import quant_report
+
+    export = Export(samples.calibration if samples.calibration is not None else samples.x, options.io_type)
+    return quant_report(source.keras_model, source.tflite.read_bytes(), options.quantize, export, samples.x)
+
+
+def _keep_quant_report(manifest: dict, quant: dict, files_dir: Path) -> None:
+    """Put the per-layer error in the bundle (a file the manifest lists, so verification covers it) and
+    its worst layers in the manifest."""
+    _io.write_json(files_dir / QUANT_REPORT_FILE, quant)
+    manifest["files"] = [*manifest["files"], QUANT_REPORT_FILE]
+    worst = [{"layer": r["layer"] or r["tensor"], "snr_db": r["snr_db"]} for r in quant["layers"][:3]]
+    manifest["quant_report"] = {"file": QUANT_REPORT_FILE, "mode": quant["mode"], "samples": quant["samples"],
+                                "layers": len(quant["layers"]), "worst": worst}
 
 
 def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSource:
@@ -322,7 +402,8 @@ def convert_source(source: ModelSource, options: CompileOptions, samples: Sample
     calibration = samples.calibration
     if options.calibration == "random" and "synthetic" not in samples.description:  # asked for, though real samples exist
         calibration = noise_samples(source.input_shape, max(len(samples), 100), source.path).x
-    blob = to_tflite(source.keras_model, options.quantize, representative=calibration, io_type=options.io_type)
+    blob = to_tflite(source.keras_model, options.quantize, representative=calibration, io_type=options.io_type,
+                     keep_float=options.keep_float, int16=options.int16)
     return _io.write_bytes(work / "source.tflite", blob)
 
 

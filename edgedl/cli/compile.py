@@ -29,6 +29,11 @@ from edgedl.cli._options import COUNT, Number
               help="How --data becomes model inputs: resize=HxW, channels=rgb|bgr|gray, scale=1/255, offset, "
                    "mean, std, dtype, features=logmel|mfcc; or a .toml of them (default: preprocess.toml beside the "
                    "data or the model). Recorded in the manifest.")
+@click.option("--quant-report", is_flag=True,
+              help="Keras, -q int8/int16x8: per-layer error vs float32, kept in the bundle (quant_report.json).")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
+              help="Keras, -q int8/int16x8: leave Keras layer LAYER in float32 (repeatable).")
+@click.option("--int16", "int16", multiple=True, metavar="LAYER", help="Keras, -q int8: layer LAYER in int16x8 (repeatable).")
 @click.option("--calibration", type=click.Choice(["data", "random"]), default="data", show_default=True,
               help="int8/int16x8 of a Keras model: calibrate on real samples, or on synthetic ones (recorded).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
@@ -51,8 +56,8 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--threads", "num_threads", type=COUNT, default=1, show_default=True, help="Threads for the checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data,
-                    preprocess, calibration, data_dir, num_samples, max_disagreement, max_accuracy_drop, min_snr_db,
-                    tune, trials, tuning_db, kernels, no_firmware, num_threads, as_json):
+                    preprocess, quant_report, keep_float, int16, calibration, data_dir, num_samples, max_disagreement,
+                    max_accuracy_drop, min_snr_db, tune, trials, tuning_db, kernels, no_firmware, num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
     \b
@@ -62,6 +67,7 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
       edgedl compile lenet.keras --target ethos_u55_128 --quantize int8
       edgedl compile lenet.keras --target cortex_m4 --quantize int8 --kernels cmsis_nn
       edgedl compile model.keras --target x86_64 -q int8 --data photos/ --preprocess resize=96x96
+      edgedl compile lenet.keras --target x86_64 -q int8 --quant-report --keep-float probs
     """
     from pathlib import Path
 
@@ -75,7 +81,8 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
                              num_samples=num_samples, max_disagreement=max_disagreement,
                              max_accuracy_drop=max_accuracy_drop, min_snr_db=min_snr_db, tune=tune, trials=trials,
                              tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
-                             sign_key=sign_key, kernels=kernels, firmware=not no_firmware)
+                             sign_key=sign_key, kernels=kernels, firmware=not no_firmware, quant_report=quant_report,
+                             keep_float=keep_float, int16=int16)
     out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out  # compile_model checks it before any work
     console = Console(stderr=True)
     status = None if as_json else (lambda m: console.print(f"[bold]>[/] {m}"))
@@ -87,6 +94,23 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
     click.echo(f"wrote {lines[0]}")
     for line in lines[1:]:
         click.echo(line)
+    for line in _precision_lines(result.manifest):
+        click.echo(line)
+
+
+def _precision_lines(manifest) -> list[str]:
+    """The bundle's layers at another precision and its worst layers after quantization, where asked."""
+    options, lines = manifest.get("options") or {}, []
+    kept = [f"{', '.join(options.get(k) or [])} in {what}" for k, what in (("keep_float", "float32"),
+                                                                          ("int16", "int16x8")) if options.get(k)]
+    if kept:
+        lines.append(f"  precision: {'; '.join(kept)}, the rest {options.get('quantize')}")
+    quant = manifest.get("quant_report")
+    if quant:
+        worst = ", ".join(f"{w['layer']} {w['snr_db']:.1f} dB" if w["snr_db"] is not None else f"{w['layer']} n/a"
+                          for w in quant["worst"])
+        lines.append(f"  worst layers after quantization (SNR): {worst} (all {quant['layers']} in {quant['file']})")
+    return lines
 
 
 def _check_cheap(model, target, backend, quantize):
