@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": "edgedl.cli.bench:bench_command",
     "compile": "edgedl.cli.compile:compile_command",
     "data": "edgedl.cli.data:data",
+    "explore": "edgedl.cli.explore:explore_command",
     "inspect": "edgedl.cli.inspect:inspect_command",
     "keygen": "edgedl.cli.keygen:keygen",
     "models": "edgedl.cli.models:models",
