@@ -256,7 +256,7 @@ def export_node_data(model, out_dir, bench_result=None, quant_report=None) -> Ex
         'model-explorer lenet.edgedl/model.tflite --node_data_paths=lenet-explore/latency_us.json,...'
     """
     out = Path(out_dir)
-    tflite, source_sha, bundled_quant = _tflite_of(Path(model), out)
+    tflite, source, bundled_quant = _tflite_of(Path(model), out)
     if quant_report is None and bundled_quant is not None:
         quant_report = bundled_quant
     if bench_result is None and quant_report is None:
@@ -267,10 +267,10 @@ def export_node_data(model, out_dir, bench_result=None, quant_report=None) -> Ex
     metrics: dict[str, dict] = {}
     if bench_result is not None:
         profile = profile_of(bench_result)
-        made_from = (profile["bundle"].get("source") or {}).get("sha256")
-        if source_sha and made_from and made_from != source_sha:
-            raise OptionError(f"the profile is of a bundle compiled from another model "
-                              f"({(profile['bundle'].get('source') or {}).get('path')}) than {Path(model).name}")
+        made_from = profile["bundle"].get("source") or {}
+        if source.get("sha256") and made_from.get("sha256") and made_from["sha256"] != source["sha256"]:
+            raise OptionError(f"the profile is of a build of {made_from.get('path')} and {Path(model).name} of "
+                              f"{source.get('path')} (another sha256): profile a build of the same model")
         unit_key, metric = PROFILE_UNITS[profile.get("unit", "us")]
         label = f"{profile.get('backend')} profile"
         placed = _place("profile", nodes, profile["rows"], export, tflite)
@@ -318,11 +318,11 @@ def _values(metric: str, placed: dict[str, list[dict]], key: str) -> dict[str, f
     return {node: v for node, v in sorted(values.items(), key=lambda kv: int(kv[0])) if v is not None}
 
 
-def _tflite_of(path: Path, out: Path) -> tuple[Path, str | None, Path | None]:
-    """(the ``.tflite`` to open, the source model's sha256 where a bundle records it, the bundle's
-    quant_report.json if it holds one)."""
+def _tflite_of(path: Path, out: Path) -> tuple[Path, dict, Path | None]:
+    """(the ``.tflite`` to open, the source model's record where a bundle keeps one (path, sha256), the
+    bundle's quant_report.json if it holds one)."""
     if path.suffix.lower() == ".tflite" and path.is_file():
-        return path, None, None
+        return path, {}, None
     if not path.exists():
         raise InputFileError(path, "no such file or folder; expected a bundle (edgedl compile) or a .tflite")
     if path.is_file() and path.suffix.lower() in (".onnx", ".keras", ".h5"):
@@ -347,5 +347,5 @@ def _tflite_of(path: Path, out: Path) -> tuple[Path, str | None, Path | None]:
             tflite = Path(shutil.copyfile(tflite, out / Path(name).name))
             if quant is not None:
                 quant = Path(shutil.copyfile(quant, out / QUANT_REPORT_FILE))
-        sha = (bundle.manifest.get("source") or {}).get("sha256")
-    return tflite, sha, quant
+        source = bundle.manifest.get("source") or {}
+    return tflite, source, quant

@@ -151,3 +151,28 @@ def test_what_cannot_be_shown_is_one_line(made, tmp_path, capsys):
         "run.json")
     assert error(made["litert"], "--quant-report", made["onnx_run"]).startswith(
         f"error: {made['onnx_run']}: holds no per-layer quantization error; make one with edgedl optimize")
+
+
+def test_a_firmwares_counts_by_type_land_only_where_the_type_is_one_node(made):
+    from edgedl.bench.profile import from_mcu
+    from edgedl.explorer import graph_nodes, place_rows
+
+    nodes = graph_nodes(made["litert"] / "model.tflite")
+    profile = from_mcu({"instructions": 1000, "cycles": None, "operators": [
+        {"operator": "CONV_2D", "count": 2, "instructions": 700},
+        {"operator": "SOFTMAX", "count": 1, "instructions": 50},
+        {"operator": "FULLY_CONNECTED", "count": 3, "instructions": 200}]})
+    placed, missed = place_rows(nodes, profile["rows"])
+    (softmax,) = [n.id for n in nodes if n.type == "SOFTMAX"]
+    assert {node: [r["op"] for r in rows] for node, rows in placed.items()} == {softmax: ["SOFTMAX"]}
+    assert sorted(r["op"] for r in missed) == ["CONV_2D", "FULLY_CONNECTED"]  # two and three nodes: which one?
+
+
+def test_a_profile_of_another_model_is_refused(made, tmp_path, capsys):
+    from edgedl.compile import CompileOptions, compile_model
+
+    other = compile_model(str(made["opt"] / "model.keras"), "x86_64", str(tmp_path / "other.edgedl"),
+                          CompileOptions(backend="litert", num_samples=20)).path
+    code, _, err = run_cli(capsys, "explore", other, "--profile", made["onnx_run"], "-o", tmp_path / "nd")
+    assert the_error(code, err) == ("error: the profile is of a build of lenet.keras and other.edgedl of model.keras "
+                                    "(another sha256): profile a build of the same model")

@@ -33,7 +33,8 @@ from edgedl.cli._options import COUNT, Number
               help="Keras, -q int8/int16x8: per-layer error vs float32, kept in the bundle (quant_report.json).")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
               help="Keras, -q int8/int16x8: leave Keras layer LAYER in float32 (repeatable).")
-@click.option("--int16", "int16", multiple=True, metavar="LAYER", help="Keras, -q int8: layer LAYER in int16x8 (repeatable).")
+@click.option("--int16", "int16", multiple=True, metavar="LAYER",
+              help="Keras, -q int8: put layer LAYER in int16x8 (repeatable).")
 @click.option("--calibration", type=click.Choice(["data", "random"]), default="data", show_default=True,
               help="int8/int16x8 of a Keras model: calibrate on real samples, or on synthetic ones (recorded).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
