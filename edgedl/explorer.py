@@ -271,8 +271,11 @@ def export_node_data(model, out_dir, bench_result=None, quant_report=None) -> Ex
         if source.get("sha256") and made_from.get("sha256") and made_from["sha256"] != source["sha256"]:
             raise OptionError(f"the profile is of a build of {made_from.get('path')} and {Path(model).name} of "
                               f"{source.get('path')} (another sha256): profile a build of the same model")
-        unit_key, metric = PROFILE_UNITS[profile.get("unit", "us")]
-        label = f"{profile.get('backend')} profile"
+        unit = profile.get("unit", "us")
+        if unit not in PROFILE_UNITS:
+            raise OptionError(f"the profile counts '{unit}'; edgedl explore shows {', '.join(PROFILE_UNITS)}")
+        unit_key, metric = PROFILE_UNITS[unit]
+        label = f"{profile.get('backend')} {'estimate' if profile.get('estimated') else 'profile'}"
         placed = _place("profile", nodes, profile["rows"], export, tflite)
         metrics[metric] = node_data(metric, _values(metric, placed, unit_key), label)
         metrics["share"] = node_data("share", _values("share", placed, "share"), label)
