@@ -28,6 +28,27 @@ def rss_bytes() -> int:
         return 0
 
 
+def cpu_model() -> str | None:
+    """The processor's name: /proc/cpuinfo's ``model name`` (x86; ``Model`` or ``Hardware`` on boards
+    such as a Raspberry Pi), else :func:`platform.processor`; None where neither tells.
+
+    Example:
+        >>> cpu_model()  # doctest: +SKIP
+        'AMD EPYC 7B13'
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        fields = {}
+    fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+    for key in ("model name", "model", "hardware", "cpu model", "processor"):
+        value = fields.get(key)
+        if value and not value.isdigit():  # "processor: 0" on x86 is an index, not a name
+            return " ".join(value.split())
+    return platform.processor() or None
+
+
 def peak_rss_bytes() -> int:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kb) * (1 if sys.platform == "darwin" else 1024)
@@ -81,7 +102,7 @@ def measure(bundle: str, options: BenchOptions | None = None, *, x: np.ndarray |
                    "source": manifest.get("source") or {}, "size_bytes": sum(f["bytes"] for f in manifest["files"]),
                    "engine": manifest["runtime"]["engine"]},
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-                 "node": platform.node(), "cpus": os.cpu_count()},
+                 "node": platform.node(), "cpus": os.cpu_count(), "cpu_model": cpu_model()},
         "settings": {"warmup": options.warmup, "runs": options.runs, "repeats": options.repeats,
                      "threads": options.threads},
         "timing": {"load_s": load_s, "first_inference_us": first_us, **timing.summary()},

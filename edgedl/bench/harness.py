@@ -182,9 +182,34 @@ def _finish(result: dict, options: BenchOptions, opened, x, y, desc) -> BenchRes
         result["accuracy"]["reference_agreement"] = float(np.mean(ref == top1))
         if y is not None:
             result["accuracy"]["reference_accuracy"] = float(np.mean(ref == y))
+    acc = result.get("accuracy") or {}
+    if acc.get("accuracy") is not None and acc.get("samples"):
+        from edgedl.bench.result import wilson_interval
+
+        acc["ci95"] = list(wilson_interval(round(acc["accuracy"] * acc["samples"]), acc["samples"]))
+    result["bundle"]["precision"] = _precision(opened)
+    if options.label:
+        result["label"] = options.label.strip()
     result["estimates_vs_measured"] = _estimates_vs_measured(result)
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return BenchResult(result)
+
+
+def _precision(opened) -> dict:
+    """The bundle's precision and I/O types (:func:`edgedl.bench.result.precision_of`); a model
+    compile did not quantize itself is read from its ``.tflite`` where the bundle holds one."""
+    from edgedl.bench.result import precision_of
+
+    manifest, kind = opened.manifest, None
+    model = str((manifest.get("runtime") or {}).get("model") or "")
+    if (manifest.get("options") or {}).get("quantize", "none") == "none" and model.endswith(".tflite"):
+        try:
+            from edgedl.graph import read_tflite
+
+            kind = read_tflite(str(opened.file(model))).quantization_kind
+        except (EdgeDLError, OSError) as e:  # the precision is a label: a model it cannot read goes without
+            log.debug("precision of %s not read: %s", model, e)
+    return precision_of(manifest, kind)
 
 
 def reference_top1(path: str, x, manifest: dict | None = None) -> np.ndarray:

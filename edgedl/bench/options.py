@@ -80,6 +80,7 @@ class BenchOptions:
     retries: int = 0
     reference: str | None = None       # float model (.keras/.tflite) for the agreement figure
     profile: bool = False              # also profile per operator (the result's ``profile``; edgedl.bench.profile)
+    label: str | None = None           # the run's name in the result and in reports (edgedl bench --label)
 
     def validate(self):
         """Refuse settings no benchmark can use, by option name, before anything is loaded."""
@@ -91,6 +92,9 @@ class BenchOptions:
             if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
                 raise OptionError(f"--{name} must be a {'non-negative' if low == 0 else 'positive'} integer, "
                                   f"got {value!r}")
+        from edgedl.bench.result import check_label
+
+        check_label(self.label)
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, Integral)
                                        or self.limit < 1):
             raise OptionError(f"--limit must be a positive integer (test samples to score), got {self.limit!r}")

@@ -12,12 +12,20 @@ A result is either *timed* (a ``timing`` object: latencies measured on the devic
 Cortex-M board or a real one on a serial port, with instructions or cycles per inference and a
 latency that is an estimate, never a measurement). :attr:`BenchResult.is_mcu` tells them apart, and
 :attr:`BenchResult.p50` is None for a microcontroller run.
+
+Besides the measurement a result may carry (all optional, so older result files still read):
+``label`` (``edgedl bench --label``), ``bundle.precision`` (how the bundle computes and what its
+inputs and outputs are, from its manifest: :func:`precision_of`), ``host.cpu_model`` and
+``host.cpus`` (the processor the run used; ``settings.threads`` the engine threads), and
+``accuracy.ci95`` (the 95% Wilson score interval of the accuracy over ``accuracy.samples``:
+:func:`wilson_interval`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +57,127 @@ OPTIONAL_NUMBERS = (
 OPTIONAL_NUMBER_LISTS = (("timing", "repeat_p50_us"), ("mcu", "instructions_range"), ("mcu", "cycles_range"))
 # Per operator type of a microcontroller run: optional figures of each entry of mcu.operators.
 OPERATOR_NUMBERS = ("count", "instructions", "cycles", "share")
+Z95 = 1.959963984540054  # the standard normal quantile of 0.975: two-sided 95%
+MAX_LABEL = 80  # characters of a run label (edgedl bench --label)
+# How the manifest's quantization modes read in a report (a model read from its operators: edgedl.graph).
+PRECISION_NAMES = {"none": "float32", "float": "float32", "dynamic": "dynamic (int8 weights)"}
+
+
+def wilson_interval(successes: float, samples: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion: ``successes`` of ``samples`` (95% by default).
+
+    Unlike the normal approximation it stays within [0, 1] and is not empty at 0 or 100%: 500
+    samples at 90% give (0.8706, 0.9233), so two runs 0.2 points apart are not told apart.
+
+    Args:
+        successes: how many samples were right (a fraction of ``samples`` rounds to the count).
+        samples: how many were scored.
+        z: the normal quantile of the interval (1.96: 95%).
+
+    Returns:
+        ``(low, high)`` as fractions, or None without samples.
+
+    Example:
+        >>> [round(v, 4) for v in wilson_interval(450, 500)]
+        [0.8706, 0.9233]
+    """
+    if not samples or samples <= 0:
+        return None
+    n = float(samples)
+    p = min(max(float(successes) / n, 0.0), 1.0)
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_ci95(accuracy: dict) -> list[float] | None:
+    """The 95% interval of a result's ``accuracy`` object: its ``ci95``, else computed from its
+    accuracy and samples (results written before the interval was recorded); None without both."""
+    ci = (accuracy or {}).get("ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_not_a_number("", v) is None for v in ci):
+        return [float(ci[0]), float(ci[1])]
+    value, samples = (accuracy or {}).get("accuracy"), (accuracy or {}).get("samples")
+    if _not_a_number("", value) is not None or _not_a_number("", samples) is not None or samples < 1:
+        return None
+    return list(wilson_interval(round(float(value) * samples), int(samples)))
+
+
+def precision_of(manifest: dict, model_kind: str | None = None) -> dict:
+    """How a bundle computes, from its manifest: the quantization compile applied (``options.quantize``)
+    or, where it applied none to a model that came quantized (a ``.tflite`` source), ``model_kind``
+    (:attr:`edgedl.graph.Graph.quantization_kind` of the bundle's model); and its inputs' and
+    outputs' types.
+
+    Returns:
+        ``{"mode": "int8", "inputs": ["int8"], "outputs": ["int8"], "basis": ...}``; ``mode`` is
+        float32, float16, dynamic (int8 weights), int8, int16x8 or mixed, or None where the manifest
+        does not tell; ``keep_float`` and ``int16`` list the Keras layers compile left in float32
+        or put in int16x8 (``--keep-float``, ``--int16``) where it did.
+
+    Example:
+        >>> precision_of({"options": {"quantize": "int8"}, "source": {"kind": "keras"},
+        ...               "inputs": [{"dtype": "float32"}], "outputs": [{"dtype": "float32"}]})["mode"]
+        'int8'
+    """
+    quantize = (manifest.get("options") or {}).get("quantize")
+    kind = (manifest.get("source") or {}).get("kind")
+    if quantize and quantize != "none":
+        mode, basis = quantize, f"compiled with --quantize {quantize}"
+    elif model_kind:
+        mode, basis = model_kind, "read from the bundle's model"
+    elif kind == "keras":
+        mode, basis = "none", "compiled from Keras without quantization"
+    else:
+        mode, basis = None, f"a {kind or 'foreign'} source compiled as it was; its precision is not recorded"
+    out = {"mode": PRECISION_NAMES.get(mode, mode) if mode else None,
+           "inputs": [str(s.get("dtype")) for s in manifest.get("inputs") or []],
+           "outputs": [str(s.get("dtype")) for s in manifest.get("outputs") or []], "basis": basis}
+    for key in ("keep_float", "int16"):
+        layers = (manifest.get("options") or {}).get(key)
+        if layers and isinstance(layers, (list, tuple)):
+            out[key] = [str(name) for name in layers]
+    return out
+
+
+def precision_text(precision: dict | None) -> str:
+    """``int8, I/O int8`` or ``float32`` (I/O float32 said only where it differs): a table cell."""
+    if not precision:
+        return "–"
+    mode = precision.get("mode") or "?"
+    selective = [f"{', '.join(precision[key])} {kind}" for key, kind in (("keep_float", "float32"), ("int16", "int16x8"))
+                 if precision.get(key)]
+    if selective:
+        mode += f" ({'; '.join(selective)})"
+    ins = "/".join(dict.fromkeys(precision.get("inputs") or []))  # each type once, in the inputs' order
+    outs = "/".join(dict.fromkeys(precision.get("outputs") or []))
+    if (not ins and not outs) or (ins == outs == "float32" and mode == "float32"):
+        return mode
+    return f"{mode}, I/O {ins}" if ins == outs else f"{mode}, in {ins or '?'}, out {outs or '?'}"
+
+
+def check_label(label) -> str | None:
+    """A run label as given (``edgedl bench --label``) or None; refused when it is not one short line.
+
+    Raises:
+        OptionError: empty, longer than :data:`MAX_LABEL` characters, or with a line break or other
+            control character.
+
+    Example:
+        >>> check_label("int8 on the Pi, XNNPACK")
+        'int8 on the Pi, XNNPACK'
+    """
+    from edgedl.errors import OptionError
+
+    if label is None:
+        return None
+    text = str(label).strip()
+    if not text or len(text) > MAX_LABEL or re.search(r"[\x00-\x1f\x7f]", text):
+        why = ("is empty" if not text else f"is {len(text)} characters long" if len(text) > MAX_LABEL
+               else "holds a line break or control character")
+        raise OptionError(f"--label {why}; give one line of at most {MAX_LABEL} characters, "
+                          "e.g. --label 'int8 xnnpack'")
+    return text
 
 
 @dataclass
@@ -101,8 +230,9 @@ class BenchResult:
         r = self.data
         t, lat = r["timing"], r["timing"]["latency"]
         b = r["bundle"]
+        label = f" [{r['label']}]" if r.get("label") else ""
         lines = [
-            f"{b['path']}: {b['backend']} for {b['target']} on {r['device']} ({r['host']['machine']})",
+            f"{b['path']}{label}: {b['backend']} for {b['target']} on {r['device']} ({r['host']['machine']})",
             f"  load {t['load_s'] * 1000:.1f} ms   first inference {t['first_inference_us']:.1f} us",
             f"  latency p50 {lat['p50_us']:.1f} us  p90 {lat['p90_us']:.1f}  p99 {lat['p99_us']:.1f}  "
             f"mean {lat['mean_us']:.1f} ± {lat['std_us']:.1f}  min {lat['min_us']:.1f}  max {lat['max_us']:.1f}",
@@ -115,6 +245,8 @@ class BenchResult:
         acc = r.get("accuracy") or {}
         if "accuracy" in acc:
             line = f"  accuracy {100 * acc['accuracy']:.2f}% on {acc['samples']} {acc.get('dataset', '')} samples"
+            if acc.get("ci95"):  # written by this edgedl: older results print as they did
+                line += f" (95% interval {100 * acc['ci95'][0]:.1f}–{100 * acc['ci95'][1]:.1f}%)"
             if "reference_agreement" in acc:
                 line += f"; top-1 agreement with the float reference {100 * acc['reference_agreement']:.2f}%"
             lines.append(line)
@@ -142,7 +274,9 @@ class BenchResult:
     def _mcu_text(self) -> str:
         r, m, b = self.data, self.mcu, self.data["bundle"]
         host = (r.get("host") or {}).get("machine")
-        lines = [f"{b['path']}: {b['backend']} for {b['target']} on {self.device}" + (f" ({host})" if host else "")]
+        label = f" [{r['label']}]" if r.get("label") else ""
+        lines = [f"{b['path']}{label}: {b['backend']} for {b['target']} on {self.device}"
+                 + (f" ({host})" if host else "")]
         board = f"{m.get('board') or '?'}" + (f" ({m['core']})" if m.get("core") else "")
         where = (f"emulated board {board}" if m.get("emulated")
                  else f"board {board} on {self.device.removeprefix('serial://')}" if self.device.startswith("serial:")
@@ -172,7 +306,9 @@ class BenchResult:
         acc = r.get("accuracy") or {}
         if acc.get("accuracy") is not None:
             on = " ".join(str(v) for v in (acc.get("samples", "?"), acc.get("dataset"), acc.get("split")) if v)
-            lines.append(f"  accuracy {100 * acc['accuracy']:.2f}% on {on} samples (computed by the firmware)")
+            ci = (f", 95% interval {100 * acc['ci95'][0]:.1f}–{100 * acc['ci95'][1]:.1f}%" if acc.get("ci95")
+                  else "")
+            lines.append(f"  accuracy {100 * acc['accuracy']:.2f}% on {on} samples (computed by the firmware{ci})")
         fid = m.get("fidelity") or {}
         if fid:
             parts = []
@@ -332,6 +468,36 @@ class BenchResult:
     def accuracy(self) -> float | None:
         value = (self.data.get("accuracy") or {}).get("accuracy")
         return None if value is None else float(value)
+
+    @property
+    def accuracy_samples(self) -> int | None:
+        """How many samples the accuracy was scored on."""
+        value = (self.data.get("accuracy") or {}).get("samples")
+        return None if _not_a_number("", value) is not None else int(value)
+
+    @property
+    def accuracy_ci95(self) -> list[float] | None:
+        """The 95% Wilson interval of the accuracy, ``[low, high]`` (computed for older results)."""
+        return accuracy_ci95(self.data.get("accuracy") or {}) if self.accuracy is not None else None
+
+    @property
+    def given_label(self) -> str | None:
+        """The label given with ``edgedl bench --label``, or None."""
+        value = self.data.get("label")
+        return str(value) if value else None
+
+    @property
+    def precision(self) -> dict | None:
+        """The bundle's precision (:func:`precision_of`): recorded by bench, else from what the result
+        holds of its manifest (older results: None where it does not tell)."""
+        value = self.data["bundle"].get("precision")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def profile(self) -> dict | None:
+        """The per-operator profile of ``edgedl bench --profile`` (:mod:`edgedl.bench.profile`), or None."""
+        value = self.data.get("profile")
+        return value if isinstance(value, dict) else None
 
     @property
     def size_bytes(self) -> int | None:

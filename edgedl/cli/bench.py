@@ -29,10 +29,11 @@ from edgedl.cli._options import COUNT, COUNT_OR_ZERO, SECONDS
 @click.option("--reference", type=click.Path(exists=True), help="Float model for top-1 agreement (.keras or .tflite).")
 @click.option("--profile", is_flag=True,
               help="Also profile per operator (time, share, calls; the result JSON's profile) where the engine can.")
+@click.option("--label", metavar="TEXT", help="Name this run in the result and in `edgedl report` (default: the bundle's).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema edgedl.bench/1).")
 def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, runs, repeats, threads, device, timeout,
-                  retries, reference, profile, output, as_json):
+                  retries, reference, profile, label, output, as_json):
     """Benchmark BUNDLE: load time, first and warm latency, throughput, memory, accuracy.
 
     A Cortex-M bundle (compiled with --backend tflm for a cortex_m* target) runs its own firmware:
@@ -45,7 +46,7 @@ def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, ru
       edgedl bench lenet.edgedl --dataset mnist
       edgedl bench model.edgedl --data photos/
       edgedl bench lenet.edgedl --device 127.0.0.1:9090 --json -o run.json
-      edgedl bench lenet.edgedl --profile -o run.json
+      edgedl bench lenet.edgedl --profile --label "int8 xnnpack" -o run.json
       edgedl bench lenet-m4.edgedl --device serial:///dev/ttyACM0
     """
     from edgedl import _io
@@ -58,7 +59,8 @@ def bench_command(bundle, dataset, data_dir, data, preprocess, limit, warmup, ru
         _io.check_writable(output, "--output", kind="file")
     options = BenchOptions(dataset=dataset, data_dir=data_dir, data=data, preprocess=list(preprocess) or None,
                            limit=limit, warmup=warmup, runs=runs, repeats=repeats, threads=threads, device=device,
-                           timeout=timeout, retries=retries, reference=reference, profile=profile)
+                           timeout=timeout, retries=retries, reference=reference, profile=profile,
+                           label=label)
     try:
         result = _run(bundle, options, as_json, bench)
     except DeviceError as e:
