@@ -24,6 +24,7 @@ VARIANTS = [  # (bundle name, backend, quantize, io)
     ("lenet_int8", "litert", "int8", "float"),
     ("lenet_tvm_int8", "tvm", "int8", "int8"),
 ]
+PRECISIONS = {"lenet_float32": "float32", "lenet_int8": "int8, I/O float32", "lenet_tvm_int8": "int8, I/O int8"}
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +63,12 @@ def slowed(path: Path, out: Path, factor: float) -> Path:
 
 
 class DOM(HTMLParser):
-    """The run rows (their cells), images (their attributes) and Pareto items of a report page."""
+    """The run rows (their cells), images (their attributes) and Pareto items of a report page; the
+    rows of every other table by their class (``tables["detail"][label]``: a list of rows' cells)."""
 
     def __init__(self, text):
         super().__init__()
-        self.rows, self.images, self.pareto, self.comparisons = {}, [], [], {}
+        self.rows, self.images, self.pareto, self.comparisons, self.tables = {}, [], [], {}, {}
         self._row = self._cells = None
         self._in_td = self._in_li = False
         self.feed(text)
@@ -74,8 +76,8 @@ class DOM(HTMLParser):
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         classes = (a.get("class") or "").split()
-        if tag == "tr" and ("run" in classes or "comparison" in classes):
-            self._row, self._cells = (("run" if "run" in classes else "comparison"), a["data-run"], classes), []
+        if tag == "tr" and classes:
+            self._row, self._cells = (classes[0], a["data-run"], classes), []
         elif tag == "td" and self._row:
             self._in_td = True
             self._cells.append("")
@@ -89,7 +91,9 @@ class DOM(HTMLParser):
             self._in_td = False
         elif tag == "tr" and self._row:
             kind, key, classes = self._row
-            (self.rows if kind == "run" else self.comparisons)[key] = (self._cells, classes)
+            if kind in ("run", "comparison"):
+                (self.rows if kind == "run" else self.comparisons)[key] = (self._cells, classes)
+            self.tables.setdefault(kind, {}).setdefault(key, []).append(self._cells)
             self._row = None
 
     def handle_data(self, data):
@@ -116,11 +120,13 @@ def test_html_report_holds_the_runs_the_plots_and_the_pareto_front(runs, tmp_pat
     for (name, backend, *_), r in zip(VARIANTS, results):
         cells, _ = dom.rows[name]
         assert cells[1] == backend and cells[2] == "x86_64" and cells[3].startswith("local")
-        assert cells[4] == f"{r['timing']['latency']['p50_us']:,.1f}"
-        assert cells[7] == f"{r['timing']['throughput_per_s']:,.0f}"
-        assert cells[8] == f"{100 * r['accuracy']['accuracy']:.1f}%"
-        assert cells[9] == f"{r['bundle']['size_bytes'] / 1024:,.1f}"
-        assert "MiB" in cells[10]
+        assert cells[4] == PRECISIONS[name]
+        assert cells[5] == f"{r['timing']['latency']['p50_us']:,.1f}"
+        assert cells[8] == f"{r['timing']['throughput_per_s']:,.0f}"
+        lo, hi = r["accuracy"]["ci95"]
+        assert cells[9] == f"{100 * r['accuracy']['accuracy']:.1f}% ({100 * lo:.1f}–{100 * hi:.1f}, n=100)"
+        assert cells[10] == f"{r['bundle']['size_bytes'] / 1024:,.1f}"
+        assert "MiB" in cells[11]
     # Self-contained: every image is inline, nothing is fetched.
     assert not re.search(r'(src|href)="(?!data:)', text)
     ids = {img["id"]: png_size(img["src"]) for img in dom.images}
@@ -183,7 +189,7 @@ def test_markdown_report_has_the_same_tables(runs, tmp_path):
     assert code == 0, stderr
     text = out.read_text()
     for name, backend, *_ in VARIANTS:
-        assert re.search(rf"^\| {name} \| {backend} \| x86_64 \| local", text, re.M)
+        assert re.search(rf"^\| {name} \| {backend} \| x86_64 \| local \([^)]*\) \| {PRECISIONS[name]} \|", text, re.M)
     assert "## Pareto front" in text and "## Regression check" in text and "data:image" not in text
     code, stdout, _ = edgedl("report", *runs)  # no -o: Markdown on stdout
     assert code == 0 and stdout.startswith("# Benchmark report") and "| lenet_int8 |" in stdout
@@ -311,3 +317,258 @@ def test_the_report_is_written_atomically(runs, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         build_report(runs).save(out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+# ----- what the report shows of each run besides its latency (issue 29: see inside) -----
+
+@pytest.fixture(scope="module")
+def inside(runs, trained_lenet, tmp_path_factory):
+    """Real results that carry everything a report shows: two of the bundles above benchmarked again
+    with --profile and --label (TVM gives a per-operator profile, LiteRT says why it gives none), a
+    TFLite Micro bundle for a Cortex-M4 whose firmware runs on the emulated board (compile's arena
+    estimate beside the arena the firmware used; instructions per operator), and a real
+    `edgedl optimize -q int8 --quant-report` output."""
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.optimize import OptimizeOptions, optimize
+
+    d = tmp_path_factory.mktemp("inside")
+    bundles = {name: json.loads(path.read_text())["bundle"]["path"] for (name, *_), path in zip(VARIANTS, runs)}
+    files = {}
+    for key, bundle, label in (("tvm", bundles["lenet_tvm_int8"], "tvm int8, profiled"),
+                               ("litert", bundles["lenet_int8"], "int8 xnnpack")):
+        files[key] = bench(bundle, BenchOptions(runs=30, repeats=2, limit=100, profile=True, label=label)).save(
+            d / f"{key}.json")
+    tflm = d / "lenet_tflm.edgedl"
+    compile_model(str(trained_lenet["keras"]), "cortex_m4", str(tflm),
+                  CompileOptions(backend="tflm", quantize="int8", io_type="int8", num_samples=50))
+    files["tflm"] = bench(str(tflm), BenchOptions(limit=100, profile=True)).save(d / "tflm.json")
+    report = optimize(trained_lenet["model"], OptimizeOptions(quantize="int8", quant_report=True, dataset="digits",
+                                                              limit=128), progress=False)
+    report.save(d / "optimized")
+    files["optimized"] = d / "optimized"
+    files["bundle"] = d / "lenet_quant.edgedl"  # compile --quant-report keeps the error in the bundle
+    compile_model(str(trained_lenet["keras"]), "x86_64", str(files["bundle"]),
+                  CompileOptions(quantize="int8", num_samples=50, quant_report=True))
+    return files
+
+
+def test_wilson_interval_matches_the_known_values():
+    from edgedl.bench.result import accuracy_ci95, wilson_interval
+
+    lo, hi = wilson_interval(450, 500)  # 90% of 500: Wilson (1927), z = 1.96
+    assert (round(lo, 4), round(hi, 4)) == (0.8706, 0.9233)
+    lo, hi = wilson_interval(0, 10)  # never empty at 0%: the upper bound of 0 of 10 is 27.75%
+    assert lo == 0.0 and round(hi, 4) == 0.2775
+    assert wilson_interval(5, 0) is None
+    # an older result without ci95: computed from its accuracy and samples
+    assert accuracy_ci95({"accuracy": 0.9, "samples": 500}) == pytest.approx([0.8706, 0.9233], abs=1e-4)
+    assert accuracy_ci95({"accuracy": 0.9}) is None
+
+
+def test_bench_records_precision_host_interval_label_and_profile(inside, runs):
+    from edgedl.bench.core import cpu_model
+    from edgedl.bench.result import BenchResult, wilson_interval
+
+    tvm = BenchResult.load(inside["tvm"])
+    assert tvm.data["label"] == "tvm int8, profiled"
+    assert tvm.precision == {"mode": "int8", "inputs": ["int8"], "outputs": ["int8"],
+                             "basis": "compiled with --quantize int8"}
+    assert BenchResult.load(runs[0]).precision["mode"] == "float32"
+    tflm = BenchResult.load(inside["tflm"])
+    assert tflm.precision["mode"] == "int8"
+    host = tvm.data["host"]
+    assert host["cpu_model"] == cpu_model() and host["cpu_model"] and host["cpus"] >= 1
+    acc = tvm.data["accuracy"]
+    assert acc["samples"] == 100
+    assert acc["ci95"] == list(wilson_interval(round(acc["accuracy"] * 100), 100))
+    text = tvm.to_text().splitlines()
+    assert text[0].startswith(f"{tvm.data['bundle']['path']} [tvm int8, profiled]: tvm for x86_64 on local")
+    assert re.search(r"accuracy [\d.]+% on 100 digits samples \(95% interval [\d.]+–[\d.]+%\)", tvm.to_text())
+    assert tvm.profile["available"] and tvm.profile["rows"]
+    assert not BenchResult.load(inside["litert"]).profile["available"]
+
+
+def test_the_report_shows_what_each_run_is_and_what_is_inside(inside, tmp_path):
+    from edgedl.bench.core import cpu_model
+    from edgedl.bench.result import BenchResult
+
+    files = [inside["tvm"], inside["litert"], inside["tflm"]]
+    out = tmp_path / "inside.html"
+    code, stdout, stderr = edgedl("report", *files, inside["optimized"], "-o", out)
+    assert code == 0, stderr
+    assert "per-layer quantization error of 1 model(s)" in stdout
+    text = out.read_text()
+    dom = DOM(text)
+    results = {k: BenchResult.load(inside[k]) for k in ("tvm", "litert", "tflm")}
+    # 5: the labels given to bench; a run without one keeps its bundle's name
+    assert set(dom.rows) == {"tvm int8, profiled", "int8 xnnpack"}
+    assert set(dom.tables["mcu-run"]) == {"lenet_tflm"}  # its firmware, on the emulated board of its core
+    # 1: precision
+    assert dom.rows["tvm int8, profiled"][0][4] == "int8, I/O int8"
+    assert dom.rows["int8 xnnpack"][0][4] == "int8, I/O float32"
+    # 4: accuracy with its interval and samples
+    r = results["tvm"]
+    lo, hi = r.accuracy_ci95
+    assert dom.rows["tvm int8, profiled"][0][9] == f"{100 * r.accuracy:.1f}% ({100 * lo:.1f}–{100 * hi:.1f}, n=100)"
+    # 2: host CPU, cores and engine threads in the details
+    (detail,) = dom.tables["detail"]["tvm int8, profiled"]
+    assert detail[7] == f"{cpu_model()} ({r.data['host']['cpus']})" and detail[8] == "1"
+    assert detail[9] == "int8, I/O int8 (compiled with --quantize int8)"
+    # 3: the arena TFLite Micro was estimated to need beside the one it used, with their ratio
+    estimates = {row[1]: row for row in dom.tables["estimate"]["lenet_tflm"]}
+    paired = results["tflm"].data["estimates_vs_measured"]["arena_bytes"]
+    cells = estimates["arena_bytes"]
+    assert cells[2:4] == [f"{paired['estimated']:,.1f}", f"{paired['measured']:,.1f}"]
+    assert cells[5] == f"{paired['measured'] / paired['estimated']:.2f}×"
+    assert estimates["flash_needed_bytes"][3:] == ["–", "not measured by this run", "–"]
+    # 6: TVM's slowest operators, and LiteRT's reason for having none
+    profile = results["tvm"].profile
+    rows = dom.tables["profile-op"]["tvm int8, profiled"]
+    assert len(rows) == min(15, len(profile["rows"]))
+    for cells, row in zip(rows, profile["rows"]):
+        assert cells[1] == row["op"] and cells[3] == row["type"] and cells[4] == f"{row['time_us']:,.1f} µs"
+        assert cells[5] == f"{100 * row['share']:.1f}%" and cells[2] == (row.get("layer") or "–")
+    mcu_profile = results["tflm"].profile
+    assert mcu_profile["unit"] == "instructions"
+    first = mcu_profile["rows"][0]
+    assert dom.tables["profile-op"]["lenet_tflm"][0][4] == f"{int(first['instructions']):,} instructions"
+    reason = results["litert"].profile["reason"]
+    assert f"int8 xnnpack: no per-operator profile ({reason})." in text.replace("&#x27;", "'")
+    # 7: the worst layers of the optimize output, in the file's order (worst first)
+    quant = json.loads((inside["optimized"] / "report.json").read_text())["quant_report"]
+    layers = [row[0] for rows in dom.tables["quant-layer"].values() for row in rows]
+    assert layers == [row["layer"] for row in quant["layers"][:10]]
+    worst = dom.tables["quant-layer"][quant["layers"][0]["layer"]][0]
+    assert worst[4] == f"{quant['layers'][0]['snr_db']:.1f}" and worst[3] == f"{quant['layers'][0]['cosine']:.5f}"
+    ids = {img["id"]: png_size(img["src"]) for img in dom.images}
+    assert set(ids) == {"plot-tradeoff", "plot-latency", "plot-profile-1", "plot-profile-2", "plot-quant-1",
+                        "plot-mcu-operators"}
+    assert all(w >= 400 and h >= 100 for w, h in ids.values())
+
+    # The same in Markdown
+    md = tmp_path / "inside.md"
+    code, _, stderr = edgedl("report", *files, inside["optimized"] / "report.json", "-o", md)
+    assert code == 0, stderr
+    text = md.read_text()
+    assert re.search(rf"^\| tvm int8, profiled \| tvm \| x86_64 \| local \(x86_64\) \| int8, I/O int8 \| .*\| "
+                     rf"{100 * r.accuracy:.1f}% \({100 * lo:.1f}–{100 * hi:.1f}, n=100\) \|", text, re.M)
+    assert f"| {cpu_model()} ({r.data['host']['cpus']}) | 1 |" in text
+    assert f"| lenet_tflm | arena_bytes | {paired['estimated']:,.1f} | {paired['measured']:,.1f} |" in text
+    first = profile["rows"][0]
+    assert f"| tvm int8, profiled | {first['op']} | {first.get('layer') or '–'} | {first['type']} |" in text
+    assert f"* int8 xnnpack: no per-operator profile ({reason})." in text
+    assert "## Per-layer quantization error: lenet" in text
+    top = quant["layers"][0]
+    assert f"| {top['layer']} | {top['op']} | {top['rmse_rel']:.2e} | {top['cosine']:.5f} | {top['snr_db']:.1f} |" in text
+    summary = build_report([*files, inside["optimized"]]).summary()
+    assert [q["worst"][0]["layer"] for q in summary["quant_errors"]] == [top["layer"]]
+    assert summary["runs"][0]["accuracy_ci95"] == [lo, hi]
+
+
+def test_accuracy_within_the_interval_is_not_called_more_accurate(runs, tmp_path):
+    """500 samples at 98.0% and 98.2%: the intervals overlap, so the faster run is not beaten on accuracy."""
+    def variant(path, name, accuracy, p50):
+        r = json.loads(path.read_text())
+        r["accuracy"].update(accuracy=accuracy, samples=500)
+        r["accuracy"].pop("ci95", None)  # as an older result: the interval is computed from accuracy and samples
+        r["timing"]["latency"]["p50_us"] = p50
+        r["label"] = name
+        out = tmp_path / f"{name}.json"
+        out.write_text(json.dumps(r))
+        return out
+
+    fast, slow = variant(runs[1], "fast", 0.980, 50.0), variant(runs[0], "slow", 0.982, 100.0)
+    far = variant(runs[2], "far", 0.90, 20.0)
+    report = build_report([fast, slow, far])
+    assert [(a.label, b.label) for a, b in report.ties] == [("fast", "slow")]
+    items = dict(zip([r.label for r in report.pareto], report._pareto_items()))
+    assert "its accuracy lead over fast is within the 95% intervals" in items["slow"]
+    assert "within" not in items["far"] and "within" not in items["fast"]
+    md = report.to_markdown()
+    assert "Accuracy differences within the interval" in md
+    assert "* slow at 98.2% (96.6–99.1, n=500) vs fast at 98.0% (96.4–98.9, n=500): 0.2 points apart" in md
+    dom = DOM(report.to_html())
+    assert dom.rows["fast"][0][9] == "98.0% (96.4–98.9, n=500)"  # the accuracy column
+    assert "Accuracy differences within the interval" in report.to_html()
+
+
+def test_older_results_without_the_new_fields_still_report(runs, tmp_path):
+    r = json.loads(runs[1].read_text())
+    for key in ("ci95",):
+        r["accuracy"].pop(key)
+    r["bundle"].pop("precision")
+    r["host"].pop("cpu_model")
+    r.pop("label", None)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(r))
+    report = build_report([old])
+    (run,) = report.runs
+    assert run.label == "lenet_int8" and run.precision is None
+    assert run.accuracy_ci95 == pytest.approx(list(__import__("edgedl.bench.result", fromlist=["x"]).wilson_interval(
+        round(r["accuracy"]["accuracy"] * 100), 100)))
+    head, rows = report.run_rows()
+    assert rows[0][4] == "–" and "n=100" in rows[0][9]
+    assert report.detail_rows()[1][0][7] == "x86_64 (" + str(r["host"]["cpus"]) + ")"
+    report.save(tmp_path / "old.html")
+
+
+def test_the_same_label_twice_is_told_apart(inside):
+    report = build_report([inside["tvm"], inside["tvm"]])
+    assert [r.label for r in report.runs] == ["tvm int8, profiled #1", "tvm int8, profiled #2"]
+
+
+@pytest.mark.parametrize("label, message", [
+    ("", "--label is empty"), ("two\nlines", "--label holds a line break"), ("x" * 81, "--label is 81 characters long"),
+])
+def test_a_bad_label_is_refused_in_one_line(runs, label, message):
+    bundle = json.loads(runs[0].read_text())["bundle"]["path"]
+    code, stdout, stderr = edgedl("bench", bundle, "--label", label)
+    assert code != 0 and "Traceback" not in stderr and not stdout
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}") and "at most 80 characters" in lines[0], stderr
+
+
+def test_an_optimize_output_that_is_not_one_is_named_in_one_line(inside, tmp_path):
+    report = json.loads((inside["optimized"] / "report.json").read_text())
+    cases = {}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases[empty] = "is a folder without report.json; expected the output folder"
+    no_quant = tmp_path / "no_quant.json"
+    no_quant.write_text(json.dumps(dict(report, quant_report=None)))
+    cases[no_quant] = "holds no per-layer quantization error (quant_report is null"
+    bad_row = tmp_path / "bad_row.json"
+    layers = [dict(report["quant_report"]["layers"][0], snr_db="high")]
+    bad_row.write_text(json.dumps(dict(report, quant_report=dict(report["quant_report"], layers=layers))))
+    cases[bad_row] = "quant_report.layers[0].snr_db is 'high', not a number"
+    for path, message in cases.items():
+        code, _, stderr = edgedl("report", inside["tvm"], path, "-o", tmp_path / "r.html")
+        assert code != 0 and "Traceback" not in stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and path.name in lines[0] and message in lines[0], stderr
+        assert "--quant-report" in lines[0]
+    assert not (tmp_path / "r.html").exists()
+    other = tmp_path / "notes.json"
+    other.write_text('{"hello": 1}')
+    code, _, stderr = edgedl("report", other)
+    assert code != 0 and 'no "schema" field' in stderr and "edgedl bench BUNDLE -o run.json" in stderr
+    assert "--quant-report" in stderr  # says both kinds of file a report reads
+
+
+def test_a_bundle_compiled_with_quant_report_shows_its_per_layer_error(inside, runs, tmp_path):
+    quant = json.loads((inside["bundle"] / "quant_report.json").read_text())
+    for given in (inside["bundle"], inside["bundle"] / "quant_report.json"):
+        report = build_report([inside["tvm"], given])
+        (q,) = report.quant_errors
+        assert q.label == "lenet_quant" and q.mode == "int8" and q.layers == quant["layers"]
+        md = report.to_markdown()
+        top = quant["layers"][0]
+        assert "## Per-layer quantization error: lenet_quant" in md
+        assert f"| {top['layer']} | {top['op']} | {top['rmse_rel']:.2e} | {top['cosine']:.5f} | {top['snr_db']:.1f} |" in md
+    plain = json.loads(runs[1].read_text())["bundle"]["path"]  # compiled without --quant-report
+    code, _, stderr = edgedl("report", inside["tvm"], plain)
+    assert code != 0 and "Traceback" not in stderr
+    assert re.search(r"^error: .*lenet_int8\.edgedl: is a bundle without quant_report\.json \(compiled without "
+                     r"--quant-report\)", stderr, re.M), stderr

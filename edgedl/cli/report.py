@@ -1,5 +1,6 @@
 """``edgedl report``: benchmark results side by side (HTML with plots, or Markdown), with a regression check;
-microcontroller runs (estimated latencies) in tables of their own."""
+microcontroller runs (estimated latencies) in tables of their own; per-operator profiles of the runs, and
+the per-layer quantization error of optimize outputs given beside them."""
 
 import json
 
@@ -9,7 +10,7 @@ from edgedl.cli._options import Number
 
 
 @click.command("report")
-@click.argument("results", nargs=-1, required=True, metavar="RUN.json...")
+@click.argument("results", nargs=-1, required=True, metavar="RUN.json|OPTIMIZE_OUT...")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write the report here: .html (self-contained, with plots) or .md (default: Markdown to stdout).")
 @click.option("--baseline", "-b", multiple=True, metavar="BASE.json",
@@ -19,11 +20,13 @@ from edgedl.cli._options import Number
 @click.option("--fail-on-regression", is_flag=True, help="Exit non-zero when the check finds a regression.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (runs, Pareto front, check) as JSON.")
 def report(results, output, baseline, threshold, fail_on_regression, as_json):
-    """Report on benchmark RESULTS (files of `edgedl bench -o`, one result or a list each).
+    """Report on benchmark RESULTS (files of `edgedl bench -o`, one result or a list each) and on the
+    per-layer quantization error of `edgedl optimize ... --quant-report` outputs (the folder or its report.json).
 
     \b
     Examples:
       edgedl report float.json int8.json tvm.json -o report.html
+      edgedl report int8.json optimized/ -o report.html
       edgedl report new/*.json --baseline main/*.json -o report.md --fail-on-regression
     """
     from edgedl.errors import EdgeDLError
@@ -42,7 +45,8 @@ def report(results, output, baseline, threshold, fail_on_regression, as_json):
         front = ", ".join(r.label for r in rep.pareto) or ("none (no timed run has an accuracy)" if rep.mcu_runs
                                                           else "none (no accuracy)")
         on_mcu = f" ({len(rep.mcu_runs)} on microcontrollers, latency estimated)" if rep.mcu_runs else ""
-        click.echo(f"wrote {output}: {len(rep.runs)} run(s){on_mcu}; Pareto front: {front}")
+        quant = f"; per-layer quantization error of {len(rep.quant_errors)} model(s)" if rep.quant_errors else ""
+        click.echo(f"wrote {output}: {len(rep.runs)} run(s){on_mcu}; Pareto front: {front}{quant}")
         if rep.baseline:
             click.echo(rep.regression_summary())
     else:

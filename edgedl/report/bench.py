@@ -3,10 +3,17 @@
 ``edgedl bench -o run.json`` writes one result (schema ``edgedl.bench/1``); a report reads any
 number of them and shows
 
-* a table of the runs (bundle, backend, target, device, latency percentiles, throughput, accuracy,
-  bundle size, peak memory) and the details of each measurement;
+* a table of the runs (label, backend, precision, target, device, latency percentiles, throughput,
+  accuracy with its 95% interval, bundle size, peak memory) and the details of each measurement
+  (the host's CPU and the engine threads among them);
 * accuracy against latency, marker area proportional to bundle size, with the Pareto front (no
-  other run is both faster and at least as accurate) marked and listed;
+  other run is both faster and at least as accurate) marked and listed, and which accuracy
+  differences lie within the runs' 95% intervals (no run is called more accurate on those);
+* the estimates compile made beside what was measured (and their ratio);
+* per run benchmarked with ``--profile``, its slowest operators (with their Keras layer), in HTML
+  also as a bar chart; a run whose engine gives no profile says why in one line;
+* given the output of ``edgedl optimize ... --quant-report``, the per-layer quantization error
+  (the worst layers, and in HTML a chart of every layer's SNR);
 * each run's latency distribution (min, p50, p90, p99, max and the median of every repeat);
 * against a baseline, per bundle, target and device: the baseline p50, the new p50, the change and
   a verdict (a slowdown beyond the threshold is a regression);
@@ -36,13 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl import __version__, _io
-from edgedl.bench.result import SCHEMA, BenchResult, read_results  # noqa: F401 - SCHEMA: edgedl.report's too
-from edgedl.errors import OptionError
-from edgedl.report.format import figure_html, html_table, md_table, mib, num, percent
+from edgedl.bench.result import SCHEMA, BenchResult, precision_text, read_results  # noqa: F401 - SCHEMA: edgedl.report's too
+from edgedl.errors import InputFileError, OptionError
+from edgedl.report.format import _estimate, figure_html, html_table, md_table, mib, num, percent
+from edgedl.report.optimize import QUANT_HOW_TO_MAKE, QuantError, is_optimize_output, load_quant_error
 from edgedl.report.plots import MARKERS, new_figure, png_bytes
 
 DEFAULT_THRESHOLD = 0.10
 SUFFIXES = {".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown"}
+TOP_OPERATORS = 15  # rows (and bars) of each run's per-operator profile
+PROFILE_UNITS = {"us": "µs", "instructions": "instructions", "cycles": "cycles"}
 
 
 @dataclass
@@ -110,9 +120,11 @@ def load_results(paths) -> list[Run]:
 
 
 def _label(runs: list[Run]) -> None:
-    """Give every run a short, unique label: the bundle name, with target and device where needed."""
-    counts = Counter(r.name for r in runs)
-    labels = [r.name if counts[r.name] == 1 else f"{r.name} ({r.target}, {r.device})" for r in runs]
+    """Give every run a short, unique label: its own (``edgedl bench --label``), else the bundle name,
+    with target and device where needed; labels still shared get ``#1``, ``#2``, ..."""
+    counts = Counter(r.name for r in runs if not r.given_label)
+    labels = [r.given_label or (r.name if counts[r.name] == 1 else f"{r.name} ({r.target}, {r.device})")
+              for r in runs]
     seen: Counter = Counter()
     totals = Counter(labels)
     for run, label in zip(runs, labels):
@@ -154,6 +166,29 @@ def pareto_front(runs: list[Run]) -> list[Run]:
     return sorted(front, key=lambda r: (r.p50, -r.accuracy))
 
 
+def within_interval(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Pairs of timed runs whose accuracies differ but whose 95% intervals overlap: neither is more
+    accurate than the other on these samples (less accurate run first)."""
+    scored = [r for r in runs if r.accuracy is not None and r.accuracy_ci95 and not r.is_mcu]
+    pairs = []
+    for i, a in enumerate(scored):
+        for b in scored[i + 1:]:
+            if a.accuracy != b.accuracy and a.accuracy_ci95[0] <= b.accuracy_ci95[1] \
+                    and b.accuracy_ci95[0] <= a.accuracy_ci95[1]:
+                pairs.append((a, b) if a.accuracy < b.accuracy else (b, a))
+    return pairs
+
+
+def accuracy_text(r: BenchResult) -> str:
+    """``98.2% (97.0–99.0, n=500)``: the accuracy, its 95% Wilson interval and the samples scored."""
+    if r.accuracy is None:
+        return "–"
+    ci, n = r.accuracy_ci95, r.accuracy_samples
+    if not ci:
+        return percent(r.accuracy)
+    return f"{percent(r.accuracy)} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f}" + (f", n={n})" if n else ")")
+
+
 @dataclass
 class Report:
     """Runs, an optional baseline, their comparison, and the renderings (HTML, Markdown)."""
@@ -162,6 +197,7 @@ class Report:
     baseline: list[Run] = field(default_factory=list)
     threshold: float = DEFAULT_THRESHOLD
     comparisons: list[Comparison] = field(default_factory=list)
+    quant_errors: list[QuantError] = field(default_factory=list)  # outputs of edgedl optimize --quant-report
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -177,6 +213,16 @@ class Report:
         return [r for r in self.runs if not r.is_mcu]
 
     @property
+    def ties(self) -> list[tuple[Run, Run]]:
+        """Pairs of runs whose accuracy difference lies within their 95% intervals (:func:`within_interval`)."""
+        return within_interval(self.runs)
+
+    @property
+    def profiled(self) -> list[Run]:
+        """The runs with a per-operator profile record (``edgedl bench --profile``), available or not."""
+        return [r for r in self.runs if r.profile]
+
+    @property
     def mcu_runs(self) -> list[Run]:
         """The microcontroller runs: counts and an estimated latency, reported apart from the timed runs."""
         return [r for r in self.runs if r.is_mcu]
@@ -186,9 +232,16 @@ class Report:
         the microcontroller runs (``mcu_runs``: their latency is ``estimated_latency_ms``, an estimate)."""
         return {
             "runs": [{"label": r.label, "bundle": r.name, "backend": r.backend, "target": r.target,
-                      "device": r.device, "p50_us": r.p50, "accuracy": r.accuracy, "size_bytes": r.size_bytes,
-                      "source": r.source} for r in self.timed],
+                      "device": r.device, "precision": r.precision, "p50_us": r.p50, "accuracy": r.accuracy,
+                      "accuracy_ci95": r.accuracy_ci95, "accuracy_samples": r.accuracy_samples,
+                      "size_bytes": r.size_bytes, "cpu_model": (r.data.get("host") or {}).get("cpu_model"),
+                      "threads": (r.data.get("settings") or {}).get("threads"), "source": r.source}
+                     for r in self.timed],
             "pareto": [r.label for r in self.pareto],
+            "accuracy_within_interval": [[a.label, b.label] for a, b in self.ties],
+            "profiles": [_profile_summary(r) for r in self.profiled],
+            "quant_errors": [{"label": q.label, "mode": q.mode, "samples": q.samples, "source": q.source,
+                              "worst": q.worst()} for q in self.quant_errors],
             "threshold": self.threshold,
             "comparisons": [c.to_dict() for c in self.comparisons] if self.baseline else [],
             "regressions": [c.label for c in self.regressions],
@@ -207,8 +260,8 @@ class Report:
     # ----- tables, shared by both renderings -----
 
     def run_rows(self) -> tuple[list[str], list[list[str]]]:
-        head = ["bundle", "backend", "target", "device", "p50 (µs)", "p90 (µs)", "p99 (µs)", "throughput (/s)",
-                "accuracy", "size (KiB)", "peak memory"]
+        head = ["run", "backend", "target", "device", "precision", "p50 (µs)", "p90 (µs)", "p99 (µs)",
+                "throughput (/s)", "accuracy (95% interval, n)", "size (KiB)", "peak memory"]
         rows = []
         for r in self.timed:
             lat = r.latency
@@ -217,25 +270,34 @@ class Report:
             if r.arena_bytes:
                 memory += f", arena {r.arena_bytes / 1024:.1f} KiB"
             rows.append([r.label, r.backend, r.target, r.device + (f" ({machine})" if machine else ""),
+                         precision_text(r.precision),
                          num(lat["p50_us"]), num(lat["p90_us"]), num(lat["p99_us"]),
-                         num(r.throughput, 0), percent(r.accuracy),
+                         num(r.throughput, 0), accuracy_text(r),
                          num(r.size_bytes / 1024) if r.size_bytes is not None else "–", memory])
         return head, rows
 
     def detail_rows(self) -> tuple[list[str], list[list[str]]]:
         head = ["run", "runs × repeats", "repeat medians (µs)", "spread", "load (ms)", "first inference (µs)",
-                "mean ± std (µs)", "accuracy on", "agreement with reference", "created", "file"]
+                "mean ± std (µs)", "CPU (cores)", "threads", "precision (how known)", "accuracy on",
+                "agreement with reference", "created", "file"]
         rows = []
         for r in self.timed:
             s, t, acc = r.data.get("settings") or {}, r.data["timing"], r.data.get("accuracy") or {}
             lat = r.latency
             on = f"{acc.get('samples', '?')} {acc.get('dataset', '')}".strip() if acc else "–"
+            host = r.data.get("host") or {}
+            cpu = host.get("cpu_model") or host.get("machine") or "–"
+            if host.get("cpus"):
+                cpu += f" ({host['cpus']})"
+            prec = r.precision
             rows.append([
                 r.label, f"{s.get('runs', '?')} × {s.get('repeats', '?')}",
                 ", ".join(num(v) for v in r.repeat_p50) or "–",
                 percent(r.spread), num(t["load_s"] * 1000) if "load_s" in t else "–",
                 num(t.get("first_inference_us")),
                 f"{num(lat.get('mean_us'))} ± {num(lat.get('std_us'))}" if "mean_us" in lat else "–",
+                cpu, str(s.get("threads", "–")),
+                f"{precision_text(prec)} ({prec.get('basis')})" if prec and prec.get("basis") else precision_text(prec),
                 on, percent(acc.get("reference_agreement")), str(r.data.get("created", "–")),
                 Path(r.source).name])
         return head, rows
@@ -247,20 +309,32 @@ class Report:
         return head, rows
 
     def estimate_rows(self) -> tuple[list[str], list[list[str]]]:
-        head = ["run", "quantity", "estimated", "measured", "note"]
+        """Each estimate beside its measurement (``estimates_vs_measured``) with measured / estimated;
+        then the compile estimates (figures) this run measured nothing of, in their own units."""
+        head = ["run", "quantity", "estimated", "measured", "note", "measured / estimated"]
         rows = []
         for r in self.runs:  # a microcontroller run's latency is an estimate: never beside a measured one
-            for quantity, v in (r.data.get("estimates_vs_measured") or {}).items():
-                if r.is_mcu and quantity.startswith("latency"):
+            paired = r.data.get("estimates_vs_measured") or {}
+            for quantity, v in paired.items():
+                if not isinstance(v, dict) or (r.is_mcu and quantity.startswith("latency")):
                     continue
-                rows.append([r.label, quantity, num(v.get("estimated")),
-                             num(v.get("measured_p50", v.get("measured"))), str(v.get("note") or "")])
+                est, meas = v.get("estimated"), v.get("measured_p50", v.get("measured"))
+                ratio = (f"{meas / est:.2f}×" if isinstance(est, (int, float)) and isinstance(meas, (int, float))
+                         and est > 0 else "–")
+                rows.append([r.label, quantity, num(est), num(meas), str(v.get("note") or ""), ratio])
+            covered = {"inference_time_ms"} if "latency_us" in paired else set()
+            covered |= {"arena_bytes", "tflm"} if "arena_bytes" in paired else set()
+            for key, v in (r.data.get("estimates") or {}).items():  # figures only: breakdowns stay in the manifest
+                if (key in covered or isinstance(v, bool) or not isinstance(v, (int, float))
+                        or (r.is_mcu and key == "inference_time_ms")):
+                    continue
+                rows.append([r.label, key, _estimate(key, v), "–", "not measured by this run", "–"])
         return head, rows
 
     def mcu_rows(self) -> tuple[list[str], list[list[str]]]:
         head = ["bundle", "target", "board", "kernels", "instructions per inference",
                 "estimated latency (ms, estimate)", "flash (KiB)", "RAM (KiB)", "arena used (KiB)", "accuracy",
-                "top-1 agreement with reference kernels"]
+                "top-1 agreement with reference kernels", "precision", "accuracy (95% interval, n)"]
         rows = []
         for r in self.mcu_runs:
             m = r.mcu
@@ -271,7 +345,8 @@ class Report:
                           else num(arena / 1024) if arena is not None else "–")
             rows.append([r.label, r.target, board, str(m.get("kernels") or "–"), count,
                          f"≈ {num(r.estimated_latency_ms, 2)}", _kib(r.flash_bytes), _kib(r.ram_bytes), arena_text,
-                         percent(r.accuracy), percent((m.get("fidelity") or {}).get("top1_agreement"))])
+                         percent(r.accuracy), percent((m.get("fidelity") or {}).get("top1_agreement")),
+                         precision_text(r.precision), accuracy_text(r)])
         return head, rows
 
     def mcu_basis(self) -> list[str]:
@@ -289,14 +364,77 @@ class Report:
                              _count(op.get(unit)) + ("" if unit == "instructions" else " cycles"), percent(share)])
         return head, rows
 
+    def profile_rows(self) -> tuple[list[str], list[list[str]]]:
+        """The slowest operators of each profiled run (at most :data:`TOP_OPERATORS` each)."""
+        head = ["run", "operator", "Keras layer", "type", "time or count", "share", "calls"]
+        rows = []
+        for r in self.profiled:
+            p = r.profile
+            if not p.get("available"):
+                continue
+            unit = p.get("unit", "us")
+            key = {"us": "time_us"}.get(unit, unit)
+            for row in (p.get("rows") or [])[:TOP_OPERATORS]:
+                value = row.get(key)
+                rows.append([r.label, str(row.get("op", "?")), str(row.get("layer") or "–"), str(row.get("type", "?")),
+                             "–" if value is None else (f"{num(value, 1)} µs" if unit == "us"
+                                                        else f"{_count(value)} {PROFILE_UNITS.get(unit, unit)}"),
+                             percent(row.get("share")), _count(row.get("calls"))])
+        return head, rows
+
+    def profile_notes(self) -> list[str]:
+        """One line per profiled run: what the operators add up to, or why there is no profile."""
+        lines = []
+        for r in self.profiled:
+            p = r.profile
+            if not p.get("available"):
+                lines.append(f"{r.label}: no per-operator profile ({p.get('reason') or 'no reason given'}).")
+                continue
+            unit = PROFILE_UNITS.get(p.get("unit"), p.get("unit"))
+            n = len(p.get("rows") or [])
+            shown = f"the {TOP_OPERATORS} slowest of {n} operators shown" if n > TOP_OPERATORS else f"{n} operators"
+            covered = (f"; they add up to {100 * p['coverage']:.0f}% of the measured {num(p.get('measured_total'))} "
+                       f"{unit} per inference" if p.get("coverage") is not None else "")
+            lines.append(f"{r.label}: {shown}, from {p.get('source') or p.get('backend') or '?'}{covered}.")
+        return lines
+
+    def quant_rows(self, q: QuantError) -> tuple[list[str], list[list[str]]]:
+        """The worst layers of one optimize output: layer, op, RMSE relative to the range, cosine, SNR."""
+        head = ["layer", "op", "RMSE / range", "cosine", "SNR (dB)", "tensor"]
+        rows = [[str(row.get("layer") or "?"), str(row.get("op") or "?"), _fmt(row.get("rmse_rel"), ".2e"),
+                 _fmt(row.get("cosine"), ".5f"), _fmt(row.get("snr_db"), ".1f"), str(row.get("tensor"))[:60]]
+                for row in q.worst()]
+        return head, rows
+
+    def quant_intro(self, q: QuantError) -> str:
+        samples = f" on {q.samples} samples" if q.samples else ""
+        return (f"{q.label}: the {q.mode} model against the float32 one{samples}, the {len(q.worst())} worst of "
+                f"{len(q.layers)} layers (lowest SNR first; higher SNR and cosine are better). From "
+                f"{Path(q.source).name}" + (f": {q.method}." if q.method else "."))
+
+    def tie_notes(self) -> list[str]:
+        """The accuracy differences within the runs' 95% intervals, said as no difference."""
+        return [f"{b.label} at {accuracy_text(b)} vs {a.label} at {accuracy_text(a)}: "
+                f"{100 * (b.accuracy - a.accuracy):.1f} points apart, within both 95% intervals; neither is more "
+                "accurate on these samples" for a, b in self.ties]
+
     def _sources(self) -> str:
         files = sorted({Path(r.source).name for r in self.runs})
-        text = f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''} from {', '.join(files)}"
+        text = f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}" + (f" from {', '.join(files)}" if files else "")
+        if self.quant_errors:
+            outputs = ", ".join(f"{Path(q.source).parent.name}/{Path(q.source).name}" for q in self.quant_errors)
+            text += f"; per-layer quantization error from {outputs}"
         if self.baseline:
             base = sorted({Path(r.source).name for r in self.baseline})
             plural = "s" if len(self.baseline) != 1 else ""
             text += f"; baseline: {len(self.baseline)} run{plural} from {', '.join(base)}"
         return text
+
+    @property
+    def _no_timed(self) -> str:
+        if not self.runs:
+            return "No benchmark results given: only the per-layer quantization error below."
+        return _NO_TIMED
 
     def _no_pareto(self) -> str:
         if self.mcu_runs:
@@ -305,8 +443,17 @@ class Report:
         return "No run has an accuracy."
 
     def _pareto_items(self) -> list[str]:
-        return [f"{r.label}: {percent(r.accuracy)} at p50 {num(r.p50)} µs, {num((r.size_bytes or 0) / 1024)} KiB "
-                f"({r.backend}, {r.target}, {r.device})" for r in self.pareto]
+        ties = self.ties
+        items = []
+        for r in self.pareto:
+            item = (f"{r.label}: {accuracy_text(r)} at p50 {num(r.p50)} µs, {num((r.size_bytes or 0) / 1024)} KiB "
+                    f"({r.backend}, {r.target}, {r.device})")
+            # on the front only by an accuracy lead within the intervals over a run at least as fast
+            behind = [a.label for a, b in ties if b is r and a.p50 <= r.p50]
+            if behind:
+                item += f"; its accuracy lead over {', '.join(behind)} is within the 95% intervals"
+            items.append(item)
+        return items
 
     def regression_summary(self) -> str:
         if not self.baseline:
@@ -324,10 +471,13 @@ class Report:
     def to_markdown(self) -> str:
         """The report as Markdown: the tables and the Pareto front (the plots are in the HTML report)."""
         out = ["# Benchmark report", "", self._sources() + f". Written by edgedl {__version__}.", "", "## Runs", ""]
-        out += md_table(*self.run_rows()) if self.timed else [_NO_TIMED]
+        out += md_table(*self.run_rows()) if self.timed else [self._no_timed]
         out += ["", "## Pareto front: accuracy vs p50 latency", ""]
         items = self._pareto_items()
         out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or [self._no_pareto()]
+        ties = self.tie_notes()
+        if ties:
+            out += ["", f"Accuracy differences within the interval ({_TIE_NOTE}):", ""] + [f"* {t}" for t in ties]
         out += ["", "## Regression check", "", self.regression_summary()]
         if self.baseline:
             out += ["", f"Threshold: a p50 more than {100 * self.threshold:g}% above the baseline's is a regression.",
@@ -337,14 +487,22 @@ class Report:
         head, rows = self.estimate_rows()
         if rows:
             out += ["", "## Estimates vs measurements", ""] + md_table(head, rows)
+        if self.profiled:
+            out += ["", "## Per-operator profile", ""] + [f"* {line}" for line in self.profile_notes()]
+            head, rows = self.profile_rows()
+            if rows:
+                out += [""] + md_table(head, rows)
+        for q in self.quant_errors:
+            out += ["", f"## Per-layer quantization error: {q.label}", "", self.quant_intro(q), ""]
+            out += md_table(*self.quant_rows(q)) if q.layers else ["No layer of the integer model matched the float one."]
         if self.mcu_runs:
             out += ["", "## Microcontroller runs", "", _MCU_NOTE, ""] + md_table(*self.mcu_rows())
             out += ["", "How the latencies were estimated:", ""] + [f"* {line}" for line in self.mcu_basis()]
             head, rows = self.mcu_operator_rows()
             if rows:
                 out += ["", "### Instructions per operator type", ""] + md_table(head, rows)
-        out += ["", "Plots (accuracy vs latency vs size, latency distributions) are in the HTML report: "
-                "`edgedl report ... -o report.html`.", ""]
+        out += ["", "Plots (accuracy vs latency vs size, latency distributions, operator shares, per-layer SNR) are in "
+                "the HTML report: `edgedl report ... -o report.html`.", ""]
         return "\n".join(out)
 
     # ----- HTML -----
@@ -361,7 +519,7 @@ class Report:
         head, rows = self.run_rows()
         parts += ['<section id="runs"><h2>Runs</h2>',
                   html_table(head, rows, "runs-table", "run", [r.label for r in self.timed],
-                              numeric=range(4, 10)) if self.timed else f"<p>{e(_NO_TIMED)}</p>", "</section>"]
+                              numeric=range(5, 11)) if self.timed else f"<p>{e(self._no_timed)}</p>", "</section>"]
 
         parts.append('<section id="tradeoff"><h2>Accuracy, latency and size</h2>')
         scored = [r for r in self.timed if r.accuracy is not None]
@@ -378,6 +536,10 @@ class Report:
         parts.append('<ol id="pareto">' + "".join(f'<li class="pareto" data-run="{e(r.label)}">{e(item)}</li>'
                                                    for r, item in zip(self.pareto, items)) + "</ol>"
                      if items else f"<p>{e(self._no_pareto())}</p>")
+        ties = self.tie_notes()
+        if ties:
+            parts.append(f'<p class="ties">Accuracy differences within the interval ({e(_TIE_NOTE)}):</p>'
+                         '<ul id="accuracy-ties">' + "".join(f'<li class="tie">{e(t)}</li>' for t in ties) + "</ul>")
         parts.append("</section>")
 
         if self.timed:
@@ -407,8 +569,39 @@ class Report:
         head, rows = self.estimate_rows()
         if rows:
             parts += ['<section id="estimates"><h2>Estimates vs measurements</h2>',
-                      html_table(head, rows, "estimates-table", "estimate", [r[0] for r in rows], numeric=range(2, 4)),
+                      html_table(head, rows, "estimates-table", "estimate", [r[0] for r in rows], numeric=(2, 3, 5)),
                       "</section>"]
+        if self.profiled:
+            parts += ['<section id="profile"><h2>Per-operator profile</h2>',
+                      '<ul id="profile-notes">' + "".join(f"<li>{e(line)}</li>" for line in self.profile_notes())
+                      + "</ul>"]
+            head, rows = self.profile_rows()
+            if rows:
+                parts.append(html_table(head, rows, "profile-table", "profile-op", [row[0] for row in rows],
+                                        numeric=range(4, 7)))
+            for k, r in enumerate(x for x in self.profiled if x.profile.get("available") and x.profile.get("rows")):
+                source = r.profile.get("source") or r.profile.get("backend") or "?"
+                parts.append(figure_html(plot_profile(r), f"plot-profile-{k + 1}",
+                                         f"{r.label}: each operator's share of the operators' total, slowest first (at "
+                                         f"most {TOP_OPERATORS}; Keras layer and operator type). Measured by {source}.",
+                                         f"per-operator share of {r.label}"))
+            parts.append("</section>")
+        for k, q in enumerate(self.quant_errors):
+            head, rows = self.quant_rows(q)
+            parts += [f'<section id="quant-error-{k + 1}" class="quant-error"><h2>Per-layer quantization error: '
+                      f"{e(q.label)}</h2>", f"<p>{e(self.quant_intro(q))}</p>"]
+            if rows:
+                from edgedl.optimize.quant_report import plot_snr
+
+                parts += [html_table(head, rows, f"quant-table-{k + 1}", "quant-layer", [row[0] for row in rows],
+                                     numeric=range(2, 5)),
+                          figure_html(plot_snr(q.worst(2 * TOP_OPERATORS)), f"plot-quant-{k + 1}",
+                                      "SNR of each layer's activations, float32 against the quantized model (worst on "
+                                      "top, the three worst in red; higher is better).",
+                                      f"per-layer SNR of {q.label}")]
+            else:
+                parts.append("<p>No layer of the integer model matched the float one.</p>")
+            parts.append("</section>")
         if self.mcu_runs:
             head, rows = self.mcu_rows()
             parts += ['<section id="mcu"><h2>Microcontroller runs</h2>', f"<p>{e(_MCU_NOTE)}</p>",
@@ -429,6 +622,8 @@ class Report:
         return "\n".join(parts)
 
 
+_TIE_NOTE = ("their 95% Wilson intervals overlap, so the report does not call one more accurate; score more "
+             "samples with `edgedl bench --limit` to tell them apart")
 _NO_TIMED = "No timed runs: the microcontroller runs below have counted instructions and an estimated latency."
 _MCU_NOTE = ("Firmware runs on Cortex-M boards (emulated, or real on a serial port). Their latencies are estimates "
              "from counted instructions (or a board's cycles) at the target's clock, not measurements, and are kept "
@@ -443,6 +638,19 @@ def _count(value) -> str:
 
 def _kib(n) -> str:
     return "–" if n is None else num(n / 1024)
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _profile_summary(r: Run) -> dict:
+    """A profiled run's top operators (or why it has none) for ``edgedl report --json``."""
+    p = r.profile
+    if not p.get("available"):
+        return {"label": r.label, "available": False, "reason": p.get("reason")}
+    return {"label": r.label, "available": True, "unit": p.get("unit"), "coverage": p.get("coverage"),
+            "source": p.get("source"), "rows": (p.get("rows") or [])[:TOP_OPERATORS]}
 
 
 def _mcu_summary(r: Run) -> dict:
@@ -483,11 +691,21 @@ def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Re
     paths, baseline = list(paths), list(baseline or ())
     if not paths:
         raise OptionError("no benchmark results given; pass one or more files written by `edgedl bench -o run.json`")
-    runs = load_results(paths)
+    quant = [load_quant_error(p) for p in paths if is_optimize_output(p)]
+    try:
+        runs = load_results([p for p in paths if not is_optimize_output(p)])
+    except InputFileError as e:  # say the other kind of file a report reads too
+        also = QUANT_HOW_TO_MAKE.removeprefix("expected ")
+        raise InputFileError(e.path, f"{str(e).removeprefix(e.path + ': ')}, or {also}") from None
     base = load_results(baseline)
     _label(runs)
     _label(base)
-    return Report(runs, base, float(threshold), compare(runs, base, threshold) if base else [])
+    names = Counter(q.name for q in quant)
+    seen: Counter = Counter()
+    for q in quant:  # the model's name, with its folder where two outputs share one
+        seen[q.name] += 1
+        q.label = q.name if names[q.name] == 1 else f"{q.name} ({Path(q.source).parent.name}) #{seen[q.name]}"
+    return Report(runs, base, float(threshold), compare(runs, base, threshold) if base else [], quant)
 
 
 # ----- plots -----
@@ -511,6 +729,10 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
         ax.scatter(r.p50, 100 * r.accuracy, s=area(r), color=colours(targets.index(r.target) % 10),
                    marker=MARKERS[backends.index(r.backend) % len(MARKERS)], alpha=0.7, edgecolors="black",
                    linewidths=0.5, zorder=3)
+        ci = r.accuracy_ci95
+        if ci:  # the 95% interval of the accuracy as a vertical bar
+            ax.errorbar(r.p50, 100 * r.accuracy, yerr=[[100 * (r.accuracy - ci[0])], [100 * (ci[1] - r.accuracy)]],
+                        fmt="none", ecolor="dimgrey", elinewidth=1, capsize=3, zorder=2)
     if pareto:
         xs, ys = [r.p50 for r in pareto], [100 * r.accuracy for r in pareto]
         ax.plot(xs, ys, "--", color="black", linewidth=1, zorder=2, drawstyle="steps-post")
@@ -519,7 +741,7 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
     p50s = [r.p50 for r in scored]
     if max(p50s) / max(min(p50s), 1e-9) > 3:
         ax.set_xscale("log")
-    _pad(ax, p50s, [100 * r.accuracy for r in scored])
+    _pad(ax, p50s, [100 * v for r in scored for v in (r.accuracy_ci95 or [r.accuracy])])
     # Labels of points that (nearly) coincide are stacked downwards instead of drawn over each other.
     placed: list[tuple[float, float]] = []
     for r in sorted(scored, key=lambda r: (r.p50, -r.accuracy)):
@@ -537,7 +759,32 @@ def plot_tradeoff(runs: list[Run], pareto: list[Run]) -> bytes:
     handles.append(Line2D([], [], linestyle="--", color="black", marker="o", markerfacecolor="none",
                           markeredgecolor="crimson", label="Pareto front"))
     ax.legend(handles=handles, fontsize=8, loc="best", title="target / backend", title_fontsize=8)
-    ax.set_title("accuracy vs latency (marker area ∝ bundle size)", fontsize=10)
+    ax.set_title("accuracy vs latency (marker area ∝ bundle size; bars: 95% interval of the accuracy)", fontsize=10)
+    return png_bytes(fig)
+
+
+def plot_profile(run: Run, top: int = TOP_OPERATORS) -> bytes:
+    """A horizontal bar per operator of ``run``'s profile, the slowest on top: its share (%) of the
+    operators' total, labelled by Keras layer (or operator name) and type. PNG."""
+    p = run.profile
+    rows = (p.get("rows") or [])[:top]
+    fig, ax = new_figure(8.0, 1.2 + 0.32 * max(len(rows), 1))
+    ys = list(range(len(rows)))
+    shares = [100 * float(row.get("share") or 0.0) for row in rows]
+    ax.barh(ys, shares, color="#4c72b0", height=0.7)
+    names = []
+    for row in rows:
+        name, kind = str(row.get("layer") or row.get("op", "?"))[:40], str(row.get("type", "?"))
+        names.append(name if name == kind else f"{name} ({kind})")
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.invert_yaxis()
+    for y, v in zip(ys, shares):
+        ax.annotate(f"{v:.1f}%", (v, y), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
+    ax.set_xlim(0, max(shares + [1.0]) * 1.15)
+    unit = PROFILE_UNITS.get(p.get("unit"), p.get("unit"))
+    ax.set_xlabel(f"share of the operators' total (%, of {unit} per inference)", fontsize=8)
+    ax.set_title(f"{run.label}: slowest operators", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
     return png_bytes(fig)
 
 

@@ -345,3 +345,118 @@ def _finetune_text(f: dict) -> str:
     return (f"{f['epochs']} epoch(s) per stage, {f['optimizer']} at {f['learning_rate']:g} "
             f"(x{f['lr_scale']:g} of the recipe's; x{f['qat_lr_scale']:g} for QAT), batch {f['batch_size']}, "
             f"recipe from {f['recipe_from']}{', deterministic' if f.get('deterministic') else ''}")
+
+
+QUANT_HOW_TO_MAKE = ("expected the output folder (or its report.json) of `edgedl optimize MODEL -q int8 --quant-report "
+                     "-o OUT`, or a bundle folder of `edgedl compile ... --quant-report` (its quant_report.json)")
+BUNDLE_QUANT_FILE = "quant_report.json"  # edgedl.compile.QUANT_REPORT_FILE: the per-layer error kept in a bundle
+QUANT_ROW_NUMBERS = ("rmse_rel", "cosine", "snr_db")
+
+
+@dataclass
+class QuantError:
+    """The per-layer quantization error an ``edgedl optimize --quant-report`` output holds, read back
+    for ``edgedl report``: ``layers`` as :func:`edgedl.optimize.quant_report.layer_errors` wrote them
+    (worst first), where they came from (``source``) and of which model (``name``)."""
+
+    source: str
+    name: str
+    mode: str
+    samples: int | None
+    method: str
+    layers: list[dict]
+    label: str = ""
+
+    def worst(self, count: int = WORST_LAYERS) -> list[dict]:
+        """The ``count`` layers with the lowest SNR (the file lists them worst first)."""
+        return self.layers[:count]
+
+
+def is_optimize_output(path) -> bool:
+    """Whether ``path`` holds a per-layer quantization error: a folder (an optimize output or a
+    bundle), an optimize report.json (``stages`` and ``quant_report``) or a bundle's
+    quant_report.json (``method`` and ``layers``). Anything else is left to the benchmark result reader."""
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        return True
+    if not p.is_file() or p.suffix.lower() != ".json":
+        return False
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and ("stages" in data and "quant_report" in data
+                                       or "layers" in data and "method" in data and "schema" not in data)
+
+
+def load_quant_error(path) -> QuantError:
+    """Read the per-layer quantization error of an ``edgedl optimize --quant-report`` output.
+
+    Args:
+        path: its output folder, or the report.json in it; or a bundle folder compiled with
+            ``--quant-report``, or the quant_report.json in it.
+
+    Returns:
+        The :class:`QuantError`.
+
+    Raises:
+        InputFileError: no report.json there, not JSON, a report without a quant_report (optimize
+            ran without --quant-report), or rows that are not per-layer errors (the file named, the
+            field and what is expected said).
+
+    Example:
+        >>> load_quant_error("out/").worst(3)[0]["layer"]  # doctest: +SKIP
+        'fc1'
+    """
+    import json
+    import math
+
+    from edgedl.errors import InputFileError
+
+    p = Path(path)
+    if p.is_dir():
+        if (p / "manifest.json").is_file():  # a bundle: compile --quant-report kept the error in it
+            if not (p / BUNDLE_QUANT_FILE).is_file():
+                raise InputFileError(p, f"is a bundle without {BUNDLE_QUANT_FILE} (compiled without --quant-report); "
+                                        f"{QUANT_HOW_TO_MAKE}, or a result of `edgedl bench -o run.json`")
+            p = p / BUNDLE_QUANT_FILE
+        elif not (p / FILES["report"]).is_file():
+            raise InputFileError(p, f"is a folder without {FILES['report']}; {QUANT_HOW_TO_MAKE}, or a result of "
+                                    "`edgedl bench -o run.json`")
+        else:
+            p = p / FILES["report"]
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputFileError(p, "no such file") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputFileError(p, f"is not JSON ({str(e)[:80]}); {QUANT_HOW_TO_MAKE}") from None
+    in_bundle = isinstance(data, dict) and "stages" not in data and "layers" in data
+    if not isinstance(data, dict) or ("stages" not in data and not in_bundle):
+        raise InputFileError(p, f"is not an optimize report (no \"stages\"); {QUANT_HOW_TO_MAKE}")
+    quant = data if in_bundle else data.get("quant_report")
+    if quant is None:
+        raise InputFileError(p, "holds no per-layer quantization error (quant_report is null: optimize ran without "
+                                f"--quant-report); {QUANT_HOW_TO_MAKE}")
+    field_name = "layers" if in_bundle else "quant_report.layers"
+    if not isinstance(quant, dict) or not isinstance(quant.get("layers"), list):
+        raise InputFileError(p, f"{field_name} is not a list of layers; {QUANT_HOW_TO_MAKE}")
+    for j, row in enumerate(quant["layers"]):
+        where = f"{field_name}[{j}]"
+        if not isinstance(row, dict):
+            raise InputFileError(p, f"{where} is not an object; {QUANT_HOW_TO_MAKE}")
+        if not isinstance(row.get("tensor"), str):
+            raise InputFileError(p, f"{where} lacks its tensor name; {QUANT_HOW_TO_MAKE}")
+        for key in QUANT_ROW_NUMBERS:
+            v = row.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise InputFileError(p, f"{where}.{key} is {str(v)[:40]!r}, not a number; {QUANT_HOW_TO_MAKE}")
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    folder = p.parent.name.removesuffix(".edgedl") if in_bundle else p.parent.name
+    name = str(source.get("name") or (folder if p.name in (FILES["report"], BUNDLE_QUANT_FILE) else p.stem))
+    samples = quant.get("samples")
+    return QuantError(str(p), name, str(quant.get("mode") or "integer"),
+                      int(samples) if isinstance(samples, (int, float)) and not isinstance(samples, bool) else None,
+                      str(quant.get("method") or ""), quant["layers"])
