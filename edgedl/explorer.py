@@ -15,11 +15,12 @@ Its TFLite adapter gives each operator the node id of its index in the flatbuffe
 ``"1"``, ...), the order LiteRT lists them in; constants and the graph's inputs and outputs get the
 ids after the operators. A row is placed on a node by, in this order: its operator ``index``; a
 tensor it names (``tensor``, or ``op`` where that is a tensor name, as ONNX Runtime's node names
-often are) that the node outputs; its Keras ``layer`` (the node of that layer doing the most
-multiply-accumulates; the converter names every tensor after its Keras layer path); its operator
-``type`` where exactly one node has it. Rows on the same node add up (latency, share) or keep the
-worst (error). What cannot be placed is counted and said, never guessed: TVM's fused kernels and a
-firmware's per-type counts of repeated operators name no node.
+often are) that the node outputs; its Keras ``layer`` (that layer's node of the row's type, else the
+one doing the most multiply-accumulates; the converter names every tensor after its Keras layer path,
+and an output it names after the model belongs to the layer that feeds it); its operator ``type``
+where exactly one node has it. Rows on the same node add up (latency, share) or keep the worst
+(error). What cannot be placed is counted and said, never guessed: ONNX Runtime's layout changes,
+TVM's kernels where the bundle has no kernel map, a firmware's per-type counts of repeated operators.
 """
 
 from __future__ import annotations
@@ -101,15 +102,19 @@ def graph_nodes(tflite) -> list[Node]:
     from edgedl.graph import read_tflite
 
     graph = read_tflite(tflite)
-    nodes, made_by = [], {}
+    nodes, made_by, by_id = [], {}, {}
     for op in graph.ops:
         if op.name == "DELEGATE":  # a delegate's node, added after the flatbuffer's operators
             continue
         names = [graph.tensors[i]["name"] for i in op.outputs if i in graph.tensors]
         layer = next((layer for layer in map(keras_layer, names) if layer), None)
-        maker = made_by.get(op.inputs[0]) if op.name in PASS_THROUGH and op.inputs else None
-        nodes.append(Node(str(op.index), op.name, names, layer, op.macs, maker))
-        made_by.update((i, str(op.index)) for i in op.outputs)
+        producer = made_by.get(op.inputs[0]) if op.inputs else None
+        if layer is None and producer is not None:  # an output the converter names after the model (a softmax)
+            layer = by_id[producer].layer
+        node = Node(str(op.index), op.name, names, layer, op.macs, producer if op.name in PASS_THROUGH else None)
+        nodes.append(node)
+        by_id[node.id] = node
+        made_by.update((i, node.id) for i in op.outputs)
     return nodes
 
 
@@ -150,12 +155,17 @@ def _node_for(row: dict, by_id, by_tensor, by_type, nodes: list[Node]) -> Node |
     layer = row.get("layer")
     if layer:
         of_layer = [n for n in nodes if n.layer == layer]
-        if of_layer:
-            return _main(of_layer)
+        if of_layer:  # the layer's operator of the row's type (TVM's softmax, not its dense), else its main one
+            return _main([n for n in of_layer if _same_type(n.type, row.get("type"))] or of_layer)
     same_type = by_type.get(row.get("type") or "")
     if same_type and len(same_type) == 1 and int(row.get("calls", 1)) == 1:
         return same_type[0]
     return None
+
+
+def _same_type(tflite_type: str, other) -> bool:
+    """Whether an engine's operator type names the TFLite one (``max_pool2d``, ``Softmax``: MAX_POOL_2D, SOFTMAX)."""
+    return isinstance(other, str) and tflite_type.replace("_", "").lower() == other.replace("_", "").lower()
 
 
 def _main(nodes: list[Node]) -> Node:

@@ -176,3 +176,30 @@ def test_a_profile_of_another_model_is_refused(made, tmp_path, capsys):
     code, _, err = run_cli(capsys, "explore", other, "--profile", made["onnx_run"], "-o", tmp_path / "nd")
     assert the_error(code, err) == ("error: the profile is of a build of lenet.keras and other.edgedl of model.keras "
                                     "(another sha256): profile a build of the same model")
+
+
+def test_tvm_kernels_land_by_the_layers_they_name_or_are_refused_saying_why(trained_lenet, made, tmp_path):
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.errors import OptionError
+    from edgedl.explorer import export_node_data, graph_nodes
+
+    tvm = compile_model(str(trained_lenet["keras"]), "x86_64", str(tmp_path / "tvm.edgedl"),
+                        CompileOptions(backend="tvm", num_samples=20)).path
+    run = bench(str(tvm), BenchOptions(profile=True, warmup=5, runs=30, repeats=1, limit=10))
+    rows = run.data["profile"]["rows"]
+    layers = {n.layer for n in graph_nodes(made["litert"] / "model.tflite")}
+    named = [r for r in rows if r["layer"] in layers]  # a kernel the bundle's kernel map names after one layer
+    if not named:
+        with pytest.raises(OptionError, match="name no layer: TVM fuses operators"):
+            export_node_data(made["litert"], tmp_path / "nd", bench_result=run)
+        return
+    export = export_node_data(made["litert"], tmp_path / "nd", bench_result=run)
+    assert export.placed["profile"] == len(named)
+    latency = json.loads(export.files["latency_us"].read_text())["results"]
+    assert sum(v["value"] for v in latency.values()) == pytest.approx(sum(r["time_us"] for r in named), rel=1e-5)
+    softmax = [r["time_us"] for r in named if r["type"] == "softmax"]  # probs' softmax, not probs' dense
+    if softmax:
+        (node,) = [n.id for n in graph_nodes(made["litert"] / "model.tflite") if n.type == "SOFTMAX"]
+        assert latency[node]["value"] == pytest.approx(sum(softmax), rel=1e-5)
