@@ -572,3 +572,15 @@ def test_a_bundle_compiled_with_quant_report_shows_its_per_layer_error(inside, r
     assert code != 0 and "Traceback" not in stderr
     assert re.search(r"^error: .*lenet_int8\.edgedl: is a bundle without quant_report\.json \(compiled without "
                      r"--quant-report\)", stderr, re.M), stderr
+
+
+def test_bench_label_from_the_command_line_names_the_run(runs, tmp_path):
+    bundle = json.loads(runs[0].read_text())["bundle"]["path"]
+    out = tmp_path / "labelled.json"
+    code, stdout, stderr = edgedl("bench", bundle, "--label", "  fp32 baseline ", "--runs", 5, "--repeats", 1,
+                                  "--limit", 20, "-o", out)
+    assert code == 0, stderr
+    assert stdout.splitlines()[0].startswith(f"{bundle} [fp32 baseline]: litert for x86_64 on local")
+    assert re.search(r"accuracy [\d.]+% on 20 digits samples \(95% interval [\d.]+–[\d.]+%\)", stdout)
+    assert json.loads(out.read_text())["label"] == "fp32 baseline"
+    assert [r.label for r in build_report([out, runs[0]]).runs] == ["fp32 baseline", "lenet_float32"]

@@ -673,7 +673,10 @@ def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Re
     """Read benchmark results (and a baseline) into a :class:`Report`.
 
     Args:
-        paths: result files of ``edgedl bench -o`` (one result each, or a JSON list of results).
+        paths: result files of ``edgedl bench -o`` (one result each, or a JSON list of results); and
+            any number of ``edgedl optimize ... --quant-report`` outputs (the folder or its
+            report.json) or bundles compiled with ``--quant-report``, whose per-layer quantization
+            error the report shows (:func:`edgedl.report.optimize.load_quant_error`).
         baseline: result files to compare against, matched by bundle name, target and device.
         threshold: relative p50 slowdown that counts as a regression (0.10: 10 % slower).
 
@@ -681,10 +684,11 @@ def build_report(paths, baseline=(), threshold: float = DEFAULT_THRESHOLD) -> Re
         The report; ``save()`` writes it, ``regressions`` lists the slowdowns.
 
     Raises:
-        InputFileError: a file is not a benchmark result (named). OptionError: a bad threshold, no results.
+        InputFileError: a file is neither a benchmark result nor a per-layer error (named, with what
+            is expected). OptionError: a bad threshold, no files.
 
     Example:
-        >>> build_report(["run.json"]).save("report.html")  # doctest: +SKIP
+        >>> build_report(["run.json", "optimized/"]).save("report.html")  # doctest: +SKIP
     """
     if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold <= 0:
         raise OptionError(f"--threshold must be a positive fraction (0.10 for 10%), got {threshold}")
