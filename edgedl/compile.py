@@ -360,6 +360,11 @@ def load_source(path: str, options: CompileOptions, workdir: Path) -> ModelSourc
 
     model = load_model(str(p))
     check_inputs(p, model.inputs)
+    for k, t in enumerate(model.inputs):
+        if any(d is None for d in t.shape[1:]):  # a time axis of any length: nothing converts or runs it batch-1
+            raise InputFileError(p, f"its input '{getattr(t, 'name', k)}' has the shape {tuple(t.shape)}; edgedl "
+                                    "compiles fixed sizes: give every axis but the batch a size (keras.Input((steps, "
+                                    "features)))")
     shapes = [tuple(int(d) for d in t.shape[1:]) for t in model.inputs]
     return ModelSource(p, "keras", sha, None, partial(reference_all_outputs, model), _one_or_list(shapes), meta,
                        keras_model=model, input_names=[getattr(t, "name", f"input_{k}") for k, t in enumerate(model.inputs)])

@@ -105,3 +105,15 @@ def test_compile_help_names_the_inside_options_briefly():
     for option in ("--quant-report", "--keep-float LAYER", "--int16 LAYER"):
         assert option in text
     assert max(len(line) for line in text.splitlines()) <= 120
+
+
+def test_a_keras_input_of_any_length_is_refused_in_one_line(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((None, 8), name="frames")  # a time axis of any length: nothing converts it batch-1
+    keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GRU(8)(inputs))).save(tmp_path / "free.keras")
+    code, _, err = run_cli(capsys, "compile", tmp_path / "free.keras", "-t", "x86_64", "-q", "int8", "--quant-report",
+                           "-o", tmp_path / "x.edgedl")
+    assert the_error(code, err) == (f"error: {tmp_path / 'free.keras'}: its input 'frames' has the shape "
+                                    "(None, None, 8); edgedl compiles fixed sizes: give every axis but the batch a "
+                                    "size (keras.Input((steps, features)))")
