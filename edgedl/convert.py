@@ -53,8 +53,25 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
     Example:
         >>> tflite_bytes = to_tflite(model, "int8", x_train[:100])  # doctest: +SKIP
     """
-    tf = _lazy.tf()
     _check_modes(quantize, io_type, per_channel)
+    if quantize in ("int8", "int16x8") and not (keep_float or int16):
+        from edgedl import recurrent
+
+        if recurrent.recurrent_layers(model):
+            blocking = recurrent.unhandled(model)
+            if blocking:  # TF 2.21's calibrator segfaults on the while loop of a Keras 3 RNN; refuse before it can
+                raise UnsupportedOperatorError(
+                    f"'{quantize}' quantization cannot take the recurrent layer(s) "
+                    f"{', '.join(f'{n} ({why})' for n, _, why in blocking)} of '{model.name}': TensorFlow's "
+                    "calibrator crashes on them, and edgedl converts LSTM, GRU and SimpleRNN layers over a fixed "
+                    "number of time steps; use dynamic or float16")
+            with recurrent.converter_ready(model):
+                return _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, (), ())
+    return _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, keep_float, int16)
+
+
+def _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, keep_float, int16) -> bytes:
+    tf = _lazy.tf()
     fixed = _batch_of_one(model)
     shapes = [tuple(t.shape) for t in fixed.inputs]
     converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
@@ -64,11 +81,11 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         converter.target_spec.supported_types = [tf.float16]
     if quantize in ("int8", "int16x8"):
         recurrent = [layer.name for layer in _all_layers(model) if type(layer).__name__ in RECURRENT_KINDS]
-        if recurrent:
-            # TF 2.21's calibrator segfaults on Keras 3 recurrent layers; refuse before it can.
+        if recurrent and (keep_float or int16):
+            # the AI Edge Quantizer starts from the float32 .tflite, whose RNNs are while loops
             raise UnsupportedOperatorError(
-                f"'{quantize}' quantization cannot take the recurrent layer(s) {', '.join(recurrent)} of "
-                f"'{model.name}' (TensorFlow's calibrator crashes on them); use dynamic or float16")
+                f"layers kept in float32 or int16x8 cannot be chosen in a model with recurrent layer(s) "
+                f"{', '.join(recurrent)} ('{model.name}'); quantize it whole")
         samples = [representative_samples(r, shape, num_calibration)
                    for r, shape in zip(_per_input(representative, len(shapes)), shapes)]
         if not per_channel:

@@ -209,15 +209,19 @@ def test_corrupt_and_fuzzed_models_give_one_line_errors(lenet, tmp_path):
             assert proc.stderr.strip().splitlines()[-1].startswith("error:")
 
 
-def test_int8_of_a_recurrent_model_is_refused_not_crashed(tmp_path):
-    from edgedl.zoo import get_model
+def test_int8_of_a_recurrent_layer_it_cannot_convert_is_refused_not_crashed(tmp_path):
+    import keras
 
-    get_model("gru").build().save(tmp_path / "gru.keras")
+    inputs = keras.Input((4, 8, 1))  # a ConvLSTM: neither fused nor unrolled (edgedl.recurrent)
+    x = keras.layers.Flatten()(keras.layers.ConvLSTM1D(2, 3, name="gru")(inputs))
+    keras.Model(inputs, keras.layers.Dense(4)(x), name="conv").save(tmp_path / "gru.keras")
     proc = subprocess.run([sys.executable, "-m", "edgedl.cli.main", "compile", str(tmp_path / "gru.keras"), "-t",
-                           "x86_64", "--backend", "litert", "--quantize", "int8", "-o", str(tmp_path / "g.edgedl")],
+                           "x86_64", "--backend", "litert", "--quantize", "int8", "--calibration", "random", "-o",
+                           str(tmp_path / "g.edgedl")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-500:]
-    assert "recurrent layer(s) gru" in proc.stderr and "use dynamic or float16" in proc.stderr
+    assert proc.returncode in (1, 2), proc.stderr[-500:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "g.edgedl").exists()
+    assert "recurrent layer(s) gru (ConvLSTM1D is not an LSTM, GRU or SimpleRNN)" in proc.stderr, proc.stderr[-500:]
 
 
 def test_a_stripped_model_compiles_with_tvm_bit_exact_with_litert(lenet, tmp_path):

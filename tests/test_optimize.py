@@ -795,22 +795,27 @@ def test_representative_data_of_the_wrong_shape_or_dtype_is_refused_before_any_w
                  OptimizeOptions(quantize="int8", dataset="digits", representative=np.zeros((10, 28, 28, 1), np.uint8)))
 
 
-def test_recurrent_models_are_refused_for_integer_quantization_naming_the_operator():
+def test_recurrent_layers_integer_quantization_cannot_convert_are_refused_naming_the_operator():
     from edgedl.optimize.options import check_quantizable
 
-    with pytest.raises(UnsupportedOperatorError, match=r"'int8' quantization cannot take operator\(s\) GRU"):
-        check_quantizable(zoo.get_model("gru").build(), "int8")
-    check_quantizable(zoo.get_model("gru").build(), "dynamic")  # fine
+    check_quantizable(zoo.get_model("gru").build(), "int8")  # fixed time steps: unrolled (edgedl.recurrent)
+    check_quantizable(zoo.get_model("lstm").build(), "int8")  # fused
 
-    # inside a wrapper, inside a nested model: found all the same, before TensorFlow's calibrator crashes on it
-    inner_in = keras.Input((28, 28))
+    # inside a wrapper, inside a nested model, over a free number of time steps: found all the same,
+    # before TensorFlow's calibrator crashes on it
+    inner_in = keras.Input((None, 28))
     inner = keras.Model(inner_in, keras.layers.Bidirectional(keras.layers.LSTM(4), name="bi")(inner_in), name="encoder")
-    outer_in = keras.Input((28, 28))
+    outer_in = keras.Input((None, 28))
     outer = keras.Model(outer_in, keras.layers.Dense(10)(inner(outer_in)), name="outer")
-    with pytest.raises(UnsupportedOperatorError, match=r"operator\(s\) Bidirectional \(layer 'bi'\)"):
+    with pytest.raises(UnsupportedOperatorError, match=r"operator\(s\) LSTM \(layer 'forward_lstm', 'backward_lstm'\)"
+                                                       r".*time steps is not fixed"):
         check_quantizable(outer, "int8")
+    check_quantizable(outer, "dynamic")  # fine
     with pytest.raises(UnsupportedOperatorError, match="recurrent layer"):
         to_tflite(outer, "int8", np.zeros((4, 28, 28), np.float32))
+    conv = keras.Sequential([keras.Input((4, 8, 1)), keras.layers.ConvLSTM1D(2, 3, name="clstm")], name="conv")
+    with pytest.raises(UnsupportedOperatorError, match=r"ConvLSTM1D \(layer 'clstm'\)"):
+        check_quantizable(conv, "int8")
 
 
 def test_batch_norm_folding_is_exact():
@@ -990,8 +995,9 @@ def bad_inputs(tmp_path_factory):
     np.save(folder / "small.npy", np.zeros((8, 8, 8, 1), np.float32))
     np.save(folder / "bytes.npy", np.zeros((8, 28, 28, 1), np.uint8))
     inputs = keras.Input((28, 28, 1))
-    x = keras.layers.Reshape((28, 28))(inputs)
-    x = keras.layers.LSTM(8, name="lstm")(x)
+    x = keras.layers.Reshape((28, 28, 1))(inputs)
+    x = keras.layers.ConvLSTM1D(2, 3, name="lstm")(x)  # a recurrent layer integer calibration cannot take
+    x = keras.layers.Flatten()(x)
     keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x), name="rnn").save(folder / "rnn.keras")
     _write_custom_layer_model(folder / "custom.keras")
     left, right = keras.Input((28, 28, 1)), keras.Input((28, 28, 1))
@@ -1065,7 +1071,7 @@ def _write_custom_layer_model(path):
     ("two inputs", ["{bad}/two.keras", "--quantize", "float16"],
      "model 'two' has 2 input(s) and 1 output(s); edgedl trains and measures models with one input"),
     ("mode the model cannot take", ["{bad}/rnn.keras", "--quantize", "int8"],
-     "'int8' quantization cannot take operator(s) lstm (layer 'lstm')"),
+     "'int8' quantization cannot take operator(s) ConvLSTM1D (layer 'lstm')"),
     ("unknown mode", ["{lenet}", "--quantize", "int4"], "unknown quantization 'int4'"),
     ("qat with float16", ["{lenet}", "--qat", "--quantize", "float16"], "use it with --quantize int8"),
     ("per-tensor without int8", ["{lenet}", "--prune", "0.5", "--per-tensor"], "--per-tensor needs --quantize int8"),

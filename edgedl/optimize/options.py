@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedl import _io
-from edgedl.convert import IO_TYPES, QUANTIZE_MODES, RECURRENT_KINDS
+from edgedl.convert import IO_TYPES, QUANTIZE_MODES
 from edgedl.errors import InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.optimize.finetune import check_distill_alpha
 from edgedl.optimize.prune import PruneSpec
@@ -279,19 +279,21 @@ def check_architecture(model, options: OptimizeOptions) -> None:
 
 
 def check_quantizable(model, quantize: str | None) -> None:
-    """Integer calibration (int8, int16x8) cannot take recurrent layers: TensorFlow's calibrator
-    crashes the process on them. Use --quantize dynamic or float16 for LSTM/GRU models."""
+    """Integer calibration (int8, int16x8) takes LSTM, GRU and SimpleRNN layers over a fixed number of
+    time steps (:mod:`edgedl.recurrent` fuses or unrolls them); TensorFlow's calibrator crashes the
+    process on any other recurrent layer, so those are refused here, before it can."""
     if quantize not in ("int8", "int16x8"):
         return
-    from edgedl.optimize.keras_graph import trace
+    from edgedl.recurrent import unhandled
 
-    blocking = [(s.name, s.kind) for s in trace(model) if s.kind in RECURRENT_KINDS]
+    blocking = unhandled(model)
     if blocking:
-        ops = ", ".join(sorted({k for _, k in blocking}))
-        names = ", ".join(f"'{n}'" for n, _ in blocking)
+        ops = ", ".join(sorted({k for _, k, _ in blocking}))
+        names = ", ".join(f"'{n}'" for n, _, _ in blocking)
+        why = "; ".join(f"{n}: {w}" for n, _, w in blocking)
         raise UnsupportedOperatorError(
-            f"'{quantize}' quantization cannot take operator(s) {ops} (layer {names}) in model '{model.name}': "
-            "TensorFlow's integer calibrator does not support recurrent layers; use --quantize dynamic or float16"
+            f"'{quantize}' quantization cannot take operator(s) {ops} (layer {names}) in model '{model.name}' "
+            f"({why}): TensorFlow's integer calibrator crashes on them; use --quantize dynamic or float16"
         )
 
 

@@ -30,6 +30,13 @@ def read_tflite_file(path) -> bytes:
     return data
 
 
+# Operators that keep state in variable tensors from one invocation to the next (a fused LSTM's output
+# and cell state, an SVDF's memory). A Keras recurrent layer starts every call from zeros, so each
+# inference starts from reset state: the engines reset those tensors before each invocation.
+STATEFUL_OPS = frozenset({"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
+                          "BIDIRECTIONAL_SEQUENCE_RNN", "SVDF"})
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape, dtype and affine quantization (scale 0 means not quantized) of one tensor."""
@@ -165,12 +172,16 @@ class LiteRTEngine(Engine):
         self.outputs = [_litert_spec(d) for d in self.interpreter.get_output_details()]
         self._ins = [d["index"] for d in self.interpreter.get_input_details()]
         self._out = self.interpreter.get_output_details()[0]["index"]
+        ops = {d.get("op_name") for d in self.interpreter._get_ops_details()}  # noqa: SLF001 - the one list of ops
+        self.stateful = bool(ops & STATEFUL_OPS)
 
     def invoke(self, x) -> np.ndarray:
         arrays = self.check_inputs(x)
         try:
             for index, a in zip(self._ins, arrays):
                 self.interpreter.set_tensor(index, a)
+            if self.stateful:
+                self.interpreter.reset_all_variables()
             self.interpreter.invoke()
             return self.interpreter.get_tensor(self._out)
         except (ValueError, RuntimeError) as e:  # e.g. a model whose tensors have no data ("Tensor data is null")
@@ -188,6 +199,8 @@ class LiteRTEngine(Engine):
                 self.interpreter.set_tensor(index, a)
         else:
             self.interpreter.set_tensor(self._ins[0], x)
+        if self.stateful:
+            self.interpreter.reset_all_variables()
         self.interpreter.invoke()
 
 

@@ -90,6 +90,17 @@ def io_specs(model: bytes, interpreter) -> tuple[list[TensorSpec], list[TensorSp
     return inputs, outputs
 
 
+def has_variables(model: bytes) -> bool:
+    """Whether the model keeps state between invocations in variable tensors (a fused LSTM does)."""
+    schema_fb = _runtime().schema_fb
+    root = schema_fb.Model.GetRootAsModel(model, 0)
+    for g in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(g)
+        if any(subgraph.Tensors(t).IsVariable() for t in range(subgraph.TensorsLength())):
+            return True
+    return False
+
+
 class TFLMEngine(Engine):
     """A ``.tflite`` on TFLite Micro's interpreter, in a tensor arena of ``arena_size`` bytes.
 
@@ -127,6 +138,7 @@ class TFLMEngine(Engine):
             detail = "; ".join(ARENA_SHORT.findall(log)) or " ".join(log.split())[-200:] or "no log"
             raise BackendError(f"TFLite Micro cannot set up {path.name} in a {self.arena_size}-byte arena ({detail})")
         try:
+            self.stateful = has_variables(model)
             self.inputs, self.outputs = io_specs(model, self.interpreter)
         except Exception as e:  # noqa: BLE001 - the flatbuffer reader on a malformed file (struct.error, ...)
             raise InputFileError(path, f"its tensors cannot be read ({type(e).__name__}: {str(e)[:160]}); the file is "
@@ -136,6 +148,8 @@ class TFLMEngine(Engine):
         for i, a in enumerate(self.check_inputs(x)):
             self.interpreter.set_input(a, i)
         try:
+            if self.stateful:  # each inference starts from zero state, as the Keras layer does (engines.STATEFUL_OPS)
+                self.interpreter.reset()
             self.interpreter.invoke()
         except RuntimeError as e:
             raise BackendError(f"TFLite Micro failed to invoke the model: {' '.join(str(e).split())[:200]}") from None

@@ -1,0 +1,152 @@
+"""Recurrent models quantized fully to integers (issue 31, item 1): an LSTM becomes one int8
+UNIDIRECTIONAL_SEQUENCE_LSTM operator, a GRU or SimpleRNN is unrolled into operators every backend
+has, and both keep the float model's accuracy.
+
+The models are real: scikit-learn's 8x8 digits read as 8 time steps of 8 features, trained here.
+A fused LSTM keeps its state in variable tensors from one invocation to the next; the engines reset
+it before each, as Keras starts each call from zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedl.bundle import read_manifest
+
+from cli_run import run_cli  # tests/cli_run.py
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)
+    return {"train": x[:1400], "y_train": d.target[:1400], "test": x[1400:], "y_test": d.target[1400:]}
+
+
+def _train(digits, layer, name):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), name="rows")
+    h = layer(inputs)
+    if len(h.shape) == 3:
+        h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(h), name=name)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits["train"], digits["y_train"], epochs=25, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(digits):
+    import keras
+
+    layers = keras.layers
+    return {
+        "lstm": _train(digits, layers.LSTM(32, name="lstm"), "lstm"),
+        "gru": _train(digits, layers.GRU(32, name="gru"), "gru"),
+        "bilstm": _train(digits, layers.Bidirectional(layers.LSTM(16, return_sequences=True, go_backwards=False),
+                                                      name="bi"), "bilstm"),
+    }
+
+
+def _ops(tflite: bytes) -> set:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {d["op_name"] for d in Interpreter(model_content=tflite)._get_ops_details()} - {"DELEGATE"}
+
+
+def _scores(engine, x) -> np.ndarray:
+    spec = engine.inputs[0]
+    out = []
+    for sample in x:
+        raw = sample[None]
+        if spec.dtype == "int8":
+            raw = np.clip(np.round(raw / spec.scale + spec.zero_point), -128, 127).astype(np.int8)
+        out.append(np.asarray(engine.invoke(raw), np.float32).reshape(-1))
+    return np.array(out)
+
+
+def _accuracy(scores, y) -> float:
+    return float(np.mean(scores.argmax(-1) == y))
+
+
+@pytest.mark.parametrize("name,operators", [
+    ("lstm", {"UNIDIRECTIONAL_SEQUENCE_LSTM"}),
+    ("bilstm", {"UNIDIRECTIONAL_SEQUENCE_LSTM", "REVERSE_V2", "CONCATENATION"}),
+    ("gru", {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL"}),
+])
+def test_int8_recurrent_models_convert_and_keep_the_float_accuracy(models, digits, tmp_path, name, operators):
+    from edgedl.convert import to_tflite
+    from edgedl.runtime.engines import LiteRTEngine
+
+    model = models[name]
+    float_accuracy = _accuracy(model.predict(digits["test"], verbose=0), digits["y_test"])
+    assert float_accuracy > 0.75, float_accuracy  # a model that learned something
+    tflite = to_tflite(model, "int8", digits["train"][:200], io_type="int8")
+    ops = _ops(tflite)
+    assert operators <= ops, ops
+    assert "WHILE" not in ops  # the loop TensorFlow's calibrator crashes on is gone
+    path = tmp_path / f"{name}.tflite"
+    path.write_bytes(tflite)
+    scores = _scores(LiteRTEngine(path), digits["test"])
+    assert _accuracy(scores, digits["y_test"]) >= float_accuracy - 0.01  # within a point of float
+
+
+def test_a_fused_lstm_starts_every_inference_from_zero_state(models, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgedl.convert import to_tflite
+    from edgedl.runtime.engines import LiteRTEngine
+    from edgedl.runtime.tflm import TFLMEngine
+
+    path = tmp_path / "lstm.tflite"
+    path.write_bytes(to_tflite(models["lstm"], "int8", digits["train"][:200], io_type="int8"))
+    # the interpreter alone carries the state of one inference into the next ...
+    raw = Interpreter(model_path=str(path))
+    raw.allocate_tensors()
+    index, out = raw.get_input_details()[0]["index"], raw.get_output_details()[0]["index"]
+    spec = LiteRTEngine(path).inputs[0]
+    sample = np.clip(np.round(digits["test"][:1] / spec.scale + spec.zero_point), -128, 127).astype(np.int8)
+    carried = []
+    for _ in range(2):
+        raw.set_tensor(index, sample)
+        raw.invoke()
+        carried.append(raw.get_tensor(out).copy())
+    assert not np.array_equal(carried[0], carried[1])
+    # ... the engines do not: the same sample twice gives the fresh interpreter's first scores twice
+    for engine in (LiteRTEngine(path), TFLMEngine(path)):
+        assert engine.stateful
+        twice = [np.asarray(engine.invoke(sample)).reshape(-1) for _ in range(2)]
+        np.testing.assert_array_equal(twice[0], twice[1])
+        if engine.name == "litert":
+            np.testing.assert_array_equal(twice[0], carried[0].reshape(-1))
+
+
+def test_tflite_micro_runs_the_int8_lstm_as_litert_does(models, digits, tmp_path):
+    from edgedl.convert import to_tflite
+    from edgedl.runtime.engines import LiteRTEngine
+    from edgedl.runtime.tflm import TFLMEngine
+
+    path = tmp_path / "lstm.tflite"
+    path.write_bytes(to_tflite(models["lstm"], "int8", digits["train"][:200], io_type="int8"))
+    x = digits["test"][:100]
+    litert, tflm = _scores(LiteRTEngine(path, kernels="reference"), x), _scores(TFLMEngine(path), x)
+    assert np.mean(litert.argmax(-1) == tflm.argmax(-1)) >= 0.98
+    # TFLite Micro's integer LSTM is its own code, not LiteRT's: the scores differ by a few int8 steps (4 here)
+    assert np.max(np.abs(litert - tflm)) <= 8
+
+
+def test_compile_checks_an_int8_lstm_within_a_point(models, digits, tmp_path, capsys):
+    model_path, data = tmp_path / "lstm.keras", tmp_path / "digits.npz"
+    models["lstm"].save(model_path)
+    np.savez(data, x=digits["test"], y=digits["y_test"])
+    out = tmp_path / "lstm.edgedl"
+    code, _, err = run_cli(capsys, "compile", model_path, "-t", "x86_64", "--backend", "litert", "-q", "int8",
+                           "--data", data, "-o", out)
+    assert code == 0, err
+    fidelity = read_manifest(out)["fidelity"]
+    assert fidelity["accuracy_drop"] <= 0.01, fidelity
