@@ -1,26 +1,32 @@
 """Inside the zoo's int8 models: which layers lose the precision, and what ``--max-drop`` keeps in float32
 to win it back, at what size and LiteRT latency. Writes benchmarks/results/quant_inside.json.
 
-    EDGEDL_DATA=../shared/data python benchmarks/quant_inside.py [--models lenet ds_cnn resnet8] \\
+    EDGEDL_DATA=../shared/data python benchmarks/quant_inside.py [--models lenet ds_cnn resnet8 mobilenet_v1] \\
         [--max-drop 0.001] [--limit 2000] [--repeats 7] [--save-dir /tmp/mcu_models] [-o FILE]
 
 For each model (trained as ``benchmarks/mcu.py`` trains it, a few epochs of its recipe, or reused from
-``--save-dir`` where that run left it), two runs of ``edgedl.optimize.optimize`` on the first
+``--save-dir`` where that run left it), three runs of ``edgedl.optimize.optimize`` on the first
 ``--limit`` samples of each split (the test split for accuracy, the training split for the 200
-calibration samples):
+calibration samples), and each layer's own error:
 
 - ``edgedl optimize MODEL -q int8 --quant-report``: the TensorFlow Lite converter's int8 model, its
   accuracy against the float32 ``.tflite``'s, and its five worst layers (SNR, cosine, RMSE over the
   float range: the error accumulated up to each layer's output, on 100 test samples);
+- each layer's own error (``edgedl.optimize.selective.layer_sensitivity``: the layer quantized alone,
+  on float inputs), the five worst with their accumulated SNR beside them;
 - ``edgedl optimize MODEL -q int8 --max-drop 0.001 --quant-report`` (0.001 = 0.1 points: compile's and
   optimize's unit is a fraction): the AI Edge Quantizer's int8 model, each step's accuracy and size,
-  the own-error ranking the layers were returned to float32 by (each layer quantized alone) beside
-  their accumulated SNR, what was kept, and the five worst layers of the model that ships.
+  the own-error ranking it returns layers to float32 by (when a step misses the bound), what it
+  kept, and the five worst layers of the model that ships;
+- ``edgedl optimize MODEL -q int8 --keep-float L1 --keep-float L2 --keep-float L3``, the three layers
+  with the largest own error: what keeping layers in float32 costs in accuracy, size and latency,
+  whether or not the bound needed it.
 
-Then the float32, the converter's int8 and the selective ``.tflite`` are timed on LiteRT (one thread,
-batch 1, a zero input, 200 runs after 20 warm-up per repeat, the three models interleaved within each
-repeat, median of ``--repeats``), with the XNNPACK delegate (LiteRT's default) and with LiteRT's
-built-in kernels: the ratios are within one run, on the host the JSON records.
+Then the float32, the converter's int8, the --max-drop and the three-kept ``.tflite`` are timed on
+LiteRT (one thread, batch 1, a zero input, 200 runs after 20 warm-up per repeat, the four models
+interleaved within each repeat, median of ``--repeats``), with the XNNPACK delegate (LiteRT's
+default) and with LiteRT's built-in kernels: the ratios are within one run, on the host the JSON
+records. About 5 minutes for the four models on 2 busy x86-64 cores, the models trained already.
 Accuracy differences on a few hundred test samples are coarse (one sample of 300 is 0.33 points): each
 accuracy carries its sample count and a 95% Wilson interval. Entries of models not run are kept.
 """
@@ -41,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_OUT = ROOT / "results" / "quant_inside.json"
-MODELS = ["lenet", "ds_cnn", "resnet8"]
+MODELS = ["lenet", "ds_cnn", "resnet8", "mobilenet_v1"]
 WORST = 5
 SENSITIVITY_METHOD = ("each layer quantized alone by the AI Edge Quantizer (edgedl.optimize.selective.layer_sensitivity), "
                       "its output against the float32 model's on 100 test samples")
@@ -51,7 +57,7 @@ def main(argv=None):
     from mcu import DEFAULT_EPOCHS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--models", nargs="+", default=MODELS, help="zoo names (%(default)s)")
     p.add_argument("--max-drop", type=float, default=0.001,
                    help="accuracy drop a fraction (0.001 = 0.1 points) (%(default)s)")
     p.add_argument("--limit", type=int, default=2000, help="at most this many samples per split (%(default)s)")
@@ -96,9 +102,12 @@ def measure(name: str, epochs: int | None, args) -> dict:
     sel = chosen.selective
     float_tflite = to_tflite(plain.model)  # what both runs compare with: the float32 .tflite, names kept
     own = own_errors(plain, float_tflite, args)
+    worst3 = tuple(r["layer"] for r in own[:3])  # what keeping layers in float32 costs, whatever --max-drop needed
+    kept3 = optimize(str(model_path), OptimizeOptions(quantize="int8", keep_float=worst3, limit=args.limit, seed=0),
+                     progress=False)
     int8_row, sel_row = plain.stage("int8"), chosen.stage("selective")
     num_test = plain.data["num_test"]
-    models = {"float32": float_tflite, "int8": plain.tflite, "selective": chosen.tflite}
+    models = {"float32": float_tflite, "int8": plain.tflite, "selective": chosen.tflite, "keep_worst3": kept3.tflite}
     latency = {kernels: latencies(models, args.repeats, kernels) for kernels in ("xnnpack", "builtin")}
     flags = ["-q", "int8", "--quant-report", "--limit", str(args.limit)]
     return {
@@ -133,7 +142,12 @@ def measure(name: str, epochs: int | None, args) -> dict:
             "selective_worst_layers": _worst(chosen.quant_report),
             "selective_quant_report_model": chosen.quant_report.get("model"),
         },
+        "keep_worst3": {"kept_float32": list(worst3), "accuracy": _acc(kept3.stage("selective").accuracy, num_test),
+                        "size_bytes": len(kept3.tflite),
+                        "command": " ".join(["edgedl", "optimize", str(model_path), "-q", "int8", "--limit",
+                                             str(args.limit), *(f"--keep-float {n}" for n in worst3), "-o", "OUT"])},
         "size_bytes": {"float32": len(float_tflite), "int8": len(plain.tflite), "selective": len(chosen.tflite),
+                       "keep_worst3": len(kept3.tflite),
                        "selective_over_int8": round(len(chosen.tflite) / len(plain.tflite), 4),
                        "selective_over_float32": round(len(chosen.tflite) / len(float_tflite), 4)},
         "latency_us": latency,
