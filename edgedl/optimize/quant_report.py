@@ -59,7 +59,9 @@ def quant_report(model, tflite: bytes, mode: str, export, x, num_samples: int = 
             the same layers in float32 and int16x8, not the converter's plain integer one.
 
     Returns:
-        What :func:`layer_errors` returns, with ``mode`` and ``model`` (which model was measured) added.
+        What :func:`layer_errors` returns, with ``mode`` and ``model`` (which model was measured: the AI
+        Edge Quantizer's with ``selective``, the converter's where it was converted again, else the
+        ``.tflite`` given) added.
 
     Example:
         >>> quant_report(model, tflite, "int8", measure.export, data.x_test)["layers"][0]["layer"]  # doctest: +SKIP
@@ -76,8 +78,12 @@ def quant_report(model, tflite: bytes, mode: str, export, x, num_samples: int = 
         else:
             tflite = plain(model, mode)
     what = [f"{', '.join(keep)} in float32"] * bool(keep) + [f"{', '.join(int16)} in int16x8"] * bool(int16)
-    described = (f"{mode} by the AI Edge Quantizer" + (f", {'; '.join(what)}" if what else "")
-                 if selective is not None else f"{mode} by the TensorFlow Lite converter")
+    if selective is not None:
+        described = f"{mode} by the AI Edge Quantizer" + (f", {'; '.join(what)}" if what else "")
+    elif export.strip_names:
+        described = f"{mode} by the TensorFlow Lite converter"
+    else:  # measured as given: its maker is the caller's to say
+        described = f"the {mode} .tflite given"
     result = layer_errors(float_tflite, tflite, x, output_layers=_output_layers(model), num_samples=num_samples)
     return {"mode": mode, "model": described, **result}
 
