@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_OUT = ROOT / "results" / "quant_inside.json"
 MODELS = ["lenet", "ds_cnn", "resnet8", "mobilenet_v1"]
 WORST = 5
-SENSITIVITY_METHOD = ("each layer quantized alone by the AI Edge Quantizer (edgedl.optimize.selective.layer_sensitivity), "
+SENSITIVITY_METHOD = ("each layer quantized alone by the AI Edge Quantizer "
+                      "(edgedl.optimize.selective.layer_sensitivity), "
                       "its output against the float32 model's on 100 test samples")
 
 
@@ -151,7 +152,8 @@ def measure(name: str, epochs: int | None, args) -> dict:
                        "selective_over_int8": round(len(chosen.tflite) / len(plain.tflite), 4),
                        "selective_over_float32": round(len(chosen.tflite) / len(float_tflite), 4)},
         "latency_us": latency,
-        "run_time_s": {"int8_with_quant_report": round(plain_s, 1), "max_drop_with_quant_report": round(selective_s, 1)},
+        "run_time_s": {"int8_with_quant_report": round(plain_s, 1),
+                       "max_drop_with_quant_report": round(selective_s, 1)},
         "versions": chosen.versions,
         "host": host(),
     }
@@ -218,7 +220,8 @@ def _acc(value: float, n: int | None) -> dict:
 def summary_line(name: str, e: dict) -> str:
     a, m, lat = e["accuracy"], e["max_drop"], e["latency_us"]["xnnpack"]
     worst = ", ".join(f"{r['layer']} {r['snr_db']}" for r in e["int8_worst_layers"][:3])
-    return (f"{name}: float32 {100 * a['float32_tflite']['value']:.2f}%, int8 {100 * a['int8_converter']['value']:.2f}% "
+    return (f"{name}: float32 {100 * a['float32_tflite']['value']:.2f}%, "
+            f"int8 {100 * a['int8_converter']['value']:.2f}% "
             f"(worst: {worst} dB); --max-drop {m['fraction']:g} kept {m['kept_float32'] or 'nothing'} "
             f"({'met' if m['met'] else 'not met'}): {100 * a['selective']['value']:.2f}%, "
             f"{e['size_bytes']['selective_over_int8']}x int8 size, {lat['over_int8']['selective']}x int8 latency, "

@@ -165,7 +165,8 @@ def layer_sensitivity(model, float_tflite: bytes, mode: str, samples: list[np.nd
         MissingDependencyError: ``ai-edge-quantizer`` is not installed.
 
     Example:
-        >>> rows = layer_sensitivity(model, to_tflite(model), "int8", [x_train[:200]], x_test)["layers"]  # doctest: +SKIP
+        >>> own = layer_sensitivity(model, to_tflite(model), "int8", [x_train[:200]], x_test)  # doctest: +SKIP
+        >>> rows = own["layers"]  # doctest: +SKIP
         >>> rows[0]["layer"], rows[0]["snr_db"]  # doctest: +SKIP
         ('conv1', 24.7)
     """
