@@ -9,6 +9,9 @@ it before each, as Keras starts each call from zeros.
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -150,3 +153,24 @@ def test_compile_checks_an_int8_lstm_within_a_point(models, digits, tmp_path, ca
     assert code == 0, err
     fidelity = read_manifest(out)["fidelity"]
     assert fidelity["accuracy_drop"] <= 0.01, fidelity
+
+
+@pytest.mark.skipif(not (shutil.which("arm-none-eabi-g++") and shutil.which("qemu-system-arm")),
+                    reason="needs gcc-arm-none-eabi and qemu-system-arm (scripts/system-deps.sh)")
+def test_the_int8_lstm_runs_as_cortex_m4_firmware_from_zero_state_each_sample(models, digits, tmp_path, capsys):
+    model_path, data = tmp_path / "lstm.keras", tmp_path / "digits.npz"
+    models["lstm"].save(model_path)
+    np.savez(data, x=digits["test"], y=digits["y_test"])
+    out = tmp_path / "lstm-m4.edgedl"
+    code, _, err = run_cli(capsys, "compile", model_path, "-t", "cortex_m4", "--backend", "tflm", "-q", "int8",
+                           "--data", data, "-o", out)
+    assert code == 0, err
+    assert read_manifest(out)["runtime"]["firmware"]["core"] == "cortex-m4"
+    result = tmp_path / "run.json"
+    code, _, err = run_cli(capsys, "bench", out, "--data", data, "--limit", 60, "-o", result)
+    assert code == 0, err
+    mcu = json.loads(result.read_text())["mcu"]
+    # the firmware's outputs are TFLite Micro's on this host, sample by sample (each from zero state)
+    assert mcu["fidelity"]["tflm_interpreter"]["identical_share"] == 1.0, mcu["fidelity"]
+    assert mcu["fidelity"]["top1_agreement"] >= 0.98
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in {op["operator"] for op in mcu["operators"]}

@@ -63,6 +63,8 @@ TFL_SOURCES = (
 )
 # Kernel files every model links (helpers the kernels share).
 KERNEL_ALWAYS = ("kernel_util.cc", "micro_tensor_utils.cc")
+# Kernel files that call into shared files defining no operator of their own (so no Register_ names them).
+KERNEL_HELPERS = {"unidirectional_sequence_lstm.cc": ("lstm_eval.cc", "lstm_eval_common.cc")}
 # Files of the interpreter's folder that a firmware does not need (tests' helpers, recorders).
 CORE_SKIPPED = ("test_helpers.cc", "test_helper_custom_ops.cc", "fake_micro_context.cc", "mock_micro_graph.cc",
                 "recording_micro_allocator.cc", "debug_log.cc")
@@ -302,6 +304,9 @@ def _library_units(src: dict[str, Path], kernels: str, operators: list[str], eve
             files.setdefault(reference[registration], KERNEL_DIR)
         else:
             raise UnsupportedOperatorError(f"no TFLite Micro source defines Register_{registration}() for {op}")
+    for name in list(files):
+        for helper in KERNEL_HELPERS.get(name, ()):
+            files.setdefault(helper, KERNEL_DIR)
     for name in list(files):
         common = name[:-3] + "_common.cc"
         if (tflm / KERNEL_DIR / common).is_file():

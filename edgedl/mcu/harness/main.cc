@@ -227,8 +227,15 @@ void RunInference(uint32_t length) {
     TextFrame('E', text);
     return;
   }
+  // Every inference starts from zero state, as a Keras layer's call does: a fused LSTM keeps its
+  // output and cell state in variable tensors from one Invoke to the next. (Outside the count.)
+  TfLiteStatus reset = in.Reset();
   for (size_t i = 0; i < in.inputs_size(); ++i) {
     GetBytes(in.input(i)->data.raw, in.input(i)->bytes);
+  }
+  if (reset != kTfLiteOk) {
+    TextFrame('E', "Reset failed");
+    return;
   }
   g_profiler.Reset();
   CounterRestart();
