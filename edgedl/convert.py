@@ -54,17 +54,21 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
         >>> tflite_bytes = to_tflite(model, "int8", x_train[:100])  # doctest: +SKIP
     """
     _check_modes(quantize, io_type, per_channel)
-    if quantize in ("int8", "int16x8") and not (keep_float or int16):
+    # (dynamic range quantization leaves a fused LSTM's weights in float32, but quantizes those of the
+    # while loop: that mode keeps Keras 3's own form)
+    if not (keep_float or int16) and quantize != "dynamic":
         from edgedl import recurrent
 
         if recurrent.recurrent_layers(model):
-            blocking = recurrent.unhandled(model)
+            blocking = recurrent.unhandled(model) if quantize in ("int8", "int16x8") else []
             if blocking:  # TF 2.21's calibrator segfaults on the while loop of a Keras 3 RNN; refuse before it can
                 raise UnsupportedOperatorError(
                     f"'{quantize}' quantization cannot take the recurrent layer(s) "
                     f"{', '.join(f'{n} ({why})' for n, _, why in blocking)} of '{model.name}': TensorFlow's "
                     "calibrator crashes on them, and edgedl converts LSTM, GRU and SimpleRNN layers over a fixed "
                     "number of time steps; use dynamic or float16")
+            # Float and float16 take the fused and unrolled forms too: backends that fail on a while loop take
+            # them (recurrent.converter_ready leaves a free number of time steps alone)
             with recurrent.converter_ready(model):
                 return _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, (), ())
     return _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, keep_float, int16)

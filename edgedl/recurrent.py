@@ -101,8 +101,10 @@ def fusable(layer) -> bool:
 @contextlib.contextmanager
 def converter_ready(model):
     """Within the block, ``model``'s recurrent layers trace as the converter can quantize them (fused
-    LSTMs, the others unrolled); yields the plan, a :class:`RecurrentPlan` per layer."""
-    layers = [layer for layer in recurrent_layers(model) if type(layer).__name__ in HANDLED]
+    LSTMs, the others unrolled); yields the plan, a :class:`RecurrentPlan` per layer. Layers over a
+    free number of time steps, and those :data:`HANDLED` does not name, are left as they are."""
+    layers = [layer for layer, host in _walk_model(model)
+              if type(layer).__name__ in HANDLED and _timesteps(host) is not None]
     saved = []
     plan = []
     try:

@@ -174,3 +174,18 @@ def test_the_int8_lstm_runs_as_cortex_m4_firmware_from_zero_state_each_sample(mo
     assert mcu["fidelity"]["tflm_interpreter"]["identical_share"] == 1.0, mcu["fidelity"]
     assert mcu["fidelity"]["top1_agreement"] >= 0.98
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in {op["operator"] for op in mcu["operators"]}
+
+
+def test_float_recurrent_models_convert_to_the_same_forms_and_compute_what_keras_does(models, digits, tmp_path):
+    from edgedl.convert import to_tflite
+    from edgedl.runtime.engines import LiteRTEngine
+
+    for name, operator in (("lstm", "UNIDIRECTIONAL_SEQUENCE_LSTM"), ("gru", "FULLY_CONNECTED")):
+        tflite = to_tflite(models[name], "none")
+        assert operator in _ops(tflite) and "WHILE" not in _ops(tflite)
+        path = tmp_path / f"{name}.tflite"
+        path.write_bytes(tflite)
+        np.testing.assert_allclose(_scores(LiteRTEngine(path), digits["test"][:20]),
+                                   models[name].predict(digits["test"][:20], verbose=0), atol=1e-5)
+    # dynamic range quantization would leave a fused LSTM's weights in float32: it keeps Keras' while loop
+    assert "WHILE" in _ops(to_tflite(models["lstm"], "dynamic"))
