@@ -55,7 +55,8 @@ class OptimizeOptions:
             SNR per Keras layer, worst first, in the report and a plot.
         keep_float: Keras layer names left in float32 in the int8 (or int16x8) model, and
         int16: Keras layer names in int16x8 in the int8 model (:mod:`edgedl.optimize.selective`).
-        max_drop: accuracy-aware precision: the worst layers (lowest per-layer SNR) are kept in float32,
+        max_drop: accuracy-aware precision: the worst layers (by their own error: the lowest SNR with the
+            layer quantized alone, :func:`edgedl.optimize.selective.layer_sensitivity`) are kept in float32,
             one at a time, until test accuracy is at most this much below the float32 model's, a
             fraction in [0, 1] (0.01: one point).
         representative: calibration inputs instead of training samples: an array, or a path in any

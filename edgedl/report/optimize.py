@@ -296,7 +296,8 @@ def _selective_lines(sel: dict) -> list[str]:
     if sel.get("max_drop") is not None:
         verdict = "met" if sel["met"] else "not met: no layer left to keep in float32"
         lines += [f"Accuracy-aware: at most {100 * sel['max_drop']:.2f} points below float32 ({verdict}); each step "
-                  "keeps the layer with the lowest per-layer SNR in float32 for the next.", "",
+                  "keeps the layer whose own quantization error is worst (lowest SNR with the layer quantized "
+                  "alone, on float inputs) in float32 for the next.", "",
                   "| step | kept in float32 | accuracy | drop (pts) | size | worst layer (SNR dB) |",
                   "|---|---|---|---|---|---|"]
         for k, s in enumerate(sel["steps"]):
