@@ -52,12 +52,56 @@ def test_onnx_runtime_profiles_each_node_under_its_keras_layer(bundles):
     assert result.data["timing"]["latency"]["runs"] == 30  # the timed runs are still the benchmark's
 
 
-def test_tvm_times_each_kernel_the_relax_vm_calls(bundles):
+def test_tvm_times_each_kernel_the_relax_vm_calls_under_its_keras_layer(bundles):
     profile = bench(str(bundles["tvm"]), BenchOptions(**QUICK)).data["profile"]
     check_adds_up(profile, "tvm")
     types = {r["type"] for r in profile["rows"]}
     assert "conv2d" in types and types & {"matmul", "dense"}, types
-    assert "time_evaluator" in profile["source"]
+    assert "time_evaluator" in profile["source"] and "kernel map" in profile["source"]
+    convs = [r for r in profile["rows"] if r["type"] == "conv2d"]
+    assert sorted(r["layer"] for r in convs) == ["conv1", "conv2"]  # LeNet's Keras layer names
+    assert {r["layer"] for r in profile["rows"] if r["type"] == "matmul"} == {"fc1", "fc2", "probs"}
+    assert all(r["layer"] for r in profile["rows"])  # every kernel of the float model comes from a layer
+
+
+def test_a_tvm_bundle_keeps_its_kernel_map_under_the_manifest_hashes(bundles):
+    from edgedl.bundle import read_manifest
+
+    files = {f["path"]: f for f in read_manifest(bundles["tvm"])["files"]}
+    assert files["kernel_layers.json"]["sha256"]  # verified with the library on every load
+    kernel_map = json.loads((bundles["tvm"] / "kernel_layers.json").read_text())
+    assert kernel_map["schema"] == "edgedl.tvm-kernels/1" and "order" in kernel_map["method"]
+    conv = [c for c in kernel_map["calls"] if c["kernel"].startswith("conv2d")]
+    assert [[(o["op"], o["layer"]) for o in c["operators"]] for c in conv] == [[("CONV_2D", "conv1")],
+                                                                             [("CONV_2D", "conv2")]]
+
+
+def test_fused_tvm_kernels_take_the_layers_of_their_parts(trained_lenet):
+    """A tuned or GPU build fuses kernels (fused_conv2d_add_relu): the map follows the fusion."""
+    import tvm
+
+    from edgedl.backends.tvm import _kernel_map_or_none, import_model
+
+    operators = []
+    mod, _, _ = import_model(trained_lenet["int8"], record=operators)
+    kernel_map = _kernel_map_or_none(mod, operators, tvm.target.Target({"kind": "llvm"}), fused=True)
+    assert "fused kernels take their parts' operators" in kernel_map["method"]
+    conv = [c for c in kernel_map["calls"] if c["kernel"].startswith("fused_conv2d")]
+    assert [{o["layer"] for o in c["operators"]} for c in conv] == [{"conv1"}, {"conv2"}]
+    assert all(c["operators"] for c in kernel_map["calls"])
+
+
+def test_kernel_calls_that_do_not_line_up_with_the_map_get_all_its_layers(tmp_path):
+    from edgedl.bench.profile import tvm_call_layers
+
+    path = tmp_path / "kernel_layers.json"
+    path.write_text(json.dumps({"method": "m", "calls": [{"kernel": "conv2d", "operators": [{"layer": "a"}]},
+                                                         {"kernel": "conv2d", "operators": [{"layer": "b"}]},
+                                                         {"kernel": "relu", "operators": [{"layer": None}]}]}))
+    assert tvm_call_layers(["conv2d", "conv2d", "relu"], path)[0] == ["a", "b", None]
+    assert tvm_call_layers(["conv2d"], path)[0] == ["a, b"]  # one call where the map has two
+    layers, how = tvm_call_layers(["conv2d"], tmp_path / "absent.json")
+    assert layers == [None] and "no kernel map" in how
 
 
 @pytest.mark.parametrize("backend, says", [("litert", "no per-operator profiler"), ("tflm", "no MicroProfiler")])

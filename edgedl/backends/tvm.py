@@ -3,7 +3,8 @@ compilation, for aarch64 and armv7; CUDA and OpenCL code generation for GPUs; Me
 with a persistent database reused across compiles.
 
 The export is a shared library that TVM's runtime loads (``tvm.runtime.load_module`` and the Relax
-virtual machine). For GPU targets the device code is also kept as source (``model.cu``,
+virtual machine), with ``kernel_layers.json``: which TFLite operator (and so which Keras layer) each
+kernel call of the library computes, for ``edgedl bench --profile``. For GPU targets the device code is also kept as source (``model.cu``,
 ``model.cl``) and, for CUDA, checked by ``ptxas`` where the toolkit is installed, so a compile
 without a GPU still proves the device code assembles.
 """
@@ -25,6 +26,9 @@ from edgedl.errors import BackendError, InputFileError, OptionError, Unsupported
 from edgedl.runtime.engines import TVMEngine
 
 log = logging.getLogger(__name__)
+
+KERNEL_MAP = "kernel_layers.json"
+KERNEL_MAP_SCHEMA = "edgedl.tvm-kernels/1"
 
 
 def default_tuning_dir() -> Path:
@@ -53,7 +57,9 @@ class TVMBackend(Backend):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model_path = Path(model_path)
-        mod, specs_in, specs_out = import_model(model_path, exact_int8=options.get("exact_int8", True))
+        operators: list[dict] = []
+        mod, specs_in, specs_out = import_model(model_path, exact_int8=options.get("exact_int8", True),
+                                                record=operators)
         tvm_target, kind = make_target(target)
         cross = target.tvm.get("cross_compiler")
         if cross and shutil.which(cross) is None:
@@ -71,11 +77,18 @@ class TVMBackend(Backend):
                     ex = relax.build(gpu_schedule(mod, tvm_target), target=tvm_target)
                 else:
                     ex = relax.build(mod, target=tvm_target)
+            kernel_map = _kernel_map_or_none(mod, operators, tvm_target, fused=bool(options.get("tune"))
+                                             or kind in ("cuda", "opencl", "vulkan"))
         except (BackendError, OptionError):
             raise
         except Exception as e:
             raise BackendError(f"TVM build for '{target.name}' failed: {' '.join(str(e).split())[:300]}") from None
         files = ["model.so"]
+        if kernel_map is not None:
+            from edgedl import _io
+
+            _io.write_json(out_dir / KERNEL_MAP, kernel_map)
+            files.append(KERNEL_MAP)
         lib = out_dir / "model.so"
         try:
             if cross:
@@ -133,8 +146,12 @@ def supported_tflite_ops() -> set[str]:
     return set(conv.convert_map)
 
 
-def import_model(path: Path, exact_int8: bool = True):
-    """Relax module and I/O specs from a ``.tflite`` (exact int8 lowering on) or an ``.onnx``."""
+def import_model(path: Path, exact_int8: bool = True, record: list | None = None):
+    """Relax module and I/O specs from a ``.tflite`` (exact int8 lowering on) or an ``.onnx``.
+
+    With ``record`` (a list; ``.tflite`` only), each TFLite operator of the main graph is appended to
+    it as ``{"index", "op", "inputs", "outputs": [tensor names], "exprs": [the Relax expressions of its
+    outputs]}``, for :func:`kernel_map`."""
     if path.suffix == ".onnx":
         from edgedl.backends.onnxruntime import onnx_io_specs
 
@@ -168,12 +185,163 @@ def import_model(path: Path, exact_int8: bool = True):
         from edgedl.backends.tvm_int8 import ExactInt8Converter
 
         kwargs["op_converter"] = ExactInt8Converter
+    if record is not None:
+        from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+
+        kwargs["op_converter"] = _recording(kwargs.get("op_converter", OperatorConverter), record)
     try:
         mod = from_tflite(tflite.Model.GetRootAsModel(buf, 0), **kwargs)
     except Exception as e:
         msg = " ".join(str(e).split())
         raise UnsupportedOperatorError(f"TVM's TFLite frontend cannot import the model: {msg[:300]}") from None
     return mod, engine.inputs, engine.outputs
+
+
+def _recording(converter: type, sink: list) -> type:
+    """``converter`` (a TFLite frontend operator converter class) that, once it has converted a
+    graph, lists its operators in ``sink``: index, type, output tensor names and the Relax
+    expressions the frontend bound them to (the frontend itself keeps no names on the Relax side)."""
+    from tvm.relax.frontend.tflite.tflite_frontend import get_tensor_name
+
+    class Recording(converter):
+        def convert_op_to_relax(self):
+            super().convert_op_to_relax()
+            ops = []  # a nested subgraph converts first; the main graph's, finishing last, is kept
+            for i in range(self.subgraph.OperatorsLength()):
+                op = self.subgraph.Operators(i)
+                names = [get_tensor_name(self.subgraph, t.tensor_idx) for t in self.get_output_tensors(op)]
+                inputs = [get_tensor_name(self.subgraph, t.tensor_idx) for t in self.get_input_tensors(op)
+                          if t.tensor_idx >= 0]
+                exprs = []
+                for name in names:
+                    try:
+                        exprs.append(self.exp_tab.get_expr(name))
+                    except (KeyError, AttributeError):
+                        continue
+                ops.append({"index": i, "op": self.get_op_code_str(op), "inputs": inputs, "outputs": names,
+                            "exprs": exprs})
+            sink[:] = ops
+
+    return Recording
+
+
+def _bindings(func) -> list:
+    """A Relax function's bindings, in order (all blocks)."""
+    return [b for block in func.body.blocks for b in block.bindings]
+
+
+def _kernel_of(value) -> str | None:
+    """The PrimFunc a binding's value calls with ``call_tir`` (its name is the library's symbol)."""
+    op = getattr(value, "op", None)
+    if getattr(op, "name", "") != "relax.call_tir":
+        return None
+    return str(value.args[0].name_hint)
+
+
+def kernel_map(source, legalized, operators: list[dict], fused=None) -> dict:
+    """Which TFLite operator each kernel call of the built library computes, in the Relax VM's order.
+
+    The TFLite frontend keeps no operator names in Relax, so each binding of ``source``'s ``main`` is
+    given to the operator whose output it leads to (the first operator output bound at or after it: a
+    convolution's ``add`` and ``relu`` belong to it); ``legalized`` (LegalizeOps keeps the bindings'
+    names) names the kernel each binding calls, which is the library's symbol (the default CPU build
+    adds no fusion). ``fused`` (the module after TVM's
+    fusion, for tuned and GPU builds) names fused kernels after their parts in order
+    (``fused_conv2d_add_relu``); each fused call takes the parts' operators, matched in order.
+
+    Returns:
+        ``{"schema", "method", "calls": [{"kernel", "operators": [{"index", "op", "tensor", "layer"}]}]}``
+        with ``layer`` the Keras layer the operator's output tensor names, else that of the operator
+        producing its first input (a SOFTMAX split off a Dense layer's activation), else None.
+    """
+    from edgedl.bench.profile import keras_layer
+
+    bindings = _bindings(source["main"])
+    position = {b.var.name: i for i, b in enumerate(bindings)}
+    owners: list[tuple[int, dict]] = []
+    for op in operators:
+        places = [position[e.name] for e in op["exprs"] if getattr(e, "name", None) in position]
+        places += [i for e in op["exprs"] if not places for i, b in enumerate(bindings) if b.value.same_as(e)]
+        if places:
+            owners.append((max(places), op))
+    owners.sort(key=lambda o: o[0])
+    producer = {name: op for op in operators for name in op["outputs"]}
+
+    def describe(op: dict) -> dict:
+        tensor = op["outputs"][0] if op["outputs"] else ""
+        layer = keras_layer(tensor)
+        source = producer.get(op["inputs"][0]) if op.get("inputs") else None
+        if layer is None and source is not None and source["outputs"]:
+            layer = keras_layer(source["outputs"][0])
+        return {"index": op["index"], "op": op["op"], "tensor": tensor, "layer": layer}
+
+    described = {op["index"]: describe(op) for _, op in owners}
+    unbound = [op for op in operators if op["index"] not in described]
+    last = unbound[-1] if unbound else (owners[-1][1] if owners else None)
+    if last is not None and last["index"] not in described:
+        described[last["index"]] = describe(last)
+    calls = []
+    lowered = _bindings(legalized["main"])
+    for j, b in enumerate(lowered):
+        kernel = _kernel_of(b.value)
+        if kernel is None:
+            continue
+        # a binding LegalizeOps added has no place in the source: it belongs with the next one that has
+        i = next((position[c.var.name] for c in lowered[j:] if c.var.name in position), len(bindings))
+        owner = next((op for place, op in owners if place >= i), last)
+        calls.append({"kernel": kernel, "operators": [] if owner is None else [described[owner["index"]]]})
+    method = ("each Relax binding given to the TFLite operator whose output it leads to, in the frontend's "
+              "order (the frontend keeps no names); the kernel is the one LegalizeOps gives that binding")
+    if fused is not None:
+        calls = _fused_calls(fused, calls)
+        method += "; fused kernels take their parts' operators, matched by name in order"
+    return {"schema": KERNEL_MAP_SCHEMA, "method": method, "calls": calls}
+
+
+def _fused_calls(fused, parts: list[dict]) -> list[dict]:
+    """The calls of a fused module, each with the operators of the unfused calls it is made of: a
+    fused kernel ``fused_a_b1_c`` takes the next calls of ``a``, ``b1`` and ``c`` in order (a call
+    that fusion folded away, a transpose of constant weights, is passed over)."""
+    out, cursor = [], 0
+    for b in _bindings(fused["main"]):
+        kernel = _kernel_of(b.value)
+        if kernel is None:
+            continue
+        rest, taken, scan = kernel.removeprefix("fused_"), [], cursor
+        while rest and scan < len(parts):
+            name = parts[scan]["kernel"]
+            if rest == name or rest.startswith(name + "_"):
+                taken.append(parts[scan])
+                rest = rest[len(name) + 1:]
+                cursor = scan + 1
+            scan += 1
+        operators = []
+        for part in taken:
+            operators += [o for o in part["operators"] if o not in operators]
+        out.append({"kernel": kernel, "operators": operators})
+    return out
+
+
+def _kernel_map_or_none(mod, operators: list[dict], tvm_target, fused: bool) -> dict | None:
+    """:func:`kernel_map` for the build of ``mod``, whose first steps are run again here as the build
+    runs them (they name kernels the same way each time): the default build's dispatch and
+    LegalizeOps, and for a ``fused`` one (tuned, GPU) TVM's fusion pipeline. None for an ``.onnx``
+    source, or a module it cannot follow: the profile then names kernels only."""
+    if not operators:
+        return None
+    import tvm
+    from tvm import relax
+    from tvm.relax import backend
+
+    try:
+        with tvm_target:
+            legalized = tvm.transform.Sequential([backend.DispatchSampling(), backend.DispatchSortScan(),
+                                                  relax.transform.LegalizeOps()])(mod)
+            after = relax.get_pipeline("zero")(mod) if fused else None
+        return kernel_map(mod, legalized, operators, after)
+    except Exception as e:  # noqa: BLE001 - the map only names layers; the build stands without it
+        log.warning("TVM: no kernel-to-layer map (%s)", " ".join(str(e).split())[:200])
+        return None
 
 
 def make_target(target):

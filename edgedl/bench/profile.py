@@ -49,6 +49,7 @@ MIN_COVERAGE = {"onnxruntime": 0.4, "tvm": 0.5, "mcu": 0.8}
 MAX_COVERAGE = 1.05
 PROFILE_RUNS = 100  # at most this many profiled inferences: the profile is of the mean inference
 PROFILE_WARMUP = 10  # at most this many unprofiled inferences first
+TVM_KERNEL_MAP = "kernel_layers.json"  # a TVM bundle's kernel -> TFLite operator -> Keras layer map
 
 
 def not_available(backend: str, reason: str) -> dict:
@@ -143,7 +144,9 @@ def profile_model(model, raw, warmup: int = 10, runs: int = PROFILE_RUNS, thread
         return profile_onnxruntime(model.bundle.directory / runtime["model"], raw, warmup, runs, threads,
                                    device=runtime.get("device", "cpu"))
     if name == "tvm":
-        return profile_tvm(engine, raw, runs, model.bundle.directory / model.manifest["runtime"]["library"])
+        files = {f["path"] for f in model.manifest.get("files", [])}
+        kernels = model.bundle.directory / TVM_KERNEL_MAP if TVM_KERNEL_MAP in files else None
+        return profile_tvm(engine, raw, runs, model.bundle.directory / model.manifest["runtime"]["library"], kernels)
     if name == "litert":
         from edgedl.runtime.engines import litert_interpreter_class
 
@@ -251,10 +254,14 @@ def onnxruntime_rows(events: list[dict], skip: int = 0, layer_of=keras_layer) ->
                   "its model_run time (profiling slows each run; the result's timing is of unprofiled runs)")
 
 
-def profile_tvm(engine, raw, runs: int, library_path) -> dict:
+def profile_tvm(engine, raw, runs: int, library_path, kernel_map_path=None) -> dict:
     """TVM's timer on each kernel the Relax VM calls in one inference (on that inference's own
     arguments), against the same timer on the whole ``main``; the VM's builtins (allocation, shape
-    checks) are the rest of the measured total."""
+    checks) are the rest of the measured total.
+
+    With the bundle's kernel map (``kernel_layers.json``, written by the TVM backend), each call is
+    named after the Keras layer(s) its TFLite operator(s) came from (:func:`tvm_call_layers`): a
+    kernel shared by several layers gives one row per layer."""
     tvm = engine._tvm
     tensors = [engine._tensor(a) for a in engine.check_inputs(raw)]
     vm = engine.vm
@@ -279,17 +286,18 @@ def profile_tvm(engine, raw, runs: int, library_path) -> dict:
     def timed_us(function, *args) -> float:  # the median of the repeats: a preempted repeat does not count
         return float(np.median(function(*args).results)) * 1e6
 
-    rows: dict[str, dict] = {}
-    for symbol, args in calls:
-        if symbol.startswith("vm.builtin."):
-            continue
+    kernels = [symbol for symbol, _ in calls if not symbol.startswith("vm.builtin.")]
+    layers, mapped = tvm_call_layers(kernels, kernel_map_path)
+    rows: dict[tuple, dict] = {}
+    for (symbol, args), layer in zip(((s, a) for s, a in calls if not s.startswith("vm.builtin.")), layers):
         try:
             us = timed_us(library.time_evaluator(symbol, engine.device, number=number, repeat=repeat), *args)
         except Exception as e:  # noqa: BLE001 - a call that is not one of the library's kernels
             log.debug("TVM profile: %s not timed (%s)", symbol, str(e)[:120])
             continue
-        row = rows.setdefault(symbol, {"op": symbol, "layer": None, "type": re.sub(r"\d+$", "", symbol),
-                                       "time_us": 0.0, "calls": 0})
+        row = rows.setdefault((symbol, layer), {"op": symbol, "layer": layer,
+                                                "type": re.sub(r"\d+$", "", symbol.removeprefix("fused_")),
+                                                "time_us": 0.0, "calls": 0})
         row["time_us"] += us
         row["calls"] += 1
     if not rows:
@@ -297,7 +305,49 @@ def profile_tvm(engine, raw, runs: int, library_path) -> dict:
     whole = timed_us(vm.time_evaluator("main", engine.device, number=number, repeat=repeat), *tensors)
     return finish("tvm", "us", list(rows.values()), whole,
                   f"TVM time_evaluator, median of {repeat} repeats of {number} run(s) of each kernel the Relax VM "
-                  "called (its instrument hook, on that call's arguments) against the same timer on main")
+                  "called (its instrument hook, on that call's arguments) against the same timer on main; "
+                  + mapped)
+
+
+def tvm_call_layers(kernels: list[str], kernel_map_path=None) -> tuple[list, str]:
+    """The Keras layer(s) of each kernel call of one inference (``kernels``: the symbols the Relax VM
+    called, in order), from a TVM bundle's kernel map, and how they were named.
+
+    The map lists the library's kernel calls in the VM's order, each with the TFLite operators it
+    computes; the n-th call of a kernel here is the n-th of that kernel there. Where the calls of a
+    kernel do not line up with the map (a library the map was not made for) the kernel gets all the
+    layers the map gives it.
+
+    Example:
+        >>> import json, tempfile
+        >>> path = tempfile.mktemp(suffix=".json")
+        >>> _ = open(path, "w").write(json.dumps({"method": "m", "calls": [
+        ...     {"kernel": "conv2d", "operators": [{"layer": "conv1"}]},
+        ...     {"kernel": "conv2d", "operators": [{"layer": "conv2"}]}]}))
+        >>> tvm_call_layers(["conv2d", "conv2d"], path)[0]
+        ['conv1', 'conv2']
+    """
+    if kernel_map_path is None or not Path(kernel_map_path).is_file():
+        return [None] * len(kernels), "no kernel map in the bundle: kernels are not named after layers"
+    with open(kernel_map_path) as f:
+        kernel_map = json.load(f)
+    by_kernel: dict[str, list] = {}
+    for call in kernel_map.get("calls", []):
+        names = list(dict.fromkeys(o["layer"] for o in call.get("operators", []) if o.get("layer")))
+        by_kernel.setdefault(call["kernel"], []).append(", ".join(names) or None)
+    seen: dict[str, int] = {}
+    for k in kernels:
+        seen[k] = seen.get(k, 0) + 1
+    out, index = [], {}
+    for k in kernels:
+        known = by_kernel.get(k, [])
+        if len(known) == seen[k]:
+            out.append(known[index.get(k, 0)])
+            index[k] = index.get(k, 0) + 1
+        else:  # not the calls the map was made for: every layer it gives the kernel
+            out.append(", ".join(dict.fromkeys(n for layer in known if layer for n in layer.split(", "))) or None)
+    return out, ("kernels named after Keras layers by the bundle's kernel map, made at compile time: "
+                 + kernel_map.get("method", "TVM kernel -> TFLite operator -> its tensor's layer path"))
 
 
 def _imports(module) -> list:
@@ -329,3 +379,4 @@ def from_mcu(mcu: dict) -> dict:
     return finish("mcu", unit, rows, float(mcu[unit]),
                   f"TFLite Micro's MicroProfiler in the firmware ({where}), one inference, against the whole "
                   "inference's median count")
+
