@@ -64,7 +64,7 @@ def test_lenet_int8_compiles_with_vela_estimates(lenet, tmp_path, target, clock_
     # The weights (about 60 KB) live off-chip: in flash on the U55's Shared_Sram, in DRAM on the U85's Dedicated_Sram.
     assert e["off_chip_flash_used_bytes"] + e["dram_used_bytes"] > 60_000
     assert e["npu_operators"] > 0 and e["cpu_operators"] == 0 and e["cpu_fallback"] == [] and e["fits"]
-    assert sorted(compiled.files) == ["model_vela.tflite", "vela_report.txt", "vela_summary.csv"]
+    assert sorted(compiled.files) == ["model_vela.tflite", "vela_per_layer.csv", "vela_report.txt", "vela_summary.csv"]
     ops = read_tflite(tmp_path / "model_vela.tflite").op_counts
     assert ops == {"ethos-u": 1}  # the whole network is one NPU command stream
     assert compiled.inputs[0].dtype == "int8" and compiled.inputs[0].shape == (1, 28, 28, 1)
@@ -157,3 +157,34 @@ def test_the_pipeline_writes_a_bundle_with_vela_estimates(lenet, tmp_path):
     assert m["fidelity"]["checked"] is False and "no NPU" in m["fidelity"]["reason"]
     assert m["toolchain"]["ethos-u-vela"] and m["options"]["backend_specific"]["accelerator"] == "ethos-u55-128"
     assert read_tflite(out / "model_vela.tflite").op_counts == {"ethos-u": 1}
+
+
+def test_velas_per_layer_estimate_is_kept_and_profiled_per_keras_layer_never_as_a_measurement(lenet, tmp_path):
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
+    from edgedl.bench.profile import MIN_COVERAGE, from_vela
+    from edgedl.errors import OptionError
+
+    out = tmp_path / "u55.edgedl"
+    m = compile_model(str(lenet["int8"]), "ethos_u55_128", str(out), CompileOptions(backend="vela")).manifest
+    assert "vela_per_layer.csv" in {f["path"] for f in m["files"]}  # hashed: verified with the bundle
+    summary = m["estimates"]["per_layer"]
+    assert summary["file"] == "vela_per_layer.csv" and summary["operators"] >= 9
+    assert summary["cycles"] == m["estimates"]["cycles"] and "fc1" in summary["slowest_layer"]
+
+    profile = from_vela(out)
+    assert profile["estimated"] is True and profile["unit"] == "cycles" and "measured_total" not in profile
+    assert "an estimate, not a measurement" in profile["source"] and "Ethos_U55_128" in profile["source"]
+    rows = profile["rows"]
+    assert len(rows) == summary["operators"] and all(r["target"] == "NPU" and r["calls"] == 1 for r in rows)
+    assert [r["cycles"] for r in rows] == sorted((r["cycles"] for r in rows), reverse=True)
+    assert profile["total"] == sum(r["cycles"] for r in rows) == profile["estimated_total"] == m["estimates"]["cycles"]
+    assert MIN_COVERAGE["vela"] <= profile["coverage"] <= 1.05 and profile["within_tolerance"] is True
+    assert {r["layer"] for r in rows if r["original_op"] == "Conv2D"} == {"conv1", "conv2"}
+    assert {r["layer"] for r in rows if r["original_op"] == "FullyConnected"} == {"fc1", "fc2", "probs"}
+    assert all(r["layer"] for r in rows)  # a Softmax Vela splits into steps keeps the layer of its input
+    assert sum(r["macs"] for r in rows) >= m["estimates"]["macs"] * 0.9
+
+    with pytest.raises(OptionError, match=r"nothing can be measured here\. Vela estimates [\d,]+ cycles, most in "
+                                          r"fc1 [\d.]+%.*an estimate, not a measurement"):
+        bench(str(out), BenchOptions(profile=True))

@@ -2,9 +2,11 @@
 
 Vela replaces the operators the NPU runs with one ``ethos-u`` custom operator holding the command
 stream; what it cannot place on the NPU stays as ordinary TFLite operators for the Cortex-M beside
-it. The bundle holds that optimised ``.tflite``, Vela's summary CSV and its report. The estimates
-are Vela's static performance model (cycles, time at the configured clock, memory used), with the
-CPU fallback operators named one by one: they are never hidden. Nothing here can run the result
+it. The bundle holds that optimised ``.tflite``, Vela's summary CSV, its per-layer CSV
+(``--verbose-performance``: cycles, MACs and memory access cycles of each operator, which
+``edgedl.bench.profile.from_vela`` turns into an estimated per-operator profile) and its report.
+The estimates are Vela's static performance model (cycles, time at the configured clock, memory
+used), with the CPU fallback operators named one by one: they are never hidden. Nothing here can run the result
 (there is no NPU on this host), so there is no fidelity check.
 """
 
@@ -31,6 +33,7 @@ NPU_OPERATOR = "ethos-u"
 FLOAT_TYPES = ("float16", "float32", "float64")
 PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE")   # float only at the edges: a full-integer model with float I/O
 VELA_TIMEOUT_S = 600.0                     # one Vela run; real models take seconds
+PER_LAYER = "vela_per_layer.csv"           # Vela's --verbose-performance table, kept in the bundle
 
 
 class VelaBackend(Backend):
@@ -92,7 +95,8 @@ class VelaBackend(Backend):
         shutil.copyfile(tflite_path, work / "model.tflite")
         command = [sys.executable, "-m", "ethosu.vela", str(work / "model.tflite"),
                    "--accelerator-config", accelerator,
-                   "--output-dir", str(work / "output"), "--optimise", optimise, "--show-cpu-operations"]
+                   "--output-dir", str(work / "output"), "--optimise", optimise, "--show-cpu-operations",
+                   "--verbose-performance"]
         # Vela takes a configuration file only with a named system configuration and memory mode;
         # with neither it uses its internal defaults for the accelerator.
         config = npu.get("config", CONFIG_FILE) if npu.get("system_config") or npu.get("memory_mode") else None
@@ -126,9 +130,14 @@ class VelaBackend(Backend):
             row = _read_summary(summaries[0])
             compiled_ops = read_flatbuffer(optimised)
             estimates = _estimates(row, report, compiled_ops, target)
+            per_layer = sorted((work / "output").glob("*_per-layer.csv"))
+            if per_layer:
+                estimates["per_layer"] = per_layer_summary(read_per_layer(per_layer[0]), estimates.get("cycles"))
             _fit_check(estimates, target)
             shutil.copyfile(optimised, out_dir / "model_vela.tflite")
             shutil.copyfile(summaries[0], out_dir / "vela_summary.csv")
+            if per_layer:
+                shutil.copyfile(per_layer[0], out_dir / PER_LAYER)
             (out_dir / "vela_report.txt").write_text(report)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -136,7 +145,7 @@ class VelaBackend(Backend):
 
         return CompiledModel(
             backend=self.name, target=target.name, directory=out_dir,
-            files=["model_vela.tflite", "vela_summary.csv", "vela_report.txt"],
+            files=["model_vela.tflite", "vela_summary.csv", "vela_report.txt"] + ([PER_LAYER] if per_layer else []),
             runtime={"engine": "ethos-u", "model": "model_vela.tflite", "accelerator": accelerator},
             inputs=compiled_ops["inputs"], outputs=compiled_ops["outputs"],
             options={"accelerator": accelerator, "system_config": npu.get("system_config"),
@@ -233,6 +242,59 @@ def _read_summary(path: Path) -> dict:
     if not rows:
         raise BackendError(f"Vela's summary {path.name} is empty")
     return rows[0]
+
+
+# Vela 5.2's per-layer CSV columns -> the keys of a row of :func:`read_per_layer` (access cycles: "AC")
+PER_LAYER_COLUMNS = {"Original Operator": "original_op", "NNG Operator": "op", "Target": "target",
+                     "Staging Usage": "staging_bytes", "Op Cycles": "cycles", "NPU": "npu_cycles",
+                     "SRAM AC": "sram_access_cycles", "DRAM AC": "dram_access_cycles",
+                     "OnFlash AC": "on_chip_flash_access_cycles", "OffFlash AC": "off_chip_flash_access_cycles",
+                     "MAC Count": "macs", "Util% (MAC)": "mac_utilisation_percent", "Name": "name"}
+
+
+def read_per_layer(path) -> list[dict]:
+    """Vela's per-layer CSV (``--verbose-performance``) as rows, in Vela's order: each operator Vela
+    scheduled (after its own rewrites: a Conv2D's fused ReLU, a Softmax's many steps are rows of their
+    own) with its estimated cycles, MACs, memory access cycles and its output tensor ``name``.
+
+    Example:
+        >>> rows = read_per_layer("lenet.edgedl/vela_per_layer.csv")    # doctest: +SKIP
+        >>> rows[0]["original_op"], rows[0]["cycles"], rows[0]["target"]  # doctest: +SKIP
+        ('Conv2D', 12638, 'NPU')
+    """
+    with open(path, newline="") as f:
+        raw = list(csv.DictReader(f))
+    rows = []
+    for r in raw:
+        row = {}
+        for column, key in PER_LAYER_COLUMNS.items():
+            value = (r.get(column) or "").strip()
+            if key in ("original_op", "op", "target", "name"):
+                row[key] = value
+            else:
+                try:
+                    row[key] = float(value) if key == "mac_utilisation_percent" else int(float(value))
+                except ValueError:
+                    row[key] = None
+        rows.append(row)
+    return rows
+
+
+def per_layer_summary(rows: list[dict], total_cycles) -> dict:
+    """The per-layer table in a few numbers for the estimates (the table itself is :data:`PER_LAYER`
+    in the bundle; ``edgedl.bench.profile.from_vela`` reads it): operators, their cycles, the Keras
+    layer that costs most and its share of Vela's total."""
+    from edgedl.bench.profile import keras_layer
+
+    cycles = sum(r["cycles"] or 0 for r in rows)
+    by_layer: dict[str, int] = {}
+    for r in rows:
+        name = keras_layer(r["name"]) or r["name"]
+        by_layer[name] = by_layer.get(name, 0) + (r["cycles"] or 0)
+    top = max(by_layer, key=by_layer.get) if by_layer else None
+    total = total_cycles or cycles
+    return {"file": PER_LAYER, "operators": len(rows), "cycles": cycles,
+            "slowest_layer": f"{top[:60]} ({100 * by_layer[top] / total:.1f}% of the cycles)" if top and total else None}
 
 
 def _reasons(report: str) -> dict:

@@ -136,6 +136,10 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
     options = options or BenchOptions()
     options.validate()
     opened = open_bundle(bundle)  # verify before anything runs
+    if options.profile and opened.manifest["runtime"]["engine"] == "ethos-u":
+        from edgedl.bench.profile import vela_refusal
+
+        raise OptionError(vela_refusal(bundle, opened.manifest))
     x, y, desc = samples(opened.manifest, options)
     from edgedl.bench.mcu import has_firmware, measure_mcu
 

@@ -14,6 +14,9 @@ for what it measures itself:
   record says so (``available: false`` and why) rather than guessing per-op times.
 - A microcontroller firmware: TFLite Micro's MicroProfiler counts instructions (emulated board) or
   cycles (real board) per operator.
+- A Vela bundle (Ethos-U NPU, which this host has not): Vela's own per-operator estimate
+  (``--verbose-performance``, kept in the bundle), :func:`from_vela`. Its record says
+  ``estimated: true`` and has no ``measured_total``: nothing in it was measured.
 
 Only numpy and the runtimes are imported, so this runs in a remote agent too. The record (the
 ``profile`` object of schema edgedl.bench/1)::
@@ -45,7 +48,7 @@ UNIT_KEYS = {"us": "time_us", "instructions": "instructions", "cycles": "cycles"
 # memory allocation), which no operator owns. ONNX Runtime's profiler adds its own bookkeeping
 # between nodes to each run: on LeNet (12 nodes of a few microseconds) the nodes are ~55% of the
 # run; the larger the operators, the nearer 100%.
-MIN_COVERAGE = {"onnxruntime": 0.4, "tvm": 0.5, "mcu": 0.8}
+MIN_COVERAGE = {"onnxruntime": 0.4, "tvm": 0.5, "mcu": 0.8, "vela": 0.95}
 MAX_COVERAGE = 1.05
 PROFILE_RUNS = 100  # at most this many profiled inferences: the profile is of the mean inference
 PROFILE_WARMUP = 10  # at most this many unprofiled inferences first
@@ -380,3 +383,83 @@ def from_mcu(mcu: dict) -> dict:
                   f"TFLite Micro's MicroProfiler in the firmware ({where}), one inference, against the whole "
                   "inference's median count")
 
+
+def from_vela(bundle) -> dict:
+    """Vela's estimated per-operator profile of a Vela bundle: the cycles, MACs and memory access
+    cycles its performance model gives each operator it scheduled for the Ethos-U NPU
+    (``vela_per_layer.csv``, from ``--verbose-performance`` at compile time), against its network
+    total; each row named after the Keras layer its output tensor comes from.
+
+    Nothing here is measured (the NPU is not on this host): the record has ``estimated: true``,
+    ``unit: "cycles"``, and ``estimated_total`` where a measured profile has ``measured_total``.
+    Vela's rows are its own operators after its rewrites (a Conv2D and its ReLU, each step of a
+    Softmax); an operator it leaves to the CPU has no cycles in its model (``target: "CPU"``).
+
+    Args:
+        bundle: a bundle (folder or archive) compiled with ``--backend vela``.
+
+    Returns:
+        The ``profile`` record, or :func:`not_available`'s (a bundle compiled before the table was
+        kept, or not a Vela bundle).
+
+    Example:
+        >>> p = from_vela("lenet_u55.edgedl")                     # doctest: +SKIP
+        >>> p["estimated"], p["unit"], p["rows"][0]["layer"]      # doctest: +SKIP
+        (True, 'cycles', 'fc1')
+    """
+    from edgedl.backends.vela import PER_LAYER, read_per_layer
+    from edgedl.bundle import open_bundle
+
+    opened = open_bundle(str(bundle))
+    manifest = opened.manifest
+    if manifest["backend"] != "vela":
+        return not_available(manifest["backend"], "not a Vela bundle: Vela's estimates are for Ethos-U NPU bundles")
+    if PER_LAYER not in {f["path"] for f in manifest.get("files", [])}:
+        return not_available("vela", f"the bundle has no {PER_LAYER} (compiled before edgedl kept Vela's per-layer "
+                                     "table); compile it again")
+    rows, previous = [], None
+    for i, r in enumerate(read_per_layer(opened.file(PER_LAYER))):
+        layer = keras_layer(r["name"])
+        if layer is None and previous and previous["original_op"] == r["original_op"]:
+            layer = previous["layer"]  # a step of an operator Vela split, named after its output only
+        row = {"op": r["name"] or f"operator {i}", "layer": layer, "type": r["op"], "original_op": r["original_op"],
+               "target": r["target"], "cycles": float(r["cycles"] or 0), "calls": 1}
+        row |= {k: r[k] for k in ("npu_cycles", "macs", "sram_access_cycles", "dram_access_cycles",
+                                  "on_chip_flash_access_cycles", "off_chip_flash_access_cycles", "staging_bytes")}
+        rows.append(row)
+        previous = row
+    estimates = manifest.get("estimates") or {}
+    total = estimates.get("cycles") or sum(r["cycles"] for r in rows)
+    record = finish("vela", "cycles", rows, float(total),
+                    f"Vela {manifest.get('toolchain', {}).get('ethos-u-vela', '')} performance model "
+                    f"(--verbose-performance) for {estimates.get('accelerator') or 'the NPU'} at "
+                    f"{estimates.get('clock_mhz') or '?'} MHz: an estimate, not a measurement; CPU fallback "
+                    "operators have no cycles in it")
+    record["estimated"] = True
+    record["estimated_total"] = record.pop("measured_total")
+    record["tolerance"] = (f"Vela's operators add up to {MIN_COVERAGE['vela']:.0%} to {MAX_COVERAGE:.0%} of its "
+                           "network total")
+    return record
+
+
+def vela_refusal(bundle, manifest: dict) -> str:
+    """What ``edgedl bench --profile`` says of a Vela bundle, which nothing here can run: where Vela's
+    estimated profile is, with its costliest layers (estimates, so never shown as a benchmark).
+
+    Example:
+        >>> print(vela_refusal("u55.edgedl", read_manifest("u55.edgedl")))  # doctest: +SKIP
+        u55.edgedl runs only on an Ethos-U NPU (ethos-u55-128) ...
+    """
+    accelerator = (manifest.get("runtime") or {}).get("accelerator", "Ethos-U")
+    text = (f"{bundle} runs only on an Ethos-U NPU ({accelerator}), which this host has not: nothing can be measured "
+            "here. ")
+    profile = from_vela(bundle)
+    if not profile.get("available"):
+        return text + f"Vela's per-layer estimate: {profile['reason']}"
+    by_layer: dict[str, float] = {}
+    for r in profile["rows"]:
+        by_layer[r["layer"] or r["op"]] = by_layer.get(r["layer"] or r["op"], 0.0) + r["share"]
+    top = ", ".join(f"{name} {100 * share:.1f}%" for name, share in sorted(by_layer.items(), key=lambda kv: -kv[1])[:3])
+    return text + (f"Vela estimates {profile['estimated_total']:,.0f} cycles, most in {top} (an estimate, not a "
+                   f"measurement); every operator's estimate: edgedl.bench.profile.from_vela('{bundle}'), or the "
+                   "bundle's vela_per_layer.csv")
