@@ -245,7 +245,17 @@ class ExactInt8Converter(OperatorConverter):
             "FULLY_CONNECTED": self._exact_fully_connected,
             "MEAN": self._exact_mean,
             "SOFTMAX": self._exact_softmax,
+            "UNIDIRECTIONAL_SEQUENCE_LSTM": self._lstm,
         })
+
+    def _lstm(self, op):
+        """A float32 fused LSTM with its input gate (what Keras gives) by :mod:`edgedl.backends.tvm_lstm`;
+        the coupled form as TVM's frontend converts it."""
+        from edgedl.backends.tvm_lstm import convert_float_lstm
+
+        if self.get_input_tensors(op)[1].tensor_idx < 0:
+            return super().convert_unidirectional_sequence_lstm(op)
+        return convert_float_lstm(self, op)
 
     # -- helpers ------------------------------------------------------------------------------
 
