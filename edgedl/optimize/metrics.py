@@ -2,9 +2,11 @@
 
 Plain functions over a Keras model or a byte string; the optimization report is built from them.
 MACs count the multiply-accumulates of one inference (batch 1) in convolutions (transposed ones too),
-dense and recurrent layers (bidirectional ones too); element-wise layers, pooling and batch norm
-(folded away on export) count zero, and so, for now, do attention and EinsumDense layers. Nested
-models count with their layers (the graph is read flattened).
+dense and recurrent layers (bidirectional ones too), EinsumDense layers (the product of the sizes of
+every index in the equation) and multi-head attention (the query, key, value and output projections,
+plus QK^T and the attention-weighted sum of the values); element-wise layers, pooling, softmax and
+normalization (batch norm is folded away on export) count zero. Nested models count with their
+layers (the graph is read flattened).
 """
 
 from __future__ import annotations
@@ -46,7 +48,48 @@ def layer_macs(step) -> int:
     if kind == "Bidirectional":
         steps = int(step.input_shapes[0][1] or 1)
         return steps * (_recurrent_macs(layer.forward_layer) + _recurrent_macs(layer.backward_layer))
+    if kind == "EinsumDense":
+        return einsum_macs(layer.equation, step.input_shapes[0], layer.kernel.shape)
+    if kind == "MultiHeadAttention":
+        return _attention_macs(layer, step.input_shapes)
     return 0
+
+
+def einsum_macs(equation: str, input_shape, kernel_shape) -> int:
+    """Multiply-accumulates of ``einsum(equation, x, kernel)`` at batch 1: every index of the
+    equation is looped over once, so it is the product of all their sizes (a Dense kernel
+    ``ab,bc->ac`` gives a*b*c; an element-wise ``abc,bc->abc`` gives a*b*c).
+
+    Example:
+        >>> einsum_macs("abc,cde->abde", (None, 30, 64), (64, 4, 16))
+        122880
+    """
+    inputs, _ = equation.replace(" ", "").split("->")
+    x, k = inputs.split(",")
+    if "..." in x:  # the ellipsis stands for the input's leading axes, each its own index
+        free = len(input_shape) - (len(x) - 3)
+        x = x.replace("...", "".join(chr(0x100 + i) for i in range(free)))
+    sizes = {}
+    for letter, size in [*zip(x, input_shape), *zip(k, kernel_shape)]:
+        sizes[letter] = int(size) if size is not None else 1
+    return _prod(sizes.values())
+
+
+def _attention_macs(layer, input_shapes) -> int:
+    """Multi-head attention: the four projections (EinsumDense) plus QK^T and the weighted sum of V."""
+    query = input_shapes[0]
+    value = input_shapes[1] if len(input_shapes) > 1 else query
+    key = input_shapes[2] if len(input_shapes) > 2 else value
+    heads, key_dim = layer._num_heads, layer._key_dim
+    value_dim = layer._value_dim or key_dim
+    q_len, kv_len = _prod(query[1:-1]), _prod(key[1:-1])
+    projections = sum(einsum_macs(dense.equation, shape, dense.kernel.shape) for dense, shape in (
+        (layer._query_dense, query), (layer._key_dense, key), (layer._value_dense, value)))
+    output = einsum_macs(layer._output_dense.equation, (1, *query[1:-1], heads, value_dim),
+                         layer._output_dense.kernel.shape)
+    scores = heads * q_len * kv_len * key_dim  # QK^T
+    weighted = heads * q_len * kv_len * value_dim  # softmax(QK^T) V
+    return projections + output + scores + weighted
 
 
 def _recurrent_macs(layer) -> int:

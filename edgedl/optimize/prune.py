@@ -12,9 +12,14 @@ channels, which is the axis .tflite files store contiguously (``[out, in]`` for 
 compress far better than scattered ones (and suit block-sparse kernels). Blocks are ranked by the
 mean magnitude of their weights.
 
-What is pruned: the kernels of Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D and the
-input and recurrent kernels of LSTM, GRU and SimpleRNN. Biases are never pruned. Every other layer
-with weights is listed, with the reason, in :attr:`PruneResult.skipped`.
+What is pruned: the kernels of Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, the
+input and recurrent kernels of LSTM, GRU and SimpleRNN, the kernels of EinsumDense layers that
+contract an axis (a matrix product; an element-wise one, such as a learned per-position scale, is a
+scale, not a weight matrix), and the query, key, value and output kernels of MultiHeadAttention
+(EinsumDense layers inside it, pruned as one layer). Biases are never pruned. Every other layer with
+weights is listed, with the reason, in :attr:`PruneResult.skipped`. With ``block`` > 1 the runs of a
+kernel with more than two axes lie along its second-to-last axis, which is the input axis for
+convolutions but not for attention kernels (``[in, heads, key_dim]``, ``[heads, value_dim, out]``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from edgedl.optimize.metrics import KERNEL_NAMES
 log = logging.getLogger(__name__)
 
 PRUNABLE_KINDS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
-                  "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU", "SimpleRNN")
+                  "SeparableConv1D", "SeparableConv2D", "LSTM", "GRU", "SimpleRNN", "EinsumDense",
+                  "MultiHeadAttention")
 SPARSITY_SCHEDULES = ("polynomial", "constant")
 SCOPES = ("layer", "global", "erk")
 MASK_SCOPES = ("layer", "global")
@@ -235,6 +241,11 @@ def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
         if not layer.weights:
             continue
         found = [w for w in layer.weights if w.name in KERNEL_NAMES] if prunable_kind(layer) else []
+        if found and prunable_kind(layer) == "EinsumDense" and not _contracts(layer.equation):
+            skipped.append({"layer": step.name, "kind": step.kind, "reason": (
+                f"EinsumDense '{layer.equation}' contracts no axis: its kernel scales the input element by "
+                "element (e.g. a learned per-position scale), it is not a weight matrix")})
+            continue
         if found:
             kernels[step.name] = found
             continue
@@ -244,6 +255,13 @@ def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
         )
         skipped.append({"layer": step.name, "kind": step.kind, "reason": reason})
     return kernels, skipped
+
+
+def _contracts(equation: str) -> bool:
+    """Whether an einsum ``x,kernel->out`` sums over an index (one in the kernel but not in the output)."""
+    inputs, out = equation.replace(" ", "").split("->")
+    kernel = inputs.split(",")[1]
+    return any(letter not in out for letter in kernel)
 
 
 def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune", scope: str = "layer",
