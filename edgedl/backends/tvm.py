@@ -131,7 +131,8 @@ def quantized_ops_refused(graph) -> dict:
     for op in graph.ops:
         acts = graph.activation_dtypes(op)
         if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM" and acts & {"int8", "uint8", "int16"}:
-            out[op.name] = "quantized LSTM: TVM's TFLite frontend converts float LSTMs only"
+            out[op.name] = ("quantized LSTM (int8 activations, int16 cell): edgedl's TVM importer converts "
+                            "float LSTMs only")
         elif op.name == "CONV_2D" and "int16" in acts:
             out[op.name] = "int16x8 convolution: TVM's TFLite frontend lowers int8 convolutions only"
     return out

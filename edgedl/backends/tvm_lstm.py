@@ -15,10 +15,12 @@ The state tensors are variables in the ``.tflite``; every inference starts them 
 starts every call and as edgedl's engines reset LiteRT and TFLite Micro before each invocation.
 
 Peephole, projection and layer-norm LSTMs (which edgedl never produces) are refused by name; the
-quantized operator is refused by :func:`edgedl.backends.tvm.quantized_ops_refused`.
+quantized operator is refused by :func:`edgedl.backends.tvm.quantized_ops_refused` and, in one line naming
+it, by the importer (:class:`edgedl.backends.tvm_int8.ExactInt8Converter`).
 
 Example:
-    >>> converter.convert_map["UNIDIRECTIONAL_SEQUENCE_LSTM"] = functools.partial(convert_float_lstm, converter)  # doctest: +SKIP
+    >>> lstm = functools.partial(convert_float_lstm, converter)  # doctest: +SKIP
+    >>> converter.convert_map["UNIDIRECTIONAL_SEQUENCE_LSTM"] = lstm  # doctest: +SKIP
 """
 
 from __future__ import annotations
