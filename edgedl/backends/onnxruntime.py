@@ -22,6 +22,9 @@ from edgedl.backends.base import Backend, CompiledModel, check_outputs
 from edgedl.errors import InputFileError, MissingDependencyError, OptionError, UnsupportedOperatorError
 
 DEFAULT_OPSET = 17
+# TFLite's fused recurrent operators: tf2onnx's TFLite frontend has no handler for any of them.
+FUSED_RECURRENT = ("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
+                   "BIDIRECTIONAL_SEQUENCE_RNN")
 
 
 def _tf2onnx():
@@ -192,8 +195,11 @@ class ONNXRuntimeBackend(Backend):
     def unsupported_ops(self, graph, target):
         """ONNX Runtime's CPU provider implements the whole standard opset; what fails is the way to it
         from a ``.tflite``: tf2onnx's model of int16 activations (int16x8) does not load, and it has no
-        converter for a custom operator or a quantized UNIDIRECTIONAL_SEQUENCE_LSTM. ``graph`` is None
-        for an ``.onnx`` model, which is taken as it is."""
+        converter for a custom operator or for TFLite's fused recurrent operators (the fused LSTM that
+        edgedl.convert makes of a Keras LSTM, float or int8; tf2onnx's LSTM rewriters match TensorFlow
+        graphs, not .tflite). A GRU or SimpleRNN, which edgedl.convert unrolls into FULLY_CONNECTED and
+        element-wise operators, converts (float and int8), and so does the while loop of a dynamic range
+        model. ``graph`` is None for an ``.onnx`` model, which is taken as it is."""
         out = {}
         if graph is None:
             return out
@@ -201,8 +207,9 @@ class ONNXRuntimeBackend(Backend):
         for g in (graph, *graph.nested):
             for op in g.ops:
                 acts = g.activation_dtypes(op)
-                if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM" and acts & {"int8", "uint8", "int16"}:
-                    out[op.name] = "quantized LSTM: tf2onnx converts float LSTMs only"
+                if op.name in FUSED_RECURRENT:
+                    out[op.name] = ("tf2onnx has no converter for this fused recurrent operator (float or quantized); "
+                                    "a GRU or SimpleRNN, which edgedl unrolls, converts")
                 elif "int16" in acts:
                     out[op.name] = (f"int16 tensors: the ONNX model tf2onnx makes of them does not load in ONNX "
                                     f"Runtime (opset {DEFAULT_OPSET}); convert with --quantize int8")
@@ -228,6 +235,14 @@ class ONNXRuntimeBackend(Backend):
             shutil.copyfile(model_path, onnx_path)
             converted = "given"
         elif model_path.suffix == ".tflite":
+            from edgedl.graph import read_tflite
+
+            # tf2onnx's own failure on a fused LSTM names an internal tensor ("Cannot find node with output
+            # 'lstm/zeros'"): refuse by operator instead
+            refused = {op: why for op, why in self.unsupported_ops(read_tflite(model_path), target).items()
+                       if op in FUSED_RECURRENT}
+            if refused:
+                raise UnsupportedOperatorError("; ".join(f"{op}: {why}" for op, why in sorted(refused.items())))
             specs_in, specs_out = _tflite_io(model_path)
             check_outputs(model_path, [s.name for s in specs_out])
             toolchain["tf2onnx"] = _from_tflite(model_path, onnx_path, opset)
