@@ -6,7 +6,7 @@ import pytest
 from edgedl.errors import ModelError
 from edgedl.zoo import get_model, list_models, model_names
 
-ZOO = ["cnn", "ds_cnn", "gru", "lenet", "lstm", "mlp", "mobilenet_v1", "resnet8"]
+ZOO = ["cnn", "ds_cnn", "gru", "kwt", "lenet", "lstm", "mlp", "mobilenet_v1", "resnet8"]
 
 
 def test_the_zoo_holds_the_promised_models():
