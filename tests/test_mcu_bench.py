@@ -156,3 +156,17 @@ def test_a_firmware_over_the_targets_ram_is_refused_with_the_measured_numbers(tr
     assert re.search(r"does not fit small_m4: the firmware needs [\d.]+ KiB of RAM \(arena [\d.]+ KiB, data, stack "
                      r"and heap\), small_m4 has 40 KiB: [\d.]+ KiB over", line), line
     assert not (tmp_path / "small.edgedl").exists()
+
+
+def test_a_firmware_profile_has_a_row_per_node_named_by_keras_layer(bundles, capsys, tmp_path):
+    from edgedl.graph import read_tflite
+
+    result = bench_json(capsys, tmp_path, bundles["cmsis_nn"], "--profile")
+    profile, mcu = result["profile"], result["mcu"]
+    ops = read_tflite(bundles["cmsis_nn"] / "model.tflite").ops
+    assert [n["operator"] for n in mcu["nodes"]] == [op.name for op in ops]  # one event per node, in order
+    rows = sorted(profile["rows"], key=lambda r: r["index"])
+    assert [r["index"] for r in rows] == list(range(len(ops))) and all(r["calls"] == 1 for r in rows)
+    assert profile["total"] == sum(n["instructions"] for n in mcu["nodes"])
+    assert {r["layer"] for r in rows if r["type"] == "CONV_2D"} == {"conv1", "conv2"}
+    assert "a row per node" in profile["source"] and profile["within_tolerance"] is True

@@ -152,7 +152,7 @@ def bench(bundle: str, options: BenchOptions | None = None, progress=None) -> Be
         if options.profile:
             from edgedl.bench.profile import from_mcu
 
-            result["profile"] = from_mcu(result["mcu"])
+            result["profile"] = from_mcu(result["mcu"], opened.directory / opened.manifest["runtime"]["model"])
         return _finish(result, options, opened, x, y, desc)
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as tmp:
         request = {"bundle": str(Path(bundle).resolve()), "warmup": options.warmup, "runs": options.runs,

@@ -124,7 +124,10 @@ def _mcu_record(manifest: dict, firmware: dict, board, emulated, device) -> dict
         record["estimated_latency_ms"] = median / clock_hz * 1e3
         record["latency_basis"] = f"{median:,} cycles counted by the board's SysTick / {mhz} ({target['name']}'s clock)"
         unit = "cycles"
-    record["operators"] = _per_operator(emulated.operators[0] if emulated.operators else [], unit)
+    events = emulated.operators[0] if emulated.operators else []
+    record["operators"] = _per_operator(events, unit)
+    # one MicroProfiler event per node, in the order the interpreter runs them (the subgraph's order)
+    record["nodes"] = [{"index": k, "operator": name, unit: int(n)} for k, (name, n) in enumerate(events)]
     return record
 
 

@@ -358,13 +358,16 @@ def _imports(module) -> list:
     return list(getattr(module, "imports", None) or getattr(module, "imported_modules", None) or [])
 
 
-def from_mcu(mcu: dict) -> dict:
+def from_mcu(mcu: dict, model=None) -> dict:
     """The profile record of a microcontroller benchmark's ``mcu`` object: its per-operator counts
     (instructions on the emulated board, cycles on a real one, from TFLite Micro's MicroProfiler in
     the firmware) against the whole inference's count.
 
-    The firmware reports operator types, not node names: a row is one operator type with its nodes
-    summed (``calls``).
+    The firmware reports one event per node, in the order it runs them, named by operator type. With
+    the bundle's ``.tflite`` (``model``, a path) whose operators those nodes are, a row is one node:
+    its ``index`` in the subgraph, the ``tensor`` it outputs and the Keras ``layer`` that names.
+    Without it (or where the events do not match the model's operators, or an older result has no
+    ``nodes``), a row is one operator type with its nodes summed (``calls``).
 
     Example:
         >>> p = from_mcu({"instructions": 1000, "cycles": None, "operators": [
@@ -376,12 +379,36 @@ def from_mcu(mcu: dict) -> dict:
     operators = mcu.get("operators") or []
     if not operators or not mcu.get(unit):
         return not_available("mcu", "the firmware reported no per-operator counts")
+    where = "the emulated board's instruction count" if unit == "instructions" else "the board's SysTick cycles"
+    source = (f"TFLite Micro's MicroProfiler in the firmware ({where}), one inference, against the whole "
+              "inference's median count")
+    nodes = _mcu_nodes(mcu.get("nodes") or [], unit, model)
+    if nodes:
+        return finish("mcu", unit, nodes, float(mcu[unit]), source + "; a row per node of the model, in the "
+                      "order the firmware ran them")
     rows = [{"op": o["operator"], "layer": None, "type": o["operator"], unit: float(o[unit]),
              "calls": int(o.get("count", 1))} for o in operators]
-    where = "the emulated board's instruction count" if unit == "instructions" else "the board's SysTick cycles"
-    return finish("mcu", unit, rows, float(mcu[unit]),
-                  f"TFLite Micro's MicroProfiler in the firmware ({where}), one inference, against the whole "
-                  "inference's median count")
+    return finish("mcu", unit, rows, float(mcu[unit]), source + "; a row per operator type")
+
+
+def _mcu_nodes(nodes: list[dict], unit: str, model) -> list[dict]:
+    """Per-node rows where the firmware's events are the model's operators one for one, else []."""
+    if not nodes or model is None:
+        return []
+    try:
+        from edgedl.graph import read_tflite
+
+        graph = read_tflite(model)
+    except Exception:  # noqa: BLE001 - no readable model: the per-type rows still stand
+        return []
+    if [op.name for op in graph.ops] != [n["operator"] for n in nodes]:
+        return []
+    rows = []
+    for op, node in zip(graph.ops, nodes):
+        tensor = (graph.tensors.get(op.outputs[0]) or {}).get("name") if op.outputs else None
+        rows.append({"op": tensor or f"{op.name}#{op.index}", "layer": keras_layer(tensor) if tensor else None,
+                     "type": op.name, "index": op.index, "tensor": tensor, unit: float(node[unit]), "calls": 1})
+    return rows
 
 
 def from_vela(bundle) -> dict:
