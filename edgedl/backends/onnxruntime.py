@@ -199,7 +199,8 @@ class ONNXRuntimeBackend(Backend):
         edgedl.convert makes of a Keras LSTM, float or int8; tf2onnx's LSTM rewriters match TensorFlow
         graphs, not .tflite). A GRU or SimpleRNN, which edgedl.convert unrolls into FULLY_CONNECTED and
         element-wise operators, converts (float and int8), and so does the while loop of a dynamic range
-        model. ``graph`` is None for an ``.onnx`` model, which is taken as it is."""
+        model; a float Keras LSTM exports to ONNX directly (:func:`export_onnx`, a Loop). ``graph`` is None
+        for an ``.onnx`` model, which is taken as it is."""
         out = {}
         if graph is None:
             return out
@@ -207,9 +208,13 @@ class ONNXRuntimeBackend(Backend):
         for g in (graph, *graph.nested):
             for op in g.ops:
                 acts = g.activation_dtypes(op)
-                if op.name in FUSED_RECURRENT:
+                if op.name in FUSED_RECURRENT and acts & {"int8", "uint8", "int16"}:
                     out[op.name] = ("tf2onnx has no converter for this fused recurrent operator (float or quantized); "
-                                    "a GRU or SimpleRNN, which edgedl unrolls, converts")
+                                    "a GRU or SimpleRNN, which edgedl unrolls, converts in int8")
+                elif op.name in FUSED_RECURRENT:
+                    out[op.name] = ("tf2onnx has no converter for this fused recurrent operator (float or quantized); "
+                                    "export the float Keras model with edgedl.backends.onnxruntime.export_onnx "
+                                    "(an ONNX Loop) and compile the .onnx")
                 elif "int16" in acts:
                     out[op.name] = (f"int16 tensors: the ONNX model tf2onnx makes of them does not load in ONNX "
                                     f"Runtime (opset {DEFAULT_OPSET}); convert with --quantize int8")
