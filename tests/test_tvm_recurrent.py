@@ -1,6 +1,6 @@
 """Recurrent models through the TVM backend (issue 31, item 2): the float fused LSTM, the float and
-int8 unrolled GRU compile for x86_64 and compute what LiteRT does; the int8 fused LSTM is refused
-in one line that names the operator.
+int8 unrolled GRU compile for x86_64 and compute what LiteRT does (float within 1e-4, the int8 GRU bit for
+bit); the int8 fused LSTM compiles too but is not exact: a few int8 steps from LiteRT, the same top-1.
 
 The models are real: scikit-learn's 8x8 digits read as 8 time steps of 8 features, trained here.
 """
@@ -90,13 +90,16 @@ def test_the_int8_gru_compiles_with_tvm_and_computes_what_litert_does_bit_for_bi
     np.testing.assert_array_equal(tvm_scores, litert)
 
 
-def test_the_int8_lstm_is_refused_in_one_line_naming_the_operator(models, digits, tmp_path):
-    from edgedl.errors import UnsupportedOperatorError
+def test_the_int8_lstm_compiles_with_tvm_a_few_steps_from_litert_with_the_same_top1(models, digits, tmp_path):
+    from edgedl.convert import to_tflite
+    from edgedl.runtime.engines import LiteRTEngine
 
-    source = tmp_path / "lstm.keras"
-    models["lstm"].save(source)
-    data = tmp_path / "digits.npz"
-    np.savez(data, x=digits["test"][:100], y=digits["y_test"][:100])
-    with pytest.raises(UnsupportedOperatorError, match="UNIDIRECTIONAL_SEQUENCE_LSTM") as caught:
-        _compile(source, tmp_path, quantize="int8", io_type="int8", data=str(data))
-    assert "\n" not in str(caught.value)
+    tflite = tmp_path / "lstm_int8.tflite"
+    tflite.write_bytes(to_tflite(models["lstm"], "int8", digits["train"][:200], io_type="int8"))
+    tvm_scores = _scores(_compile(tflite, tmp_path), digits["test"]).astype(int)
+    litert = _scores(LiteRTEngine(tflite, kernels="reference"), digits["test"]).astype(int)
+    # NOT exact: the gates run in float32 between the int16 cell's and the int8 output's grids, where LiteRT
+    # runs its integer LSTM (gemmlowp's int16 logistic and tanh); measured: 5 steps at most, 9% of the outputs
+    assert np.max(np.abs(tvm_scores - litert)) <= 6
+    assert np.mean(tvm_scores != litert) <= 0.15
+    assert np.mean(tvm_scores.argmax(-1) == litert.argmax(-1)) >= 0.99

@@ -130,9 +130,9 @@ def quantized_ops_refused(graph) -> dict:
            for op in graph.hybrid_ops()}
     for op in graph.ops:
         acts = graph.activation_dtypes(op)
-        if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM" and acts & {"int8", "uint8", "int16"}:
-            out[op.name] = ("quantized LSTM (int8 activations, int16 cell): edgedl's TVM importer converts "
-                            "float LSTMs only")
+        if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM" and acts & {"uint8", "int16"} and "int8" not in acts:
+            out[op.name] = ("quantized LSTM other than int8 (int16 cell): edgedl's TVM importer converts "
+                            "float and int8 LSTMs only")
         elif op.name == "CONV_2D" and "int16" in acts:
             out[op.name] = "int16x8 convolution: TVM's TFLite frontend lowers int8 convolutions only"
     return out
