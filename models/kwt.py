@@ -1,10 +1,10 @@
 """A keyword transformer (KWT, Berg et al. 2021) over log-mel frames of spoken digits (FSDD).
 
 Patches of two frames (2 x 40 log-mel bands) are embedded by a strided convolution, a learned
-positional embedding is added, encoder blocks of multi-head self-attention and a ReLU MLP follow
-(pre-norm, as in KWT; ReLU rather than KWT's GELU, which TFLite Micro has no kernel for), and the
-tokens are averaged (global average pooling instead of KWT's class token: no custom layer, so the
-saved model loads without this module).
+positional embedding (a bias per token and channel) is added, encoder blocks of multi-head
+self-attention and a ReLU MLP follow (pre-norm, as in KWT; ReLU rather than KWT's GELU, which
+TFLite Micro has no kernel for), and the tokens are averaged (global average pooling instead of
+KWT's class token: no custom layer, so the saved model loads without this module).
 """
 
 RECIPE = {
@@ -36,9 +36,11 @@ def build(input_shape=(61, 40, 1), num_classes=10, dim=64, num_heads=4, mlp_dim=
     # one patch = patch_frames whole frames; a trailing frame that fills no patch is dropped
     x = layers.Conv2D(dim, (patch_frames, bands), strides=(patch_frames, bands), name="patch_embed")(inputs)
     x = layers.Reshape((tokens, dim), name="tokens")(x)
-    # learned positional embedding: a bias per token and channel (the kernel, a per-position scale, starts at 1)
-    x = layers.EinsumDense("btd,td->btd", output_shape=(tokens, dim), bias_axes="td",
-                           kernel_initializer="ones", name="position")(x)
+    # learned positional embedding: a bias per token and channel, after a dim x dim projection that starts as
+    # the identity (an element-wise EinsumDense lowers to a BATCH_MATMUL with a constant operand, which TVM's
+    # TFLite frontend cannot import; this one is FULLY_CONNECTED + ADD)
+    x = layers.EinsumDense("btd,de->bte", output_shape=(tokens, dim), bias_axes="te",
+                           kernel_initializer="identity", name="position")(x)
     for i in range(1, num_blocks + 1):
         h = layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_norm1")(x)
         h = layers.MultiHeadAttention(num_heads, dim // num_heads, dropout=0.1, name=f"block{i}_attention")(h, h)
