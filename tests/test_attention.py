@@ -137,3 +137,23 @@ def test_the_zoo_keyword_transformer_builds_from_its_recipe_under_100k_parameter
     kinds = {type(layer).__name__ for layer in model.layers}
     assert {"MultiHeadAttention", "LayerNormalization", "EinsumDense", "Conv2D"} <= kinds
     assert count_macs(model) > 0
+
+
+def test_layer_normalization_converts_full_integer_and_vela_keeps_the_block_on_the_npu(model, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.convert import to_tflite
+    from edgedl.graph import read_tflite
+
+    tflite = to_tflite(model, "int8", digits["train"][:200], io_type="int8")
+    ops = {d["op_name"] for d in Interpreter(model_content=tflite)._get_ops_details()}
+    assert "NEG" not in ops and {"MEAN", "RSQRT", "BATCH_MATMUL"} <= ops  # Keras' -mean*inv stayed float
+    path = tmp_path / "transformer.tflite"
+    path.write_bytes(tflite)
+    assert read_tflite(path).quantization_kind == "int8"
+    bundle = compile_model(str(path), "ethos_u55_128", str(tmp_path / "u55.edgedl"),
+                           CompileOptions(backend="vela", num_samples=20))
+    from edgedl.bundle import read_manifest
+
+    assert read_manifest(bundle.path)["estimates"]["cpu_fallback_ops"] == []
