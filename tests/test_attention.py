@@ -157,3 +157,16 @@ def test_layer_normalization_converts_full_integer_and_vela_keeps_the_block_on_t
     from edgedl.bundle import read_manifest
 
     assert read_manifest(bundle.path)["estimates"]["cpu_fallback_ops"] == []
+
+
+def test_vela_names_float_operators_left_in_an_integer_model_without_asking_to_quantize_it(model, digits, tmp_path):
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.convert import _to_tflite_as_is
+    from edgedl.errors import UnsupportedOperatorError
+
+    # Keras' own layer normalization, converted as it traces: its NEG stays float in the int8 model
+    path = tmp_path / "mixed.tflite"
+    path.write_bytes(_to_tflite_as_is(model, "int8", digits["train"][:100], "int8", 100, True, (), ()))
+    with pytest.raises(UnsupportedOperatorError, match=r"computes in float \(NEG\); the converter left these "
+                                                       r"operators in float in an otherwise integer model"):
+        compile_model(str(path), "ethos_u55_128", str(tmp_path / "u55.edgedl"), CompileOptions(backend="vela"))

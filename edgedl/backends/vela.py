@@ -83,9 +83,14 @@ class VelaBackend(Backend):
         floats = sorted({op["op"] for op in model["ops"]
                          if op["op"] not in PASS_THROUGH and any(d in FLOAT_TYPES for d in op["output_dtypes"])})
         if floats:
+            integer = any(op["op"] not in PASS_THROUGH and not any(d in FLOAT_TYPES for d in op["output_dtypes"])
+                          for op in model["ops"])
+            fix = ("the converter left these operators in float in an otherwise integer model: change the layer "
+                   "that makes them, or compile it with another backend" if integer
+                   else "quantize it with --quantize int8 (and a representative data set)")
             raise UnsupportedOperatorError(
                 f"Vela needs a full-integer int8 (or int16x8) model; {tflite_path.name} computes in float "
-                f"({', '.join(floats)}); quantize it with --quantize int8 (and a representative data set)")
+                f"({', '.join(floats)}); {fix}")
         npu = target.npu
         accelerator = npu["accelerator"]
         out_dir = Path(out_dir)
