@@ -17,30 +17,17 @@ import pytest
 
 from edgedl.bundle import read_manifest
 
+import digit_rows  # tests/digit_rows.py
 from cli_run import run_cli  # tests/cli_run.py
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)
-    return {"train": x[:1400], "y_train": d.target[:1400], "test": x[1400:], "y_test": d.target[1400:]}
+    return digit_rows.load()
 
 
 def _train(digits, layer, name):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8), name="rows")
-    h = layer(inputs)
-    if len(h.shape) == 3:
-        h = keras.layers.Flatten()(h)
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(h), name=name)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits["train"], digits["y_train"], epochs=25, batch_size=32, verbose=0)
-    return model
+    return digit_rows.train(digits, layer, name, epochs=25)
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +49,7 @@ def _ops(tflite: bytes) -> set:
     return {d["op_name"] for d in Interpreter(model_content=tflite)._get_ops_details()} - {"DELEGATE"}
 
 
-def _scores(engine, x) -> np.ndarray:
-    spec = engine.inputs[0]
-    out = []
-    for sample in x:
-        raw = sample[None]
-        if spec.dtype == "int8":
-            raw = np.clip(np.round(raw / spec.scale + spec.zero_point), -128, 127).astype(np.int8)
-        out.append(np.asarray(engine.invoke(raw), np.float32).reshape(-1))
-    return np.array(out)
+_scores = digit_rows.scores
 
 
 def _accuracy(scores, y) -> float:

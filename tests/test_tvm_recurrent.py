@@ -14,25 +14,16 @@ pytest.importorskip("tvm")
 pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
+import digit_rows  # noqa: E402 - tests/digit_rows.py
+
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)
-    return {"train": x[:1400], "y_train": d.target[:1400], "test": x[1400:], "y_test": d.target[1400:]}
+    return digit_rows.load()
 
 
 def _train(digits, layer, name):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8), name="rows")
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(layer(inputs)), name=name)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(digits["train"], digits["y_train"], epochs=10, batch_size=32, verbose=0)
-    return model
+    return digit_rows.train(digits, layer, name, epochs=10)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +35,7 @@ def models(digits):
 
 
 def _scores(engine, x) -> np.ndarray:
-    spec = engine.inputs[0]
-    out = []
-    for sample in x:
-        raw = sample[None]
-        if spec.dtype == "int8":
-            raw = np.clip(np.round(raw / spec.scale + spec.zero_point), -128, 127).astype(np.int8)
-        out.append(np.asarray(engine.invoke(raw)).reshape(-1))
-    return np.array(out)
+    return digit_rows.scores(engine, x, as_float=False)
 
 
 def _compile(source, tmp_path, **options):
