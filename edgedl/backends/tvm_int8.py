@@ -41,8 +41,15 @@ Per operator:
 - ``SOFTMAX``: the builtin kernel's 256-entry ``expf`` table with float32 sums summed left to right,
   or the reference kernel's gemmlowp fixed-point exp and Newton-Raphson reciprocal.
 - ``DEQUANTIZE`` (float outputs): a 256-entry table with the kernel set's float rounding.
-- ``SPLIT``, ``STRIDED_SLICE``, ``UNPACK`` (:data:`MOVING_OPS`, an unrolled GRU's): values copied, exact
-  where the outputs keep the input's scale and zero point (as LiteRT requires), refused otherwise.
+- ``BATCH_MATMUL`` (attention's scores and weighted values): int32 accumulation of
+  ``(x - x_zero_point) * (y - y_zero_point)`` (``adj_x``/``adj_y`` as transposes of the last two axes),
+  then ``MultiplyByQuantizedMultiplier`` of ``x_scale * y_scale / output_scale`` in every kernel set
+  (:data:`BATCH_MATMUL_ROUNDING`: XNNPACK does not take int8 BATCH_MATMUL, the builtin kernel rounds as the
+  reference one); per-tensor int8 only, anything else refused by name. Measured bit-exact against all three
+  LiteRT configurations (tests/test_tvm_attention.py).
+- ``SPLIT``, ``STRIDED_SLICE``, ``TRANSPOSE``, ``UNPACK`` (:data:`MOVING_OPS`: an unrolled GRU's, attention's
+  head transposes): values copied, exact where the outputs keep the input's scale and zero point (as
+  LiteRT requires), refused by name otherwise.
 - ``UNIDIRECTIONAL_SEQUENCE_LSTM``: float32 by :mod:`edgedl.backends.tvm_lstm` (TVM's frontend converts
   only the coupled form). The int8 one (int16 cell) is NOT exact: its gates are computed in float32
   from the dequantized weights, the cell rounded to its int16 grid and the hidden state to its int8
@@ -81,9 +88,9 @@ from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 
 log = logging.getLogger(__name__)
 
-EXACT_OPS = ("ADD", "AVERAGE_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "MEAN",
+EXACT_OPS = ("ADD", "AVERAGE_POOL_2D", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "MEAN",
              "SOFTMAX")
-MOVING_OPS = ("SPLIT", "STRIDED_SLICE", "UNPACK")  # int8 operators that copy values, exact as stock lowers them
+MOVING_OPS = ("SPLIT", "STRIDED_SLICE", "TRANSPOSE", "UNPACK")  # int8 operators that copy values, exact as stock lowers them
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
 _UNROLLED_SUM_LIMIT = 64  # softmax rows up to this long are summed as an explicit chain of adds
@@ -235,6 +242,9 @@ KERNEL_SETS = {
                   "mean4d": "gemmlowp", "softmax": "fixed_point", "dequantize": "product", "add": "reference"},
 }
 
+# BATCH_MATMUL's rescaling per kernel set (a table of its own: KERNEL_SETS' keys are fixed by its tests).
+BATCH_MATMUL_ROUNDING = {"xnnpack": "gemmlowp", "builtin": "gemmlowp", "reference": "gemmlowp"}
+
 
 class ExactInt8Converter(OperatorConverter):
     """TVM's TFLite operator converter with LiteRT's own arithmetic for the int8 operators listed in
@@ -251,7 +261,7 @@ class ExactInt8Converter(OperatorConverter):
     # int8 data movement (an unrolled GRU's SPLIT, STRIDED_SLICE, UNPACK): bytes copied, exact as they are
     # (and the fused LSTM, so that :meth:`_lstm` says in one line why an int8 one is not converted)
     _SUPPORTED_QUANTIZED_OPS = OperatorConverter._SUPPORTED_QUANTIZED_OPS | set(MOVING_OPS) | {
-        "UNIDIRECTIONAL_SEQUENCE_LSTM"}
+        "BATCH_MATMUL", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
 
     def __init__(self, model, subgraph, exp_tab, ctx, conversion_state=None):
         super().__init__(model, subgraph, exp_tab, ctx, conversion_state)
@@ -261,6 +271,7 @@ class ExactInt8Converter(OperatorConverter):
         self.convert_map.update({
             "ADD": self._exact_add,
             "AVERAGE_POOL_2D": self._exact_average_pool,
+            "BATCH_MATMUL": self._exact_batch_matmul,
             "CONV_2D": functools.partial(self._exact_conv, conv_type="conv2d"),
             "DEQUANTIZE": self._exact_dequantize,
             "DEPTHWISE_CONV_2D": functools.partial(self._exact_conv, conv_type="depthwise"),
@@ -551,6 +562,42 @@ class ExactInt8Converter(OperatorConverter):
             return relax.op.reshape(out, in_shape[:-1] + [units])
         out_shape = to_int_list(self.get_tensor_shape(output))
         return out if len(out_shape) == 2 else relax.op.reshape(out, out_shape)
+
+    # -- BATCH_MATMUL -------------------------------------------------------------------------
+
+    def _exact_batch_matmul(self, op):
+        """int8 x int8 with both zero points, int32 accumulation, then the kernel set's rescaling by
+        ``lhs_scale * rhs_scale / output_scale`` (:data:`BATCH_MATMUL_ROUNDING`); per-tensor only."""
+        from tflite.BatchMatMulOptions import BatchMatMulOptions
+
+        import tvm
+
+        lhs, rhs = self.get_input_tensors(op)[:2]
+        output = self.get_output_tensors(op)[0]
+        if not self.is_quantized(op):
+            return self.convert_batch_matmul(op)
+        if not all(self._is_int8(t) and self._qparams(t)[0].size == 1 for t in (lhs, rhs, output)):
+            raise tvm.error.OpNotImplemented("quantized BATCH_MATMUL other than per-tensor int8, which edgedl's "
+                                             "TVM importer does not lower; compile it with --backend litert")
+        opts = self._options(op, BatchMatMulOptions)
+
+        def operand(tensor, adjoint):
+            _, zp = self._per_tensor(tensor)
+            x = self._emit(relax.op.subtract(relax.op.astype(self.get_tensor_expr(tensor), "int16"),
+                                             _const(zp, "int16")))
+            if adjoint:
+                rank = x.ty.ndim
+                x = self._emit(relax.op.permute_dims(x, list(range(rank - 2)) + [rank - 1, rank - 2]))
+            return x
+
+        x = operand(lhs, opts is not None and opts.AdjX())
+        y = operand(rhs, opts is not None and opts.AdjY())
+        acc = self._emit(relax.op.matmul(x, y, out_dtype="int32"))
+        (lhs_scale, _), (rhs_scale, _) = self._per_tensor(lhs), self._per_tensor(rhs)
+        out_scale, out_zp = self._per_tensor(output)
+        rounding = BATCH_MATMUL_ROUNDING[self.kernels]
+        out = self._rescale(acc, lhs_scale, [rhs_scale], out_scale, "fc", rounding)
+        return self._to_int8(out, -128, 127, zero_point=out_zp)
 
     # -- AVERAGE_POOL_2D ----------------------------------------------------------------------
 
