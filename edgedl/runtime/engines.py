@@ -172,7 +172,11 @@ class LiteRTEngine(Engine):
         self.outputs = [_litert_spec(d) for d in self.interpreter.get_output_details()]
         self._ins = [d["index"] for d in self.interpreter.get_input_details()]
         self._out = self.interpreter.get_output_details()[0]["index"]
-        ops = {d.get("op_name") for d in self.interpreter._get_ops_details()}  # noqa: SLF001 - the one list of ops
+        try:
+            ops = {d.get("op_name") for d in self.interpreter._get_ops_details()}  # noqa: SLF001 - the one list
+        except Exception as e:  # noqa: BLE001 - names LiteRT cannot decode (a malformed or hostile file)
+            raise InputFileError(model_path, f"LiteRT cannot read its operators ({type(e).__name__}: "
+                                             f"{' '.join(str(e).split())[:160]})") from None
         self.stateful = bool(ops & STATEFUL_OPS)
 
     def invoke(self, x) -> np.ndarray:
