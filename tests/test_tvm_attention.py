@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("tvm")
 pytest.importorskip("tflite")
 
+from litert_run import litert, run_litert  # noqa: E402 - tests/litert_run.py
+
 TOKENS, FEATURES, HEADS, KEY_DIM, MLP = 8, 8, 2, 8, 32
 CONFIGS = {"xnnpack": "default", "builtin": "builtin", "reference": "reference"}
 
@@ -60,29 +62,6 @@ def _matmuls():
     return keras.Model(inputs, out)
 
 
-def _litert(buf, config):
-    from ai_edge_litert import interpreter as litert_interpreter
-
-    resolver = {"default": litert_interpreter.OpResolverType.AUTO,
-                "builtin": litert_interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                "reference": litert_interpreter.OpResolverType.BUILTIN_REF}[config]
-    interpreter = litert_interpreter.Interpreter(model_content=buf, num_threads=1,
-                                                 experimental_op_resolver_type=resolver)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _run_litert(interpreter, xs):
-    index_in = interpreter.get_input_details()[0]["index"]
-    index_out = interpreter.get_output_details()[0]["index"]
-    outputs = []
-    for x in xs:
-        interpreter.set_tensor(index_in, x[None])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(index_out)[0].copy())
-    return np.stack(outputs)
-
-
 def _run_tvm(buf, converter, xs):
     import tflite
     import tvm
@@ -116,7 +95,7 @@ def test_int8_batch_matmul_is_bit_exact_with_every_litert_kernel_set():
     xs = rng.integers(-128, 128, size=(30, TOKENS, FEATURES)).astype(np.int8)
     converters = {"xnnpack": ExactInt8Converter, "builtin": BuiltinInt8Converter, "reference": ReferenceInt8Converter}
     for kernels, config in CONFIGS.items():
-        expected = _run_litert(_litert(buf, config), xs)
+        expected = run_litert(litert(buf, config), xs)
         assert np.array_equal(_run_tvm(buf, converters[kernels], xs), expected), kernels
 
 
@@ -131,16 +110,16 @@ def test_a_transformer_block_compiles_for_tvm_int8_close_to_litert(digits, tmp_p
     buf = to_tflite(model, "int8", digits["train"][:200], io_type="int8")
     assert {"BATCH_MATMUL", "TRANSPOSE", "SOFTMAX"} <= set(_operators(buf))
 
-    scale, zero_point = _litert(buf, "default").get_input_details()[0]["quantization"]
+    scale, zero_point = litert(buf, "default").get_input_details()[0]["quantization"]
     xs = np.clip(np.round(digits["test"][:100] / scale) + zero_point, -128, 127).astype(np.int8)
-    litert = _run_litert(_litert(buf, "default"), xs)
+    reference = run_litert(litert(buf, "default"), xs)
     tvm_out = _run_tvm(buf, ExactInt8Converter, xs)
-    steps = np.abs(tvm_out.astype(int) - litert.astype(int))
+    steps = np.abs(tvm_out.astype(int) - reference.astype(int))
     # LiteRT's layer normalisation (MUL, SUB, SQUARED_DIFFERENCE, RSQRT) keeps TVM's stock lowering
     # Not bit-exact: the layer normalisations' int8 MUL, SUB, SQUARED_DIFFERENCE and RSQRT keep TVM's stock
     # (float) lowering. Measured: up to 6 steps on 2.5% of the outputs, top-1 identical on these 100 digits.
     assert steps.max() <= 8 and np.mean(steps > 0) < 0.06
-    assert np.mean(tvm_out.argmax(-1) == litert.argmax(-1)) >= 0.98
+    assert np.mean(tvm_out.argmax(-1) == reference.argmax(-1)) >= 0.98
 
     path = tmp_path / "block.keras"
     model.save(path)

@@ -14,6 +14,8 @@ pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
 
+from litert_run import litert, run_litert  # noqa: E402 - tests/litert_run.py
+
 from edgedl.backends.tvm_int8 import (  # noqa: E402
     KERNEL_SETS,
     BuiltinInt8Converter,
@@ -82,29 +84,6 @@ def single_op_models():
         calibration = rng.normal(size=(64,) + tuple(model.input_shape[1:])).astype(np.float32)
         models[name] = to_tflite(model, "int8", calibration, io_type="float" if name == "float_io" else "int8")
     return models
-
-
-def litert(buf, config):
-    from ai_edge_litert import interpreter as litert_interpreter
-
-    resolver = {"default": litert_interpreter.OpResolverType.AUTO,
-                "builtin": litert_interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                "reference": litert_interpreter.OpResolverType.BUILTIN_REF}[config]
-    interpreter = litert_interpreter.Interpreter(model_content=buf, num_threads=1,
-                                                 experimental_op_resolver_type=resolver)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def run_litert(interpreter, xs):
-    index_in = interpreter.get_input_details()[0]["index"]
-    index_out = interpreter.get_output_details()[0]["index"]
-    outputs = []
-    for x in xs:
-        interpreter.set_tensor(index_in, x[None])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(index_out)[0].copy())
-    return np.stack(outputs)
 
 
 def run_tvm(mod, xs, out_shape):
