@@ -61,6 +61,8 @@ class CompileOptions:
     tune: bool = False
     trials: int = 64
     tuning_db: str | None = None
+    tune_minutes: float | None = None  # tvm --tune: wall-clock budget (trials bound it too)
+    tune_device: str | None = None    # tvm --tune: measure on tracker://HOST:PORT/KEY or HOST:PORT (TVM RPC servers)
     num_threads: int = 1
     archive: bool = False
     force: bool = False               # replace an existing bundle at the output path (never anything else)
@@ -105,6 +107,9 @@ class CompileOptions:
 
             load_private_key(self.sign_key)
         self._check_precision()
+        from edgedl.backends.tvm_tune import check_tune_options
+
+        check_tune_options(self.tune, self.trials, self.tune_minutes, self.tune_device)
 
     def _check_precision(self) -> None:
         """--quant-report, --keep-float and --int16 look inside an integer model edgedl quantizes itself."""
@@ -146,7 +151,8 @@ class CompileOptions:
         """The options one backend's ``compile`` takes."""
         opts = dict(self.backend_options)
         if name == "tvm":
-            opts.update(tune=self.tune, trials=self.trials, tuning_db=self.tuning_db)
+            opts.update(tune=self.tune, trials=self.trials, tuning_db=self.tuning_db, tune_minutes=self.tune_minutes,
+                        tune_device=self.tune_device)
         if name == "tflm":
             opts.update(firmware=self.firmware, **({"kernels": self.kernels} if self.kernels else {}))
         return opts

@@ -11,10 +11,8 @@ without a GPU still proves the device code assembles.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -22,19 +20,13 @@ from pathlib import Path
 
 from edgedl import _lazy
 from edgedl.backends.base import Backend, CompiledModel, check_inputs, check_outputs
-from edgedl.errors import BackendError, InputFileError, OptionError, UnsupportedOperatorError
+from edgedl.errors import BackendError, DeviceError, InputFileError, OptionError, UnsupportedOperatorError
 from edgedl.runtime.engines import TVMEngine
 
 log = logging.getLogger(__name__)
 
 KERNEL_MAP = "kernel_layers.json"
 KERNEL_MAP_SCHEMA = "edgedl.tvm-kernels/1"
-
-
-def default_tuning_dir() -> Path:
-    base = os.environ.get("EDGEDL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgedl")
-    return Path(base) / "tuning"
 
 
 class TVMBackend(Backend):
@@ -71,15 +63,18 @@ class TVMBackend(Backend):
         try:
             with _lazy.quiet(), _capture_cuda_source(device_sources):
                 if options.get("tune"):
-                    ex, tuning = tune_and_build(mod, tvm_target, int(options.get("trials", 64)),
-                                                options.get("tuning_db"), target)
+                    from edgedl.backends.tvm_tune import tune_and_build
+
+                    ex, tuning = tune_and_build(mod, tvm_target, target, trials=int(options.get("trials", 64)),
+                                                minutes=options.get("tune_minutes"), db_dir=options.get("tuning_db"),
+                                                device=options.get("tune_device"))
                 elif kind in ("cuda", "opencl", "vulkan"):
                     ex = relax.build(gpu_schedule(mod, tvm_target), target=tvm_target)
                 else:
                     ex = relax.build(mod, target=tvm_target)
             kernel_map = _kernel_map_or_none(mod, operators, tvm_target, fused=bool(options.get("tune"))
                                              or kind in ("cuda", "opencl", "vulkan"))
-        except (BackendError, OptionError):
+        except (BackendError, DeviceError, OptionError):
             raise
         except Exception as e:
             raise BackendError(f"TVM build for '{target.name}' failed: {' '.join(str(e).split())[:300]}") from None
@@ -377,67 +372,6 @@ def gpu_schedule(mod, target):
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
     return mod
-
-
-def tune_and_build(mod, tvm_target, trials: int, db_dir, target):
-    """MetaSchedule-tune the module's kernels, reusing (and growing) a tuning database on disk.
-
-    Tasks that already have records in the database are not tuned again; the summary says how many
-    came from the database and how many trials ran now.
-    """
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
-
-    if trials < 1:
-        raise OptionError(f"--trials must be a positive integer, got {trials}")
-    key = hashlib.sha256(json.dumps(target.tvm["target"], sort_keys=True).encode()).hexdigest()[:12]
-    work = Path(db_dir) if db_dir else default_tuning_dir() / f"{target.name}-{key}"
-    work.mkdir(parents=True, exist_ok=True)
-    with tvm_target:
-        mod = relax.get_pipeline("zero")(mod)
-    db = ms.database.JSONDatabase(work_dir=str(work))
-    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-    ledger_path = work / "edgedl_tuned_tasks.json"
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
-    todo = [t for t in tasks if _task_key(t) not in ledger]
-    start = time.perf_counter()
-    ran = 0
-    if todo:
-        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work / "logs"))
-        ran = trials
-        db = ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(work / "logs"), max_trials_global=trials,
-                           num_trials_per_iter=min(64, trials), database=db, builder=_builder())
-        for t in todo:
-            ledger[_task_key(t)] = {"name": t.task_name, "trials_budget": trials}
-        from edgedl import _io
-
-        _io.write_json(ledger_path, ledger)
-    ex = ms.relax_integration.compile_relax(db, mod, tvm_target, params=None)
-    return ex, {"tuned": True, "tuning_db": str(work), "tasks": len(tasks), "tasks_from_db": len(tasks) - len(todo),
-                "trials_run": ran, "tuning_time_s": round(time.perf_counter() - start, 1)}
-
-
-def _task_key(task) -> str:
-    """A stable key for a tuning task: the structural hash of its workload."""
-    import tvm_ffi
-
-    return f"{task.task_name}:{tvm_ffi.structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def _warm_builder_worker():
-    """Import TVM's tensor intrinsics once per builder process.
-
-    Registering them parses ~500 TVMScript functions with ``inspect.stack()`` (14-40 s here); done
-    lazily inside the first build, that cost lands in the build's 30 s timeout and every trial fails
-    with "LocalBuilder: Timeout". Paid in the worker's initializer, it is not counted.
-    """
-    import tvm.s_tir.tensor_intrin  # noqa: F401
-
-
-def _builder():
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.builder.LocalBuilder(timeout_sec=60, initializer=_warm_builder_worker)
 
 
 class _capture_cuda_source:

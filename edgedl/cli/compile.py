@@ -48,7 +48,13 @@ from edgedl.cli._options import COUNT, Number
               help="Fail when the outputs' signal-to-noise ratio against the reference is below this (dB).")
 @click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (tuning database kept and reused).")
 @click.option("--trials", type=COUNT, default=64, show_default=True, help="TVM: MetaSchedule trials in total.")
-@click.option("--tuning-db", type=click.Path(file_okay=False), help="TVM: tuning database folder (default: user cache).")
+@click.option("--tune-minutes", type=Number(0, min_open=True),
+              help="TVM --tune: stop tuning after about this many minutes (--trials bounds it too).")
+@click.option("--tune-device", metavar="tracker://HOST:PORT/KEY|HOST:PORT",
+              help="TVM --tune: measure candidates on the device, through TVM's RPC server there "
+                   "(python -m tvm.exec.rpc_server; it runs what it is sent, so trusted networks only).")
+@click.option("--tuning-db", type=click.Path(file_okay=False),
+              help="TVM: tuning database folder (default: user cache; copy it to machines of the same target).")
 @click.option("--kernels", type=click.Choice(["cmsis_nn", "reference"]),
               help="TFLite Micro on a Cortex-M: CMSIS-NN's optimised kernels or the reference ones (default: "
                    "CMSIS-NN where the core has them).")
@@ -58,7 +64,8 @@ from edgedl.cli._options import COUNT, Number
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_command(model, target, backend, out, archive, force, sign_key, quantize, io_type, dataset, data,
                     preprocess, quant_report, keep_float, int16, calibration, data_dir, num_samples, max_disagreement,
-                    max_accuracy_drop, min_snr_db, tune, trials, tuning_db, kernels, no_firmware, num_threads, as_json):
+                    max_accuracy_drop, min_snr_db, tune, trials, tune_minutes, tune_device, tuning_db, kernels,
+                    no_firmware, num_threads, as_json):
     """Compile MODEL (.keras, .h5, SavedModel, .tflite or .onnx) for TARGET into a deployable bundle.
 
     \b
@@ -81,7 +88,8 @@ def compile_command(model, target, backend, out, archive, force, sign_key, quant
                              data_dir=data_dir, data=data, preprocess=list(preprocess) or None,
                              num_samples=num_samples, max_disagreement=max_disagreement,
                              max_accuracy_drop=max_accuracy_drop, min_snr_db=min_snr_db, tune=tune, trials=trials,
-                             tuning_db=tuning_db, num_threads=num_threads, archive=archive, force=force,
+                             tuning_db=tuning_db, tune_minutes=tune_minutes, tune_device=tune_device,
+                             num_threads=num_threads, archive=archive, force=force,
                              sign_key=sign_key, kernels=kernels, firmware=not no_firmware, quant_report=quant_report,
                              keep_float=keep_float, int16=int16)
     out = f"{Path(model.rstrip('/')).stem}.edgedl" if out is None else out  # compile_model checks it before any work
