@@ -439,22 +439,34 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
             raise
         return Candidate(name, False, error=str(e))
     here, why_not = backend.runs_here(tgt)
-    if not here:
+    emulator = None
+    if not here and name == "tvm":  # a cross-compiled TVM build runs under qemu-user (edgedl.emulate)
+        from edgedl import emulate
+
+        emulator, no_emulation = emulate.emulator_for(tgt, prepare=True, say=say)
+        why_not = f"{why_not}; not emulated: {no_emulation}" if emulator is None else why_not
+    if not here and emulator is None:
         return Candidate(name, True, compiled, not_checked=why_not)
     reference = source.reference_for(backend.reference_kernels(compiled), reference)
     samples = reference.samples
-    say(f"checking {name} against {reference.label} on {len(samples)} samples")
+    say(f"checking {name} against {reference.label} on {len(samples)} samples"
+        + (f" under {emulator} (emulated: no latency)" if emulator else ""))
     try:
-        timed = not alone and tgt.runs_here()[0]  # only then do measured latencies say anything about the target
-        checked = _isolate.run(_check_compiled, source.path, name, compiled, samples, options.num_threads, timed,
-                               file=source.path, tool=ENGINE_NAMES.get(name, name),
-                               action=f"running its {name} build on {len(samples)} samples", timeout=CHECK_TIMEOUT_S)
+        if emulator:
+            checked = {"outputs": emulate.check_emulated(compiled, samples, tgt, emulator, say)}
+        else:
+            timed = not alone and tgt.runs_here()[0]  # only then do measured latencies say anything about the target
+            checked = _isolate.run(_check_compiled, source.path, name, compiled, samples, options.num_threads, timed,
+                                   file=source.path, tool=ENGINE_NAMES.get(name, name),
+                                   action=f"running its {name} build on {len(samples)} samples", timeout=CHECK_TIMEOUT_S)
         outputs = _in_reference_order(checked["outputs"], [reference.outputs, *reference.more], name, source)
     except EdgeDLError as e:
         if alone:
             raise
         return Candidate(name, False, error=str(e))
     result = reference.compare(outputs)
+    if emulator:
+        result |= {"emulated": True, "emulator": emulate.emulator_name(emulator)}
     problems = options.bounds().check(result)
     return Candidate(name, not problems, compiled, fidelity=result, p50_us=checked.get("p50_us"),
                      problems=problems or None)

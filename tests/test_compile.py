@@ -110,7 +110,11 @@ def test_tvm_cross_compiles_for_arm_boards(lenet, tmp_path, target, arch):
     so = (tmp_path / "x.edgedl" / "model.so").read_bytes()
     machine = int.from_bytes(so[18:20], "little")
     assert so[:4] == b"\x7fELF" and machine == {"AArch64": 183, "ARM": 40}[arch]
-    assert r.manifest["fidelity"]["checked"] is False and "x86_64" in r.manifest["fidelity"]["reason"]
+    fidelity = r.manifest["fidelity"]
+    if fidelity.get("emulated"):  # run under qemu-user where it is installed (tests/test_tvm_cross.py)
+        assert target == "rpi4" and fidelity["samples"] > 0
+    else:
+        assert fidelity["checked"] is False and "x86_64" in fidelity["reason"]
 
 
 def test_cuda_code_is_generated_and_assembled_without_a_gpu(lenet, tmp_path):
