@@ -5,14 +5,15 @@ set -e
 need=""
 for pair in aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu arm-linux-gnueabihf-gcc:gcc-arm-linux-gnueabihf g++:g++ chromium:chromium \
             arm-none-eabi-gcc:gcc-arm-none-eabi /usr/lib/arm-none-eabi/newlib/thumb/v7e-m/nofp/libc.a:libnewlib-arm-none-eabi \
-            /usr/lib/arm-none-eabi/newlib/thumb/v7e-m/nofp/libstdc++.a:libstdc++-arm-none-eabi-newlib qemu-system-arm:qemu-system-arm; do
+            /usr/lib/arm-none-eabi/newlib/thumb/v7e-m/nofp/libstdc++.a:libstdc++-arm-none-eabi-newlib qemu-system-arm:qemu-system-arm \
+            aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   case $cmd in
     /*) [ -e "$cmd" ] || need="$need $pkg" ;;
     *) command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg" ;;
   esac
 done
-why="cross compilers for TVM's Arm builds, g++ for the C++ example, chromium for the tests that render HTML, the Arm bare-metal toolchain and QEMU for Cortex-M firmware"
+why="cross compilers for TVM's Arm builds, g++ for the C++ example, chromium for the tests that render HTML, the Arm bare-metal toolchain and QEMU for Cortex-M firmware, qemu-user and the aarch64 g++ to check TVM's aarch64 builds under emulation"
 may=no
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then may=yes; fi
 if [ "$1" = "--plan" ]; then
