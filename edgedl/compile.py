@@ -466,7 +466,7 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
         return Candidate(name, False, error=str(e))
     result = reference.compare(outputs)
     if emulator:
-        result |= {"emulated": True, "emulator": emulate.emulator_name(emulator)}
+        result |= emulate.record(emulator, tgt)
     problems = options.bounds().check(result)
     return Candidate(name, not problems, compiled, fidelity=result, p50_us=checked.get("p50_us"),
                      problems=problems or None)

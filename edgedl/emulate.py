@@ -107,7 +107,8 @@ def emulator_for(target, prepare: bool = False, say=None) -> tuple[str | None, s
     if shutil.which(arch.cxx) is None:
         return None, f"the C++ cross compiler {arch.cxx} is not installed (apt-get install {arch.cxx_package})"
     if not Path(arch.sysroot, "lib").is_dir():
-        return None, f"Debian's {arch.name} runtime libraries are not at {arch.sysroot} (apt-get install {arch.cxx_package})"
+        return None, (f"Debian's {arch.name} runtime libraries are not at {arch.sysroot} "
+                      f"(apt-get install {arch.cxx_package})")
     try:
         _runtime_versions()
         if prepare:
@@ -143,6 +144,24 @@ def check_emulated(compiled, samples, target, emulator: str | None = None, say=N
         x = _inputs.reorder(x, _inputs.order_for(samples.names, _inputs.sample_shapes(x), compiled.inputs,
                                                  f"the TVM build for {target.name}"))
     return predict_emulated(compiled, x, target.cpu["arch"], emulator, say)
+
+
+def record(emulator: str, target) -> dict:
+    """What a fidelity measured under emulation adds to the manifest: ``emulated``, the emulator
+    with its version, and the device runtime it ran (the wheels' platform, files and sha256).
+
+    Example:
+        >>> record("qemu-aarch64-static", load_target("rpi4"))["emulator"]  # doctest: +SKIP
+        'qemu-aarch64-static 7.2.22'
+    """
+    out = {"emulated": True, "emulator": emulator_name(emulator)}
+    try:
+        folder = device_runtime(target.cpu["arch"])
+        runtime = json.loads((folder / "runtime.json").read_text())
+        out["emulated_runtime"] = {"platform": runtime["platform"], "wheels": runtime["wheels"]}
+    except (BackendError, MissingDependencyError, OSError, ValueError, KeyError):
+        pass
+    return out
 
 
 def emulator_name(emulator: str) -> str:
@@ -239,7 +258,8 @@ def run_tvm(library, inputs: list, outputs: list, arrays: list[np.ndarray], arch
             if a.dtype.kind not in _DLPACK_CODES:
                 raise BackendError(f"{library}: input {i} has dtype {a.dtype}, which the emulated runner does not feed")
             a.tofile(work / f"in{i}.bin")
-            specs.append(f"{_DLPACK_CODES[a.dtype.kind]}:{a.dtype.itemsize * 8}:" + "x".join(map(str, (1, *a.shape[1:]))))
+            shape = "x".join(map(str, (1, *a.shape[1:])))  # one sample, the build's batch of 1
+            specs.append(f"{_DLPACK_CODES[a.dtype.kind]}:{a.dtype.itemsize * 8}:{shape}")
         command = [emulator, "-L", arch.sysroot, "-E", "TVM_NUM_THREADS=1", str(runner), "./model.so", str(num), *specs]
         try:
             done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=EMULATION_TIMEOUT_S)
@@ -303,10 +323,12 @@ def _fetch_runtime(arch: Arch, versions: dict[str, str], folder: Path) -> None:
         except (OSError, subprocess.TimeoutExpired) as e:
             raise BackendError(f"could not fetch TVM's {arch.name} runtime with pip: {e}") from None
         if done.returncode != 0:
-            raise BackendError(f"could not fetch TVM's {arch.name} runtime ({', '.join(f'{n}=={v}' for n, v in versions.items())} "
-                               f"for {arch.wheel_platform}) with pip download: {_why(done)}")
+            pins = ", ".join(f"{n}=={v}" for n, v in versions.items())
+            raise BackendError(f"could not fetch TVM's {arch.name} runtime ({pins} for {arch.wheel_platform}) "
+                               f"with pip download: {_why(done)}")
         record = {"platform": arch.wheel_platform, "source": "PyPI, by pip download", "wheels": []}
-        wanted = {"tvm/lib/libtvm_runtime.so": "lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so": "lib/libtvm_ffi.so"}
+        wanted = {"tvm/lib/libtvm_runtime.so": "lib/libtvm_runtime.so",
+                  "tvm_ffi/lib/libtvm_ffi.so": "lib/libtvm_ffi.so"}
         for wheel in sorted(wheels.glob("*.whl")):
             with zipfile.ZipFile(wheel) as z:
                 for member in z.namelist():
@@ -324,9 +346,13 @@ def _fetch_runtime(arch: Arch, versions: dict[str, str], folder: Path) -> None:
             raise BackendError(f"TVM's {arch.name} wheels ({', '.join(w['file'] for w in record['wheels'])}) lack "
                                f"{', '.join(missing) or 'the tvm_ffi headers'}")
         (staging / "runtime.json").write_text(json.dumps(record | {"versions": versions}, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        if folder.exists() and not (folder / "runtime.json").is_file():
+            shutil.rmtree(folder)  # a partial folder from before runtime.json was the last file written
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "runtime.json").is_file():  # else another compile fetched it meanwhile
+                raise BackendError(f"could not keep TVM's {arch.name} runtime in {folder}") from None
 
 
 def _runner(arch: Arch, folder: Path, say=None) -> Path:
@@ -338,13 +364,14 @@ def _runner(arch: Arch, folder: Path, say=None) -> Path:
     if shutil.which(arch.cxx) is None:
         raise BackendError(f"the C++ cross compiler {arch.cxx} is not installed (apt-get install {arch.cxx_package})")
     (say or log.info)(f"building the {arch.name} TVM runner with {arch.cxx}")
-    partial = runner.with_name(runner.name + ".partial")
+    partial = runner.with_name(f"{runner.name}.{os.getpid()}.partial")  # another compile may build it too
     command = [arch.cxx, "-std=c++17", "-O2", f"-I{folder / 'include'}", str(HARNESS_SOURCE), "-o", str(partial),
                f"-L{folder / 'lib'}", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN/lib"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
+        partial.unlink(missing_ok=True)
         raise BackendError(f"building the {arch.name} TVM runner with {arch.cxx} failed: {_why(done)}")
-    partial.rename(runner)
+    partial.replace(runner)
     return runner
 
 

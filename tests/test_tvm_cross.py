@@ -55,6 +55,7 @@ def _run_emulated(bundle, arrays):
 def _assert_emulated(manifest, emulator):
     f = manifest["fidelity"]
     assert f["emulated"] is True and f["emulator"].startswith(emulator)
+    assert [w["file"].split("-")[0] for w in f["emulated_runtime"]["wheels"]] == ["apache_tvm", "apache_tvm_ffi"]
     assert f["samples"] == NUM_SAMPLES and "checked" not in f
     assert "p50" not in json.dumps(manifest)  # time under emulation is not latency
 
@@ -125,3 +126,20 @@ def test_a_missing_emulator_is_named_with_how_to_install_it(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None if name.startswith("qemu-") else real(name))
     found, why = emulate.emulator_for(load_target("rpi4"))
     assert found is None and why.startswith("qemu-aarch64-static is not installed") and "qemu-user-static" in why
+
+
+def test_a_runtime_pip_cannot_fetch_leaves_the_build_unchecked_with_pips_reason(monkeypatch, tmp_path):
+    import dataclasses
+
+    pytest.importorskip("tvm")
+    from edgedl import emulate
+
+    if emulate.emulator_for(load_target("rpi4"))[0] is None:
+        pytest.skip("no aarch64 emulation here")
+    monkeypatch.setenv("EDGEDL_CACHE", str(tmp_path))
+    monkeypatch.setitem(emulate.ARCHES, "aarch64",
+                        dataclasses.replace(emulate.ARCHES["aarch64"], wheel_platform="manylinux_2_28_riscv64"))
+    found, why = emulate.emulator_for(load_target("rpi4"), prepare=True)
+    assert found is None
+    assert why.startswith("could not fetch TVM's aarch64 runtime (apache-tvm==") and "pip download" in why
+    assert not any((tmp_path / "tvm-runtime").iterdir())  # nothing half-fetched is left to be trusted later
