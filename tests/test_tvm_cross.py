@@ -143,3 +143,18 @@ def test_a_runtime_pip_cannot_fetch_leaves_the_build_unchecked_with_pips_reason(
     assert found is None
     assert why.startswith("could not fetch TVM's aarch64 runtime (apache-tvm==") and "pip download" in why
     assert not any((tmp_path / "tvm-runtime").iterdir())  # nothing half-fetched is left to be trusted later
+
+
+def test_a_model_with_two_inputs_and_two_outputs_runs_under_emulation(emulator, tmp_path):
+    import keras
+
+    a, b = keras.Input((8,), name="a"), keras.Input((4,), name="b")
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(3, activation="softmax", name="p")(hidden),
+                                 keras.layers.Dense(2, name="r")(hidden)])
+    model.save(tmp_path / "two.keras")
+    bundle = compile_model(str(tmp_path / "two.keras"), "rpi4", str(tmp_path / "two.edgedl"),
+                           CompileOptions(backend="tvm", num_samples=NUM_SAMPLES))
+    _assert_emulated(bundle.manifest, emulator)
+    outputs = bundle.manifest["fidelity"]["outputs"]
+    assert [o["index"] for o in outputs] == [0, 1] and all(o["max_abs_error"] < 1e-5 for o in outputs)
