@@ -92,7 +92,7 @@ def device(tracker, logs):
                   "--tracker", tracker, "--key", KEY], log)
     wait_for(lambda: servers_under(tracker, KEY) == 1 or proc.poll() is not None, 60, "the RPC server to register")
     assert proc.poll() is None, log.read_text()[-2000:]
-    yield {"device": f"tracker://{tracker}/{KEY}", "log": log}
+    yield {"device": f"tracker://{tracker}/{KEY}", "log": log, "port": port}
     stop(proc)
 
 
@@ -212,6 +212,14 @@ def test_a_tracker_without_the_key_names_the_keys_it_has(device, tracker):
     assert time.monotonic() - t0 < 20
 
 
+def test_a_server_registered_with_a_tracker_is_not_taken_directly(device):
+    from edgedl.backends.tvm_tune import check_device, parse_tune_device
+
+    with pytest.raises(DeviceError, match=rf"the TVM RPC server at 127.0.0.1:{device['port']} is registered with a "
+                                          r"tracker and takes no direct sessions: give tracker://"):
+        check_device(parse_tune_device(f"127.0.0.1:{device['port']}"), timeout=20)
+
+
 def test_a_direct_rpc_server_gives_a_session_and_a_closed_port_says_how_to_start_one(logs):
     from edgedl.backends.tvm_tune import check_device, parse_tune_device
 
@@ -256,3 +264,22 @@ def test_the_batch_shares_the_trials_among_tasks_and_fits_the_clock():
     assert _batch(64, None, 1) == 64 and _batch(1000, None, 5) == 64 and _batch(8, None, 5) == 1
     assert _batch(500, 0.05, 5) == 1 and _batch(500, 1, 5) == 12 and _batch(500, 30, 5) == 64
     assert np.all([_batch(t, m, n) >= 1 for t in (1, 7) for m in (None, 0.001) for n in (1, 9)])
+
+
+def test_candidates_for_a_cross_compiled_target_are_exported_as_its_shared_libraries():
+    import shutil
+
+    import tvm
+    from tvm import te
+
+    from edgedl.backends.tvm_tune import _export_shared
+    from edgedl.targets import load_target
+
+    target = load_target("rpi4")
+    if shutil.which(target.tvm["cross_compiler"]) is None:
+        pytest.skip(f"{target.tvm['cross_compiler']} not installed")
+    a = te.placeholder((16,), name="a")
+    doubled = te.compute((16,), lambda i: a[i] * 2, name="doubled")
+    built = tvm.compile(te.create_prim_func([a, doubled]), target=tvm.target.Target(dict(target.tvm["target"])))
+    library = Path(_export_shared(target.tvm["cross_compiler"], built)).read_bytes()
+    assert library[:4] == b"\x7fELF" and int.from_bytes(library[18:20], "little") == 183  # EM_AARCH64

@@ -47,6 +47,7 @@ IDENTITY_SCHEMA = "edgedl.tvm-tuning/1"
 LEDGER = "edgedl_tuned_tasks.json"
 DEVICE_TIMEOUT_S = 30.0      # reaching the device and getting a session on it, before tuning starts
 TRIAL_TIMEOUT_S = 60         # one candidate's build, and one candidate's upload and run on the device
+BUILDER_BATCHES = 16         # batches one set of builder processes builds before it is replaced
 DEVICE_FORMS = ("HOST:PORT (a TVM RPC server: python -m tvm.exec.rpc_server --host 0.0.0.0 --port PORT) or "
                 "tracker://HOST:PORT/KEY (a TVM tracker and the key its RPC servers registered under)")
 
@@ -226,6 +227,10 @@ def check_device(device, timeout: float = DEVICE_TIMEOUT_S) -> None:
             sess.get_function("tvm.contrib.random.random_fill_for_measure")
             box["ok"] = True
         except Exception as e:  # noqa: BLE001 - any failure here is the device's answer
+            if not device.key and "cannot find server that matches key" in str(e):
+                box["error"] = (f"the TVM RPC server at {device.address} is registered with a tracker and takes no "
+                                "direct sessions: give tracker://TRACKER_HOST:PORT/KEY")
+                return
             box["error"] = f"{what} at {device.address} failed: {' '.join(str(e).split())[:200]}"
 
     thread = threading.Thread(target=session, daemon=True)
@@ -282,10 +287,48 @@ def _warm_builder_worker():
 
 
 def _builder(cross=None, device=None):
-    from tvm.s_tir import meta_schedule as ms
+    """MetaSchedule's local builder with its worker processes kept from one batch to the next.
+
+    ``LocalBuilder`` starts new workers for every batch (against a slow memory leak in long-lived
+    ones), and each new worker imports TVM's tensor intrinsics: 15-40 s a batch here, more than
+    building the batch, and paid once per task per round. Here the workers live for
+    ``BUILDER_BATCHES`` batches, then are replaced.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder, local_builder
+    from tvm.s_tir.meta_schedule.utils import cpu_count
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     export = functools.partial(_export_shared, cross) if device is not None else None
-    return ms.builder.LocalBuilder(timeout_sec=TRIAL_TIMEOUT_S, initializer=_warm_builder_worker, f_export=export)
+
+    @derived_object
+    class KeptBuilder(PyBuilder):
+        def __init__(self):
+            self.pool, self.batches = None, 0
+
+        def build(self, build_inputs):
+            if self.pool is None or self.batches >= BUILDER_BATCHES:
+                self.close()
+                self.pool = PopenPoolExecutor(max_workers=cpu_count(logical=True), timeout=TRIAL_TIMEOUT_S,
+                                              initializer=_warm_builder_worker)
+            self.batches += 1
+            jobs = [(None, export, b.mod, b.target, local_builder._serialize_params(b.params)) for b in build_inputs]
+            results = []
+            for out in self.pool.map_with_error_catching(lambda job: local_builder._worker_func(*job), jobs):
+                if out.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(out.value, None))
+                elif out.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {TRIAL_TIMEOUT_S} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {out.value}"))
+            return results
+
+        def close(self):
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool, self.batches = None, 0
+
+    return KeptBuilder()
 
 
 # -- tuning -------------------------------------------------------------------------------------------
@@ -389,11 +432,14 @@ def tune_and_build(mod, tvm_target, target, trials: int = 64, minutes: float | N
         deadline = time.monotonic() + minutes * 60 if minutes is not None else None
         clock = _clock(deadline)
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work / "logs"))
-        db = ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(work / "logs"), max_trials_global=trials,
-                           num_trials_per_iter=_batch(trials, minutes, len(todo)), database=db,
-                           builder=_builder(cross, where),
-                           runner=_runner(where) if where is not None else "local",
-                           measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
+        builder = _builder(cross, where)
+        try:
+            db = ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(work / "logs"), max_trials_global=trials,
+                               num_trials_per_iter=_batch(trials, minutes, len(todo)), database=db, builder=builder,
+                               runner=_runner(where) if where is not None else "local",
+                               measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
+        finally:
+            builder._inst.close()
         for t in todo:
             if db.has_workload(t.dispatched[0]):  # a task the clock stopped before it ran keeps no record
                 ledger[_task_key(t)] = {"name": t.task_name, "trials_budget": trials, "measured_on": measured_on}
