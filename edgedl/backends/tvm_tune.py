@@ -358,8 +358,10 @@ def _clock(deadline: float | None):
                                if b.error_msg is not None or r.error_msg is not None)
             if deadline is not None and time.monotonic() >= deadline:
                 self.out_of_time = True
-                if not task_scheduler.tasks_[task_id].is_terminated:
-                    task_scheduler.terminate_task(task_id)
+                # This task, and every other with no batch in flight (those in flight end at their own call).
+                for i, task in enumerate(task_scheduler.tasks_):
+                    if not task.is_terminated and (i == task_id or task.measure_candidates is None):
+                        task_scheduler.terminate_task(i)
 
     return Clock()
 
@@ -380,9 +382,10 @@ def tune_and_build(mod, tvm_target, target, trials: int = 64, minutes: float | N
     database (reused and grown on disk).
 
     Tasks that already have records in the database are not tuned again. With ``minutes`` the clock
-    is checked after each measured batch; once it is up, each task stops after the batch it has in
-    flight, so tuning ends within about one batch per task of the budget. With ``device``, candidates
-    are measured there through TVM's RPC.
+    is checked after each measured batch; once it is up, tasks stop after the batches in flight (in
+    the first round, one per task; later, one), so tuning ends within about a batch of the budget,
+    or after the first round where that takes longer. With ``device``, candidates are measured
+    there through TVM's RPC.
 
     Args:
         mod: the Relax module (imported, not yet legalized).
