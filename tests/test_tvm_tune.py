@@ -283,3 +283,20 @@ def test_candidates_for_a_cross_compiled_target_are_exported_as_its_shared_libra
     built = tvm.compile(te.create_prim_func([a, doubled]), target=tvm.target.Target(dict(target.tvm["target"])))
     library = Path(_export_shared(target.tvm["cross_compiler"], built)).read_bytes()
     assert library[:4] == b"\x7fELF" and int.from_bytes(library[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_no_free_device_is_an_error_within_the_timeout(device, tracker):
+    from tvm import rpc
+
+    from edgedl.backends.tvm_tune import check_device, parse_tune_device
+
+    host, port = tracker.rsplit(":", 1)
+    held = rpc.connect_tracker(host, int(port)).request(KEY, session_timeout=60)  # the only server, now busy
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError, match=rf"no TVM RPC server at tracker://{tracker}/{KEY} gave a session "
+                                              r"within 5 s \(all busy, or not a TVM RPC server"):
+            check_device(parse_tune_device(device["device"]), timeout=5)
+        assert time.monotonic() - t0 < 15
+    finally:
+        del held
