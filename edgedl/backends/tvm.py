@@ -59,6 +59,10 @@ class TVMBackend(Backend):
             raise BackendError(f"target '{target.name}' needs the cross compiler {cross}, which is not installed; "
                                f"install it with: apt-get install {package}")
         tuning = {"tuned": False}
+        if kind == "llvm" and not options.get("tune"):
+            tuning["schedules"] = ("edgedl default CPU schedules (vectorised, register-tiled; "
+                                   "edgedl/backends/tvm_schedule.py)"
+                                   if options.get("schedules", "edgedl") == "edgedl" else "TVM's stock lowering (unscheduled loops)")
         device_sources: dict[str, str] = {}
         try:
             with _lazy.quiet(), _capture_cuda_source(device_sources):
@@ -70,10 +74,17 @@ class TVMBackend(Backend):
                                                 device=options.get("tune_device"))
                 elif kind in ("cuda", "opencl", "vulkan"):
                     ex = relax.build(gpu_schedule(mod, tvm_target), target=tvm_target)
+                elif kind == "llvm" and options.get("schedules", "edgedl") == "edgedl":
+                    from edgedl.backends.tvm_schedule import schedule
+
+                    scheduled_mod = schedule(mod, tvm_target)
+                    tuning["kernels"] = sum(1 for f in scheduled_mod.functions.values() if type(f).__name__ == "PrimFunc")
+                    ex = relax.build(scheduled_mod, target=tvm_target)
                 else:
                     ex = relax.build(mod, target=tvm_target)
+            scheduled = kind == "llvm" and options.get("schedules", "edgedl") == "edgedl"
             kernel_map = _kernel_map_or_none(mod, operators, tvm_target, fused=bool(options.get("tune"))
-                                             or kind in ("cuda", "opencl", "vulkan"))
+                                             or kind in ("cuda", "opencl", "vulkan") or scheduled)
         except (BackendError, DeviceError, OptionError):
             raise
         except Exception as e:

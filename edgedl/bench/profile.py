@@ -257,6 +257,19 @@ def onnxruntime_rows(events: list[dict], skip: int = 0, layer_of=keras_layer) ->
                   "its model_run time (profiling slows each run; the result's timing is of unprofiled runs)")
 
 
+def kernel_type(symbol: str) -> str:
+    """The operator a TVM kernel computes, from its symbol: ``conv2d1`` and ``fused_conv2d1_add1_relu``
+    (a fused kernel is named after its parts, the first being the one that does the work) are
+    ``conv2d``; ``max_pool2d1`` is ``max_pool2d``.
+
+        >>> kernel_type("fused_conv2d1_add1_relu"), kernel_type("max_pool2d1"), kernel_type("fused_matmul_relu2")
+        ('conv2d', 'max_pool2d', 'matmul')
+    """
+    if symbol.startswith("fused_"):
+        symbol = symbol.removeprefix("fused_").split("_")[0]
+    return re.sub(r"\d+$", "", symbol)
+
+
 def profile_tvm(engine, raw, runs: int, library_path, kernel_map_path=None) -> dict:
     """TVM's timer on each kernel the Relax VM calls in one inference (on that inference's own
     arguments), against the same timer on the whole ``main``; the VM's builtins (allocation, shape
@@ -299,7 +312,7 @@ def profile_tvm(engine, raw, runs: int, library_path, kernel_map_path=None) -> d
             log.debug("TVM profile: %s not timed (%s)", symbol, str(e)[:120])
             continue
         row = rows.setdefault((symbol, layer), {"op": symbol, "layer": layer,
-                                                "type": re.sub(r"\d+$", "", symbol.removeprefix("fused_")),
+                                                "type": kernel_type(symbol),
                                                 "time_us": 0.0, "calls": 0})
         row["time_us"] += us
         row["calls"] += 1
