@@ -326,6 +326,10 @@ class Bundle:
         reason = (m.get("selection") or {}).get("reason")
         if reason:
             lines.append(f"  why {m.backend}: {reason}")
+        selection = m.get("selection") or {}
+        notes = [(m.backend, selection.get("note"))] + [(c.get("backend"), c.get("note")) for c in
+                                                        selection.get("candidates") or [] if c.get("backend") != m.backend]
+        lines += [f"  note ({backend}): {note}" for backend, note in notes if note]
         lines.append(f"  fidelity: {m.fidelity_line()}")
         estimates = estimate_lines(m.estimates)
         if estimates:

@@ -215,6 +215,7 @@ class Candidate:
     p50_us: float | None = None
     not_checked: str | None = None      # why the build was not run here
     problems: list | None = None        # what broke the fidelity bounds
+    note: str | None = None             # what its latency means (timing cut short, TVM untuned)
 
     def record(self) -> dict:
         """What the manifest's selection says of this candidate."""
@@ -276,8 +277,11 @@ def compile_model(model: str, target: str, out: str, options: CompileOptions | N
         if problem:
             raise OptionError(f"{source.path.name}: {problem}")
         names = _backend_candidates(tgt, source, options)
-        candidates = [build_and_check(name, source, tgt, reference, options, work, say, alone=len(names) == 1)
-                      for name in names]
+        candidates = []
+        for name in names:  # a candidate already several times slower than the fastest so far is not timed in full
+            fastest = min((c.p50_us for c in candidates if c.ok and c.p50_us), default=None)
+            candidates.append(build_and_check(name, source, tgt, reference, options, work, say,
+                                              alone=len(names) == 1, beat_us=fastest))
         chosen, reason = _choose(candidates, options)
         manifest = _manifest(source, tgt, chosen, candidates, reason, samples, options)
         _refuse_unfaithful(chosen, tgt, options)
@@ -419,10 +423,11 @@ def convert_source(source: ModelSource, options: CompileOptions, samples: Sample
 
 
 def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, options: CompileOptions, work: Path,
-                    say, alone: bool) -> Candidate:
+                    say, alone: bool, beat_us: float | None = None) -> Candidate:
     """Compile with one backend and, where this host runs the build, check it against the reference
-    (in a child process) and time it when there are others to choose from. Alone, a failure raises;
-    among several it is recorded and the others go on."""
+    (in a child process) and time it when there are others to choose from (``beat_us``: the fastest
+    so far; a build :data:`SLOW_FACTOR` times slower after a few runs is not timed further). Alone, a
+    failure raises; among several it is recorded and the others go on."""
     from edgedl.backends import get_backend
 
     backend = get_backend(name)
@@ -457,7 +462,7 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
         else:
             timed = not alone and tgt.runs_here()[0]  # only then do measured latencies say anything about the target
             checked = _isolate.run(_check_compiled, source.path, name, compiled, samples, options.num_threads, timed,
-                                   file=source.path, tool=ENGINE_NAMES.get(name, name),
+                                   beat_us, file=source.path, tool=ENGINE_NAMES.get(name, name),
                                    action=f"running its {name} build on {len(samples)} samples", timeout=CHECK_TIMEOUT_S)
         outputs = _in_reference_order(checked["outputs"], [reference.outputs, *reference.more], name, source)
     except EdgeDLError as e:
@@ -469,6 +474,7 @@ def build_and_check(name: str, source: ModelSource, tgt, reference: Reference, o
         result |= emulate.record(emulator, tgt)
     problems = options.bounds().check(result)
     return Candidate(name, not problems, compiled, fidelity=result, p50_us=checked.get("p50_us"),
+                     note=_latency_note(name, compiled, checked.get("timing")),
                      problems=problems or None)
 
 
@@ -478,6 +484,8 @@ def _manifest(source: ModelSource, tgt, chosen: Candidate, candidates: list[Cand
     the bundle is written)."""
     compiled = chosen.compiled
     selection = {"reason": reason}
+    if chosen.note:
+        selection["note"] = chosen.note
     if len(candidates) > 1:
         selection["candidates"] = [c.record() for c in candidates]
     return {
@@ -580,10 +588,30 @@ def _in_reference_order(built: list, wanted: list, name: str, source: ModelSourc
                        f"reference {shown(wanted_shapes)}")
 
 
-def _check_compiled(source: Path, name: str, compiled, samples: Samples, num_threads: int, timed: bool) -> dict:
+#: a candidate this many times slower than the fastest so far, after its first runs, is not timed further
+SLOW_FACTOR = 3.0
+FIRST_RUNS = 20
+
+
+def _latency_note(name: str, compiled, timing: str | None) -> str | None:
+    """What a candidate's latency means, for the manifest and the compile summary: a timing cut short,
+    and a TVM build that ran untuned (with what tuning it would take)."""
+    notes = [timing] if timing else []
+    options = getattr(compiled, "options", None) or {}
+    if name == "tvm" and options.get("tuned") is False:
+        kernels = options.get("kernels")
+        notes.append(f"TVM untuned ({'edgedl default CPU schedules' if 'edgedl' in str(options.get('schedules', '')) else 'stock lowering'}); "
+                     f"--backend tvm --tune --tune-minutes N searches schedules for its "
+                     f"{kernels or 'fused'} kernels with MetaSchedule on this host (minutes; the database is reused)")
+    return "; ".join(notes) or None
+
+
+def _check_compiled(source: Path, name: str, compiled, samples: Samples, num_threads: int, timed: bool,
+                    beat_us: float | None = None) -> dict:
     """Run a compiled model on the samples (in a child process): its float outputs, and its median
-    latency on one sample where ``timed``. Several inputs are fed by name (the build may order them
-    otherwise than the source)."""
+    latency on one sample where ``timed``; with ``beat_us`` (the fastest candidate so far), timing
+    stops after :data:`FIRST_RUNS` runs when those are already :data:`SLOW_FACTOR` times slower.
+    Several inputs are fed by name (the build may order them otherwise than the source)."""
     from edgedl import _inputs
     from edgedl.backends import get_backend
     from edgedl.runtime.quant import predict_outputs
@@ -604,8 +632,15 @@ def _check_compiled(source: Path, name: str, compiled, samples: Samples, num_thr
         from edgedl.bench import measure_latency
         from edgedl.runtime.quant import quantize
 
-        first = [quantize(a[:1], spec) for a, spec in zip(_inputs.as_list(x), engine.inputs)]
-        result["p50_us"] = measure_latency(engine, _inputs.like(x, first), 10, 100)["p50_us"]
+        first = _inputs.like(x, [quantize(a[:1], spec) for a, spec in zip(_inputs.as_list(x), engine.inputs)])
+        if beat_us:
+            quick = measure_latency(engine, first, 5, FIRST_RUNS)["p50_us"]
+            if quick > SLOW_FACTOR * beat_us:
+                result["p50_us"] = quick
+                result["timing"] = (f"timed on {FIRST_RUNS} runs only: already {quick / beat_us:.1f}x slower than "
+                                    f"the fastest so far ({beat_us:.0f} us)")
+                return result
+        result["p50_us"] = measure_latency(engine, first, 10, 100)["p50_us"]
     return result
 
 
