@@ -251,7 +251,8 @@ class Manifest(dict):
             parts.append(f"max abs error {f['max_abs_error']:.3g}")
         dataset = (self.get("samples") or {}).get("dataset")
         on = f"{f['samples']} samples of {dataset}" if dataset else f"{f['samples']} synthetic inputs (no accuracy)"
-        return ", ".join(parts) + f" on {on}"
+        emulated = f", emulated by {f.get('emulator') or 'qemu-user'} (no latency)" if f.get("emulated") else ""
+        return ", ".join(parts) + f" on {on}{emulated}"
 
 
 @dataclass

@@ -58,6 +58,7 @@ def _assert_emulated(manifest, emulator):
     assert [w["file"].split("-")[0] for w in f["emulated_runtime"]["wheels"]] == ["apache_tvm", "apache_tvm_ffi"]
     assert f["samples"] == NUM_SAMPLES and "checked" not in f
     assert "p50" not in json.dumps(manifest)  # time under emulation is not latency
+    assert f"emulated by {f['emulator']} (no latency)" in manifest.fidelity_line()  # what compile prints
 
 
 def test_float_lenet_for_rpi4_runs_under_emulation_and_matches_litert(trained_lenet, emulator, digits, tmp_path):
