@@ -602,7 +602,9 @@ def _latency_note(name: str, compiled, timing: str | None) -> str | None:
         kernels = options.get("kernels")
         notes.append(f"TVM untuned ({'edgedl default CPU schedules' if 'edgedl' in str(options.get('schedules', '')) else 'stock lowering'}); "
                      f"--backend tvm --tune --tune-minutes N searches schedules for its "
-                     f"{kernels or 'fused'} kernels with MetaSchedule on this host (minutes; the database is reused)")
+                     f"{kernels or 'fused'} kernels with MetaSchedule "
+                     + ("on the device (add --tune-device tracker://HOST:PORT/KEY)" if options.get("cross_compiler")
+                        else "on this host") + " (minutes; the database is reused)")
     return "; ".join(notes) or None
 
 
@@ -756,5 +758,11 @@ def _choose(candidates: list[Candidate], options: CompileOptions) -> tuple[Candi
         others = ", ".join(f"{c.backend} {c.p50_us:.1f} us" for c in timed if c is not best)
         return best, (f"fastest of the backends that pass the fidelity check, measured here: {best.backend} "
                       f"{best.p50_us:.1f} us" + (f" (vs {others})" if others else ""))
+    checked = [c for c in ok if c.fidelity is not None]  # run under emulation: fidelity measured, no latency
+    if checked and len(checked) < len(ok):
+        c = checked[0]
+        how = " under emulation" if c.fidelity.get("emulated") else ""
+        return c, (f"the first of the target's backends whose build was checked against the reference{how} "
+                   f"({c.backend}); the others could not be run here, and no latency was measured")
     return ok[0], (f"first of the target's backends that compiles the model ({ok[0].backend}); "
                    f"not measured: {ok[0].not_checked or 'cannot run here'}")

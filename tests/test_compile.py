@@ -66,6 +66,20 @@ def test_auto_measures_the_backends_and_says_why(lenet, tmp_path):
     assert {c["backend"] for c in measured} >= {"litert", "tvm"}
     best = min(measured, key=lambda c: c["p50_us"])
     assert r.manifest["backend"] == best["backend"] and "fastest" in sel["reason"]
+    tvm = next(c for c in sel["candidates"] if c["backend"] == "tvm")
+    assert "TVM untuned (edgedl default CPU schedules)" in tvm["note"] and "--tune-minutes" in tvm["note"]
+
+
+def test_auto_stops_timing_a_candidate_already_several_times_slower(lenet, tmp_path, monkeypatch):
+    """With a fastest-so-far far below any real latency, every later candidate is cut after its first runs."""
+    import edgedl.compile as compile_module
+
+    monkeypatch.setattr(compile_module, "SLOW_FACTOR", 1e-6)
+    r = compile_model(str(lenet["int8"]), "x86_64", str(tmp_path / "cut.edgedl"), opts())
+    later = [c for c in r.manifest["selection"]["candidates"][1:] if "p50_us" in c]
+    assert later and all(f"timed on {compile_module.FIRST_RUNS} runs only" in c["note"] for c in later)
+    first = r.manifest["selection"]["candidates"][0]
+    assert "runs only" not in (first.get("note") or "")  # the first has nothing to lose to
 
 
 def test_archive_is_one_file_and_loads_with_hash_checks(lenet, tmp_path):

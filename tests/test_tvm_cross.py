@@ -61,6 +61,16 @@ def _assert_emulated(manifest, emulator):
     assert f"emulated by {f['emulator']} (no latency)" in manifest.fidelity_line()  # what compile prints
 
 
+def test_auto_for_rpi4_ships_the_build_that_was_checked_under_emulation(trained_lenet, emulator, tmp_path):
+    bundle = compile_model(str(trained_lenet["keras"]), "rpi4", str(tmp_path / "auto.edgedl"),
+                           CompileOptions(num_samples=NUM_SAMPLES))
+    selection = bundle.manifest["selection"]
+    assert bundle.manifest["backend"] == "tvm" and "under emulation" in selection["reason"]
+    unchecked = [c for c in selection["candidates"] if c["backend"] != "tvm" and c["ok"]]
+    assert unchecked and all("not_checked" in c for c in unchecked)  # LiteRT's aarch64 build is not run here
+    assert "--tune-device" in selection["note"]  # a cross target is tuned on the device
+
+
 def test_float_lenet_for_rpi4_runs_under_emulation_and_matches_litert(trained_lenet, emulator, digits, tmp_path):
     from edgedl.convert import to_tflite
 
