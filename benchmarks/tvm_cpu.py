@@ -110,7 +110,8 @@ def main(argv=None):
                         if opts.get("tune"):
                             entry["notes"][label] = {k: v for k, v in compiled.options.items()
                                                      if k in ("tasks", "tasks_from_db", "trials_run", "tuning_time_s",
-                                                              "tuning_minutes", "stopped_by")}
+                                                              "tuning_minutes", "stopped_by", "compared",
+                                                              "seeded_with_default_schedules")}
                         engine = backend.load(compiled, num_threads=1)
                         entry["latency_us"][label], entry["latency_repeats_us"][label] = latency(engine, x, args.runs)
                         if backend_name == "tvm":
