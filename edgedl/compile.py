@@ -490,7 +490,7 @@ def _manifest(source: ModelSource, tgt, chosen: Candidate, candidates: list[Cand
         selection["candidates"] = [c.record() for c in candidates]
     return {
         "edgedl_version": __version__,
-        "source": source.record(),
+        "source": source.record() | _recurrent_record(source, options),
         "target": tgt.to_dict(),
         "backend": compiled.backend,
         "selection": selection,
@@ -591,6 +591,19 @@ def _in_reference_order(built: list, wanted: list, name: str, source: ModelSourc
 #: a candidate this many times slower than the fastest so far, after its first runs, is not timed further
 SLOW_FACTOR = 3.0
 FIRST_RUNS = 20
+
+
+def _recurrent_record(source, options) -> dict:
+    """``{"recurrent": [...]}``: how each recurrent layer of a Keras source went into the ``.tflite``
+    (fused LSTM operator or unrolled over its steps; :func:`edgedl.recurrent.plan_for`), for the
+    modes that convert them so (dynamic-range keeps TensorFlow's loop); {} for other sources."""
+    model = getattr(source, "keras_model", None)
+    if source.kind != "keras" or model is None or options.quantize == "dynamic":
+        return {}
+    from edgedl import recurrent
+
+    plan = recurrent.plan_for(model)
+    return {"recurrent": [p.to_dict() for p in plan]} if plan else {}
 
 
 def _latency_note(name: str, compiled, timing: str | None) -> str | None:

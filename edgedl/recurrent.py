@@ -98,6 +98,15 @@ def fusable(layer) -> bool:
             and not layer.stateful)
 
 
+def plan_for(model) -> list[RecurrentPlan]:
+    """How :func:`converter_ready` converts each of ``model``'s recurrent layers (what the bundle's
+    manifest records), without touching the model."""
+    return [RecurrentPlan(layer.name, "LSTM", "fused") if fusable(layer)
+            else RecurrentPlan(layer.name, type(layer).__name__, "unrolled")
+            for layer, host in _walk_model(model)
+            if type(layer).__name__ in HANDLED and _timesteps(host) is not None]
+
+
 @contextlib.contextmanager
 def converter_ready(model):
     """Within the block, ``model``'s recurrent layers trace as the converter can quantize them (fused

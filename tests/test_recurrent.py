@@ -130,8 +130,11 @@ def test_compile_checks_an_int8_lstm_within_a_point(models, digits, tmp_path, ca
     code, _, err = run_cli(capsys, "compile", model_path, "-t", "x86_64", "--backend", "litert", "-q", "int8",
                            "--data", data, "-o", out)
     assert code == 0, err
-    fidelity = read_manifest(out)["fidelity"]
+    manifest = read_manifest(out)
+    fidelity = manifest["fidelity"]
     assert fidelity["accuracy_drop"] <= 0.01, fidelity
+    # the manifest says how the LSTM went into the .tflite
+    assert [(r["kind"], r["form"]) for r in manifest["source"]["recurrent"]] == [("LSTM", "fused")]
 
 
 @pytest.mark.skipif(not (shutil.which("arm-none-eabi-g++") and shutil.which("qemu-system-arm")),
