@@ -436,6 +436,13 @@ def tune_and_build(mod, tvm_target, target, trials: int = 64, minutes: float | N
             check_device(where)
         deadline = time.monotonic() + minutes * 60 if minutes is not None else None
         clock = _clock(deadline)
+        # MetaSchedule's logging config lists the handlers already on its logger by name; one without a
+        # name (pytest's capture handler, after an earlier tuning configured that logger) makes it fail
+        # with "'NoneType' object has no attribute 'format'". Those are set aside while it tunes.
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
+        for handler in unnamed:
+            ms_logger.removeHandler(handler)
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, str(work / "logs"))
         builder = _builder(cross, where)
         runner = _runner(where) if where is not None else ms.runner.LocalRunner()
@@ -455,6 +462,9 @@ def tune_and_build(mod, tvm_target, target, trials: int = 64, minutes: float | N
                 if not (clock.out_of_time and "is_terminated" in str(e)):
                     raise
                 log.debug("MetaSchedule stopped by the clock: %s", " ".join(str(e).split())[:200])
+            finally:
+                for handler in unnamed:
+                    ms_logger.addHandler(handler)
         finally:
             builder._inst.close()
         for t in todo:  # a task the clock stopped before it ran keeps no record of its own (only its seed)
