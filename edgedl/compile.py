@@ -771,11 +771,12 @@ def _choose(candidates: list[Candidate], options: CompileOptions) -> tuple[Candi
         others = ", ".join(f"{c.backend} {c.p50_us:.1f} us" for c in timed if c is not best)
         return best, (f"fastest of the backends that pass the fidelity check, measured here: {best.backend} "
                       f"{best.p50_us:.1f} us" + (f" (vs {others})" if others else ""))
-    checked = [c for c in ok if c.fidelity is not None]  # run under emulation: fidelity measured, no latency
-    if checked and len(checked) < len(ok):
-        c = checked[0]
-        how = " under emulation" if c.fidelity.get("emulated") else ""
-        return c, (f"the first of the target's backends whose build was checked against the reference{how} "
-                   f"({c.backend}); the others could not be run here, and no latency was measured")
+    # a cross target's build run under emulation (fidelity measured, no latency) goes before builds that
+    # could not run at all; an NPU target keeps its order (its TFLite Micro build runs here, Vela's never)
+    emulated = [c for c in ok if c.fidelity is not None and c.fidelity.get("emulated")]
+    if emulated and len(emulated) < len(ok):
+        c = emulated[0]
+        return c, (f"the first of the target's backends whose build was checked against the reference under "
+                   f"emulation ({c.backend}); the others could not be run here, and no latency was measured")
     return ok[0], (f"first of the target's backends that compiles the model ({ok[0].backend}); "
                    f"not measured: {ok[0].not_checked or 'cannot run here'}")
