@@ -35,6 +35,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "tests"))
+from litert_run import litert, run_litert  # noqa: E402 - the tests' LiteRT reference, one copy
+
 DEFAULT_OUT = ROOT / "results" / "tvm_int8_fidelity.json"
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 1}
 CONFIGS = ("default", "builtin", "reference")
@@ -193,29 +196,6 @@ def trained_model(name, args):
     return keras.models.load_model(path), {
         "dataset": dataset, "epochs": plan["epochs"], "limit": plan["limit"],
         "recipe_epochs": zoo.get_model(name).recipe["epochs"], "float_test_accuracy": metrics["accuracy"]}
-
-
-def litert(buf, config, keep_tensors=False):
-    from ai_edge_litert import interpreter as litert_interpreter
-
-    resolver = {"default": litert_interpreter.OpResolverType.AUTO,
-                "builtin": litert_interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                "reference": litert_interpreter.OpResolverType.BUILTIN_REF}[config]
-    it = litert_interpreter.Interpreter(model_content=buf, num_threads=1, experimental_op_resolver_type=resolver,
-                                        experimental_preserve_all_tensors=keep_tensors)
-    it.allocate_tensors()
-    return it
-
-
-def run_litert(interpreter, xs):
-    index_in = interpreter.get_input_details()[0]["index"]
-    index_out = interpreter.get_output_details()[0]["index"]
-    outputs = []
-    for x in xs:
-        interpreter.set_tensor(index_in, x[None])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(index_out)[0].copy())
-    return np.stack(outputs)
 
 
 def quantize_inputs(interpreter, x):

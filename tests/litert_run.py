@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def litert(buf, config):
+def litert(buf, config, keep_tensors=False):
     from ai_edge_litert import interpreter as litert_interpreter
 
     resolver = {"default": litert_interpreter.OpResolverType.AUTO,
                 "builtin": litert_interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "reference": litert_interpreter.OpResolverType.BUILTIN_REF}[config]
     interpreter = litert_interpreter.Interpreter(model_content=buf, num_threads=1,
-                                                 experimental_op_resolver_type=resolver)
+                                                 experimental_op_resolver_type=resolver,
+                                                 experimental_preserve_all_tensors=keep_tensors)
     interpreter.allocate_tensors()
     return interpreter
 
