@@ -10,16 +10,18 @@ With ``block=N`` (> 1) weights are pruned N at a time: runs of N neighbours alon
 channels, which is the axis .tflite files store contiguously (``[out, in]`` for fully connected,
 ``[out, h, w, in]`` for convolutions), so the zeros of a block sit side by side in the file and
 compress far better than scattered ones (and suit block-sparse kernels). Blocks are ranked by the
-mean magnitude of their weights.
+mean magnitude of their weights. Which axis is the input's comes from the layer (see
+:func:`input_axes`): the second-to-last for Dense (``[in, out]``), convolutions (``[h, w, in, out]``)
+and recurrent kernels, and for an EinsumDense the axes its equation sums over: ``d_model`` of an
+attention query, key or value kernel (``[d_model, heads, key_dim]``), and ``heads`` and
+``value_dim`` together, as one axis, of its output kernel (``[heads, value_dim, d_model]``).
 
 What is pruned: the kernels of Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, the
 input and recurrent kernels of LSTM, GRU and SimpleRNN, the kernels of EinsumDense layers that
 contract an axis (a matrix product; an element-wise one, such as a learned per-position scale, is a
 scale, not a weight matrix), and the query, key, value and output kernels of MultiHeadAttention
 (EinsumDense layers inside it, pruned as one layer). Biases are never pruned. Every other layer with
-weights is listed, with the reason, in :attr:`PruneResult.skipped`. With ``block`` > 1 the runs of a
-kernel with more than two axes lie along its second-to-last axis, which is the input axis for
-convolutions but not for attention kernels (``[in, heads, key_dim]``, ``[heads, value_dim, out]``).
+weights is listed, with the reason, in :attr:`PruneResult.skipped`.
 """
 
 from __future__ import annotations
@@ -259,9 +261,49 @@ def find_prunable(model) -> tuple[dict[str, list], list[dict]]:
 
 def _contracts(equation: str) -> bool:
     """Whether an einsum ``x,kernel->out`` sums over an index (one in the kernel but not in the output)."""
+    return bool(einsum_input_axes(equation))
+
+
+def einsum_input_axes(equation: str) -> tuple[int, ...]:
+    """The kernel axes an einsum ``x,kernel->out`` sums over (those it contracts with the input).
+
+    Example:
+        >>> einsum_input_axes("abc,cde->abde")  # an attention query: kernel [d_model, heads, key_dim]
+        (0,)
+        >>> einsum_input_axes("abcd,cde->abe")  # its output: kernel [heads, value_dim, d_model]
+        (0, 1)
+    """
     inputs, out = equation.replace(" ", "").split("->")
     kernel = inputs.split(",")[1]
-    return any(letter not in out for letter in kernel)
+    return tuple(i for i, letter in enumerate(kernel) if letter not in out)
+
+
+def input_axes(model) -> dict[str, list[tuple[int, ...]]]:
+    """For each prunable layer, by name, the input axes of each of its kernels (as :func:`find_prunable`
+    lists them): the axes that meet the layer's input, along which ``block`` pruning cuts its runs.
+
+    An EinsumDense kernel's are the axes its equation sums over (a MultiHeadAttention's four kernels
+    are those of its EinsumDense projections); every other kernel's is its second-to-last axis
+    (``[in, out]`` for Dense and recurrent kernels, ``[*window, in, out]`` for convolutions).
+
+    Example:
+        >>> input_axes(transformer)["attention"]  # doctest: +SKIP
+        [(0,), (0,), (0,), (0, 1)]
+    """
+    kernels, _ = find_prunable(model)
+    layers = {step.name: layer for step, layer in _layers(model) if step.name in kernels}
+    return {name: [_kernel_input_axes(layers[name], v) for v in variables] for name, variables in kernels.items()}
+
+
+def _kernel_input_axes(layer, variable) -> tuple[int, ...]:
+    kind = prunable_kind(layer)
+    einsums = [layer] if kind == "EinsumDense" else []
+    if kind == "MultiHeadAttention":  # as edgedl.optimize.metrics counts its MACs: its four projections
+        einsums = [layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense]
+    for dense in einsums:
+        if dense.kernel is variable:
+            return einsum_input_axes(dense.equation)
+    return (len(variable.shape) - 2,) if len(variable.shape) >= 2 else ()
 
 
 def resolve_targets(kernels: dict[str, list], sparsity, option: str = "--prune", scope: str = "layer",
@@ -304,11 +346,13 @@ class Masker:
 
     ``targets`` maps a layer name to its final sparsity. With ``scope="layer"`` each kernel reaches its
     layer's target; with ``scope="global"`` one magnitude threshold over all the kernels reaches the
-    (single) target overall, so layers with many small weights give up more of them.
+    (single) target overall, so layers with many small weights give up more of them. With ``block`` > 1
+    runs of that many weights are kept or dropped together, along the input axes ``axes`` gives per
+    kernel (as :func:`input_axes` returns them; without it, each kernel's second-to-last axis).
     """
 
     def __init__(self, kernels: dict[str, list], targets: dict[str, float], schedule: Schedule | None,
-                 scope: str = "layer", block: int = 1):
+                 scope: str = "layer", block: int = 1, axes: dict[str, list] | None = None):
         if scope not in MASK_SCOPES:  # erk is a way to set per-layer targets: its masks are per layer
             raise OptionError(f"unknown masking scope '{scope}'; choose one of {', '.join(MASK_SCOPES)}")
         if scope == "global" and len(set(targets.values())) > 1:
@@ -318,6 +362,7 @@ class Masker:
         self.schedule = schedule
         self.scope = scope
         self.block = block
+        self.axes = {name: (axes or {}).get(name) or [None] * len(self.kernels[name]) for name in self.kernels}
         self.step = 0
         self.masks: dict[str, list[np.ndarray]] = {}
 
@@ -336,7 +381,8 @@ class Masker:
         """Recompute the masks to hold ``fraction`` of each target sparsity, by weight (or block) magnitude."""
         if self.scope == "global" and self.targets:
             target = next(iter(self.targets.values())) * fraction
-            flat = [(n, i, _Blocks(np.asarray(v), self.block)) for n, vs in self.kernels.items() for i, v in enumerate(vs)]
+            flat = [(n, i, _Blocks(np.asarray(v), self.block, self.axes[n][i]))
+                    for n, vs in self.kernels.items() for i, v in enumerate(vs)]
             scores = np.concatenate([b.scores for _, _, b in flat])
             sizes = np.concatenate([b.sizes for _, _, b in flat])
             keep = _keep_blocks(scores, sizes, target)
@@ -350,8 +396,8 @@ class Masker:
         for name, variables in self.kernels.items():
             target = self.targets[name] * fraction
             self.masks[name] = []
-            for v in variables:
-                b = _Blocks(np.asarray(v), self.block)
+            for v, axes in zip(variables, self.axes[name]):
+                b = _Blocks(np.asarray(v), self.block, axes)
                 self.masks[name].append(b.mask(_keep_blocks(b.scores, b.sizes, target)))
 
     def apply(self) -> None:
@@ -379,22 +425,30 @@ class Masker:
 
 
 class _Blocks:
-    """A kernel cut into runs of ``block`` weights along its input-channel axis (the second to last).
+    """A kernel cut into runs of ``block`` weights along its input axes ``axes`` (default: the second to
+    last; several axes, such as the ``heads`` and ``value_dim`` of an attention output kernel, are read as
+    one, flattened in the kernel's order).
 
     ``scores`` is the mean magnitude of each run, ``sizes`` how many weights it holds (the last run
     of an axis whose length ``block`` does not divide is shorter); :meth:`mask` spreads a keep/drop
     decision per run back over the kernel. With ``block=1`` every weight is its own run.
     """
 
-    def __init__(self, kernel: np.ndarray, block: int):
+    def __init__(self, kernel: np.ndarray, block: int, axes: tuple[int, ...] | None = None):
         self.shape = kernel.shape
         a = np.abs(kernel.astype(np.float32))
-        if block <= 1 or a.ndim < 2:
-            self.block, self.axis, self.length = 1, None, None
+        if axes is None:
+            axes = (a.ndim - 2,) if a.ndim >= 2 else ()
+        if block <= 1 or not axes:
+            self.block, self.axes, self.length = 1, None, None
             self.scores, self.sizes = a.ravel(), np.ones(a.size, dtype=np.int64)
             return
-        self.block, self.axis = block, a.ndim - 2
-        moved = np.moveaxis(a, self.axis, -1)
+        self.block, self.axes = block, tuple(sorted(axis % a.ndim for axis in axes))
+        # the other axes first, then the input axes (one run axis once flattened)
+        self._order = [i for i in range(a.ndim) if i not in self.axes] + list(self.axes)
+        transposed = np.transpose(a, self._order)
+        self._transposed_shape = transposed.shape
+        moved = transposed.reshape(*transposed.shape[:a.ndim - len(self.axes)], -1)
         self.length = moved.shape[-1]
         pad = (-self.length) % block
         padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)])
@@ -404,14 +458,13 @@ class _Blocks:
         self.scores = (runs.sum(axis=-1) / counts).ravel()
         self.sizes = np.broadcast_to(counts, runs.shape[:-1]).ravel().copy()
         self._runs_shape = runs.shape[:-1]
-        self._moved_shape = moved.shape
 
     def mask(self, keep: np.ndarray) -> np.ndarray:
         """A float32 0/1 mask of the kernel's shape from a keep flag per run."""
-        if self.axis is None:
+        if self.axes is None:
             return keep.astype(np.float32).reshape(self.shape)
         spread = np.repeat(keep.reshape(self._runs_shape), self.block, axis=-1)[..., :self.length]
-        return np.moveaxis(spread.astype(np.float32), -1, self.axis)
+        return np.transpose(spread.astype(np.float32).reshape(self._transposed_shape), np.argsort(self._order))
 
 
 def _keep_blocks(scores: np.ndarray, sizes: np.ndarray, target: float) -> np.ndarray:
@@ -522,7 +575,8 @@ def prune(model, spec, tune) -> PruneResult:
                  "reason": f"kept dense (--prune-layer {n}=0)" if n in kept else "not among the requested layers"}
                 for n in kernels if n not in targets]
     schedule = make_schedule(spec.schedule, tune.steps_per_epoch * tune.epochs)
-    masker = Masker(kernels, targets, schedule, "global" if spec.scope == "global" else "layer", spec.block)
+    masker = Masker(kernels, targets, schedule, "global" if spec.scope == "global" else "layer", spec.block,
+                    input_axes(work))
     finetune(work, tune, callbacks=[masking_callback(masker)], title=f"pruning to {_describe(targets)}")
     stripped = strip(work)
     return PruneResult(model=stripped, layers=sparsity_report(stripped, targets), skipped=skipped,
