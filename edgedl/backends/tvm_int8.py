@@ -50,13 +50,11 @@ Per operator:
 - ``SPLIT``, ``STRIDED_SLICE``, ``TRANSPOSE``, ``UNPACK`` (:data:`MOVING_OPS`: an unrolled GRU's, attention's
   head transposes): values copied, exact where the outputs keep the input's scale and zero point (as
   LiteRT requires), refused by name otherwise.
-- ``UNIDIRECTIONAL_SEQUENCE_LSTM``: float32 by :mod:`edgedl.backends.tvm_lstm` (TVM's frontend converts
-  only the coupled form). The int8 one (int16 cell) is NOT exact: its gates are computed in float32
-  from the dequantized weights, the cell rounded to its int16 grid and the hidden state to its int8
-  grid at every step (LiteRT's ``EvalInteger8x8_16`` with gemmlowp's int16 logistic and tanh is not
-  reproduced). On the digits LSTM of tests/test_tvm_recurrent.py: up to 5 int8 steps from LiteRT
-  (any kernel set) on 9% of the outputs, top-1 identical on all 397 test digits. Other quantized
-  LSTMs are refused in one line.
+- ``UNIDIRECTIONAL_SEQUENCE_LSTM``: by :mod:`edgedl.backends.tvm_lstm` (TVM's frontend converts only the
+  coupled form): float32 as LiteRT's float kernel; int8 (int16 cell) as LiteRT's integer LSTM
+  (``EvalInteger8x8_16``: effective-scale int16 gates, gemmlowp's int16 logistic and tanh by exact tables),
+  the same in every kernel set (XNNPACK does not take it). Bit-exact on the digits LSTM of
+  tests/test_tvm_recurrent.py. Other quantized LSTMs are refused in one line.
 
 The int8 unrolled GRU (its LOGISTIC, TANH, MUL and SUB in the stock float lowering) measured identical
 to LiteRT's default interpreter (XNNPACK) on the 397 test digits of tests/test_tvm_recurrent.py; against
@@ -300,7 +298,7 @@ class ExactInt8Converter(OperatorConverter):
 
     def _lstm(self, op):
         """A fused LSTM with its input gate (what Keras gives) by :mod:`edgedl.backends.tvm_lstm`, float32
-        or int8 (not exact); the coupled form as TVM's frontend converts it."""
+        or int8 (LiteRT's integer LSTM, exact); the coupled form as TVM's frontend converts it."""
         from edgedl.backends.tvm_lstm import convert_lstm
 
         if self.is_quantized(op):
@@ -310,8 +308,6 @@ class ExactInt8Converter(OperatorConverter):
                 raise tvm.error.OpNotImplemented(
                     "UNIDIRECTIONAL_SEQUENCE_LSTM with activations other than int8: edgedl's TVM importer "
                     "lowers float and int8 LSTMs only; compile it with --backend litert or tflm")
-            log.warning("UNIDIRECTIONAL_SEQUENCE_LSTM (int8): TVM computes its gates in float32, not LiteRT's "
-                        "integer LSTM; its outputs may be a few int8 steps off LiteRT's")
         if self.get_input_tensors(op)[1].tensor_idx < 0:
             return super().convert_unidirectional_sequence_lstm(op)
         return convert_lstm(self, op)
