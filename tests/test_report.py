@@ -584,3 +584,79 @@ def test_bench_label_from_the_command_line_names_the_run(runs, tmp_path):
     assert re.search(r"accuracy [\d.]+% on 20 digits samples \(95% interval [\d.]+–[\d.]+%\)", stdout)
     assert json.loads(out.read_text())["label"] == "fp32 baseline"
     assert [r.label for r in build_report([out, runs[0]]).runs] == ["fp32 baseline", "lenet_float32"]
+
+
+# ----- optimize outputs alone: nothing compiled or benchmarked yet -----
+
+@pytest.fixture(scope="module")
+def optimized_only(trained_lenet, tmp_path_factory):
+    """A real `edgedl optimize -q int8 --quant-report` output folder, and nothing else: no bundle, no result."""
+    from edgedl.optimize import OptimizeOptions, optimize
+
+    out = tmp_path_factory.mktemp("optimized_only") / "optimized"
+    optimize(trained_lenet["model"], OptimizeOptions(quantize="int8", quant_report=True, dataset="digits", limit=128),
+             progress=False).save(out)
+    return out
+
+
+def test_a_report_of_optimize_outputs_alone_has_no_empty_runs_front_or_check_and_says_how_to_get_them(
+        optimized_only, tmp_path):
+    code, stdout, stderr = edgedl("report", optimized_only)
+    assert code == 0, stderr
+    for empty in ("## Runs", "## Pareto front", "## Regression check", "No run has an accuracy", "No baseline given"):
+        assert empty not in stdout
+    (note,) = [line for line in stdout.splitlines() if line.startswith("No benchmark results")]
+    model = optimized_only / "model.tflite"
+    assert note == ("No benchmark results given, so no runs, Pareto front or regression check: no compiled bundles in "
+                    f"{optimized_only}: run `edgedl compile {model} --target TARGET -o optimized.edgedl` and "
+                    "`edgedl bench optimized.edgedl -o run.json`, then report run.json with it.")
+    assert "## Per-layer quantization error: lenet" in stdout
+    assert "The per-layer SNR plots are in the HTML report" in stdout
+
+    page = tmp_path / "report.html"
+    code, _, stderr = edgedl("report", optimized_only, "-o", page)
+    assert code == 0, stderr
+    text = page.read_text()
+    for section in ('id="runs"', 'id="tradeoff"', 'id="pareto"', 'id="regression"', 'id="latency"'):
+        assert section not in text
+    assert f'<p id="no-runs">{note}</p>' in text.replace("&#x27;", "'")
+    assert [img["id"] for img in DOM(text).images] == ["plot-quant-1"]
+
+    # Doing what the note says gives the report its runs and front back.
+    commands = [c.replace("TARGET", "x86_64") for c in re.findall(r"`(edgedl [^`]+)`", note)]
+    commands[0] += " --backend litert"
+    commands[1] += " --runs 20 --repeats 1 --limit 50"
+    for command in commands:
+        proc = subprocess.run([sys.executable, "-m", "edgedl.cli.main", *command.split()[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    code, stdout, stderr = edgedl("report", tmp_path / "run.json", optimized_only)
+    assert code == 0, stderr
+    assert "## Runs" in stdout and "## Pareto front" in stdout and "No benchmark results" not in stdout
+    assert "1. optimized: " in stdout
+
+
+def test_a_bundle_alone_is_called_not_benchmarked_and_a_baseline_keeps_the_check(optimized_only, trained_lenet,
+                                                                                 tmp_path):
+    from edgedl.bench.harness import bench
+    from edgedl.bench.options import BenchOptions
+    from edgedl.compile import CompileOptions, compile_model
+
+    bundle = tmp_path / "lenet_quant.edgedl"
+    compile_model(str(trained_lenet["keras"]), "x86_64", str(bundle),
+                  CompileOptions(backend="litert", quantize="int8", num_samples=50, quant_report=True))
+    md = build_report([bundle]).to_markdown()
+    assert (f"No benchmark results given, so no runs, Pareto front or regression check: {bundle} is compiled but not "
+            f"benchmarked: run `edgedl bench {bundle} -o run.json`, then report run.json with it.") in md
+    assert "## Per-layer quantization error: lenet_quant" in md and "## Runs" not in md
+
+    # with a baseline the regression check stays: its runs were not run this time
+    plain = tmp_path / "lenet_float32.edgedl"
+    compile_model(str(trained_lenet["keras"]), "x86_64", str(plain), CompileOptions(backend="litert", num_samples=20))
+    base = bench(str(plain), BenchOptions(runs=10, repeats=1, limit=20)).save(tmp_path / "base.json")
+    report = build_report([optimized_only], baseline=[base])
+    md = report.to_markdown()
+    assert "No benchmark results given, so no runs or Pareto front: no compiled bundles in" in md
+    assert "## Runs" not in md and "## Pareto front" not in md
+    assert "## Regression check" in md and "| lenet_float32 | x86_64 | local |" in md and "| not run |" in md
+    assert [c.verdict for c in report.comparisons] == ["not run"] and not report.regressions

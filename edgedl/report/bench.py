@@ -46,7 +46,9 @@ from edgedl import __version__, _io
 from edgedl.bench.result import SCHEMA, BenchResult, precision_text, read_results  # noqa: F401 - SCHEMA: edgedl.report's too
 from edgedl.errors import InputFileError, OptionError
 from edgedl.report.format import _estimate, figure_html, html_table, md_table, mib, num, percent
-from edgedl.report.optimize import QUANT_HOW_TO_MAKE, QuantError, is_optimize_output, load_quant_error
+from edgedl.report.optimize import (
+    BUNDLE_QUANT_FILE, FILES, QUANT_HOW_TO_MAKE, QuantError, is_optimize_output, load_quant_error,
+)
 from edgedl.report.plots import MARKERS, new_figure, png_bytes
 
 DEFAULT_THRESHOLD = 0.10
@@ -430,11 +432,31 @@ class Report:
             text += f"; baseline: {len(self.baseline)} run{plural} from {', '.join(base)}"
         return text
 
-    @property
-    def _no_timed(self) -> str:
-        if not self.runs:
-            return "No benchmark results given: only the per-layer quantization error below."
-        return _NO_TIMED
+    def no_runs_note(self) -> str:
+        """Why a report of optimize outputs (or bundles) alone has no runs, Pareto front or regression
+        check, and what makes one; '' where benchmark results were given.
+
+        Example:
+            >>> build_report(["optimized/"]).no_runs_note()  # doctest: +SKIP
+            'No benchmark results given, so no runs, Pareto front or regression check: no compiled bundles in ...'
+        """
+        if self.runs:
+            return ""
+        folders = [Path(q.source).parent for q in self.quant_errors]
+        outputs = [f for f, q in zip(folders, self.quant_errors) if Path(q.source).name != BUNDLE_QUANT_FILE]
+        bundles = [f for f, q in zip(folders, self.quant_errors) if Path(q.source).name == BUNDLE_QUANT_FILE]
+        why = []
+        if outputs:
+            model = outputs[0] / FILES["tflite"]
+            bundle = f"{outputs[0].name}.edgedl"
+            why.append(f"no compiled bundles in {', '.join(map(str, outputs))}: run `edgedl compile "
+                       f"{model if model.is_file() else outputs[0] / FILES['model']} --target TARGET -o {bundle}` "
+                       f"and `edgedl bench {bundle} -o run.json`, then report run.json with it")
+        if bundles:
+            why.append(f"{', '.join(map(str, bundles))} {'is' if len(bundles) == 1 else 'are'} compiled but not "
+                       f"benchmarked: run `edgedl bench {bundles[0]} -o run.json`, then report run.json with it")
+        missing = "no runs or Pareto front" if self.baseline else "no runs, Pareto front or regression check"
+        return f"No benchmark results given, so {missing}: " + "; ".join(why) + "."
 
     def _no_pareto(self) -> str:
         if self.mcu_runs:
@@ -470,15 +492,20 @@ class Report:
 
     def to_markdown(self) -> str:
         """The report as Markdown: the tables and the Pareto front (the plots are in the HTML report)."""
-        out = ["# Benchmark report", "", self._sources() + f". Written by edgedl {__version__}.", "", "## Runs", ""]
-        out += md_table(*self.run_rows()) if self.timed else [self._no_timed]
-        out += ["", "## Pareto front: accuracy vs p50 latency", ""]
-        items = self._pareto_items()
-        out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or [self._no_pareto()]
-        ties = self.tie_notes()
-        if ties:
-            out += ["", f"Accuracy differences within the interval ({_TIE_NOTE}):", ""] + [f"* {t}" for t in ties]
-        out += ["", "## Regression check", "", self.regression_summary()]
+        out = ["# Benchmark report", "", self._sources() + f". Written by edgedl {__version__}.", ""]
+        if not self.runs:  # optimize outputs (or bundles) alone: nothing to time, compare or put on a front
+            out += [self.no_runs_note()]
+        else:
+            out += ["## Runs", ""]
+            out += md_table(*self.run_rows()) if self.timed else [_NO_TIMED]
+            out += ["", "## Pareto front: accuracy vs p50 latency", ""]
+            items = self._pareto_items()
+            out += [f"{i}. {item}" for i, item in enumerate(items, 1)] or [self._no_pareto()]
+            ties = self.tie_notes()
+            if ties:
+                out += ["", f"Accuracy differences within the interval ({_TIE_NOTE}):", ""] + [f"* {t}" for t in ties]
+        if self.runs or self.baseline:
+            out += ["", "## Regression check", "", self.regression_summary()]
         if self.baseline:
             out += ["", f"Threshold: a p50 more than {100 * self.threshold:g}% above the baseline's is a regression.",
                     ""] + md_table(*self.comparison_rows())
@@ -501,8 +528,9 @@ class Report:
             head, rows = self.mcu_operator_rows()
             if rows:
                 out += ["", "### Instructions per operator type", ""] + md_table(head, rows)
-        out += ["", "Plots (accuracy vs latency vs size, latency distributions, operator shares, per-layer SNR) are in "
-                "the HTML report: `edgedl report ... -o report.html`.", ""]
+        plots = ("Plots (accuracy vs latency vs size, latency distributions, operator shares, per-layer SNR) are"
+                 if self.runs else "The per-layer SNR plots are")
+        out += ["", f"{plots} in the HTML report: `edgedl report ... -o report.html`.", ""]
         return "\n".join(out)
 
     # ----- HTML -----
@@ -516,10 +544,25 @@ class Report:
         parts = [_HTML_HEAD, "<h1>Benchmark report</h1>",
                  f'<p class="meta">{e(self._sources())}. Written by edgedl {e(__version__)}.</p>']
 
+        if not self.runs:  # optimize outputs (or bundles) alone: nothing to time, compare or put on a front
+            parts.append(f'<p id="no-runs">{e(self.no_runs_note())}</p>')
+        else:
+            parts += self._runs_html()
+
+        if self.runs or self.baseline:
+            parts += self._regression_html()
+        parts += self._details_html()
+        parts.append("</body>\n</html>\n")
+        return "\n".join(parts)
+
+    def _runs_html(self) -> list[str]:
+        """The runs table, the accuracy/latency/size plot with the Pareto front, and the latency plot."""
+        e = html.escape
+        parts = []
         head, rows = self.run_rows()
         parts += ['<section id="runs"><h2>Runs</h2>',
                   html_table(head, rows, "runs-table", "run", [r.label for r in self.timed],
-                              numeric=range(5, 11)) if self.timed else f"<p>{e(self._no_timed)}</p>", "</section>"]
+                              numeric=range(5, 11)) if self.timed else f"<p>{e(_NO_TIMED)}</p>", "</section>"]
 
         parts.append('<section id="tradeoff"><h2>Accuracy, latency and size</h2>')
         scored = [r for r in self.timed if r.accuracy is not None]
@@ -547,8 +590,12 @@ class Report:
                       figure_html(plot_latency(self.timed), "plot-latency",
                               "Per run: whiskers from min to max, box from p50 to p90, a bar at p99, dots at the "
                               "median of each repeat. Log scale.", "latency distribution of each run"), "</section>"]
+        return parts
 
-        parts.append('<section id="regression"><h2>Regression check</h2>')
+    def _regression_html(self) -> list[str]:
+        """The regression check: its verdict and, with a baseline, the comparison table and plot."""
+        e = html.escape
+        parts = ['<section id="regression"><h2>Regression check</h2>']
         parts.append(f'<p class="verdict{" bad" if self.regressions else ""}">{e(self.regression_summary())}</p>')
         if self.baseline:
             head, rows = self.comparison_rows()
@@ -560,7 +607,13 @@ class Report:
                                      f"Change of the p50 latency against the baseline; dashed lines at "
                                      f"±{100 * self.threshold:g}%.", "p50 change against the baseline"))
         parts.append("</section>")
+        return parts
 
+    def _details_html(self) -> list[str]:
+        """The sections after the check: measurement details, estimates, profiles, per-layer
+        quantization error and the microcontroller runs (each only where there is something to show)."""
+        e = html.escape
+        parts = []
         head, rows = self.detail_rows()
         if self.timed:
             parts += ['<section id="details"><h2>Measurement details</h2>',
@@ -618,8 +671,7 @@ class Report:
                                       "Share of each run's instructions (cycles on a board) per operator type, from "
                                       "the profiler in the firmware.", "instructions per operator type of each run")]
             parts.append("</section>")
-        parts.append("</body>\n</html>\n")
-        return "\n".join(parts)
+        return parts
 
 
 _TIE_NOTE = ("their 95% Wilson intervals overlap, so the report does not call one more accurate; score more "
