@@ -61,17 +61,89 @@ def test_float_recurrent_models_compile_with_tvm_and_compute_what_litert_does(mo
     assert np.mean(tvm_scores.argmax(-1) == digits["y_test"]) > 0.6  # a model that learned something
 
 
-def test_the_int8_gru_compiles_with_tvm_and_computes_what_litert_does_bit_for_bit(models, digits, tmp_path):
+CONVERTERS = {"xnnpack": "ExactInt8Converter", "builtin": "BuiltinInt8Converter", "reference": "ReferenceInt8Converter"}
+
+
+class _ConverterEngine:
+    """The .tflite imported with one of edgedl's int8 converters and run on TVM's VM (LLVM), with the
+    input spec LiteRT reports: what ``compile --backend tvm`` builds, for a kernel set it does not pick."""
+
+    def __init__(self, path, kernels):
+        import tflite
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.tflite import from_tflite
+
+        from edgedl.backends import tvm_int8
+        from edgedl.runtime.engines import LiteRTEngine
+
+        self.inputs = LiteRTEngine(path).inputs
+        converter = getattr(tvm_int8, CONVERTERS[kernels])
+        mod = from_tflite(tflite.Model.GetRootAsModel(path.read_bytes(), 0), op_converter=converter)
+        self._vm = relax.VirtualMachine(relax.build(mod, target=tvm.target.Target("llvm")), tvm.cpu())
+
+    def invoke(self, x):
+        import tvm
+
+        return self._vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def gru_int8(models, digits, tmp_path_factory):
+    from edgedl.convert import to_tflite
+
+    path = tmp_path_factory.mktemp("gru") / "gru_int8.tflite"
+    path.write_bytes(to_tflite(models["gru"], "int8", digits["train"][:200], io_type="int8"))
+    return path
+
+
+@pytest.mark.parametrize("kernels", sorted(CONVERTERS))
+def test_the_int8_gru_compiles_with_tvm_and_computes_what_litert_does_bit_for_bit(gru_int8, digits, tmp_path,
+                                                                                 kernels):
+    from edgedl.runtime.engines import LiteRTEngine
+
+    litert = _scores(LiteRTEngine(gru_int8, kernels=kernels), digits["test"])
+    if kernels == "xnnpack":  # LiteRT's default interpreter: what compile --backend tvm reproduces
+        tvm_scores = _scores(_compile(gru_int8, tmp_path), digits["test"])
+    else:
+        tvm_scores = _scores(_ConverterEngine(gru_int8, kernels), digits["test"])
+    assert tvm_scores.dtype == np.int8
+    # the unrolled GRU's SPLIT, STRIDED_SLICE and UNPACK copy int8 values, its LOGISTIC, TANH, MUL, SUB and ADD
+    # round as the kernel set does (the stock float lowering of the first four matches XNNPACK only: up to 8
+    # steps from the builtin and reference kernels on 18% of the outputs); every output of 397 digits is LiteRT's
+    np.testing.assert_array_equal(tvm_scores, litert)
+
+
+def test_int8_gate_operators_are_bit_exact_with_every_litert_kernel_set(tmp_path):
+    """LOGISTIC, TANH, MUL (same shapes) and SUB (one from a broadcast constant, as a GRU's 1 - z) on random
+    int8 inputs over their whole range: each converter computes its LiteRT configuration's outputs."""
+    import keras
+    from keras import layers
+
     from edgedl.convert import to_tflite
     from edgedl.runtime.engines import LiteRTEngine
 
-    tflite = tmp_path / "gru_int8.tflite"
-    tflite.write_bytes(to_tflite(models["gru"], "int8", digits["train"][:200], io_type="int8"))
-    litert = _scores(LiteRTEngine(tflite), digits["test"])
-    tvm_scores = _scores(_compile(tflite, tmp_path), digits["test"])
-    assert tvm_scores.dtype == np.int8
-    # the unrolled GRU's SPLIT, STRIDED_SLICE and UNPACK copy int8 values; every output of 397 digits is LiteRT's
-    np.testing.assert_array_equal(tvm_scores, litert)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 16))
+    sigmoid = layers.Activation("sigmoid")(inputs)
+    tanh = layers.Activation("tanh")(layers.Dense(16)(inputs))
+    difference = layers.Subtract()([tanh, layers.Multiply()([sigmoid, tanh])])
+    model = keras.Model(inputs, layers.Multiply()([difference, keras.ops.subtract(1.0, sigmoid)]))
+    rng = np.random.default_rng(0)
+    path = tmp_path / "gates.tflite"
+    path.write_bytes(to_tflite(model, "int8", 3 * rng.normal(size=(64, 6, 16)).astype(np.float32), io_type="int8"))
+    xs = rng.integers(-128, 128, size=(64, 1, 6, 16)).astype(np.int8)
+    outputs = {}
+    for kernels in CONVERTERS:
+        litert = LiteRTEngine(path, kernels=kernels)
+        operators = {op["op_name"] for op in litert.interpreter._get_ops_details()}
+        assert {"LOGISTIC", "TANH", "MUL", "SUB"} <= operators
+        outputs[kernels] = np.stack([litert.invoke(x) for x in xs])
+        tvm_engine = _ConverterEngine(path, kernels)
+        np.testing.assert_array_equal(np.stack([tvm_engine.invoke(x) for x in xs]), outputs[kernels], err_msg=kernels)
+    # why one converter per kernel set: the kernel sets disagree with each other on these outputs
+    assert not np.array_equal(outputs["builtin"], outputs["reference"])
+    assert not np.array_equal(outputs["xnnpack"], outputs["builtin"])
 
 
 def test_the_int8_lstm_compiles_with_tvm_a_few_steps_from_litert_with_the_same_top1(models, digits, tmp_path):

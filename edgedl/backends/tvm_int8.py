@@ -18,8 +18,8 @@ by one converter (:data:`KERNEL_SETS` says which rounding each operator uses):
 
 - :class:`ExactInt8Converter` (``kernels = "xnnpack"``): LiteRT's default interpreter, the XNNPACK
   delegate on, which is what ``LiteRTEngine`` runs and edgedl's fidelity checks compare against.
-  Convolutions, fully connected and mean rescale in float32 (``nearbyint(float(acc) * scale)``),
-  add uses XNNPACK's fixed-point form; average pool and softmax run on the builtin kernels.
+  Convolutions, fully connected, mean and mul rescale in float32 (``nearbyint(float(acc) * scale)``),
+  add and sub use XNNPACK's fixed-point form; average pool and softmax run on the builtin kernels.
 - :class:`BuiltinInt8Converter` (``"builtin"``): LiteRT without delegates (the builtin optimized
   kernels, ``LiteRTEngine(xnnpack=False)``).
 - :class:`ReferenceInt8Converter` (``"reference"``): LiteRT's reference kernels
@@ -38,6 +38,15 @@ Per operator:
   ``Mean4D`` (``keep_dims`` over H and W), or XNNPACK's float32 scale and float32 zero-point bias.
 - ``ADD``: ``reference_integer_ops::AddFunc`` (left shift 20, two input multipliers, one output),
   or XNNPACK's 21-bit multipliers with one rounding shift (ties up).
+- ``SUB``: ``reference_ops::Sub`` (builtin and reference kernels alike: ``AddFunc`` with the second term
+  subtracted), or XNNPACK's add with the second multiplier negated (ties up).
+- ``MUL``: ``MulElementwise``: ``MultiplyByQuantizedMultiplier((a - a_zero_point) * (b - b_zero_point))`` by
+  ``a_scale * b_scale / output_scale`` (computed in float32, as LiteRT does), or XNNPACK's float32 rescaling of
+  the same product (a step apart from gemmlowp's on a few outputs).
+- ``LOGISTIC``, ``TANH``: a 256-entry table over the int8 inputs, built at import as LiteRT's ``LUTPopulate``
+  builds it (float32 dequantization, ``1 / (1 + expf(-x))`` or ``tanhf`` from the C library, float32 rescaling
+  rounded half away from zero), in every kernel set: the builtin and reference kernels look theirs up (neither
+  runs gemmlowp's fixed-point logistic on int8), and XNNPACK's table measured identical.
 - ``SOFTMAX``: the builtin kernel's 256-entry ``expf`` table with float32 sums summed left to right,
   or the reference kernel's gemmlowp fixed-point exp and Newton-Raphson reciprocal.
 - ``DEQUANTIZE`` (float outputs): a 256-entry table with the kernel set's float rounding.
@@ -56,17 +65,19 @@ Per operator:
   the same in every kernel set (XNNPACK does not take it). Bit-exact on the digits LSTM of
   tests/test_tvm_recurrent.py. Other quantized LSTMs are refused in one line.
 
-The int8 unrolled GRU (its LOGISTIC, TANH, MUL and SUB in the stock float lowering) measured identical
-to LiteRT's default interpreter (XNNPACK) on the 397 test digits of tests/test_tvm_recurrent.py; against
-the builtin and reference kernels, whose int8 LOGISTIC/TANH/MUL round otherwise, up to 8 steps apart on
-18% of the outputs (top-1 99.7%).
+The int8 unrolled GRU (FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD, SUB and the moving operators above) is
+bit-exact against each of the three LiteRT configurations on the 397 test digits of tests/test_tvm_recurrent.py.
+TVM's stock float lowering of its LOGISTIC, TANH, MUL and SUB had matched XNNPACK only by luck (under a plain
+LLVM target; 3 steps off on 2 of 3970 outputs with edgedl's vectorised schedules) and was up to 8 steps from
+the builtin and reference kernels on 18% of the outputs.
 
 Not covered, so possibly a step off: QUANTIZE of float inputs (stock: ties to even; only exact
 ties differ); nodes XNNPACK refuses beyond the scale ranges modelled here (those run on the builtin
-kernels); other hosts' LiteRT builds (the sets were measured with ai-edge-litert 2.3 on x86-64; on
-aarch64 LiteRT's softmax uses another table); softmax rows longer than 64 on GPUs (summed by a
-parallel scan there); the softmax table uses this host's ``expf``. TFLite is assumed built as LiteRT
-ships it (``TFLITE_SINGLE_ROUNDING`` off).
+kernels; MUL's range, [2**-16, 256), is assumed, not measured); other hosts' LiteRT builds (the sets
+were measured with ai-edge-litert 2.3 on x86-64; on aarch64 LiteRT's softmax uses another table);
+softmax rows longer than 64 on GPUs (summed by a parallel scan there); the softmax, logistic and tanh
+tables use this host's ``expf`` and ``tanhf``. TFLite is assumed built as LiteRT ships it
+(``TFLITE_SINGLE_ROUNDING`` off).
 
 Example:
     >>> import tflite
@@ -86,8 +97,8 @@ from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 
 log = logging.getLogger(__name__)
 
-EXACT_OPS = ("ADD", "AVERAGE_POOL_2D", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "MEAN",
-             "SOFTMAX")
+EXACT_OPS = ("ADD", "AVERAGE_POOL_2D", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED",
+             "LOGISTIC", "MEAN", "MUL", "SOFTMAX", "SUB", "TANH")
 MOVING_OPS = ("SPLIT", "STRIDED_SLICE", "TRANSPOSE", "UNPACK")  # int8 operators that copy values, exact as stock lowers them
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
@@ -243,6 +254,25 @@ KERNEL_SETS = {
 # BATCH_MATMUL's rescaling per kernel set (a table of its own: KERNEL_SETS' keys are fixed by its tests).
 BATCH_MATMUL_ROUNDING = {"xnnpack": "gemmlowp", "builtin": "gemmlowp", "reference": "gemmlowp"}
 
+# An unrolled GRU's gate arithmetic per kernel set (a table of its own too), from LiteRT's sources (activations.cc,
+# mul.cc, sub.cc, XNNPACK's subgraph) and measured against ai-edge-litert 2.3 on x86-64:
+#   lut:       LOGISTIC and TANH, LUTPopulate's 256-entry int8 table computed in float32 at prepare time (the
+#              builtin and reference kernels both look it up, neither runs gemmlowp's fixed-point logistic;
+#              XNNPACK's table measured identical)
+#   gemmlowp:  MUL, MulElementwise: MultiplyByQuantizedMultiplier of (a - za) * (b - zb) by s_a * s_b / s_out
+#              (that product and quotient in float32, as mul.cc writes it)
+#   fp32:      MUL, XNNPACK: nearbyint(float(product) * float32 scale), as its convolutions (1 step from gemmlowp)
+#   reference: SUB, reference_ops::Sub on both the builtin and reference kernels: ADD's AddFunc, second term
+#              subtracted
+#   xnnpack:   SUB, XNNPACK's qs8 add with the second multiplier negated (ties up, as its ADD)
+# TVM's stock float lowering (dequantize, float32 op, quantize) of these four happened to match XNNPACK on the
+# digits GRU under a plain LLVM target, not under edgedl's vectorised schedules (3 steps on 2 of 3970 outputs).
+ELEMENTWISE_ROUNDING = {
+    "xnnpack": {"logistic": "lut", "tanh": "lut", "mul": "fp32", "sub": "xnnpack"},
+    "builtin": {"logistic": "lut", "tanh": "lut", "mul": "gemmlowp", "sub": "reference"},
+    "reference": {"logistic": "lut", "tanh": "lut", "mul": "gemmlowp", "sub": "reference"},
+}
+
 
 class ExactInt8Converter(OperatorConverter):
     """TVM's TFLite operator converter with LiteRT's own arithmetic for the int8 operators listed in
@@ -274,8 +304,12 @@ class ExactInt8Converter(OperatorConverter):
             "DEQUANTIZE": self._exact_dequantize,
             "DEPTHWISE_CONV_2D": functools.partial(self._exact_conv, conv_type="depthwise"),
             "FULLY_CONNECTED": self._exact_fully_connected,
+            "LOGISTIC": functools.partial(self._exact_table_activation, name="logistic"),
             "MEAN": self._exact_mean,
+            "MUL": self._exact_mul,
             "SOFTMAX": self._exact_softmax,
+            "SUB": self._exact_sub,
+            "TANH": functools.partial(self._exact_table_activation, name="tanh"),
             "UNIDIRECTIONAL_SEQUENCE_LSTM": self._lstm,
         })
         for name in MOVING_OPS:
@@ -713,18 +747,29 @@ class ExactInt8Converter(OperatorConverter):
         act = activation_range(opts.FusedActivationFunction(), out_scale, out_zp)
         if act is None:
             return self._convert_elemwise(op, relax.op.add)
-        xnnpack = _xnnpack_add_params(s1, s2, out_scale) if self.scheme["add"] == "xnnpack" else None
-        if xnnpack is not None:  # (XNNPACK leaves scale ratios it cannot take to the builtin kernel)
-            m1, m2, shift = xnnpack
+        if self.scheme["add"] == "xnnpack" and _xnnpack_add_params(s1, s2, out_scale) is not None:
+            return self._xnnpack_add(lhs, rhs, output, act, relax.op.add)
+        return self._add_func(lhs, rhs, output, act, relax.op.add)  # (also where XNNPACK refuses the scales)
 
-            def term(tensor, zp, mult):
-                x = relax.op.subtract(relax.op.astype(self.get_tensor_expr(tensor), "int32"), _const(zp, "int32"))
-                return relax.op.multiply(x, _const(mult, "int32"))
+    def _xnnpack_add(self, lhs, rhs, output, act, combine):
+        """XNNPACK's qs8 add (``combine`` = add) or subtract: 21-bit multipliers, one shift that rounds ties up."""
+        (s1, z1), (s2, z2) = self._per_tensor(lhs), self._per_tensor(rhs)
+        out_scale, out_zp = self._per_tensor(output)
+        m1, m2, shift = _xnnpack_add_params(s1, s2, out_scale)
 
-            acc = self._emit(relax.op.add(relax.op.add(term(lhs, z1, m1), term(rhs, z2, m2)),
-                                          _const(1 << (shift - 1), "int32")))
-            out = self._emit(relax.op.astype(relax.op.right_shift(acc, _const(shift, "int32")), "int64"))
-            return self._to_int8(out, *act, zero_point=out_zp)
+        def term(tensor, zp, mult):
+            x = relax.op.subtract(relax.op.astype(self.get_tensor_expr(tensor), "int32"), _const(zp, "int32"))
+            return relax.op.multiply(x, _const(mult, "int32"))
+
+        acc = self._emit(relax.op.add(combine(term(lhs, z1, m1), term(rhs, z2, m2)), _const(1 << (shift - 1), "int32")))
+        out = self._emit(relax.op.astype(relax.op.right_shift(acc, _const(shift, "int32")), "int64"))
+        return self._to_int8(out, *act, zero_point=out_zp)
+
+    def _add_func(self, lhs, rhs, output, act, combine):
+        """reference_integer_ops::AddFunc (``combine`` = add) or reference_ops::Sub (subtract): each input
+        shifted left by 20, scaled by its share of twice the larger input scale, combined, rescaled."""
+        (s1, z1), (s2, z2) = self._per_tensor(lhs), self._per_tensor(rhs)
+        out_scale, out_zp = self._per_tensor(output)
         left_shift = 20
         twice_max = 2 * float(max(s1, s2))
         m1, sh1 = quantize_multiplier(float(s1) / twice_max)
@@ -735,8 +780,73 @@ class ExactInt8Converter(OperatorConverter):
             x = relax.op.subtract(relax.op.astype(self.get_tensor_expr(tensor), "int32"), _const(zp, "int32"))
             return self._requantize(self._emit(relax.op.multiply(x, _const(1 << left_shift, "int32"))), mult, shift)
 
-        raw = self._emit(relax.op.astype(relax.op.add(scaled(lhs, z1, m1, sh1), scaled(rhs, z2, m2, sh2)), "int32"))
+        raw = self._emit(relax.op.astype(combine(scaled(lhs, z1, m1, sh1), scaled(rhs, z2, m2, sh2)), "int32"))
         return self._to_int8(self._requantize(raw, mo, sho), *act, zero_point=out_zp)
+
+    # -- SUB, MUL -----------------------------------------------------------------------------
+
+    def _binary_operands(self, op, options_cls):
+        """(lhs, rhs, output, clamp range) of an int8 per-tensor SUB or MUL, or None for the stock lowering."""
+        lhs, rhs = self.get_input_tensors(op)
+        output = self.get_output_tensors(op)[0]
+        opts = self._options(op, options_cls)
+        if (opts is None
+                or not all(self._is_int8(t) and self._qparams(t)[0].size == 1 for t in (lhs, rhs, output))):
+            return None
+        act = activation_range(opts.FusedActivationFunction(), *self._per_tensor(output))
+        return None if act is None else (lhs, rhs, output, act)
+
+    def _exact_sub(self, op):
+        """reference_ops::Sub (the builtin kernel runs it too): ADD's AddFunc, the second term subtracted;
+        or XNNPACK's qs8 subtract, its add with the second multiplier negated."""
+        from tflite.SubOptions import SubOptions
+
+        operands = self._binary_operands(op, SubOptions)
+        if operands is None:
+            return self._convert_elemwise(op, relax.op.subtract)
+        lhs, rhs, output, _ = operands
+        if (ELEMENTWISE_ROUNDING[self.kernels]["sub"] == "xnnpack"
+                and _xnnpack_add_params(self._per_tensor(lhs)[0], self._per_tensor(rhs)[0],
+                                        self._per_tensor(output)[0]) is not None):
+            return self._xnnpack_add(*operands, relax.op.subtract)
+        return self._add_func(*operands, relax.op.subtract)
+
+    def _exact_mul(self, op):
+        """MulElementwise: ``MultiplyByQuantizedMultiplier((a - za) * (b - zb))`` plus the output zero point;
+        XNNPACK rounds ``float((a - za) * (b - zb)) * scale`` to the nearest even instead."""
+        from tflite.MulOptions import MulOptions
+
+        operands = self._binary_operands(op, MulOptions)
+        if operands is None:
+            return self._convert_elemwise(op, relax.op.multiply)
+        lhs, rhs, output, act = operands
+        (s1, z1), (s2, z2) = self._per_tensor(lhs), self._per_tensor(rhs)
+        out_scale, out_zp = self._per_tensor(output)
+
+        def centred(tensor, zp):
+            return relax.op.subtract(relax.op.astype(self.get_tensor_expr(tensor), "int32"), _const(zp, "int32"))
+
+        product = self._emit(relax.op.multiply(centred(lhs, z1), centred(rhs, z2)))  # |product| <= 255 * 255
+        scale = np.float32(s1 * s2 / out_scale)  # in float32, as mul.cc's Prepare and XNNPACK's subgraph compute it
+        if ELEMENTWISE_ROUNDING[self.kernels]["mul"] == "fp32" and 2.0**-16 <= scale < 256.0:
+            out = self._round_half_even(self._emit(relax.op.multiply(relax.op.astype(product, "float32"),
+                                                                     _const(scale, "float32"))))
+        else:  # (also where XNNPACK refuses the scale, assumed outside [2**-16, 256): the builtin MUL runs)
+            out = self._requantize(product, *quantize_multiplier(float(scale)))
+        return self._to_int8(out, *act, zero_point=out_zp)
+
+    # -- LOGISTIC, TANH -----------------------------------------------------------------------
+
+    def _exact_table_activation(self, op, name):
+        """int8 LOGISTIC or TANH as every kernel set computes it: a lookup in LUTPopulate's 256-entry table
+        (:func:`lut_int8`)."""
+        data = self.get_input_tensors(op)[0]
+        output = self.get_output_tensors(op)[0]
+        if not all(self._is_int8(t) and self._qparams(t)[0].size == 1 for t in (data, output)):
+            return self.convert_logistic(op) if name == "logistic" else self.convert_tanh(op)
+        table = lut_int8(_TABLE_FUNCTIONS[name], *self._per_tensor(data), *self._per_tensor(output))
+        index = relax.op.add(relax.op.astype(self.get_expr(data.tensor_idx), "int32"), _const(128, "int32"))
+        return relax.op.take(_const(table, "int8"), index, axis=0, mode="clip")
 
     # -- DEQUANTIZE ---------------------------------------------------------------------------
 
@@ -881,24 +991,58 @@ def _xnnpack_add_params(lhs_scale, rhs_scale, out_scale):
     return multipliers[0], multipliers[1], shift
 
 
+def lut_int8(transform, in_scale, in_zero_point, out_scale, out_zero_point) -> np.ndarray:
+    """LiteRT's ``LUTPopulate<int8_t>`` (kernels/internal/common.h): for each int8 input ``q`` (from -128),
+    ``transform(float(in_scale * float(q - in_zero_point)))`` times ``1 / out_scale``, all in float32, rounded
+    half away from zero, plus the output zero point, clamped to int8.
+
+    Example:
+        >>> lut_int8(lambda x: x, 1.0, 0, 1.0, 0)[[0, 128, 255]]
+        array([-128,    0,  127], dtype=int8)
+    """
+    inverse = np.float32(1) / np.float32(out_scale)
+    dequantized = np.float32(in_scale) * (np.arange(-128, 128) - in_zero_point).astype(np.float32)
+    rescaled = [round_half_away(np.float32(np.float32(transform(np.float32(d))) * inverse)) for d in dequantized]
+    return np.clip(np.array(rescaled, np.int64) + out_zero_point, -128, 127).astype(np.int8)
+
+
+def _logistic(x: np.float32) -> np.float32:
+    """activations.cc's ``1.0f / (1.0f + std::exp(-value))`` in float32."""
+    return np.float32(np.float32(1) / np.float32(np.float32(1) + _libm("expf", math.exp)(np.float32(-x))))
+
+
+def _tanh(x: np.float32) -> np.float32:
+    """``std::tanh`` of a float: the C library's ``tanhf``."""
+    return _libm("tanhf", math.tanh)(x)
+
+
+_TABLE_FUNCTIONS = {"logistic": _logistic, "tanh": _tanh}
+
+
 def _expf(x: np.float32) -> np.float32:
     """``expf`` as LiteRT computes it: the C library's (glibc's differs from the correctly rounded
     value on ~0.06% of table entries), else the correctly rounded value."""
-    libm_expf = _libm_expf()
-    if libm_expf is not None:
-        return np.float32(libm_expf(float(x)))
-    return np.float32(math.exp(float(x)))
+    return _libm("expf", math.exp)(x)
 
 
-@functools.lru_cache(maxsize=1)
-def _libm_expf():
+def _libm(name: str, fallback):
+    """The C library's float32 function ``name`` (what LiteRT calls) as a numpy float32 function;
+    ``fallback`` (Python's double precision function, rounded to float32) where it cannot be loaded."""
+    function = _libm_function(name)
+    if function is None:
+        return lambda x: np.float32(fallback(float(x)))
+    return lambda x: np.float32(function(float(x)))
+
+
+@functools.lru_cache(maxsize=None)
+def _libm_function(name: str):
     import ctypes
     import ctypes.util
 
     try:
         libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-        expf = libm.expf
+        function = getattr(libm, name)
     except (OSError, AttributeError):
         return None
-    expf.restype, expf.argtypes = ctypes.c_float, [ctypes.c_float]
-    return expf
+    function.restype, function.argtypes = ctypes.c_float, [ctypes.c_float]
+    return function
