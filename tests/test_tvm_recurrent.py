@@ -146,6 +146,44 @@ def test_int8_gate_operators_are_bit_exact_with_every_litert_kernel_set(tmp_path
     assert not np.array_equal(outputs["xnnpack"], outputs["builtin"])
 
 
+@pytest.mark.parametrize("operator", ["subtract", "multiply"])
+def test_int8_sub_and_mul_round_ties_as_each_litert_kernel_set_does(tmp_path, operator):
+    """Scales set so that many results are exact ties: XNNPACK rounds SUB's up and MUL's to even, the builtin and
+    reference kernels both away from zero; each converter still matches its configuration on every output."""
+    import keras
+    from litert_run import litert, run_litert  # tests/litert_run.py
+    from test_tvm_int8 import replace_floats
+
+    from edgedl.convert import to_tflite
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 8))
+    model = keras.Model(inputs, getattr(keras.ops, operator)(inputs, np.linspace(-2, 3, 288, dtype="float32")
+                                                              .reshape(1, 6, 6, 8)))
+    rng = np.random.default_rng(0)
+    buf = to_tflite(model, "int8", rng.normal(size=(64, 6, 6, 8)).astype(np.float32), io_type="int8")
+    interpreter = litert(buf, "reference")
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    op = interpreter._get_ops_details()[0]
+    assert op["op_name"] == {"subtract": "SUB", "multiply": "MUL"}[operator]
+    a, b, out = (np.float32(details[t]["quantization"][0]) for t in (*op["inputs"], op["outputs"][0]))
+    # SUB: a's scale out, b's half of it; MUL: s_a * s_b / s_out exactly 1/2 in float32
+    buf = replace_floats(buf, {out: a, b: a / 2} if operator == "subtract" else {out: 2 * (a * b)})
+    xs = rng.integers(-128, 128, size=(64, 6, 6, 8))
+    if operator == "multiply":  # a within 2 steps of its zero point: products within the output's range
+        xs = np.clip(interpreter.get_input_details()[0]["quantization"][1] + xs % 5 - 2, -128, 127)
+    xs = xs.astype(np.int8)
+    outputs = {kernels: run_litert(litert(buf, config), xs)
+               for kernels, config in {"xnnpack": "default", "builtin": "builtin", "reference": "reference"}.items()}
+    assert np.mean(outputs["xnnpack"] != outputs["reference"]) > 0.05  # the ties
+    path = tmp_path / f"{operator}.tflite"
+    path.write_bytes(buf)
+    for kernels, expected in outputs.items():
+        tvm_engine = _ConverterEngine(path, kernels)
+        np.testing.assert_array_equal(np.stack([tvm_engine.invoke(x[None])[0] for x in xs]), expected,
+                                      err_msg=kernels)
+
+
 def test_the_int8_lstm_compiles_with_tvm_a_few_steps_from_litert_with_the_same_top1(models, digits, tmp_path):
     from edgedl.convert import to_tflite
     from edgedl.runtime.engines import LiteRTEngine
