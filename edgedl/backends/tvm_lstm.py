@@ -104,10 +104,11 @@ def convert_lstm(conv, op):
 
     h = relax.const(np.zeros((batch, units), np.float32))
     c = relax.const(np.zeros((batch, units), np.float32))
+    w_h = relax.const(w_h)  # one constant shared by every step
     outputs = []
     for t in range(num_steps):
         step = relax.op.squeeze(parts[t] if parts is not None else x_gates, axis=[1])
-        gates = conv.bb.emit(relax.op.add(step, relax.op.matmul(h, relax.const(w_h))))
+        gates = conv.bb.emit(relax.op.add(step, relax.op.matmul(h, w_h)))
         i, f, g, o = (conv.bb.emit(relax.op.split(gates, 4, axis=1)[k]) for k in range(4))
         i, f, o = relax.op.sigmoid(i), relax.op.sigmoid(f), relax.op.sigmoid(o)
         g = conv.convert_fused_activation_function(g, activation)
@@ -174,7 +175,7 @@ def _convert_int8_lstm(conv, op, inputs, options):
     from edgedl.backends.tvm_int8 import quantize_multiplier
 
     def gate_params(indices, in_scale, in_zp, with_bias):
-        """[in, 4 * units] int32 weights, int32 effective biases, multipliers and shifts per column."""
+        """[in, 4 * units] int8 weights, int32 effective biases, multipliers and shifts per column."""
         weights, biases, multipliers, shifts = [], [], [], []
         for k, i in enumerate(indices):
             w = np.asarray(conv.get_tensor_value(inputs[i])).astype(np.int64)
@@ -186,7 +187,7 @@ def _convert_int8_lstm(conv, op, inputs, options):
             multipliers += [multiplier] * w.shape[0]
             shifts += [shift] * w.shape[0]
             weights.append(w)
-        return (np.concatenate(weights, axis=0).T.astype(np.int32), np.concatenate(biases).astype(np.int32),
+        return (np.concatenate(weights, axis=0).T.astype(np.int8), np.concatenate(biases).astype(np.int32),
                 np.array(multipliers, np.int64), np.array(shifts, np.int64))
 
     w_x, b_x, m_x, s_x = gate_params(INPUT_WEIGHTS, x_scale, x_zp, with_bias=True)
@@ -215,17 +216,17 @@ def _convert_int8_lstm(conv, op, inputs, options):
 
     x, batch, num_steps = _batch_major(conv, inputs[0], options)
     # the input's saturated int16 share of every gate for all steps: [batch, time, 4 * units]
-    acc = relax.op.add(relax.op.matmul(relax.op.astype(x, "int32"), relax.const(w_x), out_dtype="int32"),
-                       relax.const(b_x))
+    acc = relax.op.add(relax.op.matmul(x, relax.const(w_x), out_dtype="int32"), relax.const(b_x))
     x_gates = bb.emit(clip16(conv._requantize(bb.emit(acc), m_x, s_x)))
     parts = relax.op.split(x_gates, num_steps, axis=1) if num_steps > 1 else None
 
-    h = relax.const(np.full((batch, units), h_zp, np.int32))  # LiteRT resets an int8 variable to its zero point
+    h = relax.const(np.full((batch, units), h_zp, np.int8))  # LiteRT resets an int8 variable to its zero point
     c = i64(np.zeros((batch, units), np.int64))
+    w_h, b_h = relax.const(w_h), relax.const(b_h)  # one constant each, shared by every step
     outputs = []
     for t in range(num_steps):
         step = relax.op.squeeze(parts[t] if parts is not None else x_gates, axis=[1])
-        acc = bb.emit(relax.op.add(relax.op.matmul(h, relax.const(w_h), out_dtype="int32"), relax.const(b_h)))
+        acc = bb.emit(relax.op.add(relax.op.matmul(h, w_h, out_dtype="int32"), b_h))
         gates = bb.emit(clip16(relax.op.add(step, conv._requantize(acc, m_h, s_h))))
         i, f, g, o = (bb.emit(relax.op.split(gates, 4, axis=1)[k]) for k in range(4))
         i, f, g, o = sigmoid(i), sigmoid(f), tanh_gate(g), sigmoid(o)
@@ -237,9 +238,9 @@ def _convert_int8_lstm(conv, op, inputs, options):
         c = bb.emit(c)
         out = conv._requantize(bb.emit(relax.op.multiply(o, tanh_cell(c))), hidden_multiplier, hidden_shift)
         out = bb.emit(relax.op.minimum(relax.op.maximum(relax.op.add(out, i64(hidden_zp)), i64(-128)), i64(127)))
-        h = bb.emit(relax.op.astype(out, "int32"))
-        outputs.append(out)
-    out = relax.op.astype(relax.op.stack(outputs, axis=1), "int8")
+        h = bb.emit(relax.op.astype(out, "int8"))
+        outputs.append(h)
+    out = relax.op.stack(outputs, axis=1)
     return relax.op.permute_dims(out, [1, 0, 2]) if options.TimeMajor() else out
 
 
