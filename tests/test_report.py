@@ -614,8 +614,9 @@ def test_a_report_of_optimize_outputs_alone_has_no_empty_runs_front_or_check_and
     assert "The per-layer SNR plots are in the HTML report" in stdout
 
     page = tmp_path / "report.html"
-    code, _, stderr = edgedl("report", optimized_only, "-o", page)
+    code, stdout, stderr = edgedl("report", optimized_only, "-o", page)
     assert code == 0, stderr
+    assert stdout.strip() == f"wrote {page}; per-layer quantization error of 1 model(s). {note}"
     text = page.read_text()
     for section in ('id="runs"', 'id="tradeoff"', 'id="pareto"', 'id="regression"', 'id="latency"'):
         assert section not in text

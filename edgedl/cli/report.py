@@ -46,7 +46,10 @@ def report(results, output, baseline, threshold, fail_on_regression, as_json):
                                                           else "none (no accuracy)")
         on_mcu = f" ({len(rep.mcu_runs)} on microcontrollers, latency estimated)" if rep.mcu_runs else ""
         quant = f"; per-layer quantization error of {len(rep.quant_errors)} model(s)" if rep.quant_errors else ""
-        click.echo(f"wrote {output}: {len(rep.runs)} run(s){on_mcu}; Pareto front: {front}{quant}")
+        if rep.runs:
+            click.echo(f"wrote {output}: {len(rep.runs)} run(s){on_mcu}; Pareto front: {front}{quant}")
+        else:
+            click.echo(f"wrote {output}{quant}. {rep.no_runs_note()}")
         if rep.baseline:
             click.echo(rep.regression_summary())
     else:
