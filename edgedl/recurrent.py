@@ -11,7 +11,16 @@ a Keras 3 model that form for the length of a conversion:
 - an LSTM with the standard activations (tanh, sigmoid), no returned state, no initial state and no
   mask becomes a call of such a function (:func:`fused_lstm`), which computes what Keras computes;
 - every other LSTM, GRU and SimpleRNN (Bidirectional ones too) is unrolled over its time steps,
-  into fully connected layers and element-wise operators that every backend takes.
+  into fully connected layers and element-wise operators that every backend takes
+  (:func:`unrolled_loop`): the input is projected for all steps at once by fully connected
+  layers with the bias, and each step multiplies the state by the recurrent kernel. Keras' own
+  unrolled loop projects the input again at every step, each product with its bias: as int8, every
+  step's bias is another int32 constant at that step's scale, with a scale and a zero point per
+  channel (the zoo GRU: 121 copies, 557 KB of its 852 KB file, against 341 KB in float32), and
+  TFLite Micro keeps per-channel multipliers for each of its 122 fully connected operators (most
+  of a 528 KiB arena). Unrolled, each step still has its own recurrent fully connected operators,
+  and TFLite Micro 8 bytes per output channel of each (the zoo GRU: 135 KiB of its 304 KiB arena);
+  per-tensor weights (``edgedl optimize --per-tensor``) keep 8 bytes per operator instead.
 
 Nothing of the model changes outside the ``with`` block, and nothing in it at all but the way its
 recurrent layers are traced.
@@ -118,21 +127,23 @@ def converter_ready(model):
     plan = []
     try:
         for layer in layers:
-            saved.append((layer, layer.unroll, layer.__dict__.get("call")))
+            saved.append((layer, layer.unroll, layer.__dict__.get("call"), layer.__dict__.get("inner_loop")))
             layer.unroll = True
             if fusable(layer):
                 layer.call = types.MethodType(_fused_call(layer.call), layer)
                 plan.append(RecurrentPlan(layer.name, "LSTM", "fused"))
             else:
+                layer.inner_loop = types.MethodType(_unrolled_inner_loop(layer.inner_loop), layer)
                 plan.append(RecurrentPlan(layer.name, type(layer).__name__, "unrolled"))
         yield plan
     finally:
-        for layer, unroll, call in saved:
+        for layer, unroll, *methods in saved:
             layer.unroll = unroll
-            if call is None:
-                layer.__dict__.pop("call", None)
-            else:
-                layer.call = call
+            for name, method in zip(("call", "inner_loop"), methods):
+                if method is None:
+                    layer.__dict__.pop(name, None)
+                else:
+                    setattr(layer, name, method)
 
 
 def _fused_call(original):
@@ -154,6 +165,110 @@ def _fused_call(original):
         return outputs if self.return_sequences else outputs[:, -1]
 
     return call
+
+
+def _unrolled_inner_loop(original):
+    """A recurrent layer's ``inner_loop`` (what ``keras.layers.RNN.call`` runs between the initial
+    state and the returned outputs) as :func:`unrolled_loop`, where it can: no mask, not training
+    (dropout). Elsewhere the layer's own loop, unrolled by Keras."""
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if mask is not None or training:
+            return original(sequences, initial_state, mask=mask, training=training)
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        return unrolled_loop(self, sequences, states)
+
+    return inner_loop
+
+
+def unrolled_loop(layer, sequences, states):
+    """``layer`` (an LSTM, GRU or SimpleRNN) over ``sequences`` from ``states``, unrolled so that each
+    weight is one constant of the converted model, whatever the number of steps.
+
+    The input side of every step comes from fully connected layers over all the steps at once, with
+    the bias (a GRU's recurrent bias of its update and reset gates folded in: it adds to the same
+    sums); each step multiplies the state by the recurrent kernel, with no bias but a GRU's
+    recurrent bias of its candidate (``reset_after``), which the reset gate multiplies. As int8, that
+    one stays a bias per step (``units`` int32 values: a fully connected layer's bias is at its
+    input's scale, the step's state scale, times the kernel's); adding it as one shared constant
+    after the product would cost two more operators per step in TFLite Micro's arena.
+
+    What it computes is what Keras' loop computes, to float rounding (a GRU's state update
+    ``z * h + (1 - z) * hh`` is written ``hh + z * (h - hh)``: three operators instead of four).
+
+    Args:
+        layer: the Keras recurrent layer (its cell's weights and activations are read).
+        sequences: its input, (batch, steps, features), with a fixed number of steps.
+        states: its initial states, a list (``[h]``, or ``[h, c]`` for an LSTM).
+
+    Returns:
+        ``(last_output, outputs, new_states)`` as ``keras.layers.RNN.inner_loop`` returns them:
+        ``outputs`` holds every step's output (in the order computed: last step first for
+        ``go_backwards``) where the layer returns sequences, else the last output.
+
+    Example:
+        >>> last, outputs, states = unrolled_loop(gru, x, [tf.zeros((1, gru.units))])  # doctest: +SKIP
+    """
+    tf = _lazy.tf()
+    cell = layer.cell
+    kind = type(layer).__name__
+    units = cell.units
+    steps = sequences.shape[1]
+    kernel = tf.convert_to_tensor(cell.kernel)
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+    bias = tf.convert_to_tensor(cell.bias) if cell.use_bias else None
+    recurrent_bias = None  # a GRU's (reset after) recurrent bias of its candidate, added at each step
+    if kind == "GRU" and bias is not None and cell.reset_after:
+        bias, recurrent_bias = bias[0], bias[1]
+        bias = bias + tf.concat([recurrent_bias[:2 * units], tf.zeros((units,), bias.dtype)], 0)
+        recurrent_bias = recurrent_bias[2 * units:]
+
+    def project(columns):
+        """The input's product with the kernel's ``columns``, plus the bias, for all steps at once."""
+        flat = tf.reshape(sequences, (-1, sequences.shape[2]))
+        out = tf.matmul(flat, kernel[:, columns])
+        if bias is not None:
+            out = out + bias[columns]
+        return tf.unstack(tf.reshape(out, (-1, steps, out.shape[-1])), axis=1)
+
+    order = slice(None, None, -1) if layer.go_backwards else slice(None)
+    act, gate = cell.activation, getattr(cell, "recurrent_activation", None)
+    outputs = []
+    if kind == "GRU":
+        x_zr, x_h = project(slice(0, 2 * units))[order], project(slice(2 * units, 3 * units))[order]
+        u_zr, u_h = recurrent[:, :2 * units], recurrent[:, 2 * units:]
+        (h,) = states
+        for t in range(steps):
+            z, r = tf.split(gate(x_zr[t] + tf.matmul(h, u_zr)), 2, axis=-1)
+            if cell.reset_after:
+                inner = tf.matmul(h, u_h)
+                if recurrent_bias is not None:
+                    inner = inner + recurrent_bias
+                hh = act(x_h[t] + r * inner)
+            else:
+                hh = act(x_h[t] + tf.matmul(r * h, u_h))
+            h = hh + z * (h - hh)
+            outputs.append(h)
+        states = [h]
+    elif kind == "LSTM":
+        x = project(slice(None))[order]
+        h, c = states
+        for t in range(steps):
+            i, f, g, o = tf.split(x[t] + tf.matmul(h, recurrent), 4, axis=-1)
+            c = gate(f) * c + gate(i) * act(g)
+            h = gate(o) * act(c)
+            outputs.append(h)
+        states = [h, c]
+    else:  # SimpleRNN
+        x = project(slice(None))[order]
+        (h,) = states
+        for t in range(steps):
+            h = x[t] + tf.matmul(h, recurrent)
+            if act is not None:
+                h = act(h)
+            outputs.append(h)
+        states = [h]
+    return h, (tf.stack(outputs, axis=1) if layer.return_sequences else h), states
 
 
 def fused_lstm(go_backwards: bool = False):

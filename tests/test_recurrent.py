@@ -171,3 +171,26 @@ def test_float_recurrent_models_convert_to_the_same_forms_and_compute_what_keras
                                    models[name].predict(digits["test"][:20], verbose=0), atol=1e-5)
     # dynamic range quantization would leave a fused LSTM's weights in float32: it keeps Keras' while loop
     assert "WHILE" in _ops(to_tflite(models["lstm"], "dynamic"))
+
+
+def test_the_unrolled_int8_gru_keeps_one_copy_of_each_kernel(models, digits):
+    """edgedl.recurrent.unrolled_loop projects the input of all 8 steps at once and gives the steps'
+    recurrent products no bias: the int8 file holds each kernel once, and a bias per step only for the
+    candidate's recurrent bias (at that step's state scale). Keras' own unrolled loop gave each step
+    two fully connected operators with a 3 x 32 int32 bias each, every one with a scale and a zero point
+    per channel (the zoo GRU's int8 file: 2.5 times its float32 one)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgedl.convert import to_tflite
+
+    tflite = to_tflite(models["gru"], "int8", digits["train"][:200], io_type="int8")
+    interpreter = Interpreter(model_content=tflite)
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    fcs = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    # input (gates, candidate) for all steps; recurrent (gates, candidate) at steps 2-8 (the first starts
+    # from zeros: folded away); the classifier
+    assert len(fcs) == 2 + 2 * 7 + 1
+    weights = {op["inputs"][1] for op in fcs}
+    assert sorted(tuple(details[w]["shape"]) for w in weights) == [(10, 32), (32, 8), (32, 32), (64, 8), (64, 32)]
+    biases = [details[op["inputs"][2]] for op in fcs if len(op["inputs"]) > 2 and op["inputs"][2] >= 0]
+    assert sorted(tuple(b["shape"]) for b in biases) == [(10,)] + [(32,)] * 8 + [(64,)]
