@@ -602,7 +602,7 @@ def _recurrent_record(source, options) -> dict:
         return {}
     from edgedl import recurrent
 
-    plan = recurrent.plan_for(model)
+    plan = recurrent.plan_for(model, options.quantize)
     return {"recurrent": [p.to_dict() for p in plan]} if plan else {}
 
 

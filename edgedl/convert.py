@@ -69,7 +69,7 @@ def to_tflite(model, quantize: str = "none", representative: np.ndarray | None =
                     "number of time steps; use dynamic or float16")
             # Float and float16 take the fused and unrolled forms too: backends that fail on a while loop take
             # them (recurrent.converter_ready leaves a free number of time steps alone)
-            with recurrent.converter_ready(model):
+            with recurrent.converter_ready(model, quantize):
                 return _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, (), ())
     return _to_tflite(model, quantize, representative, io_type, num_calibration, per_channel, keep_float, int16)
 

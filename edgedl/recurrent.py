@@ -9,7 +9,9 @@ int16 cell state: the operator TFLite Micro runs on microcontrollers). :func:`co
 a Keras 3 model that form for the length of a conversion:
 
 - an LSTM with the standard activations (tanh, sigmoid), no returned state, no initial state and no
-  mask becomes a call of such a function (:func:`fused_lstm`), which computes what Keras computes;
+  mask becomes a call of such a function (:func:`fused_lstm`), which computes what Keras computes,
+  except in an ``int16x8`` conversion: TensorFlow's converter has no 16x8 quantization of the fused
+  operator ("not yet supported"), so there every LSTM is unrolled (:data:`UNFUSED_MODES`);
 - every other LSTM, GRU and SimpleRNN (Bidirectional ones too) is unrolled over its time steps,
   into fully connected layers and element-wise operators that every backend takes
   (:func:`unrolled_loop`): the input is projected for all steps at once by fully connected
@@ -43,6 +45,8 @@ from edgedl import _lazy
 
 #: recurrent layers handled here; the rest (ConvLSTM, custom cells in keras.layers.RNN) are refused
 HANDLED = ("LSTM", "GRU", "SimpleRNN")
+#: quantization modes whose converter cannot take the fused LSTM operator: their LSTMs are unrolled
+UNFUSED_MODES = ("int16x8",)
 FORMS = {"fused": "one UNIDIRECTIONAL_SEQUENCE_LSTM operator",
          "unrolled": "unrolled over its time steps into fully connected and element-wise operators"}
 
@@ -99,28 +103,30 @@ def unhandled(model) -> list[tuple[str, str, str]]:
     return out
 
 
-def fusable(layer) -> bool:
+def fusable(layer, quantize: str | None = None) -> bool:
     """Whether ``layer`` becomes one fused LSTM operator: an LSTM with tanh and sigmoid activations,
-    returning no state and keeping none between calls."""
-    return (type(layer).__name__ == "LSTM" and _name(layer.activation) == "tanh"
+    returning no state and keeping none between calls, in a conversion to ``quantize`` (a mode of
+    :data:`UNFUSED_MODES` fuses none)."""
+    return (quantize not in UNFUSED_MODES and type(layer).__name__ == "LSTM" and _name(layer.activation) == "tanh"
             and _name(layer.recurrent_activation) == "sigmoid" and not layer.return_state
             and not layer.stateful)
 
 
-def plan_for(model) -> list[RecurrentPlan]:
-    """How :func:`converter_ready` converts each of ``model``'s recurrent layers (what the bundle's
-    manifest records), without touching the model."""
-    return [RecurrentPlan(layer.name, "LSTM", "fused") if fusable(layer)
+def plan_for(model, quantize: str | None = None) -> list[RecurrentPlan]:
+    """How :func:`converter_ready` converts each of ``model``'s recurrent layers for ``quantize``
+    (what the bundle's manifest records), without touching the model."""
+    return [RecurrentPlan(layer.name, "LSTM", "fused") if fusable(layer, quantize)
             else RecurrentPlan(layer.name, type(layer).__name__, "unrolled")
             for layer, host in _walk_model(model)
             if type(layer).__name__ in HANDLED and _timesteps(host) is not None]
 
 
 @contextlib.contextmanager
-def converter_ready(model):
-    """Within the block, ``model``'s recurrent layers trace as the converter can quantize them (fused
-    LSTMs, the others unrolled); yields the plan, a :class:`RecurrentPlan` per layer. Layers over a
-    free number of time steps, and those :data:`HANDLED` does not name, are left as they are."""
+def converter_ready(model, quantize: str | None = None):
+    """Within the block, ``model``'s recurrent layers trace as the converter can quantize them to
+    ``quantize`` (fused LSTMs, the others unrolled; all unrolled for a mode of :data:`UNFUSED_MODES`);
+    yields the plan, a :class:`RecurrentPlan` per layer. Layers over a free number of time steps, and
+    those :data:`HANDLED` does not name, are left as they are."""
     layers = [layer for layer, host in _walk_model(model)
               if type(layer).__name__ in HANDLED and _timesteps(host) is not None]
     saved = []
@@ -129,7 +135,7 @@ def converter_ready(model):
         for layer in layers:
             saved.append((layer, layer.unroll, layer.__dict__.get("call"), layer.__dict__.get("inner_loop")))
             layer.unroll = True
-            if fusable(layer):
+            if fusable(layer, quantize):
                 layer.call = types.MethodType(_fused_call(layer.call), layer)
                 plan.append(RecurrentPlan(layer.name, "LSTM", "fused"))
             else:

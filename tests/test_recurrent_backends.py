@@ -111,6 +111,52 @@ def test_int8_lstm_and_gru_run_wholly_on_the_npu(models, tmp_path, name, target)
     assert backend.cpu_fallback_ops(_graph(models[name]["int8"]), tgt) == {}
 
 
+@pytest.fixture(scope="module")
+def lstm_int16x8(models, digits, tmp_path_factory):
+    """The LSTM converted with ``-q int16x8`` (float I/O: an int16x8 model takes no int8 I/O)."""
+    from edgedl.convert import to_tflite
+
+    path = tmp_path_factory.mktemp("int16x8") / "lstm_int16x8.tflite"
+    path.write_bytes(to_tflite(models["lstm"]["keras"], "int16x8", representative=digits["train"][:200]))
+    return path
+
+
+@pytest.mark.parametrize("target", ["ethos_u55_128", "ethos_u85_256"])
+def test_int16x8_lstm_is_unrolled_and_runs_on_the_npu_but_for_its_float_io(models, digits, lstm_int16x8,
+                                                                           tmp_path, target):
+    """TensorFlow's converter has no 16x8 quantization of the fused UNIDIRECTIONAL_SEQUENCE_LSTM ("not
+    yet supported"), so Vela never sees one: an int16x8 conversion unrolls the LSTM instead
+    (edgedl.recurrent.UNFUSED_MODES), the manifest's plan says so, and Vela puts every unrolled operator
+    (FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD with int16 activations) on the NPU. What stays on the CPU
+    is named: the QUANTIZE and DEQUANTIZE of the float I/O, with a note that does not advise int8 I/O.
+    The int16x8 model keeps the float model's answers on LiteRT."""
+    pytest.importorskip("ethosu.vela")
+    from edgedl import recurrent
+    from edgedl.runtime.engines import LiteRTEngine
+
+    keras_model = models["lstm"]["keras"]
+    assert [(p.kind, p.form) for p in recurrent.plan_for(keras_model, "int16x8")] == [("LSTM", "unrolled")]
+    assert [(p.kind, p.form) for p in recurrent.plan_for(keras_model, "int8")] == [("LSTM", "fused")]
+    ops = _ops(lstm_int16x8)
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops and {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL"} <= ops
+    graph = _graph(lstm_int16x8)
+    fc_out = next(op.outputs[0] for op in graph.ops if op.name == "FULLY_CONNECTED")
+    assert graph.tensors[fc_out]["dtype"] == "int16"
+    compiled = get_backend("vela").compile(lstm_int16x8, load_target(target), tmp_path, {})
+    e = compiled.estimates
+    assert e["cpu_fallback_ops"] == ["DEQUANTIZE", "QUANTIZE"] and e["cpu_operators"] == 2, e["cpu_fallback"]
+    assert e["npu_operators"] > 100 and e["cycles"] > 0
+    assert "CPU fallback: DEQUANTIZE, QUANTIZE (the float input/output conversions of an int16x8 model" in e["note"]
+    assert "--io int8" not in e["note"]
+    with open(tmp_path / "vela_per_layer.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["Original Operator"] for r in rows if r["Target"] != "NPU"} == {"Quantize", "Dequantize"}
+    assert {"FullyConnected", "Sigmoid", "Tanh", "Mul", "Add"} <= {r["Original Operator"] for r in rows
+                                                                  if r["Target"] == "NPU"}
+    ours = _top1(LiteRTEngine(lstm_int16x8), digits["test"]).argmax(1)
+    assert (ours == keras_model.predict(digits["test"], verbose=0).argmax(1)).mean() >= 0.99
+
+
 def _graph(path):
     from edgedl.graph import read_tflite
 
