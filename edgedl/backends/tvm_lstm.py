@@ -100,7 +100,7 @@ def convert_lstm(conv, op):
     x, batch, num_steps = _batch_major(conv, inputs[0], options)
     # the input's share of every gate for all steps at once: [batch, time, 4 * units]
     x_gates = conv.bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w_x)), relax.const(bias)))
-    parts = relax.op.split(x_gates, num_steps, axis=1) if num_steps > 1 else None
+    parts = conv.bb.emit(relax.op.split(x_gates, num_steps, axis=1)) if num_steps > 1 else None  # once, not per step
 
     h = relax.const(np.zeros((batch, units), np.float32))
     c = relax.const(np.zeros((batch, units), np.float32))
@@ -218,7 +218,7 @@ def _convert_int8_lstm(conv, op, inputs, options):
     # the input's saturated int16 share of every gate for all steps: [batch, time, 4 * units]
     acc = relax.op.add(relax.op.matmul(x, relax.const(w_x), out_dtype="int32"), relax.const(b_x))
     x_gates = bb.emit(clip16(conv._requantize(bb.emit(acc), m_x, s_x)))
-    parts = relax.op.split(x_gates, num_steps, axis=1) if num_steps > 1 else None
+    parts = conv.bb.emit(relax.op.split(x_gates, num_steps, axis=1)) if num_steps > 1 else None  # once, not per step
 
     h = relax.const(np.full((batch, units), h_zp, np.int8))  # LiteRT resets an int8 variable to its zero point
     c = i64(np.zeros((batch, units), np.int64))

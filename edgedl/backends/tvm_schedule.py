@@ -162,6 +162,20 @@ def _schedule_reduction(sch, root, main, target, pairs: bool = True) -> bool:
     if pair and extents[spatial[-1]] % pair:
         pair = 0
 
+    # blocks before the kernel that it does not read feed only the epilogue (an LSTM step's input share,
+    # squeezed, added to its recurrent matmul): inlined into it, they are computed at the tile too
+    read = {r.source.name for r in sch.get(main).reads}
+    for name in names[:at]:
+        block = sch.get_sblock(name)
+        if sch.get(block).writes and sch.get(block).writes[0].source.name not in read:
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001 - it keeps its own loops (and the rule may not apply)
+                continue
+    blocks = sch.get_child_blocks(root)
+    names = [sch.get(b).name_hint for b in blocks]
+    at = names.index(main_name)
+
     # the epilogue: inline the chain into its last block, which then reads the accumulator
     consumers = [sch.get_sblock(n) for n in names[at + 1:]]
     _inline_chain(sch, consumers[:-1])
