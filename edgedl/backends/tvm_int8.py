@@ -47,6 +47,16 @@ Per operator:
   builds it (float32 dequantization, ``1 / (1 + expf(-x))`` or ``tanhf`` from the C library, float32 rescaling
   rounded half away from zero), in every kernel set: the builtin and reference kernels look theirs up (neither
   runs gemmlowp's fixed-point logistic on int8), and XNNPACK's table measured identical.
+- ``SQUARED_DIFFERENCE`` (a layer normalisation's variance, :mod:`edgedl.layernorm`): squared_difference.cc's
+  int8 kernel in every kernel set: each input left-shifted by 7 and scaled by its share of twice the larger
+  input scale, the difference squared in int32, rescaled by ``(2 * max scale)**2 / (2**14 * output_scale)``
+  (``MultiplyByQuantizedMultiplierSmallerThanOneExp`` each; XNNPACK measured identical).
+- ``RSQRT``: elementwise.cc's int8 kernel in every kernel set (XNNPACK measured identical), a 256-entry table
+  built at import: ``GetInvSqrtQuantizedMultiplierExp`` (gemmlowp's fixed-point Newton-Raphson, ported in
+  :func:`inv_sqrt_quantized_multiplier`) of ``q - zero_point``, rescaled by ``1 / (sqrtf(input_scale) *
+  output_scale)`` (:func:`rsqrt_int8_table`). A float ``1 / sqrt(x)`` rounded to nearest differs from it on
+  about 2 inputs in 10,000 (measured over 200 scale pairs); the stock SQUARED_DIFFERENCE was a step off on
+  0.08-1.2% of the outputs (8 scale sets).
 - ``SOFTMAX``: the builtin kernel's 256-entry ``expf`` table with float32 sums summed left to right,
   or the reference kernel's gemmlowp fixed-point exp and Newton-Raphson reciprocal.
 - ``DEQUANTIZE`` (float outputs): a 256-entry table with the kernel set's float rounding.
@@ -65,6 +75,12 @@ Per operator:
   the same in every kernel set (XNNPACK does not take it). Bit-exact on the digits LSTM of
   tests/test_tvm_recurrent.py. Other quantized LSTMs are refused in one line.
 
+The int8 transformer block of tests/test_tvm_attention.py (layer norms as MEAN, SQUARED_DIFFERENCE, ADD, RSQRT,
+MUL; attention as FULLY_CONNECTED, TRANSPOSE, BATCH_MATMUL, MUL, SOFTMAX) is bit-exact against each of the three
+LiteRT configurations on the 397 test digits, and so is the zoo's ``kwt`` (CONV_2D too; measured untrained, on
+random inputs); with the stock SQUARED_DIFFERENCE and RSQRT the block was up to 6 int8 steps off on 2.0-2.8% of
+the outputs of 100 digits.
+
 The int8 unrolled GRU (FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD, SUB and the moving operators above) is
 bit-exact against each of the three LiteRT configurations on the 397 test digits of tests/test_tvm_recurrent.py.
 TVM's stock float lowering of its LOGISTIC, TANH, MUL and SUB had matched XNNPACK only by luck (under a plain
@@ -76,7 +92,9 @@ ties differ); nodes XNNPACK refuses beyond the scale ranges modelled here (those
 kernels; MUL's range, [2**-16, 256), is assumed, not measured); other hosts' LiteRT builds (the sets
 were measured with ai-edge-litert 2.3 on x86-64; on aarch64 LiteRT's softmax uses another table);
 softmax rows longer than 64 on GPUs (summed by a parallel scan there); the softmax, logistic and tanh
-tables use this host's ``expf`` and ``tanhf``. TFLite is assumed built as LiteRT ships it
+tables use this host's ``expf`` and ``tanhf``; RSQRT inputs below the zero point (LiteRT stops with an error
+there; the table gives 127) and RSQRT scales whose rescaling would shift right by more than 31 bits (undefined
+behaviour in LiteRT's C++, far from any trained layer norm's scales). TFLite is assumed built as LiteRT ships it
 (``TFLITE_SINGLE_ROUNDING`` off).
 
 Example:
@@ -98,7 +116,7 @@ from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 log = logging.getLogger(__name__)
 
 EXACT_OPS = ("ADD", "AVERAGE_POOL_2D", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED",
-             "LOGISTIC", "MEAN", "MUL", "SOFTMAX", "SUB", "TANH")
+             "LOGISTIC", "MEAN", "MUL", "RSQRT", "SOFTMAX", "SQUARED_DIFFERENCE", "SUB", "TANH")
 MOVING_OPS = ("SPLIT", "STRIDED_SLICE", "TRANSPOSE", "UNPACK")  # int8 operators that copy values, exact as stock lowers them
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
@@ -193,6 +211,72 @@ def _sat_mul_pot(x: int, exponent: int) -> int:
     if x < -threshold:
         return INT32_MIN
     return x << exponent
+
+
+def _wrap_int32(x: int) -> int:
+    """``x`` as a C++ int32_t holds it (two's complement wrap-around)."""
+    return (x + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def _multiply_by_quantized_multiplier(x: int, multiplier: int, shift: int) -> int:
+    """TFLite's ``MultiplyByQuantizedMultiplier`` on Python ints (double rounding, as LiteRT ships)."""
+    left, right = max(shift, 0), max(-shift, 0)
+    return _rdbpot(_srdhm(_wrap_int32(x * (1 << left)), multiplier), right)
+
+
+def inv_sqrt_quantized_multiplier(value: int) -> tuple[int, int]:
+    """TFLite's ``GetInvSqrtQuantizedMultiplierExp(value, kReverseShift)`` (kernels/internal/common.h):
+    ``1 / sqrt(value)`` as a Q0.31 multiplier and a left shift, by gemmlowp's fixed-point Newton-Raphson.
+
+    Example:
+        >>> inv_sqrt_quantized_multiplier(4)  # 0.5 in Q0.31, within the iteration's precision
+        (1073741828, 0)
+    """
+    if value <= 1:  # 0 (invalid) and 1 alike
+        return INT32_MAX, 0
+    shift = 11
+    while value >= 1 << 29:
+        value //= 4
+        shift += 1
+    left_shift_bit_pairs = (32 - value.bit_length() - 1) // 2 - 1
+    shift -= left_shift_bit_pairs
+    value <<= 2 * left_shift_bit_pairs
+    half_input = _sat_mul_pot(value >> 1, -1)  # F3: 3 integer bits
+    half_three = (1 << 28) + (1 << 27)
+    x = 1 << 28  # F3::One()
+    for _ in range(5):
+        x3 = _sat_mul_pot(_srdhm(_srdhm(x, x), x), 6)  # Rescale<3> of an F9
+        x = _sat_mul_pot(_wrap_int32(_srdhm(half_three, x) - _srdhm(half_input, x3)), 3)  # Rescale<3> of an F6
+    x = _srdhm(x, 1518500250)  # times sqrt(2) / 2 in F0
+    if shift < 0:
+        x, shift = _wrap_int32(x << -shift), 0
+    return x, -shift
+
+
+def rsqrt_int8_table(in_scale, in_zero_point, out_scale, out_zero_point) -> np.ndarray:
+    """elementwise.cc's int8 RSQRT (``RsqrtEvalQuantizedInt8``) for each int8 input ``q`` (from -128): 127 where
+    ``q`` is the input zero point, else ``GetInvSqrtQuantizedMultiplierExp(q - zero point)`` applied to 1 with a
+    shift of 20, rescaled by ``1 / (sqrtf(in_scale) * out_scale)`` (float32 product, double reciprocal) and the
+    shift taken back, plus the output zero point, clamped. Inputs below the zero point (negative values, which
+    LiteRT refuses at run time) get 127 too.
+
+    Example:
+        >>> int(rsqrt_int8_table(1 / 16, 0, 1 / 16, 0)[128 + 16])  # 1 / sqrt(1) = 1
+        16
+    """
+    k_shift = 20
+    product = np.float32(np.sqrt(np.float32(in_scale))) * np.float32(out_scale)
+    multiplier, shift = quantize_multiplier(1.0 / float(product))
+    table = np.empty(256, np.int64)
+    for i, q in enumerate(range(-128, 128)):
+        value = q - int(in_zero_point)
+        if value <= 0:
+            table[i] = 127
+            continue
+        inv_sqrt, inv_shift = inv_sqrt_quantized_multiplier(value)
+        data = _multiply_by_quantized_multiplier(1, inv_sqrt, inv_shift + k_shift)
+        table[i] = _multiply_by_quantized_multiplier(data, multiplier, shift - k_shift) + int(out_zero_point)
+    return np.clip(table, -128, 127).astype(np.int8)
 
 
 def _exp_on_interval_between_negative_one_quarter_and_0_excl(a: int) -> int:
@@ -307,7 +391,9 @@ class ExactInt8Converter(OperatorConverter):
             "LOGISTIC": functools.partial(self._exact_table_activation, name="logistic"),
             "MEAN": self._exact_mean,
             "MUL": self._exact_mul,
+            "RSQRT": self._exact_rsqrt,
             "SOFTMAX": self._exact_softmax,
+            "SQUARED_DIFFERENCE": self._exact_squared_difference,
             "SUB": self._exact_sub,
             "TANH": functools.partial(self._exact_table_activation, name="tanh"),
             "UNIDIRECTIONAL_SEQUENCE_LSTM": self._lstm,
@@ -846,6 +932,49 @@ class ExactInt8Converter(OperatorConverter):
             return self.convert_logistic(op) if name == "logistic" else self.convert_tanh(op)
         table = lut_int8(_TABLE_FUNCTIONS[name], *self._per_tensor(data), *self._per_tensor(output))
         index = relax.op.add(relax.op.astype(self.get_expr(data.tensor_idx), "int32"), _const(128, "int32"))
+        return relax.op.take(_const(table, "int8"), index, axis=0, mode="clip")
+
+    # -- SQUARED_DIFFERENCE, RSQRT (a layer normalisation's variance and its inverse root) -------
+
+    def _exact_squared_difference(self, op):
+        """squared_difference.cc's int8 kernel (every kernel set runs it: XNNPACK does not take it in int8):
+        each input shifted left by 7 and scaled by its share of twice the larger input scale, the difference
+        squared in int32, rescaled by ``(2 * max scale)**2 / (2**14 * output_scale)``, all three
+        ``MultiplyByQuantizedMultiplierSmallerThanOneExp``. Each scaled input depends on its int8 value alone: a
+        256-entry int32 table, which also keeps the kernel TVM fuses with the variance's MEAN small (the default
+        CPU schedules inline the blocks before a reduction: three chains of rescaling arithmetic there took
+        minutes to build)."""
+        lhs, rhs = self.get_input_tensors(op)
+        output = self.get_output_tensors(op)[0]
+        if not all(self._is_int8(t) and self._qparams(t)[0].size == 1 for t in (lhs, rhs, output)):
+            return self.convert_squared_difference(op)
+        (s1, z1), (s2, z2) = self._per_tensor(lhs), self._per_tensor(rhs)
+        out_scale, out_zp = self._per_tensor(output)
+        left_shift = 7
+        twice_max = 2 * float(max(s1, s2))  # double from the float scales, as Prepare computes it
+        m1, sh1 = quantize_multiplier(float(s1) / twice_max)
+        m2, sh2 = quantize_multiplier(float(s2) / twice_max)
+        mo, sho = quantize_multiplier(twice_max * twice_max / float(np.float32(1 << 2 * left_shift) * out_scale))
+
+        def scaled(tensor, zp, mult, shift):  # depends on the int8 input alone: a 256-entry table
+            table = [_multiply_by_quantized_multiplier((q - zp) * (1 << left_shift), mult, shift)
+                     for q in range(-128, 128)]
+            index = relax.op.add(relax.op.astype(self.get_tensor_expr(tensor), "int32"), _const(128, "int32"))
+            return relax.op.take(_const(table, "int32"), index, axis=0, mode="clip")
+
+        difference = self._emit(relax.op.subtract(scaled(lhs, z1, m1, sh1), scaled(rhs, z2, m2, sh2)))
+        squared = self._emit(relax.op.astype(relax.op.multiply(difference, difference), "int32"))  # < 255**2 * 2**14
+        return self._to_int8(self._requantize(squared, mo, sho), -128, 127, zero_point=out_zp)
+
+    def _exact_rsqrt(self, op):
+        """elementwise.cc's int8 RSQRT (the builtin and reference kernels alike; XNNPACK does not take it in int8):
+        its output depends on the int8 input alone, so it is a lookup in :func:`rsqrt_int8_table`."""
+        data = self.get_input_tensors(op)[0]
+        output = self.get_output_tensors(op)[0]
+        if not all(self._is_int8(t) and self._qparams(t)[0].size == 1 for t in (data, output)):
+            return self._convert_unary_elemwise(op, relax_op=relax.op.rsqrt)
+        table = rsqrt_int8_table(*self._per_tensor(data), *self._per_tensor(output))
+        index = relax.op.add(relax.op.astype(self.get_tensor_expr(data), "int32"), _const(128, "int32"))
         return relax.op.take(_const(table, "int8"), index, axis=0, mode="clip")
 
     # -- DEQUANTIZE ---------------------------------------------------------------------------
