@@ -102,17 +102,26 @@ def _inline_chain(sch, blocks) -> None:
             name = stmt.writes[0].source.name
             size = len(str(stmt.body))
             uses = sum(str(sch.get(c).body).count(f"{name}[") for c in sch.get_consumers(block))
-            if uses > 1 and size * uses > INLINE_LIMIT:
+            if uses > 1 and size * uses > INLINE_LIMIT and not _is_bool(stmt.writes[0]):
                 continue
             sch.compute_inline(block)
         except Exception:  # noqa: BLE001 - a block that cannot be inlined keeps its own loops
             continue
 
 
+def _is_bool(region) -> bool:
+    return str(region.source.dtype) == "bool"
+
+
 def _vectorize_flat(sch, block, lanes: int) -> None:
-    """Fuse a spatial block's loops and vectorise the innermost ``lanes`` (a divisor of the extent)."""
+    """Fuse a spatial block's loops and vectorise the innermost ``lanes`` (a divisor of the extent).
+
+    A block that writes or reads a bool buffer keeps scalar loops: TVM stores bools as bytes and its
+    vectorised code then mixes byte and bit vectors (``or <16 x i8>, <16 x i1>``), which LLVM rejects.
+    """
     loops = sch.get_loops(block)
-    if not loops:
+    stmt = sch.get(block)
+    if not loops or any(_is_bool(r) for r in (*stmt.writes, *stmt.reads)):
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = _extent(sch, fused)
@@ -164,14 +173,15 @@ def _schedule_reduction(sch, root, main, target, pairs: bool = True) -> bool:
 
     # blocks before the kernel that it does not read feed only the epilogue (an LSTM step's input share,
     # squeezed, added to its recurrent matmul): inlined into it, they are computed at the tile too
-    read = {r.source.name for r in sch.get(main).reads}
-    for name in names[:at]:
-        block = sch.get_sblock(name)
-        if sch.get(block).writes and sch.get(block).writes[0].source.name not in read:
-            try:
-                sch.compute_inline(block)
-            except Exception:  # noqa: BLE001 - it keeps its own loops (and the rule may not apply)
-                continue
+    # (only blocks that do not feed the reduction, however indirectly, and within the inlining bound)
+    feeding, frontier = set(), [main]
+    while frontier:
+        for producer in sch.get_producers(frontier.pop()):
+            name = sch.get(producer).name_hint
+            if name not in feeding:
+                feeding.add(name)
+                frontier.append(producer)
+    _inline_chain(sch, [sch.get_sblock(n) for n in names[:at] if n not in feeding])
     blocks = sch.get_child_blocks(root)
     names = [sch.get(b).name_hint for b in blocks]
     at = names.index(main_name)
