@@ -3,7 +3,7 @@
 instructions and estimated latency as Cortex-M firmware. Writes benchmarks/results/recurrent.json.
 
     EDGEDL_DATA=../shared/data EDGEDL_MIRROR=../shared/mirror python benchmarks/recurrent.py \\
-        [--models lstm gru kwt] [--parts accuracy qat backends mcu] [--save-dir /tmp/recurrent_models] \\
+        [--models lstm gru kwt] [--parts accuracy qat backends mcu npu] [--save-dir /tmp/recurrent_models] \\
         [--qat-epochs N] [--limit 300] [--mcu-limit 50] [--runs 100] [--repeats 5] [-o FILE]
 
 Each model is trained with its recipe (``train(name, TrainOptions(seed=0))``, as benchmarks/mcu.py's
@@ -22,7 +22,10 @@ recorded as it finishes (a part that fails or is refused is recorded with its me
   target only sizes the memory check); a backend that refuses is recorded with its one-line reason;
 - ``mcu``: int8 firmware (tflm backend, CMSIS-NN kernels) for cortex_m4 and cortex_m55, run on QEMU's
   emulated boards by benchmarks/mcu.py's ``measure``: flash, RAM, arena, instructions per inference
-  (exact on the emulator) and the latency estimated from them at the target's clock and stated CPI.
+  (exact on the emulator) and the latency estimated from them at the target's clock and stated CPI;
+- ``npu``: ``edgedl compile MODEL -t ethos_u55_128|ethos_u85_256 -b vela -q int8 --io int8``: Vela's
+  estimate (cycles and time at the NPU's clock, NPU and CPU operator counts, each CPU fallback operator with
+  Vela's reason, SRAM, encoded weights); an estimate of the NPU alone, nothing here runs the command stream.
 
 Accuracy on 300 test samples is coarse (one sample is 0.33 points): the 95% intervals say how coarse.
 Entries of models not run are kept, and a run of some parts keeps the model's other parts (each part
@@ -44,11 +47,15 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 DEFAULT_OUT = ROOT / "results" / "recurrent.json"
-PARTS = ["accuracy", "qat", "backends", "mcu"]
+PARTS = ["accuracy", "qat", "backends", "mcu", "npu"]
 # TFLite Micro's interpreter on this host: compiled for cortex_m55 without firmware, the target only
 # sizes compile's memory check (4 MiB of RAM: the unrolled GRU's arena does not fit cortex_m4's 256 KiB)
 HOST_BACKENDS = [("litert", "x86_64"), ("tvm", "x86_64"), ("onnxruntime", "x86_64"), ("tflm", "cortex_m55")]
 CORES = ["cortex_m4", "cortex_m55"]
+NPUS = ["ethos_u55_128", "ethos_u85_256"]
+NPU_FACTS = ("accelerator", "clock_hz", "cycles", "npu_cycles", "inference_time_ms", "npu_operators", "cpu_operators",
+             "cpu_fallback", "macs", "sram_used_bytes", "weights_encoded_bytes", "weights_original_bytes",
+             "memory_mode", "system_config", "fits")
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN")
 
 
@@ -225,7 +232,38 @@ def mcu_part(name: str, model_path: Path, args) -> dict:
                             "estimated_latency_ms = instructions x stated CPI / clock (latency_basis)"}
 
 
-PART_FUNCTIONS = {"accuracy": accuracy_part, "qat": qat_part, "backends": backends_part, "mcu": mcu_part}
+def npu_part(name: str, model_path: Path, args) -> dict:
+    """int8 (int8 I/O) through Vela for each Ethos-U target: its estimate, and what falls back to the CPU."""
+    from edgedl.compile import CompileOptions, compile_model
+    from edgedl.errors import EdgeDLError
+
+    runs = {}
+    for target in NPUS:
+        run = {"target": target, "commands": [f"edgedl compile {model_path} -t {target} -b vela -q int8 --io int8 "
+                                              "--dataset fsdd --samples 50 -o BUNDLE"]}
+        with tempfile.TemporaryDirectory(prefix="edgedl-recurrent-") as tmp:
+            start = time.perf_counter()
+            try:
+                bundle = compile_model(str(model_path), target, str(Path(tmp) / "model.edgedl"),
+                                       CompileOptions(backend="vela", quantize="int8", io_type="int8", dataset="fsdd",
+                                                      num_samples=50))
+            except EdgeDLError as e:
+                run.update(status="refused", error=f"{type(e).__name__}: {e}".splitlines()[0])
+                runs[target] = run
+                continue
+            run["compile_s"] = round(time.perf_counter() - start, 1)
+        estimates = bundle.manifest.get("estimates") or {}
+        run.update(status="ok", **{k: estimates.get(k) for k in NPU_FACTS},
+                   toolchain=bundle.manifest.get("toolchain"))
+        runs[target] = run
+        print(f"  {name} {target}: {_npu_line(run)}", flush=True)
+    return {"runs": runs, "how_measured": "Vela's static performance model of the NPU alone (no NPU here): cycles "
+                                          "and time at the NPU clock; CPU fallback operators run on the Cortex-M "
+                                          "and are not in the time"}
+
+
+PART_FUNCTIONS = {"accuracy": accuracy_part, "qat": qat_part, "backends": backends_part, "mcu": mcu_part,
+                  "npu": npu_part}
 
 
 def _operators(tflite: bytes) -> list[str]:
@@ -256,6 +294,14 @@ def _mcu_line(run: dict) -> str:
     return (f"{run['instructions']:,} instr, est. {run['estimated_latency_ms']:.1f} ms, flash "
             f"{run['flash_bytes'] / 1024:.0f} KiB, RAM {run['ram_bytes'] / 1024:.0f} KiB, arena "
             f"{run['arena_used_bytes'] / 1024:.1f} KiB, acc {run['accuracy']:.2f}")
+
+
+def _npu_line(run: dict) -> str:
+    if run["status"] != "ok":
+        return f"{run['status']}: {(run.get('error') or '')[:160]}"
+    fallback = ", ".join(f["op"] for f in run.get("cpu_fallback") or []) or "none"
+    return (f"{run['cycles']:,} cycles, est. {run['inference_time_ms']:.3f} ms, {run['npu_operators']} NPU / "
+            f"{run['cpu_operators']} CPU operators (fallback: {fallback}), SRAM {run['sram_used_bytes'] / 1024:.1f} KiB")
 
 
 def summary(part: str, r: dict) -> str:
