@@ -109,7 +109,7 @@ def test_the_int8_gru_compiles_with_tvm_and_computes_what_litert_does_bit_for_bi
     else:
         tvm_scores = _scores(_ConverterEngine(gru_int8, kernels), digits["test"])
     assert tvm_scores.dtype == np.int8
-    # the unrolled GRU's SPLIT, STRIDED_SLICE and UNPACK copy int8 values, its LOGISTIC, TANH, MUL, SUB and ADD
+    # the unrolled GRU's SPLIT and UNPACK copy int8 values, its LOGISTIC, TANH, MUL, SUB and ADD
     # round as the kernel set does (TVM's stock float lowering of the first four was up to 8 steps from the
     # builtin and reference kernels on 18% of the outputs, and 3 from XNNPACK on 2 outputs under edgedl's
     # vectorised schedules); every output of 397 digits is LiteRT's
