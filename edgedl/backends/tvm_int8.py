@@ -191,12 +191,11 @@ def _srdhm(a: int, b: int) -> int:
     return t >> 31 if t >= 0 else -((-t) >> 31)  # C++ division truncates toward zero
 
 
-def _rdbpot(x: int, exponent: int) -> int:
-    """``RoundingDivideByPOT``."""
+def _rdbpot(x, exponent: int):
+    """``RoundingDivideByPOT``: a right shift rounding to nearest, ties away from zero (an int or an integer
+    numpy array)."""
     mask = (1 << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> exponent) + (1 if remainder > threshold else 0)
+    return (x >> exponent) + ((x & mask) > ((mask >> 1) + (x < 0)))
 
 
 def _sat_mul_pot(x: int, exponent: int) -> int:

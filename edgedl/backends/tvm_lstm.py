@@ -44,6 +44,8 @@ import math
 import numpy as np
 from tvm import relax
 
+from edgedl.backends.tvm_int8 import _rdbpot, quantize_multiplier
+
 # input tensor indices of UNIDIRECTIONAL_SEQUENCE_LSTM (lstm_shared.h)
 INPUT_WEIGHTS = (1, 2, 3, 4)        # input-to-{input, forget, cell, output}
 RECURRENT_WEIGHTS = (5, 6, 7, 8)
@@ -172,7 +174,6 @@ def _convert_int8_lstm(conv, op, inputs, options):
     if not 0 <= tanh_bits <= 6:
         _refuse(f"an int8 LSTM whose cell scale 2**{cell_bits} is outside LiteRT's range (2**-15 to 2**-9)")
 
-    from edgedl.backends.tvm_int8 import quantize_multiplier
 
     def gate_params(indices, in_scale, in_zp, with_bias):
         """[in, 4 * units] int8 weights, int32 effective biases, multipliers and shifts per column."""
@@ -310,12 +311,6 @@ def _srdhm16(a, b):
     ab = a * b
     high = _w(_truncating_div(ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14)), 1 << 15))
     return np.where((a == b) & (a == -32768), 32767, high)
-
-
-def _rdbpot(x, exponent: int):
-    """``RoundingDivideByPOT``: a right shift rounding to nearest, ties away from zero."""
-    mask = (1 << exponent) - 1
-    return (x >> exponent) + ((x & mask) > ((mask >> 1) + (x < 0)))
 
 
 def _sat_pot16(x, exponent: int):
